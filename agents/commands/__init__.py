@@ -1,0 +1,1 @@
+"""Sub-commands of the ``rlhf-gym`` CLI (see ``agents.cli``)."""
