@@ -1,1 +1,41 @@
-"""rewardmodels."""
+"""rewardmodels: learn rewards from preferences.
+
+Preference data (``preferences``, ``segments``), Bradley-Terry losses (``losses``), reward nets (``nets``),
+ensembles (``ensemble``), query selection (``selection``), simulated B-Pref teachers (``teachers``) and label
+schedules (``schedules``). Label convention everywhere: 1.0 = first segment preferred, 0.0 = second, 0.5 = tie,
+NaN = skipped.
+"""
+
+from rewardmodels.ensemble import FitConfig, RewardEnsemble, RewardModelFileError
+from rewardmodels.losses import bradley_terry_loss, preference_log_probs, preference_probability
+from rewardmodels.nets import MLPRewardNet, RewardNet, UnsupportedSpaceError, segment_returns
+from rewardmodels.preferences import (
+    EmptyDatasetError,
+    LabelValueError,
+    NonFiniteValueError,
+    PreferenceDataError,
+    PreferenceDataset,
+    PreferenceFileError,
+    SegmentShapeError,
+    SpaceMismatchError,
+    atomic_write,
+    check_labels,
+    concatenate,
+    space_from_json,
+    space_to_json,
+)
+from rewardmodels.schedules import ConstantSchedule, InverseTimeSchedule, LabelSchedule, make_schedule
+from rewardmodels.segments import Segments, Trajectory, cut_segments, segment_windows, trajectories_from_rollout
+from rewardmodels.selection import CANDIDATE_OVERSAMPLING, random_pairs, select_pairs, selection_scores
+from rewardmodels.teachers import PRESETS, PreferenceLabeller, Teacher, bpref_return_scale, make_teacher
+
+__all__ = [
+    "CANDIDATE_OVERSAMPLING", "PRESETS", "ConstantSchedule", "EmptyDatasetError", "FitConfig", "InverseTimeSchedule",
+    "LabelSchedule", "LabelValueError", "MLPRewardNet", "NonFiniteValueError", "PreferenceDataError",
+    "PreferenceDataset", "PreferenceFileError", "PreferenceLabeller", "RewardEnsemble", "RewardModelFileError",
+    "RewardNet", "SegmentShapeError", "Segments", "SpaceMismatchError", "Teacher", "Trajectory",
+    "UnsupportedSpaceError", "atomic_write", "bpref_return_scale", "bradley_terry_loss", "check_labels",
+    "concatenate", "cut_segments", "make_schedule", "make_teacher", "preference_log_probs", "preference_probability",
+    "random_pairs", "segment_returns", "segment_windows", "select_pairs", "selection_scores", "space_from_json",
+    "space_to_json", "trajectories_from_rollout",
+]

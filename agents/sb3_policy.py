@@ -1,0 +1,210 @@
+"""A Stable-Baselines3 actor-critic policy backed by a Hugging Face causal LM.
+
+With it, unmodified SB3 algorithms (``PPO``, ``A2C``) train a language model on ``TextGen-v0`` exactly as they train an
+MLP on CartPole::
+
+    env = gym.make("TextGen-v0")
+    model = PPO(CausalLMPolicy, env, policy_kwargs={"lm": env.unwrapped.policy}, n_steps=64, batch_size=16)
+    model.learn(2_000)
+
+- Actor: the LM's next-token distribution at the last position of the observation, ``softmax(logits / temperature)``.
+- Critic: a linear value head on the LM's last hidden state at the same position (zero-initialised, so the first
+  advantages are the returns; "The N Implementation Details of RLHF with PPO", Huang et al. 2024).
+- Features: the env's left-padded ``input_ids`` / ``attention_mask``; position ids come from the mask, so the padding
+  never shifts the positions the LM sees.
+
+Trade-off: SB3 knows nothing of KV caches, so every step re-runs the whole context through the LM (O(T^2) over an
+episode). The native agents (``agents.ppo`` and friends) drive the vector env's KV-cached fast path instead.
+
+Pass the very model object the env acts with (``env.unwrapped.policy``): the env computes the KL penalty with the
+acting policy's log-probabilities, so both must be the same weights.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.distributions import CategoricalDistribution
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from torch import nn
+
+OBS_KEYS = ("input_ids", "attention_mask")
+
+
+class VocabularyMismatchError(ValueError):
+    """The policy's LM and the env disagree on the vocabulary (the action space)."""
+
+
+class ObservationSpaceError(ValueError):
+    """The observation space is not the token observation this policy reads."""
+
+
+def _resolve_lm(lm: Any) -> nn.Module:
+    if lm is None:
+        from textenv.default_lm import load_default_lm
+
+        return load_default_lm()[0]
+    if isinstance(lm, str):
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(lm)
+    if isinstance(lm, nn.Module):
+        return lm
+    if isinstance(lm, _ConfigSpec):
+        return lm.build()
+    raise TypeError(f"lm must be a Hugging Face causal LM, a model id / local path, or None; got {type(lm).__name__}")
+
+
+def lm_vocab_size(lm: nn.Module) -> int:
+    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
+    if head is not None and hasattr(head, "out_features"):
+        return int(head.out_features)
+    return int(lm.config.vocab_size)
+
+
+def check_token_spaces(observation_space: spaces.Space, action_space: spaces.Space, vocab_size: int) -> int:
+    """Validate the env's spaces against an LM of ``vocab_size`` tokens; return the observation length."""
+    if not isinstance(observation_space, spaces.Dict) or any(k not in observation_space.spaces for k in OBS_KEYS):
+        raise ObservationSpaceError(
+            f"CausalLMPolicy reads a Dict observation with keys {OBS_KEYS} (the TextGen-v0 observation); got "
+            f"{observation_space}. Use it on TextGen-v0, or wrap your env so it emits token ids and a mask."
+        )
+    shapes = {k: observation_space.spaces[k].shape for k in OBS_KEYS}
+    if len(set(shapes.values())) != 1 or len(shapes["input_ids"] or ()) != 1:
+        raise ObservationSpaceError(f"input_ids and attention_mask must be 1-D of equal length; got shapes {shapes}")
+    if not isinstance(action_space, spaces.Discrete):
+        raise ObservationSpaceError(f"CausalLMPolicy acts in Discrete(vocab_size); got action space {action_space}")
+    if int(action_space.n) != vocab_size:
+        raise VocabularyMismatchError(
+            f"the policy's LM has {vocab_size} output tokens but the env's action space is Discrete({action_space.n}). "
+            "Build the env with the same model/tokenizer as the policy (pass lm=env.unwrapped.policy)."
+        )
+    return int(shapes["input_ids"][0])
+
+
+class CausalLMExtractor(BaseFeaturesExtractor):
+    """Holds the LM and turns a token observation into (next-token logits, last hidden state)."""
+
+    def __init__(self, observation_space: spaces.Dict, lm: Any = None):
+        model = _resolve_lm(lm)
+        hidden = int(getattr(model.config, "hidden_size", None) or model.config.n_embd)
+        super().__init__(observation_space, features_dim=hidden)
+        self.lm = model
+
+    def forward(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        # SB3's rollout buffer stores Dict observations as float32: ids < 2**24 convert back exactly.
+        input_ids = obs["input_ids"].long()  # (B, L)
+        mask = obs["attention_mask"].long()  # (B, L)
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.lm(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=position_ids,
+            output_hidden_states=True,
+            use_cache=False,
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1].float(), out.hidden_states[-1][:, -1].float()  # (B, V), (B, H)
+
+
+class CausalLMPolicy(ActorCriticPolicy):
+    """SB3 actor-critic policy whose actor is a causal LM's next-token distribution.
+
+    Args (as ``policy_kwargs``):
+        lm: the causal LM (object), a model id / local path, or ``None`` for the offline default LM.
+        temperature: divides the logits; use the env's ``temperature`` so that both compute the same log-probs.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        lr_schedule,
+        lm: Any = None,
+        temperature: float = 1.0,
+        **kwargs: Any,
+    ):
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = float(temperature)
+        model = _resolve_lm(lm)
+        check_token_spaces(observation_space, action_space, lm_vocab_size(model))
+        kwargs.pop("net_arch", None)
+        kwargs.pop("features_extractor_class", None)
+        kwargs.pop("features_extractor_kwargs", None)
+        kwargs.setdefault("ortho_init", False)  # keep the pretrained weights
+        self._lm_arg = lm if isinstance(lm, str) else None
+        super().__init__(
+            observation_space,
+            action_space,
+            lr_schedule,
+            net_arch=[],
+            features_extractor_class=CausalLMExtractor,
+            features_extractor_kwargs={"lm": model},
+            share_features_extractor=True,
+            **kwargs,
+        )
+
+    @property
+    def lm(self) -> nn.Module:
+        return self.features_extractor.lm
+
+    def _build(self, lr_schedule) -> None:
+        self.action_dist = CategoricalDistribution(int(self.action_space.n))
+        self.value_net = nn.Linear(self.features_dim, 1)
+        nn.init.zeros_(self.value_net.weight)
+        nn.init.zeros_(self.value_net.bias)
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        for key in ("net_arch", "features_extractor_class", "features_extractor_kwargs", "activation_fn"):
+            data.pop(key, None)
+        # A model given by name is saved by name; a model object is rebuilt from its config and the state dict
+        # (the weights travel in the state dict, not twice).
+        if self._lm_arg is not None:
+            data["lm"] = self._lm_arg
+        else:
+            data["lm"] = _ConfigSpec.of(self.lm)
+        data["temperature"] = self.temperature
+        return data
+
+    def _heads(self, obs: dict[str, torch.Tensor]) -> tuple[CategoricalDistribution, torch.Tensor]:
+        logits, hidden = self.features_extractor(obs)
+        dist = self.action_dist.proba_distribution(action_logits=logits / self.temperature)
+        return dist, self.value_net(hidden)
+
+    def forward(self, obs, deterministic: bool = False):
+        dist, values = self._heads(obs)
+        actions = dist.get_actions(deterministic=deterministic)
+        return actions, values, dist.log_prob(actions)
+
+    def evaluate_actions(self, obs, actions: torch.Tensor):
+        dist, values = self._heads(obs)
+        return values, dist.log_prob(actions), dist.entropy()
+
+    def get_distribution(self, obs) -> CategoricalDistribution:
+        return self._heads(obs)[0]
+
+    def predict_values(self, obs) -> torch.Tensor:
+        return self._heads(obs)[1]
+
+    def _predict(self, observation, deterministic: bool = False) -> torch.Tensor:
+        return self.get_distribution(observation).get_actions(deterministic=deterministic)
+
+
+class _ConfigSpec:
+    """A picklable recipe for an LM: its class and config, without weights (they come from the state dict)."""
+
+    def __init__(self, cls: type, config: Any):
+        self.cls, self.config = cls, config
+
+    @classmethod
+    def of(cls, lm: nn.Module) -> _ConfigSpec:
+        return cls(type(lm), lm.config)
+
+    def build(self) -> nn.Module:
+        return self.cls(self.config)

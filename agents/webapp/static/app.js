@@ -1,0 +1,167 @@
+// The labelling page: fetch a pair, show it, send the person's choice, repeat. No framework, no build step.
+// Label convention (server side): left = 1.0 (first item preferred), right = 0.0, equal = 0.5, skip = NaN.
+"use strict";
+
+const NAME_KEY = "rlhf-gym.labeller";
+const NAME_RE = /^[\p{L}\p{N}_ .@+\-]{1,64}$/u;  // the server checks again; this only gives early feedback
+const KEYS = { "1": "left", "ArrowLeft": "left", "2": "right", "ArrowRight": "right",
+               "0": "equal", "e": "equal", "E": "equal", "s": "skip", "S": "skip" };
+const VIDEO = /\.(mp4|webm)$/i;
+
+let labeller = null;
+let pair = null;
+let busy = false;
+let pollTimer = null;
+
+const $ = (id) => document.getElementById(id);
+
+function setStatus(text, isError = false) {
+  $("status").textContent = text;
+  $("status").classList.toggle("error", isError);
+}
+
+function setState(state) {  // "idle" | "loading" | "ready" | "saving" | "empty": tests wait on this
+  document.body.dataset.state = state;
+  for (const b of document.querySelectorAll(".choice")) b.disabled = state !== "ready";
+}
+
+function showProgress(p) {
+  if (!p) return;
+  $("labelled").textContent = p.labelled;
+  $("queued").textContent = p.queued;
+}
+
+function mediaElement(url) {
+  let el;
+  if (VIDEO.test(url)) {
+    el = document.createElement("video");
+    Object.assign(el, { autoplay: true, loop: true, muted: true, playsInline: true, controls: true });
+  } else {
+    el = document.createElement("img");
+    el.alt = "segment clip";
+  }
+  el.src = url;
+  return el;
+}
+
+function textElement(text) {
+  const el = document.createElement("div");
+  el.className = "text";
+  el.textContent = text;  // never innerHTML: completions are untrusted text
+  return el;
+}
+
+function render(p) {
+  pair = p;
+  const section = $("pair");
+  section.dataset.pairId = p.pair_id;
+  section.dataset.kind = p.kind;
+  $("media-a").replaceChildren();
+  $("media-b").replaceChildren();
+  $("side-b").hidden = false;
+  $("prompt").hidden = p.kind !== "text";
+  if (p.kind === "text") {
+    $("prompt").textContent = p.prompt;
+    $("media-a").append(textElement(p.response_a));
+    $("media-b").append(textElement(p.response_b));
+  } else if (p.clip) {  // one side-by-side clip: left half is "a", right half is "b"
+    $("media-a").append(mediaElement(p.clip));
+    $("side-b").hidden = true;
+  } else {
+    $("media-a").append(mediaElement(p.clip_a));
+    $("media-b").append(mediaElement(p.clip_b));
+  }
+  section.hidden = false;
+  setState("ready");
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, { credentials: "same-origin", cache: "no-store", ...options });
+  let body = null;
+  try { body = await response.json(); } catch (e) { body = { error: response.statusText }; }
+  if (response.status === 401 || response.status === 403) {
+    throw new Error((body && body.error) || "access denied: open the link with ?token=... once");
+  }
+  return { status: response.status, body };
+}
+
+async function fetchNext() {
+  clearTimeout(pollTimer);
+  if (!labeller) return;
+  setState("loading");
+  try {
+    const { status, body } = await api("/api/next?labeller=" + encodeURIComponent(labeller));
+    if (status !== 200) throw new Error(body.error || "could not load the next pair");
+    showProgress(body.progress);
+    if (body.pair) {
+      setStatus("Which one is better?");
+      render(body.pair);
+    } else {
+      pair = null;
+      $("pair").hidden = true;
+      $("pair").dataset.pairId = "";
+      setStatus("No pairs are waiting. Checking again every 2 seconds...");
+      setState("empty");
+      pollTimer = setTimeout(fetchNext, 2000);
+    }
+  } catch (err) {
+    setStatus(String(err.message || err), true);
+    setState("idle");
+    pollTimer = setTimeout(fetchNext, 5000);
+  }
+}
+
+async function choose(choice) {
+  if (busy || !pair || document.body.dataset.state !== "ready") return;
+  busy = true;
+  setState("saving");
+  const id = pair.pair_id;
+  try {
+    const { status, body } = await api("/api/label", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ pair_id: id, label: choice, labeller }),
+    });
+    if (status === 200) {
+      showProgress(body.progress);
+      setStatus("Saved (" + choice + ").");
+      await fetchNext();
+    } else if (status === 409 || status === 404) {
+      setStatus(body.error + " - showing the next pair.", true);
+      await fetchNext();
+    } else {
+      setStatus(body.error || "the label was not saved", true);
+      setState("ready");
+    }
+  } catch (err) {
+    setStatus("Not saved (" + (err.message || err) + "); try again.", true);
+    setState("ready");
+  } finally {
+    busy = false;
+  }
+}
+
+function start(name) {
+  if (!NAME_RE.test(name) || !name.trim()) {
+    setStatus("Names are 1-64 letters, digits, spaces or _ . @ + -", true);
+    return;
+  }
+  labeller = name;
+  localStorage.setItem(NAME_KEY, name);
+  fetchNext();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  setState("idle");
+  $("who").addEventListener("submit", (ev) => { ev.preventDefault(); start($("labeller").value.trim()); });
+  for (const b of document.querySelectorAll(".choice")) {
+    b.addEventListener("click", () => choose(b.dataset.choice));
+  }
+  document.addEventListener("keydown", (ev) => {
+    if (ev.ctrlKey || ev.metaKey || ev.altKey || ev.target.closest("input, textarea")) return;
+    const choice = KEYS[ev.key];
+    if (choice) { ev.preventDefault(); choose(choice); }
+  });
+  const saved = localStorage.getItem(NAME_KEY);
+  if (saved) { $("labeller").value = saved; start(saved); }
+});

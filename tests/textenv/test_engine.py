@@ -1,0 +1,193 @@
+"""The batched engine: KV-cache splicing/trimming, cached == uncached, the KL reward against float64, one forward."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from transformers import DynamicCache
+
+from textenv.engine import GenerationEngine, splice_rows, trim_cache
+from textenv.prompts import PromptSource
+from textenv.testing import make_tiny_lm
+
+PROMPTS = ["the movie was", "i loved this phone and", "it", "a really boring book but the acting"]
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return make_tiny_lm()
+
+
+def make_engine(lm, n=4, use_cache=True, ref=True, kl_coef=0.1, temperature=1.0, max_new=6, reward_fn=None):
+    model, tok = lm
+    ref_model = make_tiny_lm(seed=1)[0] if ref else None  # a different model, so the KL term is not zero
+    engine = GenerationEngine(
+        model, tok, ref_model, reward_fn, n, kl_coef, max_new, 8, temperature, torch.device("cpu"), use_cache
+    )
+    return engine, PromptSource(PROMPTS, tok, 8)
+
+
+def start(engine, source, rows, which):
+    engine.load_prompts(np.asarray(rows), [source.token_ids[i] for i in which], [source.prompts[i] for i in which])
+
+
+def layer_cache(tensors):
+    cache = DynamicCache()
+    for i, (k, v) in enumerate(tensors):
+        cache.update(k, v, i)
+    return cache
+
+
+def test_trim_cache_keeps_the_last_columns():
+    k = torch.arange(2 * 1 * 5 * 2, dtype=torch.float32).reshape(2, 1, 5, 2)
+    cache = layer_cache([(k, -k)])
+    trim_cache(cache, 3)
+    assert torch.equal(cache.layers[0].keys, k[:, :, 2:])
+    assert torch.equal(cache.layers[0].values, -k[:, :, 2:])
+    assert cache.get_seq_length() == 3
+    trim_cache(cache, 10)  # wider than the cache: unchanged
+    assert cache.get_seq_length() == 3
+
+
+def test_splice_rows_writes_the_right_end_and_left_pads_when_needed():
+    k = torch.ones(3, 2, 4, 2)
+    cache = layer_cache([(k.clone(), k.clone())])
+    new = layer_cache([(torch.full((1, 2, 2, 2), 7.0), torch.full((1, 2, 2, 2), 8.0))])
+    splice_rows(cache, torch.tensor([1]), new)
+    keys = cache.layers[0].keys
+    assert keys.shape == (3, 2, 4, 2)
+    assert torch.all(keys[1, :, 2:] == 7) and torch.all(keys[1, :, :2] == 1)
+    assert torch.all(keys[[0, 2]] == 1) and torch.all(cache.layers[0].values[1, :, 2:] == 8)
+    wide = layer_cache([(torch.full((1, 2, 6, 2), 5.0), torch.full((1, 2, 6, 2), 5.0))])
+    splice_rows(cache, torch.tensor([2]), wide)
+    keys = cache.layers[0].keys
+    assert keys.shape == (3, 2, 6, 2)  # two zero columns added on the left of every row
+    assert torch.all(keys[2] == 5) and torch.all(keys[0, :, :2] == 0) and torch.all(keys[0, :, 2:] == 1)
+
+
+def run_schedule(engine, source, seed=0, steps=14):
+    """Random actions with rows ending (EOS or length) and being reset at different times; returns per-step data."""
+    rng = np.random.default_rng(seed)
+    start(engine, source, range(engine.num_rows), [0, 1, 2, 3][: engine.num_rows])
+    out, reset_rows = [], np.zeros(0, dtype=np.int64)
+    for _ in range(steps):
+        logits = engine.next_token_logits().clone()
+        actions = rng.integers(3, engine.vocab_size, size=engine.num_rows)
+        actions[rng.random(engine.num_rows) < 0.15] = engine.eos_id
+        which = rng.integers(len(source), size=len(reset_rows))
+        res = engine.step(
+            actions, reset_rows, [source.token_ids[i] for i in which], [source.prompts[i] for i in which]
+        )
+        out.append((logits, res.reward.clone(), engine.tokens.clone(), res.ended.copy()))
+        reset_rows = res.ended
+    return out
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_cached_and_uncached_logits_agree(lm, temperature):
+    cached = run_schedule(*make_engine(lm, temperature=temperature))
+    full = run_schedule(*make_engine(lm, use_cache=False, temperature=temperature))
+    assert any(len(step[3]) for step in cached), "the schedule must exercise per-row resets"
+    for (lc, rc, tc, ec), (lf, rf, tf, ef) in zip(cached, full):
+        assert torch.equal(tc, tf) and np.array_equal(ec, ef)
+        assert torch.allclose(lc, lf, atol=1e-5), (lc - lf).abs().max()
+        assert torch.allclose(rc, rf, atol=1e-5)
+
+
+def test_cache_never_grows_past_L(lm):
+    engine, source = make_engine(lm)
+    run_schedule(engine, source, steps=30)
+    for cache in engine._caches.values():
+        assert cache.get_seq_length() <= engine.L
+
+
+def float64_logprobs(model, ids, temperature):
+    """log-softmax(logits / T) of a float64 copy of ``model`` over one unpadded sequence: (len, V)."""
+    m64 = copy.deepcopy(model).double()
+    with torch.no_grad():
+        logits = m64(input_ids=torch.tensor([ids])).logits[0]
+    return torch.log_softmax(logits / temperature, dim=-1)
+
+
+def test_kl_reward_equals_float64_recomputation(lm):
+    engine, source = make_engine(lm, n=2, kl_coef=0.3, temperature=0.8)
+    start(engine, source, [0, 1], [1, 3])
+    rng = np.random.default_rng(1)
+    rewards, actions = [], []
+    for _ in range(5):
+        a = rng.integers(3, engine.vocab_size, size=2)
+        rewards.append(engine.step(a).reward.double())
+        actions.append(a)
+    actions = np.stack(actions, 1)  # (2, T)
+    for row, p in enumerate([1, 3]):
+        ids = source.token_ids[p] + actions[row].tolist()
+        n = len(source.token_ids[p])
+        lp = float64_logprobs(engine.policy, ids, 0.8)
+        lr = float64_logprobs(engine.ref_model, ids, 0.8)
+        for t in range(actions.shape[1]):
+            a = actions[row, t]
+            expected = -0.3 * (lp[n - 1 + t, a] - lr[n - 1 + t, a])
+            assert abs(float(rewards[t][row]) - float(expected)) < 1e-6
+
+
+class CountForwards:
+    def __init__(self, model):
+        self.n = 0
+        model.register_forward_hook(self)
+
+    def __call__(self, *args):
+        self.n += 1
+
+
+def test_one_forward_per_model_per_step_and_logits_are_reused(lm):
+    engine, source = make_engine(lm, n=3)
+    pol, ref = CountForwards(engine.policy), CountForwards(engine.ref_model)
+    start(engine, source, [0, 1, 2], [0, 1, 2])
+    for _ in range(4):
+        logits = engine.next_token_logits()
+        assert engine.next_token_logits() is logits  # cached, not recomputed
+        res = engine.step(logits.argmax(-1))
+        expected = torch.log_softmax(logits, -1).gather(1, logits.argmax(-1)[:, None]).squeeze(1)
+        assert torch.allclose(res.policy_logprob, expected, atol=1e-6)
+    assert pol.n == 4 and ref.n == 4
+
+
+def test_no_reference_forward_when_kl_coef_is_zero(lm):
+    engine, source = make_engine(lm, kl_coef=0.0)
+    assert engine.ref_model is None
+    start(engine, source, range(4), range(4))
+    res = engine.step(np.full(4, 5))
+    assert res.ref_logprob is None and torch.all(res.reward == 0)
+
+
+def test_train_mode_policy_is_evaluated_without_dropout_and_restored(lm):
+    engine, source = make_engine(lm, n=2)
+    engine.policy.train()
+    try:
+        start(engine, source, [0, 1], [0, 1])
+        a = engine.next_token_logits().clone()
+        engine.refresh()
+        assert torch.equal(a, engine.next_token_logits())
+        assert engine.policy.training
+    finally:
+        engine.policy.eval()
+
+
+def test_refresh_recomputes_after_a_weight_change(lm):
+    model = make_tiny_lm()[0]
+    engine = GenerationEngine(model, lm[1], None, None, 2, 0.0, 6, 8, 1.0, torch.device("cpu"))
+    source = PromptSource(PROMPTS, lm[1], 8)
+    start(engine, source, [0, 1], [0, 3])
+    engine.step(np.array([5, 6]))
+    engine.next_token_logits()
+    engine.step(np.array([7, 8]))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    engine.refresh()
+    full = GenerationEngine(model, lm[1], None, None, 2, 0.0, 6, 8, 1.0, torch.device("cpu"), use_cache=False)
+    start(full, source, [0, 1], [0, 3])
+    full.step(np.array([5, 6]))
+    full.step(np.array([7, 8]))
+    assert torch.allclose(engine.next_token_logits(), full.next_token_logits(), atol=1e-5)

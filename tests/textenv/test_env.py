@@ -1,0 +1,263 @@
+"""TextGenEnv: API contracts (Gymnasium and SB3 checkers, seeding), MDP dynamics, info, bad input, registration."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import textenv
+from textenv import (
+    ActionTypeError,
+    EmptyPromptSourceError,
+    EpisodeEndedError,
+    InvalidActionError,
+    PromptTooLongError,
+    RewardFunctionError,
+    TextGenEnv,
+    VocabularyMismatchError,
+)
+from textenv.testing import make_tiny_lm, make_tiny_tokenizer
+
+PROMPTS = ["the movie was", "i loved this phone and", "it", "a really boring book but"]
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return make_tiny_lm()
+
+
+def make(lm, **kwargs):
+    model, tok = lm
+    kwargs = {"prompts": PROMPTS, "max_new_tokens": 5, "max_prompt_tokens": 6, **kwargs}
+    return TextGenEnv(model=model, tokenizer=tok, **kwargs)
+
+
+def rollout(env, actions, seed):
+    obs, info = env.reset(seed=seed)
+    out = [(obs, info)]
+    for a in actions:
+        out.append(env.step(a))
+        if out[-1][2] or out[-1][3]:
+            break
+    return out
+
+
+def test_gymnasium_check_env_passes(lm):
+    from gymnasium.utils.env_checker import check_env
+
+    check_env(make(lm, ref_model=make_tiny_lm(seed=2)[0]), skip_render_check=True)
+
+
+def test_sb3_check_env_passes(lm):
+    from stable_baselines3.common.env_checker import check_env
+
+    check_env(make(lm), warn=True)
+
+
+def test_seeded_reset_and_steps_are_deterministic(lm):
+    ref = make_tiny_lm(seed=3)[0]
+    a = rollout(make(lm, ref_model=ref), [5, 9, 7, 11, 4], seed=7)
+    b = rollout(make(lm, ref_model=ref), [5, 9, 7, 11, 4], seed=7)
+    for x, y in zip(a, b):
+        assert len(x) == len(y)
+        for u, v in zip(x, y):
+            if isinstance(u, dict) and "input_ids" in u:
+                assert all(np.array_equal(u[k], v[k]) for k in u)
+            else:
+                assert u == v
+    prompts = {make(lm).reset(seed=s)[1]["prompt"] for s in range(20)}
+    assert len(prompts) > 1  # the seed chooses the prompt
+
+
+def test_observation_is_the_previous_one_shifted_with_the_action_appended(lm):
+    env = make(lm)
+    obs, info = env.reset(seed=0, options={"prompt": "the movie was"})
+    assert obs["input_ids"].shape == (11,) and obs["input_ids"].dtype == np.int64
+    assert obs["attention_mask"].tolist() == [0] * 8 + [1] * 3  # left padding
+    for a in [5, 8, 13]:
+        nxt, *_ = env.step(a)
+        assert np.array_equal(nxt["input_ids"], np.append(obs["input_ids"][1:], a))
+        assert np.array_equal(nxt["attention_mask"], np.append(obs["attention_mask"][1:], 1))
+        obs = nxt
+
+
+def test_eos_terminates_and_info_holds_the_episode(lm):
+    tok = lm[1]
+    env = make(lm, reward_fn=textenv.KeywordReward(["good"]))
+    env.reset(seed=0, options={"prompt": "the movie was"})
+    good = tok.convert_tokens_to_ids("good")
+    _, r1, term, trunc, info = env.step(good)
+    assert not term and not trunc and set(info) == {"policy_logprob", "ref_logprob"}
+    _, r2, term, trunc, info = env.step(tok.eos_token_id)
+    assert term and not trunc
+    assert info["prompt"] == "the movie was" and info["response"] == "good"  # EOS is not part of the text
+    assert info["score"] == 1.0 and info["kl_sum"] == 0.0  # the reference is a copy of the policy
+    assert r2 == pytest.approx(1.0)
+    with pytest.raises(EpisodeEndedError, match="reset"):
+        env.step(5)
+
+
+def test_max_new_tokens_truncates(lm):
+    env = make(lm, max_new_tokens=3)
+    env.reset(seed=0)
+    flags = [env.step(5)[2:4] for _ in range(3)]
+    assert flags == [(False, False), (False, False), (False, True)]
+    with pytest.raises(EpisodeEndedError):
+        env.step(5)
+
+
+def test_step_before_reset_raises(lm):
+    with pytest.raises(EpisodeEndedError, match="reset"):
+        make(lm).step(5)
+
+
+def test_native_and_sb3_paths_give_the_same_reward(lm):
+    """A native agent samples from next_token_logits() (no second forward); an SB3 agent only calls step()."""
+    ref = make_tiny_lm(seed=4)[0]
+    native, sb3 = make(lm, ref_model=ref, kl_coef=0.2), make(lm, ref_model=ref, kl_coef=0.2)
+    native.reset(seed=3)
+    sb3.reset(seed=3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        logits = native.next_token_logits()
+        a = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=gen))
+        _, r_native, term, trunc, info_n = native.step(a)
+        _, r_sb3, *_, info_s = sb3.step(np.int64(a))
+        assert r_native == r_sb3 and info_n == info_s
+        assert info_n["policy_logprob"] == pytest.approx(float(torch.log_softmax(logits, -1)[a]), abs=1e-6)
+        if term or trunc:
+            break
+
+
+def test_final_reward_adds_the_score_to_the_kl_term(lm):
+    ref = make_tiny_lm(seed=5)[0]
+    env = make(lm, ref_model=ref, kl_coef=0.5, max_new_tokens=2, reward_fn=textenv.LengthReward(target=4))
+    env.reset(seed=1)
+    _, r1, *_, i1 = env.step(5)
+    _, r2, _, trunc, i2 = env.step(6)
+    assert trunc and i2["score"] == pytest.approx(-0.5)
+    assert r1 == pytest.approx(-0.5 * (i1["policy_logprob"] - i1["ref_logprob"]), abs=1e-6)
+    kl2 = i2["policy_logprob"] - i2["ref_logprob"]
+    assert r2 == pytest.approx(-0.5 * kl2 - 0.5, abs=1e-6)
+    assert i2["kl_sum"] == pytest.approx(i1["policy_logprob"] - i1["ref_logprob"] + kl2, abs=1e-5)
+
+
+def test_without_reference_there_is_no_kl_term(lm):
+    for kwargs in ({"ref_model": None}, {"kl_coef": 0.0}):
+        env = make(lm, **kwargs)
+        assert env.ref_model is None
+        env.reset(seed=0)
+        _, r, *_, info = env.step(5)
+        assert r == 0.0 and "ref_logprob" not in info
+
+
+@pytest.mark.parametrize(
+    ("action", "error"),
+    [
+        (10_000, InvalidActionError),
+        (-1, InvalidActionError),
+        (1.5, ActionTypeError),
+        (True, ActionTypeError),
+        ("good", ActionTypeError),
+        (np.float32(3), ActionTypeError),
+        (torch.tensor(2.0), ActionTypeError),
+        (np.array([1, 2]), ActionTypeError),
+    ],
+)
+def test_bad_actions_raise_specific_errors(lm, action, error):
+    env = make(lm)
+    env.reset(seed=0)
+    with pytest.raises(error, match="token id|integer|dtype"):
+        env.step(action)
+    env.step(np.int64(5))  # the env is still usable: the bad action changed nothing
+    assert issubclass(ActionTypeError, TypeError) and issubclass(InvalidActionError, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("scores", "match"),
+    [(lambda n: [float("nan")] * n, "non-finite"), (lambda n: [1.0] * (n + 1), "shape"), (lambda n: "x", "not")],
+)
+def test_bad_reward_function_output_raises(lm, scores, match):
+    env = make(lm, max_new_tokens=1, reward_fn=lambda prompts, responses: scores(len(responses)))
+    env.reset(seed=0)
+    with pytest.raises(RewardFunctionError, match=match):
+        env.step(5)
+
+
+def test_bad_constructor_arguments_raise_specific_errors(lm):
+    model, tok = lm
+    with pytest.raises(PromptTooLongError, match="max_prompt_tokens"):
+        make(lm, max_prompt_tokens=2)
+    with pytest.raises(EmptyPromptSourceError):
+        make(lm, prompts=[])
+    big_tok = make_tiny_tokenizer(list(textenv.testing.DEFAULT_WORDS) + ["extra", "words"])
+    with pytest.raises(VocabularyMismatchError, match="tokenizer"):
+        TextGenEnv(model=model, tokenizer=big_tok, prompts=PROMPTS)
+    for bad in ({"kl_coef": -1.0}, {"temperature": 0.0}, {"max_new_tokens": 0}):
+        with pytest.raises(ValueError):
+            make(lm, **bad)
+    with pytest.raises(ValueError, match="positions"):
+        make(lm, max_new_tokens=200)
+    with pytest.raises(TypeError, match="callable"):
+        make(lm, reward_fn="sentiment")
+
+
+def test_gym_make_and_make_vec(lm):
+    model, tok = lm
+    kwargs = {"model": model, "tokenizer": tok, "prompts": PROMPTS, "max_new_tokens": 4, "max_prompt_tokens": 6}
+    env = gym.make("TextGen-v0", **kwargs)
+    assert isinstance(env.unwrapped, TextGenEnv)
+    env.reset(seed=0)
+    env.step(env.action_space.sample())
+    assert isinstance(gym.make("textenv:TextGen-v0", **kwargs).unwrapped, TextGenEnv)
+    venv = gym.make_vec("TextGen-v0", num_envs=3, **kwargs)
+    assert isinstance(venv, textenv.TextGenVectorEnv) and venv.num_envs == 3
+    obs, _ = venv.reset(seed=0)
+    obs, reward, *_ = venv.step(venv.action_space.sample())
+    assert obs["input_ids"].shape == (3, 10) and reward.shape == (3,)
+
+
+def test_render_ansi(lm):
+    env = make(lm, render_mode="ansi")
+    env.reset(seed=0, options={"prompt": "the movie was"})
+    env.step(lm[1].convert_tokens_to_ids("good"))
+    assert env.render() == "the movie was | good"
+
+
+@pytest.mark.slow
+def test_no_argument_forms_use_the_default_lm():
+    default_lm = pytest.importorskip("textenv.default_lm")
+    if not (default_lm.DEFAULT_LM_PATH / "model.safetensors").is_file():
+        pytest.skip("the default LM has not been built yet")
+    for env in (gym.make("TextGen-v0"), gym.make("textenv:TextGen-v0")):
+        obs, info = env.reset(seed=0)
+        assert info["prompt"] in default_lm.default_prompts()
+        env.step(env.action_space.sample())
+    venv = gym.make_vec("TextGen-v0", num_envs=2)
+    venv.reset(seed=0)
+    venv.step(venv.action_space.sample())
+
+
+@pytest.mark.cuda
+def test_cuda_env_matches_cpu():
+    cpu_model, tok = make_tiny_lm()
+    gpu_model, _ = make_tiny_lm(device="cuda")
+    envs = [
+        TextGenEnv(model=m, tokenizer=tok, prompts=PROMPTS, max_new_tokens=4, max_prompt_tokens=6, device=d)
+        for m, d in ((cpu_model, "cpu"), (gpu_model, "cuda"))
+    ]
+    outs = [rollout(env, [5, 9, 7, 11], seed=0) for env in envs]
+    assert envs[1].next_token_logits is not None and envs[1].engine.tokens.device.type == "cuda"
+    for (o1, *r1), (o2, *r2) in zip(outs[0][1:], outs[1][1:]):
+        assert np.array_equal(o1["input_ids"], o2["input_ids"])
+        assert r1[0] == pytest.approx(r2[0], abs=1e-5)
+        assert r1[3]["policy_logprob"] == pytest.approx(r2[3]["policy_logprob"], abs=1e-4)
+    venv = textenv.TextGenVectorEnv(
+        4, model=gpu_model, tokenizer=tok, prompts=PROMPTS, max_new_tokens=3, max_prompt_tokens=6,
+        array_backend="torch",
+    )
+    obs, _ = venv.reset(seed=0)
+    for _ in range(5):
+        actions = torch.distributions.Categorical(logits=venv.next_token_logits()).sample()
+        obs, reward, term, trunc, info = venv.step(actions)
+        assert obs["input_ids"].is_cuda and reward.is_cuda and term.is_cuda and trunc.is_cuda

@@ -1,0 +1,427 @@
+"""The batched generation engine behind TextGenEnv and TextGenVectorEnv (one implementation, N rows).
+
+State layout (all on the model's device):
+
+* ``tokens`` and ``mask``: ``(N, L)`` int64, LEFT-padded, ``L = max_prompt_tokens + max_new_tokens``. Every row's
+  state (prompt + tokens generated so far) is right-aligned, so appending an action is a shift by one column and all
+  rows share the same "now" (the last column) whatever their episode step.
+* ``pos``: ``(N,)`` position id of each row's last token (= state length - 1; ``cumsum(mask) - 1`` of the row).
+* One KV cache per model (policy, reference) whose ``C <= L`` columns are aligned with the last ``C`` columns of
+  ``tokens``. Masked columns (left padding, a previous episode's leftovers) may hold any finite values.
+
+Per-row reset (vector autoreset) runs a prefill forward over the new prompts only and splices their K/V into the right
+end of those rows of the cache (``splice_rows``); since every live token of every row lies within the last
+``max(state length)`` columns, the cache is trimmed to that width before each decode step (``trim_cache``), so it
+never grows past ``L``. Logits are computed lazily, once per step, and cached: ``next_token_logits()`` (the native
+agents' sampling input) and ``step()`` (the reward) read the same tensor, so both paths give the same reward.
+
+Host bookkeeping (prompt lengths, step counts) is deterministic and lives in NumPy, so the only device->host transfer
+per step is the EOS check (one small tensor, as ``model.generate`` does for its stopping criterion), and none at all
+when actions come from the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from textenv.models import max_positions, pad_token_id, vocab_size
+from textenv.rewards import validate_scores
+
+logger = logging.getLogger(__name__)
+
+_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
+class InvalidActionError(ValueError):
+    """An action is not a token id of the vocabulary (out of range, or wrong shape)."""
+
+
+class ActionTypeError(InvalidActionError, TypeError):
+    """An action has the wrong type (a float, a bool, a string ...) instead of an integer token id."""
+
+
+# ----------------------------------------------------------------------------------------------------- KV cache ops
+
+
+def kv_layers(cache: Any) -> list | None:
+    """The per-layer K/V holders of a transformers ``DynamicCache`` whose tensors are ``(B, H, S, D)`` and may be
+    replaced freely (``DynamicLayer``), or ``None`` if the cache has another layout (sliding windows, quantized,
+    linear attention, transformers < 4.56): the engine then falls back to full recomputation."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    if not layers or any(type(layer) is not DynamicLayer or layer.keys is None for layer in layers):
+        return None
+    return list(layers)
+
+
+def cache_width(cache: Any) -> int:
+    return int(cache.layers[0].keys.shape[-2])
+
+
+def trim_cache(cache: Any, width: int) -> None:
+    """Keep only the last ``width`` columns of every layer (a view: no copy)."""
+    for layer in cache.layers:
+        start = layer.keys.shape[-2] - width
+        if start > 0:
+            layer.keys = layer.keys[..., start:, :]
+            layer.values = layer.values[..., start:, :]
+
+
+def splice_rows(cache: Any, rows: torch.Tensor, new: Any) -> None:
+    """Write ``new``'s K/V (``k`` rows, ``p`` columns) into the last ``p`` columns of ``rows`` of ``cache``.
+
+    ``cache`` is first left-padded with zero columns if it has fewer than ``p``. The row's columns left of the splice
+    keep stale values; the caller's attention mask (left padding) hides them.
+    """
+    for layer, src in zip(cache.layers, new.layers):
+        p = src.keys.shape[-2]
+        for name in ("keys", "values"):
+            dst, val = getattr(layer, name), getattr(src, name)
+            if dst.shape[-2] < p:
+                pad = dst.new_zeros(*dst.shape[:2], p - dst.shape[-2], dst.shape[-1])
+                dst = torch.cat([pad, dst], dim=-2)
+            else:
+                dst = dst.clone() if dst._base is not None else dst  # a trimmed view: write into its own storage
+            dst[rows, :, dst.shape[-2] - p :, :] = val.to(dst.dtype)
+            setattr(layer, name, dst)
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module):
+    """Run with dropout off (rollouts and log-probs must be deterministic), restoring train mode afterwards."""
+    was_training = model.training
+    if was_training:
+        model.eval()
+    try:
+        yield
+    finally:
+        if was_training:
+            model.train()
+
+
+# ----------------------------------------------------------------------------------------------------- the engine
+
+
+@dataclass
+class StepResult:
+    """What one engine step produced. Device tensors are ``(N,)``; host arrays are NumPy ``(N,)``."""
+
+    reward: torch.Tensor  # float32, KL penalty + score at episode end
+    policy_logprob: torch.Tensor  # float32, log pi(a|s) of the taken token (temperature-scaled)
+    ref_logprob: torch.Tensor | None  # float32, log pi_ref(a|s); None without a reference model
+    active: np.ndarray  # bool, rows that took an action (False: the row was reset at this step)
+    terminated: np.ndarray  # bool
+    truncated: np.ndarray  # bool
+    terminated_t: torch.Tensor | None  # the same on the device, when the actions came as a tensor (no host copy)
+    truncated_t: torch.Tensor | None
+    ended: np.ndarray  # row indices whose episode ended at this step
+    prompts: list[str]  # for the ended rows
+    responses: list[str]  # for the ended rows
+    scores: np.ndarray  # float64, reward_fn scores of the ended rows
+    kl_sums: np.ndarray  # float64, sum over the episode of log pi - log pi_ref, for the ended rows
+
+
+class GenerationEngine:
+    """Batched token-level MDP over ``num_rows`` rows sharing one policy (and reference) forward per step.
+
+    Args:
+        policy: a Hugging Face causal LM.
+        tokenizer: its tokenizer (decodes responses; gives EOS).
+        ref_model: the reference model, or None (no KL term).
+        reward_fn: ``(prompts, responses) -> (B,)`` scores added at the last step, or None (score 0).
+        num_rows: N.
+        kl_coef: beta of ``r_t = -beta (log pi - log pi_ref)``; 0 skips the reference forward.
+        max_new_tokens: episode length limit (truncation).
+        max_prompt_tokens: longest prompt; ``L = max_prompt_tokens + max_new_tokens``.
+        temperature: logits are divided by it before log-softmax / sampling (both models).
+        device: where the state and models live.
+        use_cache: KV-cached decoding (default); False recomputes the full forward every step (reference path).
+    """
+
+    def __init__(
+        self,
+        policy: torch.nn.Module,
+        tokenizer: Any,
+        ref_model: torch.nn.Module | None,
+        reward_fn: Callable | None,
+        num_rows: int,
+        kl_coef: float,
+        max_new_tokens: int,
+        max_prompt_tokens: int,
+        temperature: float,
+        device: torch.device,
+        use_cache: bool = True,
+    ):
+        self.policy, self.tokenizer, self.reward_fn = policy, tokenizer, reward_fn
+        self.ref_model = ref_model if (ref_model is not None and kl_coef != 0) else None
+        self.num_rows, self.kl_coef, self.temperature = int(num_rows), float(kl_coef), float(temperature)
+        self.max_new_tokens, self.max_prompt_tokens = int(max_new_tokens), int(max_prompt_tokens)
+        self.L = self.max_new_tokens + self.max_prompt_tokens
+        self.device, self.use_cache = device, use_cache
+        self.vocab_size = vocab_size(policy)
+        self.eos_id = tokenizer.eos_token_id
+        self.pad_id = pad_token_id(tokenizer)
+        n_pos = max_positions(policy)
+        if n_pos is not None and self.L > n_pos:
+            raise ValueError(
+                f"max_prompt_tokens + max_new_tokens = {self.L} exceeds the model's {n_pos} positions: "
+                "lower one of them"
+            )
+        self._keep_arg = {
+            id(m): "logits_to_keep" in inspect.signature(m.forward).parameters
+            for m in (policy, self.ref_model)
+            if m is not None
+        }
+        n, L = self.num_rows, self.L
+        self.tokens = torch.full((n, L), self.pad_id, dtype=torch.long, device=device)
+        self.mask = torch.zeros((n, L), dtype=torch.long, device=device)
+        self.pos = torch.zeros(n, dtype=torch.long, device=device)
+        self.t_dev = torch.zeros(n, dtype=torch.long, device=device)  # device twin of self.t (no H2D per step)
+        self.kl_sum = torch.zeros(n, dtype=torch.float32, device=device)
+        self._ones = torch.ones((n, 1), dtype=torch.long, device=device)
+        self.plen = np.zeros(n, dtype=np.int64)  # prompt length per row (host)
+        self.t = np.zeros(n, dtype=np.int64)  # tokens generated so far per row (host)
+        self.prompt_text: list[str] = [""] * n
+        self._need_prefill = np.zeros(n, dtype=bool)
+        self._need_decode = np.zeros(n, dtype=bool)
+        self._logits: torch.Tensor | None = None
+        self._ref_logits: torch.Tensor | None = None
+        self._caches: dict[int, Any] = {}
+
+    # ------------------------------------------------------------------------------------------------ state changes
+
+    def load_prompts(self, rows: np.ndarray, ids: list[list[int]], texts: list[str]) -> None:
+        """Start new episodes in ``rows`` with prompts ``ids`` (token lists, each <= max_prompt_tokens)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        k, L = len(rows), self.L
+        tok = np.full((k, L), self.pad_id, dtype=np.int64)
+        msk = np.zeros((k, L), dtype=np.int64)
+        plen = np.array([len(x) for x in ids], dtype=np.int64)
+        for j, x in enumerate(ids):  # host-side, once per episode, not per token
+            tok[j, L - len(x) :] = x
+            msk[j, L - len(x) :] = 1
+        idx = torch.as_tensor(rows, device=self.device)
+        # Out of place: obs tensors already handed out (torch backend) must not change under the caller.
+        self.tokens = self.tokens.index_put((idx,), torch.as_tensor(tok, device=self.device))
+        self.mask = self.mask.index_put((idx,), torch.as_tensor(msk, device=self.device))
+        self.pos = self.pos.index_put((idx,), torch.as_tensor(plen - 1, device=self.device))
+        self.kl_sum = self.kl_sum.index_fill(0, idx, 0.0)
+        self.t_dev = self.t_dev.index_fill(0, idx, 0)
+        self.plen[rows], self.t[rows] = plen, 0
+        for r, text in zip(rows.tolist(), texts):
+            self.prompt_text[r] = text
+        self._need_prefill[rows], self._need_decode[rows] = True, False
+        self._logits = self._ref_logits = None
+
+    def refresh(self) -> None:
+        """Recompute the KV caches from the token state on the next forward. Call this after changing the policy's
+        (or reference's) weights in the middle of episodes: cached K/V were made by the old weights."""
+        self._need_prefill[:], self._need_decode[:] = True, False
+        self._logits = self._ref_logits = None
+
+    def next_token_logits(self) -> torch.Tensor:
+        """``(N, V)`` float32 policy logits at the current states, divided by the temperature (cached)."""
+        self._ensure_logits()
+        assert self._logits is not None
+        return self._logits
+
+    def step(
+        self,
+        actions: Any,
+        reset_rows: np.ndarray | None = None,
+        reset_ids: list[list[int]] | None = None,
+        reset_texts: list[str] | None = None,
+    ) -> StepResult:
+        """Append ``actions`` (N,) to the rows not in ``reset_rows``; start new episodes in ``reset_rows`` (their
+        actions are ignored: Gymnasium's next-step autoreset). Returns rewards and which episodes ended."""
+        n = self.num_rows
+        active = np.ones(n, dtype=bool)
+        if reset_rows is not None and len(reset_rows):
+            active[reset_rows] = False
+        a, eos_hit, eos_t = self._check_actions(actions, active)
+        any_active = bool(active.any())
+        act_t = None if active.all() else torch.as_tensor(active, device=self.device)
+        if any_active:
+            self._ensure_logits()
+            logits = self._logits
+            lp = logits.gather(1, a[:, None]).squeeze(1) - logits.logsumexp(-1)  # log pi(a|s), (N,)
+            if self.ref_model is not None:
+                ref = self._ref_logits
+                rlp = ref.gather(1, a[:, None]).squeeze(1) - ref.logsumexp(-1)
+                kl = lp - rlp  # the per-token KL estimate of Ziegler et al. 2019 / Stiennon et al. 2020
+                reward = -self.kl_coef * kl
+            else:
+                rlp, kl, reward = None, None, torch.zeros_like(lp)
+            if act_t is not None:
+                reward, lp = reward.where(act_t, 0.0), lp.where(act_t, 0.0)
+                rlp = rlp.where(act_t, 0.0) if rlp is not None else None
+                kl = kl.where(act_t, 0.0) if kl is not None else None
+            if kl is not None:
+                self.kl_sum = self.kl_sum + kl
+        else:
+            reward = lp = torch.zeros(n, dtype=torch.float32, device=self.device)
+            rlp = torch.zeros_like(lp) if self.ref_model is not None else None
+        # s_{t+1} = [s_t, a_t]: shift left by one column (the oldest column is padding or, for rows being reset,
+        # irrelevant: it is overwritten by load_prompts below).
+        self.tokens = torch.cat([self.tokens[:, 1:], a[:, None]], dim=1)
+        self.mask = torch.cat([self.mask[:, 1:], self._ones], dim=1)
+        self.pos = self.pos + 1
+        self.t[active] += 1
+        self.t_dev = self.t_dev + (1 if act_t is None else act_t.long())
+        self._need_decode[:], self._need_prefill[:] = active, False
+        self._logits = self._ref_logits = None
+        terminated = eos_hit & active
+        truncated = (self.t >= self.max_new_tokens) & active & ~terminated
+        ended = np.flatnonzero(terminated | truncated)
+        term_t = trunc_t = None
+        if eos_t is not None:
+            term_t = eos_t if act_t is None else eos_t & act_t
+            trunc_t = (self.t_dev >= self.max_new_tokens) & ~term_t
+            trunc_t = trunc_t if act_t is None else trunc_t & act_t
+        prompts: list[str] = []
+        responses: list[str] = []
+        scores = kl_sums = np.zeros(0)
+        if len(ended):
+            prompts, responses = self._decode_episodes(ended, terminated)
+            scores = np.zeros(len(ended))
+            if self.reward_fn is not None:
+                scores = validate_scores(self.reward_fn(prompts, responses), len(ended), self.reward_fn)
+                idx = torch.as_tensor(ended, device=self.device)
+                reward = reward.index_add(0, idx, torch.as_tensor(scores, dtype=reward.dtype, device=self.device))
+            kl_sums = self.kl_sum[torch.as_tensor(ended, device=self.device)].double().cpu().numpy()
+        if not active.all():
+            self.load_prompts(reset_rows, reset_ids, reset_texts)
+        return StepResult(
+            reward, lp, rlp, active, terminated, truncated, term_t, trunc_t, ended, prompts, responses, scores, kl_sums
+        )
+
+    # -------------------------------------------------------------------------------------------------- internals
+
+    def _check_actions(self, actions: Any, active: np.ndarray) -> tuple[torch.Tensor, np.ndarray, torch.Tensor | None]:
+        """Validate actions; return them as a (N,) long tensor on the device, the host EOS mask and, for tensor
+        actions, the device EOS mask."""
+        n, V = self.num_rows, self.vocab_size
+        if torch.is_tensor(actions):
+            if actions.dtype not in _INT_DTYPES:
+                raise ActionTypeError(f"actions must be integer token ids, got a tensor of dtype {actions.dtype}")
+            if tuple(actions.shape) != (n,):
+                raise InvalidActionError(f"expected actions of shape ({n},), got {tuple(actions.shape)}")
+            a = actions.to(self.device, torch.long)
+            if not active.all():
+                a = a.where(torch.as_tensor(active, device=self.device), self.pad_id)
+            bad = ((a < 0) | (a >= V)).any()
+            eos = a == self.eos_id if self.eos_id is not None else torch.zeros_like(a, dtype=torch.bool)
+            flags = torch.cat([bad[None], eos]).cpu().numpy()  # the one device->host transfer of a step
+            if flags[0]:
+                first = int(torch.nonzero((a < 0) | (a >= V))[0, 0])
+                raise InvalidActionError(
+                    f"action {int(a[first])} (row {first}) is not a token id: the action space is Discrete({V}), "
+                    f"ids 0..{V - 1}"
+                )
+            return a, flags[1:].astype(bool), eos
+        arr = np.asarray(actions)
+        if arr.dtype.kind not in "iu":
+            raise ActionTypeError(
+                f"actions must be integer token ids, got {arr.dtype} ({type(actions).__name__}); "
+                "pass ints, an integer NumPy array or an integer tensor"
+            )
+        if arr.shape != (n,):
+            raise InvalidActionError(f"expected actions of shape ({n},), got {arr.shape}")
+        arr = np.where(active, arr, self.pad_id).astype(np.int64)
+        bad = np.flatnonzero((arr < 0) | (arr >= V))
+        if len(bad):
+            raise InvalidActionError(
+                f"action {arr[bad[0]]} (row {bad[0]}) is not a token id: the action space is Discrete({V}), "
+                f"ids 0..{V - 1}"
+            )
+        eos = arr == self.eos_id if self.eos_id is not None else np.zeros(n, dtype=bool)
+        return torch.from_numpy(arr).to(self.device), eos, None
+
+    def _decode_episodes(self, rows: np.ndarray, terminated: np.ndarray) -> tuple[list[str], list[str]]:
+        toks = self.tokens[torch.as_tensor(rows, device=self.device)].cpu().numpy()
+        resp = []
+        for j, r in enumerate(rows.tolist()):
+            ids = toks[j, self.L - self.t[r] :]
+            if terminated[r]:
+                ids = ids[:-1]  # the EOS token is the "stop" action, not text
+            resp.append(ids.tolist())
+        return [self.prompt_text[r] for r in rows.tolist()], self.tokenizer.batch_decode(resp, skip_special_tokens=True)
+
+    def _models(self) -> list[torch.nn.Module]:
+        return [self.policy] if self.ref_model is None else [self.policy, self.ref_model]
+
+    def _forward(self, model, input_ids, attention_mask, position_ids, cache=None, use_cache=True):
+        kwargs = {"logits_to_keep": 1} if self._keep_arg.get(id(model), False) else {}
+        with torch.no_grad(), eval_mode(model):
+            out = model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=cache,
+                use_cache=use_cache,
+                **kwargs,
+            )
+        logits = out.logits[:, -1].float()
+        if self.temperature != 1.0:
+            logits = logits / self.temperature
+        return logits, (out.past_key_values if use_cache else None)
+
+    def _ensure_logits(self) -> None:
+        if self._logits is not None:
+            return
+        state_len = self.plen + self.t
+        if not self.use_cache:
+            w = int(state_len.max())
+            ids, msk = self.tokens[:, -w:], self.mask[:, -w:]
+            pos = (msk.cumsum(-1) - 1).clamp_(min=0)
+            outs = [self._forward(m, ids, msk, pos, use_cache=False)[0] for m in self._models()]
+            self._set_logits(outs)
+            self._need_prefill[:], self._need_decode[:] = False, False
+            return
+        decode, prefill = self._need_decode, self._need_prefill
+        assert bool((decode ^ prefill).all()), "engine invariant: each row needs exactly one of decode/prefill"
+        outs: list[torch.Tensor | None] = [None] * len(self._models())
+        if decode.any():
+            width = int(state_len[decode].max())  # includes the pending token, which is not in the cache yet
+            for i, m in enumerate(self._models()):
+                cache = self._caches[id(m)]
+                trim_cache(cache, width - 1)
+                c = cache_width(cache)
+                outs[i], self._caches[id(m)] = self._forward(
+                    m, self.tokens[:, -1:], self.mask[:, -(c + 1) :], self.pos[:, None], cache
+                )
+        if prefill.any():
+            rows = np.flatnonzero(prefill)
+            w = int(state_len[rows].max())
+            everything = len(rows) == self.num_rows
+            idx = None if everything else torch.as_tensor(rows, device=self.device)
+            ids = self.tokens[:, -w:] if everything else self.tokens[idx, -w:]
+            msk = self.mask[:, -w:] if everything else self.mask[idx, -w:]
+            pos = (msk.cumsum(-1) - 1).clamp_(min=0)
+            for i, m in enumerate(self._models()):
+                logits, new = self._forward(m, ids, msk, pos, None)
+                if kv_layers(new) is None:
+                    logger.warning("unsupported KV-cache layout for %s: recomputing every step", type(m).__name__)
+                    self.use_cache = False
+                    self._ensure_logits()
+                    return
+                if everything:
+                    outs[i], self._caches[id(m)] = logits, new
+                else:
+                    splice_rows(self._caches[id(m)], idx, new)
+                    outs[i] = outs[i].index_put((idx,), logits)
+        self._set_logits(outs)
+        self._need_prefill[:], self._need_decode[:] = False, False
+
+    def _set_logits(self, outs: list) -> None:
+        self._logits = outs[0]
+        self._ref_logits = outs[1] if len(outs) > 1 else None

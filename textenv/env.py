@@ -1,0 +1,232 @@
+"""TextGen-v0: LLM text generation as a token-level MDP (single-episode env; the batched twin is in vector_env.py)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from textenv.engine import ActionTypeError, GenerationEngine
+from textenv.models import REF_COPY, load_policy, load_reference, resolve_device
+from textenv.prompts import PromptError, PromptSource, read_prompts
+
+
+class EpisodeEndedError(RuntimeError):
+    """``step()`` was called before ``reset()`` or after the episode ended."""
+
+
+def build_engine(
+    num_rows: int,
+    model: Any,
+    tokenizer: Any,
+    prompts: Any,
+    reward_fn: Any,
+    ref_model: Any,
+    kl_coef: float,
+    max_new_tokens: int,
+    max_prompt_tokens: int,
+    temperature: float,
+    device: str | torch.device | None,
+    prompt_field: str,
+    use_cache: bool,
+) -> tuple[GenerationEngine, PromptSource]:
+    """Validate the env arguments (raising errors that say what to change) and build the shared engine."""
+    if not (isinstance(kl_coef, (int, float)) and math.isfinite(kl_coef) and kl_coef >= 0):
+        raise ValueError(f"kl_coef must be a finite number >= 0 (0 disables the KL term), got {kl_coef!r}")
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be > 0 (1.0 = the model's own distribution), got {temperature!r}")
+    for name, value in (("max_new_tokens", max_new_tokens), ("max_prompt_tokens", max_prompt_tokens)):
+        if not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if reward_fn is not None and not callable(reward_fn):
+        raise TypeError(f"reward_fn must be callable as reward_fn(prompts, responses), got {type(reward_fn).__name__}")
+    policy, tokenizer = load_policy(model, tokenizer, device)
+    dev = resolve_device(device, policy)
+    ref = load_reference(ref_model, policy, dev) if kl_coef != 0 else None
+    if prompts is None:
+        try:
+            from textenv.default_lm import default_prompts
+        except ImportError as exc:
+            raise PromptError("no prompts given and the default prompt set is unavailable: pass prompts=[...]") from exc
+        prompts = default_prompts()
+    source = PromptSource(read_prompts(prompts, prompt_field), tokenizer, max_prompt_tokens)
+    engine = GenerationEngine(
+        policy, tokenizer, ref, reward_fn, num_rows, kl_coef, max_new_tokens, max_prompt_tokens, temperature, dev,
+        use_cache=use_cache,
+    )
+    return engine, source
+
+
+def observation_space(engine: GenerationEngine) -> spaces.Dict:
+    L, V = engine.L, engine.vocab_size
+    return spaces.Dict(
+        {
+            "input_ids": spaces.Box(0, V - 1, shape=(L,), dtype=np.int64),
+            "attention_mask": spaces.Box(0, 1, shape=(L,), dtype=np.int64),
+        }
+    )
+
+
+class TextGenEnv(gym.Env):
+    """
+    ## Description
+    Text generation as the token-level MDP of RLHF (Ziegler et al. 2019, "Fine-Tuning Language Models from Human
+    Preferences"; Ramamurthy et al. 2023, RL4LMs). The state is a prompt followed by the tokens generated so far; an
+    action appends one token. The policy is ``env.policy``, a Hugging Face causal LM: native agents sample actions
+    from ``env.next_token_logits()`` (computed once per step with a KV cache and reused by ``step`` for the KL
+    reward, so they pay no second forward pass); any other algorithm (e.g. Stable-Baselines3) just calls
+    ``step(action)`` and the env computes the same logits itself, giving the same reward.
+
+    This class is the N=1, no-autoreset case of the batched engine used by ``TextGenVectorEnv`` (the fast path).
+
+    ## Action Space
+    ``Discrete(V)``: a token id; V is the width of the model's logits. Out-of-range ids raise
+    ``InvalidActionError``; non-integer actions (floats, bools, strings) raise ``ActionTypeError``.
+
+    ## Observation Space
+    ``Dict(input_ids=Box(0, V-1, (L,), int64), attention_mask=Box(0, 1, (L,), int64))`` with
+    ``L = max_prompt_tokens + max_new_tokens``. LEFT-padded: the state (prompt + generated tokens) is right-aligned,
+    masked positions hold the pad id (the tokenizer's pad, else EOS). Each step shifts the window left by one
+    column and appends the action in the last column.
+
+    ## Rewards
+    ``r_t = -kl_coef * (log pi(a_t|s_t) - log pi_ref(a_t|s_t))`` with both log-probs taken from the
+    temperature-scaled log-softmax; at the last step ``reward_fn([prompt], [response])[0]`` is added. With
+    ``kl_coef=0`` or ``ref_model=None`` the KL term is 0 (and the reference forward is skipped); with
+    ``reward_fn=None`` the score is 0.
+
+    ## Starting State
+    A prompt drawn uniformly from ``prompts`` with ``self.np_random`` (or ``options={"prompt": text}``), tokenized
+    with the tokenizer's special tokens.
+
+    ## Episode End
+    Terminated when the action is the tokenizer's EOS; truncated after ``max_new_tokens`` actions. Calling ``step``
+    after the end (or before ``reset``) raises ``EpisodeEndedError``.
+
+    ## Arguments
+    * ``model``: HF model id, local path or causal-LM object; ``None`` = the offline default LM.
+    * ``tokenizer``: tokenizer object, id or path (required with a model object).
+    * ``prompts``: list of strings, a ``.txt`` (one per line) / ``.jsonl`` path, or a ``datasets.Dataset``;
+      ``None`` = the default LM's prompts. ``prompt_field``: the JSONL key / dataset column (default ``"prompt"``).
+    * ``reward_fn``: ``reward_fn(prompts, responses) -> (B,)`` floats (see ``textenv.rewards``), or ``None``.
+    * ``ref_model``: ``"copy"`` (default: a frozen copy of the initial policy), a model / id / path, or ``None``.
+    * ``kl_coef`` (0.05), ``max_new_tokens`` (32), ``max_prompt_tokens`` (32; longer prompts raise
+      ``PromptTooLongError``, never truncated), ``temperature`` (1.0), ``device`` (default: the model's).
+    * ``use_cache`` (True): KV-cached decoding; False recomputes the full forward each step (a reference path).
+    * ``render_mode``: ``None`` or ``"ansi"``.
+
+    ## Info
+    Every step: ``policy_logprob`` and (with a reference) ``ref_logprob`` of the taken token. At episode end also
+    ``prompt``, ``response`` (decoded, without the final EOS), ``score`` (reward_fn) and ``kl_sum`` (sum over the
+    episode of ``log pi - log pi_ref``). ``reset`` returns ``{"prompt": text}``.
+
+    ## Version History
+    * v0: initial version (Gymnasium 1.x).
+    """
+
+    metadata = {"render_modes": ["ansi"]}
+
+    def __init__(
+        self,
+        model: Any = None,
+        tokenizer: Any = None,
+        prompts: Any = None,
+        reward_fn: Any = None,
+        ref_model: Any = REF_COPY,
+        kl_coef: float = 0.05,
+        max_new_tokens: int = 32,
+        max_prompt_tokens: int = 32,
+        temperature: float = 1.0,
+        device: str | torch.device | None = None,
+        prompt_field: str = "prompt",
+        use_cache: bool = True,
+        render_mode: str | None = None,
+    ):
+        if render_mode not in (None, "ansi"):
+            raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
+        self.render_mode = render_mode
+        self.engine, self.prompt_source = build_engine(
+            1, model, tokenizer, prompts, reward_fn, ref_model, kl_coef, max_new_tokens, max_prompt_tokens,
+            temperature, device, prompt_field, use_cache,
+        )
+        self.observation_space = observation_space(self.engine)
+        self.action_space = spaces.Discrete(self.engine.vocab_size)
+        self._ended = True
+
+    @property
+    def policy(self) -> torch.nn.Module:
+        """The causal LM that acts (agents train this object)."""
+        return self.engine.policy
+
+    @property
+    def ref_model(self) -> torch.nn.Module | None:
+        return self.engine.ref_model
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.engine.tokenizer
+
+    def next_token_logits(self) -> torch.Tensor:
+        """``(V,)`` float32 policy logits at the current state, divided by the temperature, on the model's device."""
+        return self.engine.next_token_logits()[0]
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        if options and "prompt" in options:
+            text = options["prompt"]
+            ids = self.prompt_source.encode([text])
+        else:
+            i = int(self.prompt_source.sample(self.np_random, 1)[0])
+            text, ids = self.prompt_source.prompts[i], [self.prompt_source.token_ids[i]]
+        self.engine.load_prompts(np.zeros(1, dtype=np.int64), ids, [text])
+        self._ended = False
+        return self._obs(), {"prompt": text}
+
+    def step(self, action: Any):
+        if self._ended:
+            raise EpisodeEndedError(
+                "step() called before reset() or after the episode ended (terminated/truncated): call reset() first"
+            )
+        res = self.engine.step(_as_single_action(action))
+        info: dict[str, Any] = {"policy_logprob": float(res.policy_logprob[0])}
+        if res.ref_logprob is not None:
+            info["ref_logprob"] = float(res.ref_logprob[0])
+        terminated, truncated = bool(res.terminated[0]), bool(res.truncated[0])
+        if len(res.ended):
+            self._ended = True
+            info.update(
+                prompt=res.prompts[0], response=res.responses[0], score=float(res.scores[0]),
+                kl_sum=float(res.kl_sums[0]),
+            )
+        return self._obs(), float(res.reward[0]), terminated, truncated, info
+
+    def render(self) -> str | None:
+        if self.render_mode != "ansi":
+            return None
+        e = self.engine
+        resp = e.tokens[0, e.L - int(e.t[0]) :].tolist() if e.t[0] else []
+        return f"{e.prompt_text[0]} | {e.tokenizer.decode(resp, skip_special_tokens=True)}"
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        return {
+            "input_ids": self.engine.tokens[0].cpu().numpy().copy(),
+            "attention_mask": self.engine.mask[0].cpu().numpy().copy(),
+        }
+
+
+def _as_single_action(action: Any) -> np.ndarray | torch.Tensor:
+    """A scalar action as a (1,) array/tensor; non-integers raise ``ActionTypeError``."""
+    if torch.is_tensor(action):
+        if action.numel() != 1:
+            raise ActionTypeError(f"a single env takes one token id, got a tensor of shape {tuple(action.shape)}")
+        return action.reshape(1)
+    if isinstance(action, (bool, np.bool_)) or not isinstance(action, (int, np.integer, np.ndarray)):
+        raise ActionTypeError(f"the action must be an integer token id, got {type(action).__name__} {action!r}")
+    arr = np.asarray(action)
+    if arr.size != 1:
+        raise ActionTypeError(f"a single env takes one token id, got an array of shape {arr.shape}")
+    return arr.reshape(1)
