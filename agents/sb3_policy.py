@@ -4,8 +4,8 @@ With it, unmodified SB3 algorithms (``PPO``, ``A2C``) train a language model on 
 MLP on CartPole::
 
     env = gym.make("TextGen-v0")
-    model = PPO(CausalLMPolicy, env, policy_kwargs={"lm": env.unwrapped.policy}, n_steps=64, batch_size=16)
-    model.learn(2_000)
+    model = make_sb3_text_model("ppo", env, n_steps=64, batch_size=16)  # = PPO(CausalLMPolicy, env, ...)
+    model.learn(2_000, callback=SyncTextEnvCallback())
 
 - Actor: the LM's next-token distribution at the last position of the observation, ``softmax(logits / temperature)``.
 - Critic: a linear value head on the LM's last hidden state at the same position (zero-initialised, so the first
@@ -16,8 +16,10 @@ MLP on CartPole::
 Trade-off: SB3 knows nothing of KV caches, so every step re-runs the whole context through the LM (O(T^2) over an
 episode). The native agents (``agents.ppo`` and friends) drive the vector env's KV-cached fast path instead.
 
-Pass the very model object the env acts with (``env.unwrapped.policy``): the env computes the KL penalty with the
-acting policy's log-probabilities, so both must be the same weights.
+The policy must act with the very model object the env scores (``env.unwrapped.policy``): the env computes the KL
+penalty with the acting policy's log-probabilities. ``make_sb3_text_model`` wires this (``policy_kwargs={"lm":
+LMHandle(env.unwrapped.policy)}``; the handle keeps ``model.save()`` from pickling the LM). A model loaded with
+``PPO.load`` has its own LM: build the env on ``loaded.policy.lm`` to keep training it.
 """
 
 from __future__ import annotations
@@ -26,16 +28,15 @@ from typing import Any
 
 import torch
 from gymnasium import spaces
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.distributions import CategoricalDistribution
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
+from textenv.models import VocabularyMismatchError
+
 OBS_KEYS = ("input_ids", "attention_mask")
-
-
-class VocabularyMismatchError(ValueError):
-    """The policy's LM and the env disagree on the vocabulary (the action space)."""
 
 
 class ObservationSpaceError(ValueError):
@@ -53,8 +54,8 @@ def _resolve_lm(lm: Any) -> nn.Module:
         return AutoModelForCausalLM.from_pretrained(lm)
     if isinstance(lm, nn.Module):
         return lm
-    if isinstance(lm, _ConfigSpec):
-        return lm.build()
+    if isinstance(lm, LMHandle):
+        return lm.resolve()
     raise TypeError(f"lm must be a Hugging Face causal LM, a model id / local path, or None; got {type(lm).__name__}")
 
 
@@ -163,12 +164,8 @@ class CausalLMPolicy(ActorCriticPolicy):
         data = super()._get_constructor_parameters()
         for key in ("net_arch", "features_extractor_class", "features_extractor_kwargs", "activation_fn"):
             data.pop(key, None)
-        # A model given by name is saved by name; a model object is rebuilt from its config and the state dict
-        # (the weights travel in the state dict, not twice).
-        if self._lm_arg is not None:
-            data["lm"] = self._lm_arg
-        else:
-            data["lm"] = _ConfigSpec.of(self.lm)
+        # A model given by name is saved by name; a model object by class + config (weights: the state dict).
+        data["lm"] = self._lm_arg if self._lm_arg is not None else LMHandle(self.lm)
         data["temperature"] = self.temperature
         return data
 
@@ -196,15 +193,80 @@ class CausalLMPolicy(ActorCriticPolicy):
         return self.get_distribution(observation).get_actions(deterministic=deterministic)
 
 
-class _ConfigSpec:
-    """A picklable recipe for an LM: its class and config, without weights (they come from the state dict)."""
+class LMHandle:
+    """Passes an LM object through SB3's ``policy_kwargs``, which SB3 pickles on ``save()``.
 
-    def __init__(self, cls: type, config: Any):
-        self.cls, self.config = cls, config
+    In the process it resolves to the very object (so the policy and the env share weights); pickled, it keeps only
+    the model class and config, and the weights come back from SB3's saved state dict.
+    """
 
-    @classmethod
-    def of(cls, lm: nn.Module) -> _ConfigSpec:
-        return cls(type(lm), lm.config)
+    def __init__(self, lm: nn.Module):
+        self._lm: nn.Module | None = lm
+        self.cls, self.config = type(lm), lm.config
 
-    def build(self) -> nn.Module:
-        return self.cls(self.config)
+    def __getstate__(self) -> dict[str, Any]:
+        return {"cls": self.cls, "config": self.config}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._lm, self.cls, self.config = None, state["cls"], state["config"]
+
+    def resolve(self) -> nn.Module:
+        if self._lm is None:
+            self._lm = self.cls(self.config)
+        return self._lm
+
+
+def _engines(vec_env) -> list:
+    """The TextGen engines behind an SB3 VecEnv of TextGen-v0 envs (DummyVecEnv: same process, same weights)."""
+    engines = []
+    for env in getattr(vec_env, "envs", []):
+        engine = getattr(env.unwrapped, "engine", None)
+        if engine is not None:
+            engines.append(engine)
+    return engines
+
+
+class SyncTextEnvCallback(BaseCallback):
+    """Tells TextGen envs that the policy changed.
+
+    SB3 updates the weights between rollouts while episodes are mid-way; the env's KV caches were computed by the old
+    weights, so the env recomputes them (``engine.refresh()``) at the start of each rollout. Without it the KL penalty
+    of the remaining tokens would mix old and new weights.
+    """
+
+    def _on_rollout_start(self) -> None:
+        for engine in _engines(self.training_env):
+            engine.refresh()
+
+    def _on_step(self) -> bool:
+        return True
+
+
+SB3_TEXT_ALGOS = ("ppo", "a2c")
+
+
+def make_sb3_text_model(algo: str, env, temperature: float | None = None, **algo_kwargs: Any):
+    """``PPO`` / ``A2C`` from SB3 with a ``CausalLMPolicy`` that shares the env's acting LM.
+
+    ``env`` is a TextGen-v0 env (or an SB3 VecEnv of them in this process). Keyword arguments go to the algorithm
+    (``n_steps``, ``batch_size``, ``learning_rate``, ...). Returns the SB3 model; call ``model.learn(n, callback=
+    SyncTextEnvCallback())`` so the env's KV caches follow the updated weights.
+    """
+    import stable_baselines3 as sb3
+
+    name = algo.lower()
+    if name not in SB3_TEXT_ALGOS:
+        raise ValueError(f"unknown SB3 algorithm {algo!r} for text envs; choose one of {SB3_TEXT_ALGOS}")
+    inner = env.envs[0].unwrapped if hasattr(env, "envs") else env.unwrapped
+    engine = inner.engine
+    temp = engine.temperature if temperature is None else temperature
+    if temperature is not None and abs(temperature - engine.temperature) > 1e-12:
+        raise ValueError(
+            f"temperature {temperature} differs from the env's {engine.temperature}: the env's KL penalty would then "
+            "use other log-probabilities than the policy acts with. Leave it unset to use the env's."
+        )
+    policy_kwargs = dict(algo_kwargs.pop("policy_kwargs", None) or {})
+    policy_kwargs.setdefault("lm", LMHandle(inner.policy))
+    policy_kwargs.setdefault("temperature", temp)
+    cls = {"ppo": sb3.PPO, "a2c": sb3.A2C}[name]
+    return cls(CausalLMPolicy, env, policy_kwargs=policy_kwargs, device=engine.device, **algo_kwargs)
