@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -53,7 +54,7 @@ class RolloutBatch(NamedTuple):
     response_ids: torch.Tensor  # (B, T) long, right-padded (padding is masked out)
     response_mask: torch.Tensor  # (B, T) bool, True for generated tokens (the final EOS included)
     old_logprobs: torch.Tensor  # (B, T) log pi_old(a_t|s_t) at sampling time (temperature applied), 0 on padding
-    ref_logprobs: torch.Tensor  # (B, T) log pi_ref(a_t|s_t), 0 on padding
+    ref_logprobs: torch.Tensor  # (B, T) log pi_ref(a_t|s_t), 0 on padding (= old_logprobs if the env has no reference)
     scores: torch.Tensor  # (B,) reward_fn score of each (prompt, response)
     ended_with_eos: torch.Tensor  # (B,) bool, False when truncated at max_new_tokens
     prompts: list[str]
@@ -132,15 +133,23 @@ def _reset(env, prompts: Sequence[str] | None, seed: int | None):
 
 @torch.no_grad()
 def collect_rollout(
-    env, prompts: Sequence[str] | None = None, seed: int | None = None, generator: torch.Generator | None = None
+    env,
+    prompts: Sequence[str] | None = None,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    ref_model: nn.Module | None = None,
 ) -> RolloutBatch:
     """Play one episode in every row of ``env`` (a ``TextGenVectorEnv`` with ``array_backend="torch"``).
 
     Actions are sampled from ``env.next_token_logits()`` (temperature already applied); ``env.step`` then reuses those
-    logits for the KL reward, so each token costs one policy and one reference forward (KV-cached), nothing more.
-    Rows that finish early keep stepping (Gymnasium's next-step autoreset) until every row is done; what they do after
-    their first episode is discarded. ``prompts`` (one per row) needs an env whose reset accepts
-    ``options={"prompts": [...]}``.
+    logits for the KL reward, so each token costs one policy forward (KV-cached) and, if the env has a reference model
+    (``kl_coef > 0``), one reference forward. Rows that finish early keep stepping (Gymnasium's next-step autoreset)
+    until every row is done; what they do after their first episode is discarded. ``prompts`` (one per row) needs an
+    env whose reset accepts ``options={"prompts": [...]}``.
+
+    Reference log-probs: the env's when it computes them; else, with ``ref_model``, ONE batched forward of it over the
+    finished sequences (cheaper than a forward per token when the model is small and per-call overhead dominates, and
+    the same numbers); else they equal the policy's (KL 0).
     """
     obs, _ = _reset(env, prompts, seed)
     ids = torch.as_tensor(obs["input_ids"])
@@ -169,7 +178,8 @@ def collect_rollout(
         tokens[:, t] = actions
         mask[:, t] = alive
         logp[:, t] = torch.as_tensor(info["policy_logprob"], device=device).float() * alive
-        ref_logp[:, t] = torch.as_tensor(info["ref_logprob"], device=device).float() * alive
+        ref = info.get("ref_logprob", info["policy_logprob"])  # no reference model (env kl_coef=0): KL is 0
+        ref_logp[:, t] = torch.as_tensor(ref, device=device).float() * alive
         ended = alive & done
         score = _vector_info(info, "score", device)
         if score is not None:
@@ -183,6 +193,9 @@ def collect_rollout(
             break
     tokens, mask, logp, ref_logp = tokens[:, :steps], mask[:, :steps], logp[:, :steps], ref_logp[:, :steps]
     tokens = tokens.masked_fill(~mask, 0)
+    if ref_model is not None and "ref_logprob" not in info:
+        temperature = float(env_setting(env, "temperature", 1.0))
+        ref_logp = sequence_forward(ref_model, query_ids, query_mask, tokens, mask, temperature)[0]
     if any(r is None for r in response_text):  # an env that does not report text: decode it ourselves
         decoded = env.tokenizer.batch_decode(
             [row[m].tolist() for row, m in zip(tokens, mask, strict=True)], skip_special_tokens=True
@@ -322,14 +335,23 @@ class LMAgent:
     """Base of the on-policy LLM agents: ``learn()`` = repeat (collect a rollout -> ``train_on`` it -> log).
 
     ``env`` is a ``TextGenVectorEnv`` built with ``array_backend="torch"``; the agent trains ``env.policy`` in place
-    (the env samples with it) against the frozen ``env.ref_model``. Subclasses set ``self.config`` before calling
-    ``super().__init__`` and implement :meth:`train_on`; extra trainable modules go in :meth:`extra_modules`.
+    (the env samples with it) against a frozen reference: ``env.ref_model`` if the env has one (it then computes the
+    reference log-probs token by token), else ``ref_model``, else a frozen copy of the initial policy, whose
+    log-probs the agent computes in one batched forward per rollout (build the env with ``kl_coef=0`` for that: it
+    is the faster path for small models). Subclasses set ``self.config`` before calling ``super().__init__`` and
+    implement :meth:`train_on`; extra trainable modules go in :meth:`extra_modules`.
     """
 
     config: LMAgentConfig
     algo: str = "lm"
 
-    def __init__(self, env, config: LMAgentConfig, run_dir: RunDir | str | os.PathLike | None = None):
+    def __init__(
+        self,
+        env,
+        config: LMAgentConfig,
+        run_dir: RunDir | str | os.PathLike | None = None,
+        ref_model: nn.Module | None = None,
+    ):
         if not hasattr(env, "next_token_logits") or not hasattr(env, "policy"):
             raise EnvCapabilityError(
                 f"{type(env).__name__} is not a TextGen vector env (no next_token_logits()/policy); build one with "
@@ -338,7 +360,13 @@ class LMAgent:
         self.env = env
         self.config = config
         self.policy: nn.Module = env.policy
-        self.ref_model: nn.Module = env.ref_model
+        env_ref = getattr(env, "ref_model", None)
+        if env_ref is not None:
+            self.ref_model: nn.Module = env_ref
+        else:
+            self.ref_model = ref_model if ref_model is not None else copy.deepcopy(self.policy)
+            self.ref_model.eval().requires_grad_(False)
+        self._batched_ref = self.ref_model if env_ref is None else None
         self.tokenizer = env.tokenizer
         self.device = next(self.policy.parameters()).device
         self.temperature = float(env_setting(env, "temperature", 1.0))
@@ -361,7 +389,7 @@ class LMAgent:
 
     def collect(self) -> RolloutBatch:
         """One rollout: an episode per env row, on prompts the env draws."""
-        return collect_rollout(self.env, seed=self._reset_seed(), generator=self.generator)
+        return collect_rollout(self.env, seed=self._reset_seed(), generator=self.generator, ref_model=self._batched_ref)
 
     def train_on(self, batch: RolloutBatch) -> dict[str, float]:
         """Update the policy on ``batch``; return namespaced metrics (``losses/...``, ``train/...``)."""

@@ -229,7 +229,7 @@ class DPOTrainer:
                 check_finite(grad_norm, self.step, "the gradient norm", self.last_checkpoint)
                 self.optimizer.step()
                 self.step += 1
-                out = {(k if "/" in k else f"losses/{k}"): float(v) for k, v in metrics.items()}
+                out = {f"losses/{k}": float(v) for k, v in metrics.items()}  # losses/rewards/margin, ...
                 out["losses/loss"] = float(loss.detach())
                 out["losses/grad_norm"] = float(grad_norm)
                 out["charts/pairs_per_s"] = len(idx) / max(time.perf_counter() - t0, 1e-9)

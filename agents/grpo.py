@@ -108,6 +108,7 @@ class GroupAgent(LMAgent):
         config: GroupConfig,
         run_dir: RunDir | str | os.PathLike | None = None,
         prompts: Sequence[str] | None = None,
+        ref_model: torch.nn.Module | None = None,
     ):
         if env.num_envs != config.batch_size:
             raise ValueError(
@@ -118,21 +119,17 @@ class GroupAgent(LMAgent):
         prompts = list(prompts) if prompts is not None else env_prompts(env)
         if not prompts:
             raise ValueError("no prompts: pass prompts=[...] or build the env with prompts")
-        if getattr(config, "kl_coef", 0) > 0 and getattr(env, "ref_model", None) is None:
-            raise ValueError(
-                f"{type(config).__name__}.kl_coef={config.kl_coef} needs reference log-probs, but the env has no "
-                "reference model (it skips it when its own kl_coef is 0): build the env with kl_coef > 0, or set the "
-                "agent's kl_coef=0"
-            )
         self.prompts = prompts
         self.prompt_rng = np.random.default_rng(config.seed)
-        super().__init__(env, config, run_dir)
+        super().__init__(env, config, run_dir, ref_model)
 
     def collect(self) -> RolloutBatch:
         cfg = self.config
         chosen = self.prompt_rng.choice(len(self.prompts), size=cfg.prompts_per_step, replace=False)
         rows = [self.prompts[i] for i in chosen for _ in range(cfg.group_size)]  # group g = rows g*G .. g*G+G-1
-        return collect_rollout(self.env, prompts=rows, seed=self._reset_seed(), generator=self.generator)
+        return collect_rollout(
+            self.env, prompts=rows, seed=self._reset_seed(), generator=self.generator, ref_model=self._batched_ref
+        )
 
     def group_metrics(self, scores: torch.Tensor) -> dict[str, float]:
         groups = scores.view(-1, self.config.group_size)
@@ -154,8 +151,9 @@ class GRPOAgent(GroupAgent):
         config: GRPOConfig | None = None,
         run_dir: RunDir | str | os.PathLike | None = None,
         prompts: Sequence[str] | None = None,
+        ref_model: torch.nn.Module | None = None,
     ):
-        super().__init__(env, config or GRPOConfig(), run_dir, prompts)
+        super().__init__(env, config or GRPOConfig(), run_dir, prompts, ref_model)
 
     def train_on(self, batch: RolloutBatch) -> dict[str, float]:
         cfg = self.config

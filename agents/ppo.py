@@ -90,6 +90,39 @@ class PPOConfig(LMAgentConfig):
         _check(self.value_init in VALUE_INITS, f"value_init must be one of {VALUE_INITS}, got {self.value_init!r}")
 
 
+class RewardModelCritic(nn.Module):
+    """A value network initialised from a reward model: its backbone and scalar head, applied at every position.
+
+    "Initialise the value model from the reward model" (N details): at the start V(s_t) is the RM's score of the
+    partial sequence, a far better baseline than 0. ``reward_model`` must have ``backbone`` (a transformer returning
+    ``last_hidden_state``), ``head`` (hidden -> 1) and ``tokenizer`` (identical to the policy's: the critic reads the
+    policy's token ids), as ``rewardmodels.lm_reward.LMRewardModel`` does. It is deep-copied; the RM is untouched.
+    """
+
+    def __init__(self, reward_model: nn.Module, policy_tokenizer):
+        super().__init__()
+        missing = [a for a in ("backbone", "head", "tokenizer") if not hasattr(reward_model, a)]
+        if missing:
+            raise ValueError(
+                f"value_init='reward_model' needs a reward model with backbone/head/tokenizer (an LMRewardModel); "
+                f"{type(reward_model).__name__} lacks {missing}. Use value_init='zero' otherwise."
+            )
+        from rewardmodels.lm_reward import TokenizerMismatchError, tokenizers_match
+
+        if not tokenizers_match(reward_model.tokenizer, policy_tokenizer):
+            raise TokenizerMismatchError(
+                "value_init='reward_model' reads the policy's token ids with the reward model's backbone, but their "
+                "tokenizers differ; use a reward model built on the policy's tokenizer, or value_init='zero'"
+            )
+        self.backbone = copy.deepcopy(reward_model.backbone).requires_grad_(True)
+        self.head = copy.deepcopy(reward_model.head).requires_grad_(True)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:  # (B, L) -> (B, L)
+        positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions)
+        return self.head(hidden.last_hidden_state.float()).squeeze(-1)
+
+
 class ValueHead(nn.Module):
     """A scalar head on hidden states, zero-initialised so that V = 0 at the start (N details, "value head init")."""
 
@@ -123,9 +156,8 @@ def token_rewards(batch: RolloutBatch, scores: torch.Tensor, kl_coef: float) -> 
 class PPOAgent(LMAgent):
     """PPO with a value head on ``TextGen-v0`` (``array_backend="torch"``); trains ``env.policy`` in place.
 
-    ``reward_model`` (an ``nn.Module`` scoring sequences, e.g. ``rewardmodels.lm_reward.LMRewardModel``) is needed only
-    for ``value_init="reward_model"``; it must expose ``token_values(input_ids, attention_mask, position_ids) -> (B,
-    L)``, the scalar head applied at every position.
+    ``reward_model`` (a ``rewardmodels.lm_reward.LMRewardModel`` on the policy's tokenizer) is needed only for
+    ``value_init="reward_model"``, where a copy of it becomes the critic (:class:`RewardModelCritic`).
     """
 
     algo = "ppo"
@@ -136,6 +168,7 @@ class PPOAgent(LMAgent):
         config: PPOConfig | None = None,
         run_dir: RunDir | str | os.PathLike | None = None,
         reward_model: nn.Module | None = None,
+        ref_model: nn.Module | None = None,
     ):
         config = config or PPOConfig()
         if env.num_envs % config.num_minibatches:
@@ -147,12 +180,12 @@ class PPOAgent(LMAgent):
         device = next(policy.parameters()).device
         self.critic: nn.Module | None = None
         if config.value_init == "reward_model":
-            if reward_model is None or not hasattr(reward_model, "token_values"):
+            if reward_model is None:
                 raise ValueError(
-                    "value_init='reward_model' needs reward_model= a model with token_values(input_ids, "
-                    "attention_mask, position_ids); pass the LM reward model, or use value_init='zero'"
+                    "value_init='reward_model' needs reward_model= (the LM reward model); pass it, or use "
+                    "value_init='zero'"
                 )
-            self.critic = copy.deepcopy(reward_model).to(device).train(False).requires_grad_(True)
+            self.critic = RewardModelCritic(reward_model, env.tokenizer).to(device).eval()
             self.value_head = None
         else:
             self.value_head = ValueHead(policy.config.hidden_size).to(device)
@@ -161,7 +194,7 @@ class PPOAgent(LMAgent):
             if config.adaptive_kl
             else FixedKLController(config.kl_coef)
         )
-        super().__init__(env, config, run_dir)
+        super().__init__(env, config, run_dir, ref_model)
 
     def extra_modules(self) -> dict[str, nn.Module]:
         return {"critic": self.critic} if self.critic is not None else {"value_head": self.value_head}
@@ -180,8 +213,7 @@ class PPOAgent(LMAgent):
             return logprobs, entropy, self.value_head(hidden)
         ids = torch.cat([batch.query_ids, batch.response_ids], 1)
         attention = torch.cat([batch.query_mask, batch.response_mask], 1).long()
-        positions = (attention.cumsum(1) - 1).clamp(min=0)
-        values = self.critic.token_values(ids, attention, positions)  # (B, Lq+T)
+        values = self.critic(ids, attention)  # (B, Lq+T)
         lq = batch.query_ids.shape[1]
         return logprobs, entropy, values[:, lq - 1 : -1].float()
 

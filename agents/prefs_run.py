@@ -70,6 +70,8 @@ class PrefsConfig:
     """Hidden layers of each reward net."""
     eval_episodes: int = 20
     """Episodes of the final evaluation on the true reward."""
+    eval_every: int = 4
+    """Evaluate the policy (5 episodes, true reward) every this many rounds for the curves; 0 = only at the end."""
     device: str = "cpu"
     """Torch device of the agent and the reward model (tiny MLPs are fastest on CPU)."""
     hyperparams: dict[str, Any] | None = None
@@ -105,8 +107,8 @@ class PrefsConfig:
     def loop_config(self) -> LoopConfig:
         return LoopConfig(total_labels=self.labels, total_steps=self.steps, rounds=self.rounds,
                           initial_label_fraction=self.initial_label_fraction, initial_steps=self.initial_steps,
-                          selection=self.selection, eval_episodes=self.eval_episodes, seed=self.seed,
-                          progress_bar=self.progress_bar)
+                          selection=self.selection, eval_episodes=self.eval_episodes, eval_every=self.eval_every,
+                          seed=self.seed, progress_bar=self.progress_bar)
 
 
 def build_loop(cfg: PrefsConfig, out: str | os.PathLike,

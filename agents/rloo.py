@@ -72,8 +72,9 @@ class RLOOAgent(GroupAgent):
         config: RLOOConfig | None = None,
         run_dir: RunDir | str | os.PathLike | None = None,
         prompts: Sequence[str] | None = None,
+        ref_model: torch.nn.Module | None = None,
     ):
-        super().__init__(env, config or RLOOConfig(), run_dir, prompts)
+        super().__init__(env, config or RLOOConfig(), run_dir, prompts, ref_model)
 
     def train_on(self, batch: RolloutBatch) -> dict[str, float]:
         cfg = self.config

@@ -285,7 +285,7 @@ class SB3Agent:
         """True returns of ``n_episodes`` episodes of the current policy (no learned reward anywhere)."""
         from stable_baselines3.common.evaluation import evaluate_policy
 
-        venv = make_vec_env(self.env_id, min(n_episodes, 10), seed)
+        venv = make_vec_env(self.env_id, min(n_episodes, 20), seed)  # one episode per env: fewest policy calls
         try:
             returns, _ = evaluate_policy(self.model, venv, n_eval_episodes=n_episodes, deterministic=deterministic,
                                          return_episode_rewards=True)

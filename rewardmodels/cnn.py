@@ -23,6 +23,7 @@ from ``rewardmodels.image_segments`` (``Tensor.unfold``) are materialised only b
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -108,6 +109,7 @@ class CNNRewardNet(RewardNet):
             n_features = int(np.prod(self.convs.eval()(torch.zeros(1, c, h, w)).shape[1:]))
         self.convs.train()
         self.use_action = bool(use_action)
+        self.inference_chunk = 1024  # frames per convolution call without autograd (~115 MB of float input)
         if use_action and not isinstance(act_space, gym.spaces.Discrete | gym.spaces.Box):
             raise UnsupportedSpaceError(f"use_action supports Discrete and Box action spaces, got {act_space}")
         act_dim = 0
@@ -120,27 +122,34 @@ class CNNRewardNet(RewardNet):
                        "dropout": dropout, "batch_norm": batch_norm, "negative_slope": negative_slope,
                        "use_action": self.use_action}
 
-    def _frames(self, obs: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
-        """(*batch, *obs_shape) -> float (N, C, H, W) scaled to [0, 1], and the batch shape."""
+    def _frames(self, obs: torch.Tensor) -> torch.Tensor:
+        """(*batch, *obs_shape) -> float (N, C, H, W) scaled to [0, 1]: one copy, the float conversion."""
         n_obs = len(self.obs_space.shape)
-        batch = tuple(obs.shape[: obs.ndim - n_obs])
         if tuple(obs.shape[obs.ndim - n_obs:]) != tuple(self.obs_space.shape):
             raise ValueError(f"observations of shape {tuple(obs.shape)} do not end in the observation space's "
                              f"shape {self.obs_space.shape}")
-        x = obs.reshape(-1, *self.obs_space.shape)  # a view when obs is contiguous
+        x = obs.to(self.device)
         if self._grayscale_2d:
-            x = x.unsqueeze(1)
+            x = x.unsqueeze(-3)
         elif self.channels_last:
-            x = x.permute(0, 3, 1, 2)  # NHWC storage seen as NCHW: torch.channels_last, no copy
-        x = x.float()  # the one conversion (and, for a strided frame-stack view, the one copy)
+            x = x.movedim(-1, -3)  # NHWC storage seen as NCHW: torch.channels_last after .float(), no copy
+        # .float() before flattening: a strided frame-stack view (Tensor.unfold) is materialised once, as float;
+        # the float result is dense, so the reshape below is a view.
+        x = x.float()
         if self._scale != 1.0:
             x = x.mul_(self._scale)
-        return x, batch
+        return x.reshape(-1, *x.shape[-3:])
 
     def forward(self, obs: torch.Tensor, acts: torch.Tensor | None = None) -> torch.Tensor:
         """Raw reward (*batch) of observations (*batch, *obs_shape) (uint8 or float) and actions (*batch, *)."""
-        x, batch = self._frames(obs.to(self.device))
-        feats = self.convs(x).flatten(1)  # (N, 16 * 7 * 7)
+        batch = tuple(obs.shape[: obs.ndim - len(self.obs_space.shape)])
+        per_row = int(np.prod(batch[1:])) if batch else 1  # frames per index of the first batch dim
+        if torch.is_grad_enabled() or not batch or batch[0] * per_row <= self.inference_chunk:
+            feats = self.convs(self._frames(obs)).flatten(1)  # (N, 16 * 7 * 7)
+        else:  # no graph to keep: bound the float copy of the frames (candidate scoring, normalisers)
+            step = max(1, self.inference_chunk // per_row)
+            feats = torch.cat([self.convs(self._frames(obs[i:i + step])).flatten(1)
+                               for i in range(0, batch[0], step)])
         if self.use_action:
             if acts is None:
                 raise ValueError("this CNNRewardNet was built with use_action=True: pass the actions")
@@ -151,3 +160,46 @@ class CNNRewardNet(RewardNet):
                 a = a.reshape(feats.shape[0], -1).float()
             feats = torch.cat([feats, a], dim=1)
         return self.head(feats).reshape(batch)  # (*batch)
+
+    @torch.no_grad()
+    def recalibrate_batchnorm(self, obs: Any, mask: Any | None = None, chunk: int = 512) -> None:
+        """Recompute the batch-norm running statistics as exact averages over ``obs`` (B, T, *obs_shape).
+
+        Batch norm's running statistics (used in ``eval()`` mode, i.e. for the agent's reward and for query
+        selection) trail the weights by an exponential average with momentum 0.1: after a short fit they describe
+        older weights, and the eval-mode reward can be far from what training fitted. Recomputing them over the
+        data with dropout off ("precise BN", Wu & Johnson 2021, arXiv:2105.07576) removes that lag and the
+        dropout/batch-norm variance shift (Li et al. 2019, arXiv:1801.05134). Steps with ``mask`` False (padding)
+        are left out. Called by ``fit_normalizer``, which ``RewardEnsemble.fit`` runs after every fit.
+        """
+        bns = [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not bns:
+            return
+        obs = obs if isinstance(obs, torch.Tensor) else torch.as_tensor(np.asarray(obs))
+        n_obs = len(self.obs_space.shape)
+        flat = obs.reshape(-1, *obs.shape[obs.ndim - n_obs:])  # (B*T, *obs_shape)
+        if mask is not None:
+            keep = torch.as_tensor(np.asarray(mask)).reshape(-1).bool()
+            flat = flat[keep.to(flat.device)]
+        if len(flat) == 0:
+            return
+        was_training = self.training
+        momenta = [m.momentum for m in bns]
+        self.eval()
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the chunks
+            m.train()
+        try:
+            for i in range(0, len(flat), chunk):
+                self.convs(self._frames(flat[i:i + chunk]))
+        finally:
+            for m, momentum in zip(bns, momenta, strict=True):
+                m.momentum = momentum
+            self.train(was_training)
+
+    def fit_normalizer(self, obs: Any, acts: Any, mask: Any, chunk: int = 64) -> None:
+        """Recalibrate batch norm on these segments, then fit the output normaliser (``RewardNet``); ``chunk``
+        segments per forward (images: 64 x T frames, not the MLP's 4096)."""
+        self.recalibrate_batchnorm(obs, mask)
+        super().fit_normalizer(obs, acts, mask, chunk=chunk)

@@ -33,8 +33,9 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_save
 
 from rewardmodels.losses import bradley_terry_loss
-from rewardmodels.nets import MLPRewardNet, RewardNet, as_tensor, segment_returns
+from rewardmodels.nets import FusedMLPs, MLPRewardNet, RewardNet, as_tensor, segment_returns
 from rewardmodels.preferences import PreferenceDataset, atomic_write, space_from_json, space_to_json
+from rewardmodels.segments import Segments
 
 logger = logging.getLogger(__name__)
 
@@ -114,49 +115,6 @@ def _pair_returns(net: RewardNet, data: dict[str, torch.Tensor], idx: torch.Tens
     return ret[: len(idx)], ret[len(idx):]
 
 
-class _FusedMLPs:
-    """Inference-only fusion of identically built :class:`MLPRewardNet` members: the input is encoded once and
-    each layer is ONE batched matmul over members, so a per-env-step ``predict_reward`` costs a handful of ops
-    instead of a dozen per member. Built from detached copies; rebuilt whenever a parameter or buffer changes."""
-
-    def __init__(self, members: Sequence[MLPRewardNet]):
-        first = members[0]
-        self.obs_space, self.act_space, self.use_action = first.obs_space, first.act_space, first.use_action
-        self.ops: list[Any] = []
-        linears = [[m for m in net.mlp if isinstance(m, nn.Linear)] for net in members]
-        k = 0
-        for module in first.mlp:
-            if isinstance(module, nn.Linear):
-                w = torch.stack([layers[k].weight.detach().t() for layers in linears])  # (M, in, out)
-                b = torch.stack([layers[k].bias.detach() for layers in linears]).unsqueeze(1)  # (M, 1, out)
-                self.ops.append((w, b))
-                k += 1
-            elif not isinstance(module, nn.Dropout):  # dropout is the identity at inference
-                self.ops.append(module)
-        self.shift = torch.stack([net.norm_shift.detach() for net in members]).reshape(-1, 1)  # (M, 1)
-        self.scale = torch.stack([net.norm_scale.detach() for net in members]).reshape(-1, 1)  # (M, 1)
-
-    @staticmethod
-    def supports(members: Sequence[RewardNet]) -> bool:
-        first = members[0]
-        return all(type(net) is MLPRewardNet and net.config == first.config and net.obs_space == first.obs_space
-                   and net.act_space == first.act_space for net in members)
-
-    def __call__(self, obs: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
-        """(*batch, *obs), (*batch, *act) -> normalised rewards (M, *batch)."""
-        from rewardmodels.nets import encode_space
-
-        x = encode_space(obs, self.obs_space)  # (*batch, D)
-        if self.use_action:
-            x = torch.cat([x, encode_space(acts, self.act_space)], dim=-1)
-        batch = x.shape[:-1]
-        h = x.reshape(1, -1, x.shape[-1]).expand(len(self.shift), -1, -1)  # (M, N, D)
-        for op in self.ops:
-            h = torch.baddbmm(op[1], h, op[0]) if isinstance(op, tuple) else op(h)  # (M, N, width)
-        r = (h.squeeze(-1) - self.shift) / self.scale  # (M, N)
-        return r.reshape(-1, *batch)
-
-
 class RewardEnsemble(nn.Module):
     """Reward nets trained on bootstrap resamples of the same preferences; see the module docstring.
 
@@ -181,8 +139,8 @@ class RewardEnsemble(nn.Module):
         self.register_buffer("l2", torch.full((len(members),), float("nan")))  # adaptive L2 state per member
         self.register_buffer("fit_count", torch.zeros((), dtype=torch.int64))
         self.net_config: dict[str, Any] | None = None  # set by .mlp() so that .load() can rebuild the nets
-        self._can_fuse = _FusedMLPs.supports(self.members)
-        self._fused: _FusedMLPs | None = None
+        self._can_fuse = FusedMLPs.supports(self.members)
+        self._fused: FusedMLPs | None = None
         self._fused_key: tuple | None = None
         self._tensor_list: list[torch.Tensor] | None = None
         self.eval()  # inference mode by default; fit() switches to train mode and back
@@ -239,12 +197,7 @@ class RewardEnsemble(nn.Module):
         dataset.require_labelled("RewardEnsemble.fit")
         labelled = np.flatnonzero(dataset.labelled)
         n_lab = len(labelled)
-        # Stable split: the i-th pair's uniform draw never changes as the dataset grows (prefix of one stream).
-        u = np.random.default_rng([self.seed, 7919]).random(len(dataset))[labelled]
-        is_val = u < cfg.val_fraction
-        if is_val.all():
-            is_val[np.argmax(u)] = False  # keep at least one training pair
-        train_idx, val_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+        train_idx, val_idx = self._split(dataset, labelled, cfg.val_fraction)
         data = _tensors(dataset.subset(labelled), self.device)
         rng = np.random.default_rng([self.seed, int(self.fit_count)])
         self._init_l2(cfg)
@@ -281,6 +234,16 @@ class RewardEnsemble(nn.Module):
         logger.debug("reward fit %d: %s", int(self.fit_count), metrics)
         return metrics
 
+    def _split(self, dataset: PreferenceDataset, labelled: np.ndarray,
+               val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+        """Train / validation positions within ``labelled``. Stable: pair i's uniform draw is element i of one
+        seeded stream, so a pair never moves between the sets as the dataset grows by appending."""
+        u = np.random.default_rng([self.seed, 7919]).random(len(dataset))[labelled]
+        is_val = u < val_fraction
+        if is_val.all():
+            is_val[np.argmax(u)] = False  # keep at least one training pair
+        return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
     def _batch_loss(self, net: RewardNet, data: dict[str, torch.Tensor], idx: torch.Tensor,
                     cfg: FitConfig) -> torch.Tensor:
         ret_a, ret_b = _pair_returns(net, data, idx)
@@ -300,13 +263,17 @@ class RewardEnsemble(nn.Module):
         return groups
 
     @torch.no_grad()
-    def _member_losses(self, data: dict[str, torch.Tensor], idx: np.ndarray, cfg: FitConfig) -> list[float]:
-        t = torch.from_numpy(idx).to(self.device)
+    def _member_losses(self, data: dict[str, torch.Tensor], idx: np.ndarray, cfg: FitConfig,
+                       chunk: int = 1024) -> list[float]:
+        """Each member's mean BT loss over pairs ``idx`` (all labelled), in chunks, in eval mode."""
         was = self.training
         self.eval()
-        out = [float(self._batch_loss(net, data, t, cfg)) for net in self.members]
+        totals = np.zeros(self.n_members)
+        for i in range(0, len(idx), chunk):
+            t = torch.from_numpy(idx[i:i + chunk]).to(self.device)
+            totals += [float(self._batch_loss(net, data, t, cfg)) * len(t) for net in self.members]
         self.train(was)
-        return out
+        return (totals / max(len(idx), 1)).tolist()
 
     def _adapt_l2(self, opt: torch.optim.Optimizer, data: dict[str, torch.Tensor], train_idx: np.ndarray,
                   val_idx: np.ndarray, cfg: FitConfig) -> None:
@@ -342,18 +309,21 @@ class RewardEnsemble(nn.Module):
         }
 
     @torch.no_grad()
-    def fit_normalizers(self, dataset: PreferenceDataset, max_steps: int = 50_000,
+    def fit_normalizers(self, data: PreferenceDataset | Segments, max_steps: int = 50_000,
                         rng: np.random.Generator | int | None = 0) -> None:
-        """Refit every member's output normaliser on (a subsample of) both sides of ``dataset``'s segments."""
-        if len(dataset) == 0:
+        """Refit every member's output normaliser on (a subsample of) segments: both sides of a
+        :class:`PreferenceDataset`, or a :class:`Segments` batch (e.g. cut from the agent's latest rollouts).
+        ``fit`` calls this on its dataset; call it again to normalise over other states."""
+        if len(data) == 0:
             return
-        rows = max(1, max_steps // (2 * dataset.segment_len))
-        idx = np.arange(len(dataset))
+        sides = [data] if isinstance(data, Segments) else [data.segments("a"), data.segments("b")]
+        rows = max(1, max_steps // (len(sides) * sides[0].segment_len))
+        idx = np.arange(len(data))
         if len(idx) > rows:
             idx = np.sort(np.random.default_rng(rng).choice(idx, size=rows, replace=False))
-        obs = np.concatenate([dataset.obs_a[idx], dataset.obs_b[idx]])
-        acts = np.concatenate([dataset.acts_a[idx], dataset.acts_b[idx]])
-        mask = np.concatenate([dataset.mask_a[idx], dataset.mask_b[idx]])
+        obs = np.concatenate([s.obs[idx] for s in sides])
+        acts = np.concatenate([s.acts[idx] for s in sides])
+        mask = np.concatenate([s.mask[idx] for s in sides])
         for net in self.members:
             net.fit_normalizer(obs, acts, mask)
 
@@ -379,7 +349,9 @@ class RewardEnsemble(nn.Module):
             r = r * (self.reward_scale / self.n_members)
         return r if torch_in else r.cpu().numpy().astype(np.float32, copy=False)
 
-    def _fused_members(self) -> _FusedMLPs | None:
+    predict = predict_reward  # the name SPEC.md uses
+
+    def _fused_members(self) -> FusedMLPs | None:
         """The fused MLP path when every member is an identical MLP and the ensemble is in eval mode.
 
         The cache key holds every tensor's storage pointer and in-place version counter, so optimizer steps,
@@ -391,7 +363,7 @@ class RewardEnsemble(nn.Module):
             self._tensor_list = [*self.parameters(), *self.buffers()]
         key = tuple((t.data_ptr(), t._version) for t in self._tensor_list)
         if key != self._fused_key:
-            self._fused, self._fused_key = _FusedMLPs(self.members), key
+            self._fused, self._fused_key = FusedMLPs(self.members), key
         return self._fused
 
     def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> RewardEnsemble:
@@ -423,11 +395,15 @@ class RewardEnsemble(nn.Module):
         """(N,) standard deviation across members of P(a > b): Christiano's query-selection score."""
         return self.preference_probs(pairs).std(axis=0)
 
-    def _mean_probs(self, data: dict[str, torch.Tensor], idx: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(idx).to(self.device)
-        with torch.no_grad():
-            probs = [torch.sigmoid(torch.sub(*_pair_returns(net, data, t))) for net in self.members]
-        return torch.stack(probs).mean(0)
+    @torch.no_grad()
+    def _mean_probs(self, data: dict[str, torch.Tensor], idx: np.ndarray, chunk: int = 1024) -> torch.Tensor:
+        """(len(idx),) ensemble-mean P(a > b) of the pairs ``idx`` of ``data``."""
+        out = []
+        for i in range(0, len(idx), chunk):
+            t = torch.from_numpy(idx[i:i + chunk]).to(self.device)
+            out.append(torch.stack([torch.sigmoid(torch.sub(*_pair_returns(net, data, t)))
+                                    for net in self.members]).mean(0))
+        return torch.cat(out)
 
     @torch.no_grad()
     def evaluate(self, pairs: PreferenceDataset) -> dict[str, float]:

@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -36,6 +37,8 @@ from typing import Any, Literal
 import numpy as np
 
 from agents.rundir import atomic_write_text
+
+logger = logging.getLogger(__name__)
 
 LABEL_DB_NAME = "labels.sqlite"
 CLIP_DIR_NAME = "clips"
@@ -284,9 +287,12 @@ class LabelStore:
         run_sql, run_arg = ("AND q.run = ?", [run]) if run is not None else ("", [])
         with self._tx() as db:
             db.execute("DELETE FROM assignments WHERE expires <= ?", (now,))
-            row = db.execute(
+            row = db.execute(  # a pair this labeller already holds (it may have been labelled since via the API)
                 f"SELECT q.pair_id, q.kind, q.run, q.payload FROM assignments a JOIN queries q USING (pair_id) "
-                f"WHERE a.labeller = ? {run_sql} ORDER BY q.rowid LIMIT 1", [labeller, *run_arg]).fetchone()
+                f"WHERE a.labeller = ? {run_sql} "
+                f"AND (SELECT COUNT(*) FROM labels l WHERE l.pair_id = q.pair_id) < ? "
+                f"AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.pair_id = q.pair_id AND l.labeller = ?) "
+                f"ORDER BY q.rowid LIMIT 1", [labeller, *run_arg, self.labels_per_pair, labeller]).fetchone()
             if row is None:
                 row = db.execute(
                     f"SELECT q.pair_id, q.kind, q.run, q.payload FROM queries q "
@@ -325,7 +331,10 @@ class LabelStore:
                 raise AlreadyLabelledError(f"pair {pair_id!r} is already labelled")
             db.execute("INSERT INTO labels (pair_id, label, choice, labeller, created) VALUES (?, ?, ?, ?, ?)",
                        (pair_id, None if math.isnan(value) else value, choice, labeller, time.time()))
-            db.execute("DELETE FROM assignments WHERE pair_id = ? AND labeller = ?", (pair_id, labeller))
+            if done + 1 >= self.labels_per_pair:  # complete: nobody needs to hold it any more
+                db.execute("DELETE FROM assignments WHERE pair_id = ?", (pair_id,))
+            else:
+                db.execute("DELETE FROM assignments WHERE pair_id = ? AND labeller = ?", (pair_id, labeller))
         return value
 
     # -- reading ---------------------------------------------------------------------------------------------------
@@ -382,11 +391,8 @@ class LabelStore:
         Shows a tqdm bar (``progress=None``: only on a terminal) and logs progress every 30 s. Raises
         LabelTimeoutError after ``timeout`` seconds (None = wait forever); labels given later stay in the store.
         """
-        import logging
-
         from tqdm.auto import tqdm
 
-        log = logging.getLogger(__name__)
         ids = list(ids)
         self.labels_array(ids, missing="nan")  # raises UnknownPairError early
         unique = list(dict.fromkeys(ids))
@@ -404,7 +410,7 @@ class LabelStore:
                     raise LabelTimeoutError(f"only {done} of {len(unique)} pairs were labelled within {timeout} s; "
                                             f"start `rlhf-gym label --run DIR` and label the rest, or raise timeout")
                 if now - last_log >= 30:
-                    log.info("%s: %d / %d pairs labelled", desc, done, len(unique))
+                    logger.info("%s: %d / %d pairs labelled", desc, done, len(unique))
                     last_log = now
                 time.sleep(poll_s if timeout is None else max(0.0, min(poll_s, start + timeout - now)))
         finally:
@@ -427,21 +433,27 @@ class LabelStore:
     def export_text_jsonl(self, path: str | os.PathLike, run: str | None = None, include_skipped: bool = False) -> int:
         """Write labelled text pairs as JSONL ``{prompt, response_a, response_b, label}`` (the TextPreferencePairs
         format), atomically; skipped pairs are left out unless ``include_skipped`` (then ``"label": null``).
-        Multi-label pairs are written once, with their mean label. Returns the number of lines."""
+        Multi-label pairs are written once, with their mean label; pairs with an empty response or two identical
+        responses are left out (``TextPreferencePairs`` refuses them). Returns the number of lines."""
         by_pair: dict[str, dict[str, Any]] = {}
         for r in self.rows(run):
             if r["kind"] == "text":
                 by_pair.setdefault(r["pair_id"], r["payload"])
         ids = list(by_pair)
         labels = self.labels_array(ids, missing="nan") if ids else np.zeros(0, np.float32)
-        counts, lines = self._counts(ids), []
+        counts, lines, unusable = self._counts(ids), [], 0
         for pid, label in zip(ids, labels, strict=True):
             if counts.get(pid, 0) < self.labels_per_pair or (np.isnan(label) and not include_skipped):
                 continue
             p = by_pair[pid]
+            if not p["response_a"].strip() or not p["response_b"].strip() or p["response_a"] == p["response_b"]:
+                unusable += 1  # TextPreferencePairs refuses empty or identical responses: nothing to learn there
+                continue
             lines.append(json.dumps({"prompt": p["prompt"], "response_a": p["response_a"],
                                      "response_b": p["response_b"],
                                      "label": None if np.isnan(label) else float(label)}, ensure_ascii=False))
+        if unusable:
+            logger.warning("left %d labelled pair(s) with empty or identical responses out of %s", unusable, path)
         atomic_write_text(path, "".join(line + "\n" for line in lines))
         return len(lines)
 

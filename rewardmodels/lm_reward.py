@@ -181,6 +181,10 @@ class LMRewardModel(nn.Module):
         h_last = hidden[torch.arange(input_ids.shape[0], device=input_ids.device), last]  # (B, H)
         return self.head(h_last.to(self.head.weight.dtype)).squeeze(-1).float()
 
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Same as :meth:`score_ids` (``nn.Module.__call__`` is taken by the text interface)."""
+        return self.score_ids(input_ids, attention_mask)
+
     def encode(self, prompts: Sequence[str], responses: Sequence[str]) -> list[list[int]]:
         """Token ids of each ``(prompt, response)`` text pair (the tokenizer's pair template, e.g. ``[CLS] p [SEP] r
         [SEP]`` for BERT, plain concatenation for GPT-2), keeping the last ``max_length`` tokens."""
@@ -301,9 +305,9 @@ class LMRewardModel(nn.Module):
 def _margins(margin: float | Sequence[float] | None, n: int) -> np.ndarray:
     if margin is None:
         return np.zeros(n, dtype=np.float32)
-    arr = np.broadcast_to(np.asarray(margin, dtype=np.float32), (n,)) if np.ndim(margin) == 0 else np.asarray(
-        margin, dtype=np.float32
-    )
+    arr = np.asarray(margin, dtype=np.float32)
+    if arr.ndim == 0:
+        arr = np.full(n, float(arr), dtype=np.float32)
     if arr.shape != (n,):
         raise ValueError(f"margin must be a number or one value per pair ({n}), got shape {arr.shape}")
     if not np.all(np.isfinite(arr)) or np.any(arr < 0):

@@ -243,7 +243,7 @@ def _check_mask(mask: Any, name: str, n: int, t: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------------- dataset
-@dataclass
+@dataclass(eq=False)  # numpy fields: compare arrays explicitly, not with ==
 class PreferenceDataset:
     """N labelled pairs of fixed-length (T) segments. Validated at construction; see the module docstring.
 

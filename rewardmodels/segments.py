@@ -31,7 +31,7 @@ from rewardmodels.preferences import NonFiniteValueError, SegmentShapeError
 logger = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(eq=False)
 class Trajectory:
     """Consecutive steps of one env (see the module docstring for the meaning of each field)."""
 
@@ -60,7 +60,7 @@ class Trajectory:
         return int(self.rews.shape[0])
 
 
-@dataclass
+@dataclass(eq=False)
 class Segments:
     """N segments of T steps: the one side of a batch of pairs (see ``PreferenceDataset.from_segments``)."""
 

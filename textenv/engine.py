@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from textenv.kvcache import cache_width, splice_rows, supports_splicing, to_buffered, trim_cache
 from textenv.models import max_positions, pad_token_id, vocab_size
 from textenv.rewards import validate_scores
 
@@ -46,53 +47,6 @@ class InvalidActionError(ValueError):
 
 class ActionTypeError(InvalidActionError, TypeError):
     """An action has the wrong type (a float, a bool, a string ...) instead of an integer token id."""
-
-
-# ----------------------------------------------------------------------------------------------------- KV cache ops
-
-
-def kv_layers(cache: Any) -> list | None:
-    """The per-layer K/V holders of a transformers ``DynamicCache`` whose tensors are ``(B, H, S, D)`` and may be
-    replaced freely (``DynamicLayer``), or ``None`` if the cache has another layout (sliding windows, quantized,
-    linear attention, transformers < 4.56): the engine then falls back to full recomputation."""
-    from transformers.cache_utils import DynamicLayer
-
-    layers = getattr(cache, "layers", None)
-    if not layers or any(type(layer) is not DynamicLayer or layer.keys is None for layer in layers):
-        return None
-    return list(layers)
-
-
-def cache_width(cache: Any) -> int:
-    return int(cache.layers[0].keys.shape[-2])
-
-
-def trim_cache(cache: Any, width: int) -> None:
-    """Keep only the last ``width`` columns of every layer (a view: no copy)."""
-    for layer in cache.layers:
-        start = layer.keys.shape[-2] - width
-        if start > 0:
-            layer.keys = layer.keys[..., start:, :]
-            layer.values = layer.values[..., start:, :]
-
-
-def splice_rows(cache: Any, rows: torch.Tensor, new: Any) -> None:
-    """Write ``new``'s K/V (``k`` rows, ``p`` columns) into the last ``p`` columns of ``rows`` of ``cache``.
-
-    ``cache`` is first left-padded with zero columns if it has fewer than ``p``. The row's columns left of the splice
-    keep stale values; the caller's attention mask (left padding) hides them.
-    """
-    for layer, src in zip(cache.layers, new.layers):
-        p = src.keys.shape[-2]
-        for name in ("keys", "values"):
-            dst, val = getattr(layer, name), getattr(src, name)
-            if dst.shape[-2] < p:
-                pad = dst.new_zeros(*dst.shape[:2], p - dst.shape[-2], dst.shape[-1])
-                dst = torch.cat([pad, dst], dim=-2)
-            else:
-                dst = dst.clone() if dst._base is not None else dst  # a trimmed view: write into its own storage
-            dst[rows, :, dst.shape[-2] - p :, :] = val.to(dst.dtype)
-            setattr(layer, name, dst)
 
 
 @contextlib.contextmanager
@@ -217,7 +171,7 @@ class GenerationEngine:
         self.kl_sum = self.kl_sum.index_fill(0, idx, 0.0)
         self.t_dev = self.t_dev.index_fill(0, idx, 0)
         self.plen[rows], self.t[rows] = plen, 0
-        for r, text in zip(rows.tolist(), texts):
+        for r, text in zip(rows.tolist(), texts, strict=True):
             self.prompt_text[r] = text
         self._need_prefill[rows], self._need_decode[rows] = True, False
         self._logits = self._ref_logits = None
@@ -409,13 +363,13 @@ class GenerationEngine:
             pos = (msk.cumsum(-1) - 1).clamp_(min=0)
             for i, m in enumerate(self._models()):
                 logits, new = self._forward(m, ids, msk, pos, None)
-                if kv_layers(new) is None:
+                if not supports_splicing(new):
                     logger.warning("unsupported KV-cache layout for %s: recomputing every step", type(m).__name__)
                     self.use_cache = False
                     self._ensure_logits()
                     return
                 if everything:
-                    outs[i], self._caches[id(m)] = logits, new
+                    outs[i], self._caches[id(m)] = logits, to_buffered(new, 2 * self.L)
                 else:
                     splice_rows(self._caches[id(m)], idx, new)
                     outs[i] = outs[i].index_put((idx,), logits)

@@ -55,7 +55,16 @@ def build_engine(
         prompts = default_prompts()
     source = PromptSource(read_prompts(prompts, prompt_field), tokenizer, max_prompt_tokens)
     engine = GenerationEngine(
-        policy, tokenizer, ref, reward_fn, num_rows, kl_coef, max_new_tokens, max_prompt_tokens, temperature, dev,
+        policy,
+        tokenizer,
+        ref,
+        reward_fn,
+        num_rows,
+        kl_coef,
+        max_new_tokens,
+        max_prompt_tokens,
+        temperature,
+        dev,
         use_cache=use_cache,
     )
     return engine, source
@@ -150,8 +159,19 @@ class TextGenEnv(gym.Env):
             raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
         self.render_mode = render_mode
         self.engine, self.prompt_source = build_engine(
-            1, model, tokenizer, prompts, reward_fn, ref_model, kl_coef, max_new_tokens, max_prompt_tokens,
-            temperature, device, prompt_field, use_cache,
+            1,
+            model,
+            tokenizer,
+            prompts,
+            reward_fn,
+            ref_model,
+            kl_coef,
+            max_new_tokens,
+            max_prompt_tokens,
+            temperature,
+            device,
+            prompt_field,
+            use_cache,
         )
         self.observation_space = observation_space(self.engine)
         self.action_space = spaces.Discrete(self.engine.vocab_size)
@@ -199,7 +219,9 @@ class TextGenEnv(gym.Env):
         if len(res.ended):
             self._ended = True
             info.update(
-                prompt=res.prompts[0], response=res.responses[0], score=float(res.scores[0]),
+                prompt=res.prompts[0],
+                response=res.responses[0],
+                score=float(res.scores[0]),
                 kl_sum=float(res.kl_sums[0]),
             )
         return self._obs(), float(res.reward[0]), terminated, truncated, info

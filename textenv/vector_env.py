@@ -92,8 +92,19 @@ class TextGenVectorEnv(VectorEnv):
         self.num_envs = int(num_envs)
         self.array_backend = array_backend
         self.engine, self.prompt_source = build_engine(
-            self.num_envs, model, tokenizer, prompts, reward_fn, ref_model, kl_coef, max_new_tokens,
-            max_prompt_tokens, temperature, device, prompt_field, use_cache,
+            self.num_envs,
+            model,
+            tokenizer,
+            prompts,
+            reward_fn,
+            ref_model,
+            kl_coef,
+            max_new_tokens,
+            max_prompt_tokens,
+            temperature,
+            device,
+            prompt_field,
+            use_cache,
         )
         self.single_observation_space = observation_space(self.engine)
         self.single_action_space = spaces.Discrete(self.engine.vocab_size)

@@ -29,6 +29,9 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-tag", default=None, help="show only pairs queued with this tag (default: all)")
     parser.add_argument("--lease", type=float, default=300.0,
                         help="seconds a shown pair stays reserved for its labeller (default 300)")
+    parser.add_argument("--export-text", type=Path, default=None, metavar="FILE",
+                        help="write the labelled text pairs as JSONL {prompt, response_a, response_b, label} "
+                             "(the TextPreferencePairs format) and exit, without serving")
     parser.add_argument("--labels-per-pair", type=int, default=None,
                         help="different people per pair; only when creating a new store (default 1)")
 
@@ -54,6 +57,11 @@ def run(args: argparse.Namespace) -> int:
                      args.run)
         return 2
     store = LabelStore(store_path(args.run), labels_per_pair=args.labels_per_pair, lease_s=args.lease)
+    if args.export_text is not None:
+        n = store.export_text_jsonl(args.export_text, run=args.run_tag)
+        print(f"wrote {n} labelled text pairs to {args.export_text}", flush=True)
+        store.close()
+        return 0
     app = create_app(store=store, clip_root=clip_dir(args.run), host=args.host, token=args.token,
                      run_tag=args.run_tag)
     server = start_server(app, args.host, args.port, args.token)

@@ -14,6 +14,8 @@ Security (the threat is another user on the network, or a web page in the labell
   that ``/?token=T`` sets once (HttpOnly, SameSite=Strict) before redirecting to the clean URL. Compared in constant
   time (hmac.compare_digest).
 - On a loopback bind, the Host header must be a loopback name too: a DNS-rebinding page cannot talk to the app.
+- API and clip requests that a browser marks as made by another site (``Sec-Fetch-Site``) are refused, so a page
+  elsewhere cannot reserve pairs or embed clips; only the page itself may be opened from a link.
 - POST bodies must be JSON (``Content-Type: application/json``, which a cross-site form cannot send without a CORS
   preflight that we never answer), at most ``max_body`` bytes, exactly the three fields, each validated.
 - Clip paths: no absolute paths, no ``..``, no hidden files, only media extensions, and the resolved path (symlinks
@@ -149,6 +151,9 @@ def create_app(run_dir: str | os.PathLike | None = None, *, store: LabelStore | 
     def guard():
         if loopback and not is_loopback(_host_name(request.host or "")):
             return refuse(403, "this labelling server only answers to localhost / 127.0.0.1")
+        if request.path != "/" and request.headers.get("Sec-Fetch-Site", "same-origin") not in (
+                "same-origin", "none"):  # browsers say when another site makes the request; scripts send nothing
+            return refuse(403, "cross-site requests are not allowed")
         if token_bytes is None:
             return None
         if "token" in request.args:

@@ -49,6 +49,21 @@ def test_collect_rollout_shapes_masks_and_logprobs_match_a_full_forward():
     assert all(len(w) <= 6 for w in words)
 
 
+def test_batched_reference_logprobs_equal_the_envs_per_token_ones():
+    rows = [PROMPTS[i % 4] for i in range(8)]
+    with_ref = make_env(num_envs=8, kl_coef=0.1)
+    without_ref = make_env(num_envs=8, kl_coef=0.0)
+    a = collect_rollout(with_ref, prompts=rows, seed=0, generator=torch.Generator().manual_seed(3))
+    b = collect_rollout(
+        without_ref, prompts=rows, seed=0, generator=torch.Generator().manual_seed(3), ref_model=with_ref.ref_model
+    )
+    assert torch.equal(a.response_ids, b.response_ids)
+    torch.testing.assert_close(b.ref_logprobs, a.ref_logprobs, atol=1e-5, rtol=0)
+    # with neither an env reference nor ref_model, the KL is 0
+    c = collect_rollout(without_ref, prompts=rows, seed=0)
+    assert float(c.kl.abs().sum()) == 0.0
+
+
 def test_rollout_batch_select_keeps_rows_aligned():
     env = make_env(num_envs=4)
     batch = collect_rollout(env, prompts=PROMPTS[:4], seed=1)

@@ -17,9 +17,14 @@ def test_env_rows_must_match_prompts_times_group_size():
         GRPOAgent(make_env(num_envs=6), GRPOConfig(group_size=4, prompts_per_step=2))
 
 
-def test_kl_term_needs_a_reference_model():
-    with pytest.raises(ValueError, match="no reference model"):
-        GRPOAgent(make_env(num_envs=4, kl_coef=0.0), GRPOConfig(group_size=2, prompts_per_step=2, kl_coef=0.04))
+def test_env_without_reference_model_gets_a_frozen_copy_of_the_initial_policy():
+    env = make_env(num_envs=4, kl_coef=0.0)  # the env skips its per-token reference forward
+    assert env.ref_model is None
+    agent = GRPOAgent(env, GRPOConfig(learning_rate=1e-2, group_size=2, prompts_per_step=2, kl_coef=0.04))
+    assert agent.ref_model is not env.policy and not any(p.requires_grad for p in agent.ref_model.parameters())
+    agent.learn(2)
+    batch = agent.collect()
+    assert float(batch.kl.abs().sum()) > 0  # the policy moved away from its frozen copy
 
 
 @pytest.mark.parametrize(

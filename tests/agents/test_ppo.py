@@ -1,3 +1,4 @@
+import copy
 import json
 
 import pytest
@@ -8,6 +9,7 @@ from agents.base import NonFiniteLossError, collect_rollout
 from agents.ppo import PPOAgent, PPOConfig, ValueHead, shaped_scores, token_rewards
 from agents.rundir import RunDir
 from tests.agents.lm_fixtures import PROMPTS, changed, make_env, score_curve, snapshot
+from textenv.testing import make_tiny_lm
 
 
 def test_token_rewards_put_the_score_on_each_rows_last_token():
@@ -104,3 +106,32 @@ def test_minibatches_must_divide_the_env_rows():
 def test_reward_model_value_init_needs_a_reward_model():
     with pytest.raises(ValueError, match="value_init='reward_model' needs reward_model="):
         PPOAgent(make_env(num_envs=2), PPOConfig(value_init="reward_model"))
+
+
+def test_reward_model_critic_starts_from_the_reward_models_scores(tmp_path):
+    from rewardmodels.lm_reward import LMRewardModel
+
+    env = make_env(num_envs=4)
+    rm = LMRewardModel(copy.deepcopy(env.ref_model), env.tokenizer)
+    agent = PPOAgent(env, PPOConfig(value_init="reward_model", learning_rate=1e-3), reward_model=rm)
+    batch = agent.collect()
+    ids = torch.cat([batch.query_ids, batch.response_ids], 1)
+    attention = torch.cat([batch.query_mask, batch.response_mask], 1).long()
+    with torch.no_grad():
+        values = agent.critic(ids, attention)  # (B, L)
+        last = (attention * torch.arange(ids.shape[1])).argmax(1)
+        torch.testing.assert_close(values[torch.arange(4), last], rm.score_ids(ids, attention), atol=1e-5, rtol=0)
+    head = snapshot(agent.critic)
+    agent.learn(1)
+    assert changed(head, agent.critic)
+    assert (agent.save(tmp_path / "ckpt") / "critic.pt").exists()
+
+
+def test_reward_model_with_another_tokenizer_is_refused():
+    from rewardmodels.lm_reward import LMRewardModel, TokenizerMismatchError
+
+    env = make_env(num_envs=2)
+    other_model, other_tokenizer = make_tiny_lm(words=("x", "y", "z"))
+    rm = LMRewardModel(other_model, other_tokenizer)
+    with pytest.raises(TokenizerMismatchError, match="tokenizers differ"):
+        PPOAgent(env, PPOConfig(value_init="reward_model"), reward_model=rm)

@@ -152,6 +152,17 @@ def test_raw_traversal_over_a_real_socket(run_dir):
             assert b"SQLite format" not in reply and b"outside the clip dir" not in reply
 
 
+def test_cross_site_browser_requests_are_refused(run_dir):
+    client = create_app(run_dir).test_client()
+    cross = {"Sec-Fetch-Site": "cross-site"}
+    assert post_label(client, GOOD, headers=cross).status_code == 403
+    assert client.get("/api/next?labeller=ann", headers=cross).status_code == 403
+    assert client.get("/clips/a.gif", headers={"Sec-Fetch-Site": "same-site"}).status_code == 403
+    assert client.get("/", headers=cross).status_code == 200  # following a link to the page is fine
+    assert n_labels(run_dir) == 0
+    assert post_label(client, GOOD, headers={"Sec-Fetch-Site": "same-origin"}).status_code == 200
+
+
 # -- tokens and binding ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.10", "example.org"])
 def test_non_loopback_bind_needs_a_token(run_dir, host):
@@ -359,3 +370,14 @@ def test_kill_9_loses_no_acknowledged_label_and_the_loop_resumes(tmp_path):
     expected = {"left": 1.0, "right": 0.0, "equal": 0.5, "skip": np.nan}
     np.testing.assert_array_equal(result["labels"], [expected[choice_for(i)] for i in ids])
     assert set(acked) | set(maybe) == set(ids)
+
+
+def test_cli_exports_text_labels(run_dir, tmp_path):
+    from agents.cli import main
+
+    with LabelStore(store_path(run_dir)) as store:
+        store.submit("txt-0", "right", "ann")
+    out = tmp_path / "pairs.jsonl"
+    assert main(["label", "--run", str(run_dir), "--export-text", str(out)]) == 0
+    assert [json.loads(x) for x in out.read_text().splitlines()] == [
+        {"prompt": "Say hi", "response_a": "hi", "response_b": "<b>hello</b>", "label": 0.0}]

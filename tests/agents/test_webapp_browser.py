@@ -193,9 +193,9 @@ def test_person_labels_cartpole_clips_like_the_oracle_teacher(page, tmp_path):
     # The human labels teach a reward model that ranks unseen segment pairs by their true return.
     labelled = shown.with_labels(result["labels"])
     ensemble = RewardEnsemble.mlp(pairs.obs_space, pairs.act_space, n_members=1, seed=0)
-    ensemble.fit(labelled, steps=300, bootstrap=False)
+    ensemble.fit(labelled, steps=100, bootstrap=False)
     probs = ensemble.preference_probs(held_out).mean(axis=0)  # (members, N) -> (N,)
     ra, rb = held_out.true_returns()
     decided = ~np.isclose(ra, rb)
     accuracy = float(np.mean((probs[decided] > 0.5) == (ra[decided] > rb[decided])))
-    assert decided.sum() >= 20 and accuracy >= 0.7, accuracy
+    assert decided.sum() >= 50 and accuracy >= 0.8, accuracy

@@ -84,7 +84,7 @@ def test_ale_end_to_end_frames_segments_oracle_labels_and_a_decreasing_loss():
     roll = record_rollout(env, lambda obs: int(rng.integers(6)), 400, store, seed=0)
     env.close()
     assert roll.rews.min() < 0  # the random player concedes points: there is something to prefer
-    segs = cut_segments(roll, length=10, n=400, rng=rng)
+    segs = cut_segments(roll, length=8, n=400, rng=rng)
     ret = segs["true_rew"].sum(1)
     lost, even = np.flatnonzero(ret < 0), np.flatnonzero(ret == 0)
     a, b = rng.choice(lost, 6), rng.choice(even, 6)  # decisive pairs, half of them mirrored
@@ -95,8 +95,9 @@ def test_ale_end_to_end_frames_segments_oracle_labels_and_a_decreasing_loss():
                        segs["true_rew"][a], segs["true_rew"][b], segs["mask"][a], segs["mask"][b], labels)
 
     torch.manual_seed(0)
+    # dropout off: with 6 pairs and a few steps, the paper's dropout 0.5 (tested above) only adds noise here
     net = CNNRewardNet(env.observation_space, env.action_space, dropout=0.0)
-    obs = torch.cat([pairs.obs_a.torch(), pairs.obs_b.torch()])  # (12, 10, 4, 84, 84) uint8 views
+    obs = torch.cat([pairs.obs_a.torch(), pairs.obs_b.torch()])  # (12, 8, 4, 84, 84) uint8 views
     acts = torch.as_tensor(np.concatenate([pairs.acts_a, pairs.acts_b]))
     mask = torch.as_tensor(np.concatenate([pairs.mask_a, pairs.mask_b]))
     y = torch.as_tensor(pairs.labels)
@@ -108,13 +109,18 @@ def test_ale_end_to_end_frames_segments_oracle_labels_and_a_decreasing_loss():
     net.eval()
     with torch.no_grad():
         before = float(loss())
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     net.train()
-    for _ in range(12):
+    for _ in range(8):
         opt.zero_grad()
         loss().backward()
         opt.step()
+    # eval mode (the agent's reward): batch-norm statistics recomputed on the data, as fit_normalizer does
+    net.fit_normalizer(obs, acts, mask)
     net.eval()
     with torch.no_grad():
         after = float(loss())
-    assert after < 0.6 * before, (before, after)
+    assert after < 0.3 * before, (before, after)
+    with torch.no_grad():
+        r = net.normalized_reward(obs, acts)[mask]
+    assert abs(float(r.std()) - 1.0) < 0.05  # normalised to std 1 (the ensemble's reward_scale rescales)

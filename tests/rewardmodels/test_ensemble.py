@@ -172,3 +172,16 @@ def test_bad_reward_model_files_raise(tmp_path):
         RewardEnsemble.mlp(OBS, ACT, n_members=3, hidden=(16,)).load_state(path)
     with pytest.raises(RewardModelFileError, match="does not exist"):
         RewardEnsemble.load(tmp_path / "nope.safetensors")
+
+
+def test_normalizers_can_be_refit_on_other_segments():
+    ens = small_ensemble()
+    data = toy_pairs(60)
+    ens.fit(data, epochs=2)
+    fresh = toy_pairs(30, seed=8, label=False).segments("b")
+    fresh.obs[..., 0] *= 3  # the agent now visits states with a wider reward range
+    ens.fit_normalizers(fresh)
+    for net in ens.members:
+        r = net.normalized_reward(torch.as_tensor(fresh.obs), torch.as_tensor(fresh.acts))
+        assert r.std(unbiased=False).item() == pytest.approx(1.0, rel=1e-3)
+    np.testing.assert_array_equal(ens.predict(fresh.obs, fresh.acts), ens.predict_reward(fresh.obs, fresh.acts))

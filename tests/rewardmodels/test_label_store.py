@@ -129,6 +129,14 @@ def test_concurrent_labellers_get_different_pairs_and_leases_expire(tmp_path):
     assert store.next_pair("dee")["pair_id"] == ids[0]
 
 
+def test_a_held_pair_labelled_by_someone_else_is_not_shown_again(store):
+    ids = store.enqueue(texts(2))
+    assert store.next_pair("ann")["pair_id"] == ids[0]
+    store.submit(ids[0], "left", "bob")  # bob labels it directly (e.g. an API client) while ann holds it
+    assert store.next_pair("ann")["pair_id"] == ids[1]
+    assert store._conn().execute("SELECT COUNT(*) FROM assignments WHERE pair_id = ?", (ids[0],)).fetchone()[0] == 0
+
+
 def test_multi_label_mode(tmp_path):
     path = tmp_path / "l.sqlite"
     store = LabelStore(path, labels_per_pair=3)
@@ -212,6 +220,19 @@ def test_export_text_jsonl(store, tmp_path):
     assert json.loads(out.read_text().splitlines()[1])["label"] is None
 
 
+def test_text_export_is_readable_by_text_preference_pairs(store, tmp_path):
+    from rewardmodels.text_preferences import TextPreferencePairs
+
+    ids = store.enqueue(texts(3) + [Query.text("p", "same", "same"), Query.text("p", " ", "x")])
+    for pid, choice in zip(ids, ["left", "equal", "skip", "left", "right"], strict=True):
+        store.submit(pid, choice, "ann")
+    out = tmp_path / "pairs.jsonl"
+    assert store.export_text_jsonl(out, include_skipped=True) == 3  # identical / empty responses left out
+    pairs = TextPreferencePairs.load(out)
+    assert len(pairs) == 3 and pairs.prompts[0] == "prompt 0"
+    np.testing.assert_array_equal(pairs.labels, np.array([1.0, 0.5, np.nan], np.float32))
+
+
 def test_merge_into_a_preference_dataset(store):
     @dataclasses.dataclass
     class FakeDataset:  # stands in for rewardmodels.preferences.PreferenceDataset (same labels field contract)
@@ -266,7 +287,7 @@ def test_processes_share_the_queue_without_overlap(tmp_path):
         "    s.submit(p['pair_id'], 'left', sys.argv[2]); got.append(p['pair_id'])\n"
         "print(json.dumps(got))\n")
     procs = [subprocess.Popen([sys.executable, "-c", script, str(path), f"p{i}"], stdout=subprocess.PIPE, text=True)
-             for i in range(4)]
+             for i in range(3)]
     claimed = [json.loads(p.communicate(timeout=60)[0]) for p in procs]
     flat = [pid for c in claimed for pid in c]
     assert sorted(flat) == sorted(ids)  # every pair handed out once, to one process

@@ -56,6 +56,22 @@ def test_reward_fn_protocol_and_backbone_reduction():
     assert rm([], []).shape == (0,)
 
 
+def test_plugs_into_textgen_as_reward_fn():
+    from textenv import TextGenEnv
+
+    model, tok = make_tiny_lm()
+    rm = LMRewardModel(copy.deepcopy(model), tok, policy_tokenizer=tok)
+    env = TextGenEnv(model=model, tokenizer=tok, prompts=["the movie was", "i loved it"], reward_fn=rm,
+                     max_new_tokens=4)
+    env.reset(seed=0)
+    env.action_space.seed(0)
+    done = False
+    while not done:
+        _, _, terminated, truncated, info = env.step(env.action_space.sample())
+        done = terminated or truncated
+    assert info["score"] == pytest.approx(rm([info["prompt"]], [info["response"]]).item(), rel=1e-5)
+
+
 def test_left_and_right_padding_give_the_same_score():
     rm = _rm().eval()
     rows = rm.encode(["the movie", "a"], ["was good", "fun and great story"])
@@ -127,7 +143,7 @@ def test_ties_skips_margin_and_centering():
                                 ["bad movie", "great", "the fine", "fun"], [1.0, 0.0, 0.5, math.nan])
     result = train_reward_model(rm, pairs, epochs=30, lr=3e-3, batch_size=4, margin=0.5, center_coef=1.0)
     assert result["pairs_used"] == 3  # the skipped pair is dropped
-    mean_reward = rm(pairs.prompts, pairs.responses_a + pairs.responses_b[:0]).mean().item()
+    mean_reward = rm(pairs.prompts, pairs.responses_a).mean().item()
     assert abs(mean_reward) < 1.0  # centering pulled the rewards towards 0
     with pytest.raises(ValueError, match="one value per pair"):
         train_reward_model(rm, pairs, margin=[0.1, 0.2])

@@ -1,13 +1,12 @@
-"""The batched engine: KV-cache splicing/trimming, cached == uncached, the KL reward against float64, one forward."""
+"""The batched engine: cached == uncached logits across per-row resets, the KL reward against float64, one forward
+per model per step."""
 
 import copy
 
 import numpy as np
 import pytest
 import torch
-from transformers import DynamicCache
-
-from textenv.engine import GenerationEngine, splice_rows, trim_cache
+from textenv.engine import GenerationEngine
 from textenv.prompts import PromptSource
 from textenv.testing import make_tiny_lm
 
@@ -32,40 +31,6 @@ def start(engine, source, rows, which):
     engine.load_prompts(np.asarray(rows), [source.token_ids[i] for i in which], [source.prompts[i] for i in which])
 
 
-def layer_cache(tensors):
-    cache = DynamicCache()
-    for i, (k, v) in enumerate(tensors):
-        cache.update(k, v, i)
-    return cache
-
-
-def test_trim_cache_keeps_the_last_columns():
-    k = torch.arange(2 * 1 * 5 * 2, dtype=torch.float32).reshape(2, 1, 5, 2)
-    cache = layer_cache([(k, -k)])
-    trim_cache(cache, 3)
-    assert torch.equal(cache.layers[0].keys, k[:, :, 2:])
-    assert torch.equal(cache.layers[0].values, -k[:, :, 2:])
-    assert cache.get_seq_length() == 3
-    trim_cache(cache, 10)  # wider than the cache: unchanged
-    assert cache.get_seq_length() == 3
-
-
-def test_splice_rows_writes_the_right_end_and_left_pads_when_needed():
-    k = torch.ones(3, 2, 4, 2)
-    cache = layer_cache([(k.clone(), k.clone())])
-    new = layer_cache([(torch.full((1, 2, 2, 2), 7.0), torch.full((1, 2, 2, 2), 8.0))])
-    splice_rows(cache, torch.tensor([1]), new)
-    keys = cache.layers[0].keys
-    assert keys.shape == (3, 2, 4, 2)
-    assert torch.all(keys[1, :, 2:] == 7) and torch.all(keys[1, :, :2] == 1)
-    assert torch.all(keys[[0, 2]] == 1) and torch.all(cache.layers[0].values[1, :, 2:] == 8)
-    wide = layer_cache([(torch.full((1, 2, 6, 2), 5.0), torch.full((1, 2, 6, 2), 5.0))])
-    splice_rows(cache, torch.tensor([2]), wide)
-    keys = cache.layers[0].keys
-    assert keys.shape == (3, 2, 6, 2)  # two zero columns added on the left of every row
-    assert torch.all(keys[2] == 5) and torch.all(keys[0, :, :2] == 0) and torch.all(keys[0, :, 2:] == 1)
-
-
 def run_schedule(engine, source, seed=0, steps=14):
     """Random actions with rows ending (EOS or length) and being reset at different times; returns per-step data."""
     rng = np.random.default_rng(seed)
@@ -76,9 +41,7 @@ def run_schedule(engine, source, seed=0, steps=14):
         actions = rng.integers(3, engine.vocab_size, size=engine.num_rows)
         actions[rng.random(engine.num_rows) < 0.15] = engine.eos_id
         which = rng.integers(len(source), size=len(reset_rows))
-        res = engine.step(
-            actions, reset_rows, [source.token_ids[i] for i in which], [source.prompts[i] for i in which]
-        )
+        res = engine.step(actions, reset_rows, [source.token_ids[i] for i in which], [source.prompts[i] for i in which])
         out.append((logits, res.reward.clone(), engine.tokens.clone(), res.ended.copy()))
         reset_rows = res.ended
     return out
@@ -89,7 +52,7 @@ def test_cached_and_uncached_logits_agree(lm, temperature):
     cached = run_schedule(*make_engine(lm, temperature=temperature))
     full = run_schedule(*make_engine(lm, use_cache=False, temperature=temperature))
     assert any(len(step[3]) for step in cached), "the schedule must exercise per-row resets"
-    for (lc, rc, tc, ec), (lf, rf, tf, ef) in zip(cached, full):
+    for (lc, rc, tc, ec), (lf, rf, tf, ef) in zip(cached, full, strict=True):
         assert torch.equal(tc, tf) and np.array_equal(ec, ef)
         assert torch.allclose(lc, lf, atol=1e-5), (lc - lf).abs().max()
         assert torch.allclose(rc, rf, atol=1e-5)

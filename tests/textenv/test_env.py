@@ -58,9 +58,9 @@ def test_seeded_reset_and_steps_are_deterministic(lm):
     ref = make_tiny_lm(seed=3)[0]
     a = rollout(make(lm, ref_model=ref), [5, 9, 7, 11, 4], seed=7)
     b = rollout(make(lm, ref_model=ref), [5, 9, 7, 11, 4], seed=7)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         assert len(x) == len(y)
-        for u, v in zip(x, y):
+        for u, v in zip(x, y, strict=True):
             if isinstance(u, dict) and "input_ids" in u:
                 assert all(np.array_equal(u[k], v[k]) for k in u)
             else:
@@ -248,12 +248,17 @@ def test_cuda_env_matches_cpu():
     ]
     outs = [rollout(env, [5, 9, 7, 11], seed=0) for env in envs]
     assert envs[1].next_token_logits is not None and envs[1].engine.tokens.device.type == "cuda"
-    for (o1, *r1), (o2, *r2) in zip(outs[0][1:], outs[1][1:]):
+    for (o1, *r1), (o2, *r2) in zip(outs[0][1:], outs[1][1:], strict=True):
         assert np.array_equal(o1["input_ids"], o2["input_ids"])
         assert r1[0] == pytest.approx(r2[0], abs=1e-5)
         assert r1[3]["policy_logprob"] == pytest.approx(r2[3]["policy_logprob"], abs=1e-4)
     venv = textenv.TextGenVectorEnv(
-        4, model=gpu_model, tokenizer=tok, prompts=PROMPTS, max_new_tokens=3, max_prompt_tokens=6,
+        4,
+        model=gpu_model,
+        tokenizer=tok,
+        prompts=PROMPTS,
+        max_new_tokens=3,
+        max_prompt_tokens=6,
         array_backend="torch",
     )
     obs, _ = venv.reset(seed=0)

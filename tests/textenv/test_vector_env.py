@@ -23,8 +23,15 @@ def ref():
 
 def kwargs(lm, ref, **extra):
     return {
-        "model": lm[0], "tokenizer": lm[1], "prompts": PROMPTS, "ref_model": ref, "kl_coef": 0.1,
-        "max_new_tokens": 4, "max_prompt_tokens": 6, "reward_fn": KeywordReward(["good", "great"]), **extra,
+        "model": lm[0],
+        "tokenizer": lm[1],
+        "prompts": PROMPTS,
+        "ref_model": ref,
+        "kl_coef": 0.1,
+        "max_new_tokens": 4,
+        "max_prompt_tokens": 6,
+        "reward_fn": KeywordReward(["good", "great"]),
+        **extra,
     }
 
 
@@ -67,7 +74,7 @@ def test_vector_rows_match_independent_single_envs(lm, ref):
     singles = [TextGenEnv(**kwargs(lm, ref)) for _ in range(3)]
     prompts = PROMPTS[:3]
     vec.reset(seed=0, options={"prompts": prompts})
-    for env, p in zip(singles, prompts):
+    for env, p in zip(singles, prompts, strict=True):
         env.reset(seed=0, options={"prompt": p})
     for a in action_schedule(4, 3, lm[1].eos_token_id, seed=3):  # one episode: no autoreset here
         obs_v, r_v, term_v, trunc_v, info_v = vec.step(a)
@@ -91,7 +98,11 @@ def test_next_step_autoreset_semantics(lm, ref):
     before = obs["input_ids"].copy()
     obs, r, term, trunc, info = env.step(np.array([7, 10_000_000, 8]))  # row 1's action is ignored, even invalid
     assert r[1] == 0 and not term[1] and not trunc[1]
-    assert info["_policy_logprob"].tolist() == [True, False, True] and info["_ref_logprob"].tolist() == [True, False, True]
+    assert info["_policy_logprob"].tolist() == [True, False, True] and info["_ref_logprob"].tolist() == [
+        True,
+        False,
+        True,
+    ]
     prompt_len = int(obs["attention_mask"][1].sum())
     assert obs["attention_mask"][1].tolist() == [0] * (10 - prompt_len) + [1] * prompt_len  # a fresh prompt
     for row, a in ((0, 7), (2, 8)):  # the other rows went on
@@ -112,7 +123,7 @@ def test_seeded_vector_env_is_deterministic(lm, ref):
             obs, r, term, trunc, info = env.step(a)
             trace += [obs["input_ids"].copy(), r.copy(), term.copy(), trunc.copy()]
         runs.append(trace)
-    for x, y in zip(*runs):
+    for x, y in zip(*runs, strict=True):
         assert np.array_equal(np.asarray(x), np.asarray(y))
 
 
