@@ -17,7 +17,7 @@ from agents.sb3_policy import SyncTextEnvCallback, make_sb3_text_model
 
 # Settings of the SB3 runs; override any through TextRLHFConfig.extra (e.g. {"n_envs": 16, "n_steps": 32}).
 SB3_DEFAULTS: dict[str, dict[str, Any]] = {
-    "ppo": {"n_envs": 8, "n_steps": 32, "batch_size": 64, "n_epochs": 4, "ent_coef": 0.0},
+    "ppo": {"n_envs": 8, "n_steps": 64, "batch_size": 128, "n_epochs": 4, "ent_coef": 0.0},
     "a2c": {"n_envs": 8, "n_steps": 16, "ent_coef": 0.0},
 }
 
@@ -79,8 +79,8 @@ def _improve_sb3(ctx: Any, algo: str) -> dict:
         algo, venv, learning_rate=cfg.learning_rate, gamma=1.0, gae_lambda=0.95, seed=cfg.seed, **settings
     )
     model.set_logger(_sb3_logger(ctx))
-    # One "iteration" = one SB3 rollout of n_envs * n_steps tokens, as a native iteration is one batch of episodes.
-    total = cfg.iterations * n_envs * model.n_steps
+    # The native agents' budget in env steps (tokens): iterations of num_envs episodes of at most max_new_tokens.
+    total = cfg.iterations * cfg.num_envs * cfg.max_new_tokens
     model.learn(total, callback=CallbackList([SyncTextEnvCallback(), _PipelineLogging(ctx, cfg.eval_every)]))
     return {"tokens_seen": int(model.num_timesteps), "sb3_n_envs": n_envs, "sb3_n_steps": int(model.n_steps)}
 

@@ -39,6 +39,8 @@ IMPROVERS: dict[str, str] = {
     "grpo": "agents.text_rlhf:improve_grpo",
     "rloo": "agents.text_rlhf:improve_rloo",
     "dpo": "agents.text_rlhf:improve_dpo",
+    "sb3-ppo": "agents.sb3_text:improve_sb3_ppo",
+    "sb3-a2c": "agents.sb3_text:improve_sb3_a2c",
 }
 
 # Per-algorithm defaults of the demo on the default LM (tuned so that each finishes in a few minutes on 2 CPU cores).
@@ -47,6 +49,9 @@ ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
     "grpo": {"iterations": 40, "learning_rate": 1e-4, "kl_coef": 0.04, "num_envs": 32, "group_size": 8},
     "rloo": {"iterations": 40, "learning_rate": 1e-4, "kl_coef": 0.05, "num_envs": 32, "group_size": 4},
     "dpo": {"iterations": 3, "learning_rate": 1e-4, "kl_coef": 0.1, "num_pairs": 512},
+    # SB3 runs get the native PPO budget in tokens (iterations * num_envs * max_new_tokens; see agents/sb3_text.py).
+    "sb3-ppo": {"iterations": 40, "learning_rate": 1e-4, "kl_coef": 0.05, "num_envs": 32},
+    "sb3-a2c": {"iterations": 40, "learning_rate": 1e-4, "kl_coef": 0.05, "num_envs": 32},
 }
 
 
