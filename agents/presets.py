@@ -191,3 +191,259 @@ def mujoco_segment_len(env_id: str, seconds: float = SEGMENT_SECONDS) -> int:
     finally:
         env.close()
     return min(steps, limit) if limit else steps
+
+
+for _game in ATARI_ENVS:  # registered on import: "agents.presets:AtariPreprocessed/Pong-v5" works in any process
+    _wrapped = f"{ATARI_NAMESPACE}/{_game.split('/', 1)[1]}"
+    if _wrapped not in gym.registry:
+        gym.register(_wrapped, entry_point="agents.presets:make_atari_env", kwargs={"game_id": _game})
+
+
+# -- the presets ----------------------------------------------------------------------------------------------------
+@dataclass
+class ChristianoPreset:
+    """A preset applied to one env: the ``PrefsConfig`` of ``rlhf-gym prefs`` plus the protocol knobs it lacks.
+
+    ``prefs`` carries what ``PrefsConfig`` already has (env, algo, budgets, segment length, ensemble size, selection,
+    initial share, hyperparameters); the fields below carry the rest of the paper's protocol, which
+    ``build_preset_loop`` wires in (label schedule, noise model, validation split, adaptive L2, net, reward scale,
+    pretraining, label buffer).
+    """
+
+    name: str
+    """``christiano-mujoco`` or ``christiano-atari``."""
+    requested_env: str
+    """The env id the user asked for (``ALE/Pong-v5``; ``prefs.env`` is the preprocessed id for Atari)."""
+    prefs: Any
+    """``agents.prefs_run.PrefsConfig`` of the run."""
+    schedule_c: float
+    """Label-rate constant c of the rate c / (T + c), in env steps (2e6 MuJoCo A.1, 5e6 Atari A.2)."""
+    initial_policy: str = "agent"
+    """Who acts in the initial collection: the randomly initialised policy network (A.1, A.2)."""
+    label_until: float = 1.0
+    """Labels keep coming, at the decaying rate, until the end of the run (A.1, A.2)."""
+    oversample: int = 10
+    """Candidates per query for disagreement selection (2.2.4)."""
+    net: str = "mlp"
+    """Reward net: ``mlp`` (A.1) or ``cnn`` (A.2)."""
+    net_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Constructor kwargs of the reward net."""
+    reward_scale: float = 1.0
+    """Standard deviation of the agent's reward (1 MuJoCo A.1, 0.05 Atari A.2)."""
+    fit: dict[str, Any] = field(default_factory=dict)
+    """``rewardmodels.ensemble.FitConfig`` fields (noise 0.1, val 1/e, adaptive L2 1.1-1.5: 2.2.3)."""
+    pretrain_epochs: int | None = None
+    """Epochs of the first reward fit, on the initial labels (Atari: 200, A.2)."""
+    label_buffer: int | None = None
+    """Fit on only the most recent labels (Atari: 3,000, A.2); None = all."""
+    experience_capacity: int = 20_000
+    """Env steps of recent experience kept for cutting candidate segments (ours: bounds memory for frames)."""
+
+    def loop_config(self):
+        """The ``LoopConfig`` of the run: ``PrefsConfig.loop_config()`` plus the paper's label schedule.
+
+        ``LoopConfig.schedule_c`` is c as a fraction of the labelling horizon (the training steps of the rounds
+        that get labels), so the absolute c of the paper is divided by that horizon.
+        """
+        from dataclasses import replace
+
+        base = replace(self.prefs.loop_config(), label_schedule="inverse_time", initial_policy=self.initial_policy,
+                       label_until=self.label_until, oversample=self.oversample)
+        horizon = base.steps_per_round * max(1, int(np.ceil(base.rounds * base.label_until)))
+        return replace(base, schedule_c=self.schedule_c / horizon)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _mujoco(env_id: str) -> dict[str, Any]:
+    if env_id not in MUJOCO_ENVS:
+        logger.warning("christiano-mujoco covers %s; %s is used with the same protocol", ", ".join(MUJOCO_ENVS),
+                       env_id)
+    segment_len = mujoco_segment_len(env_id)
+    return dict(
+        env=env_id, algo="ppo", labels=700, steps=2_000_000, segment_len=segment_len, ensemble=3,
+        selection="disagreement", initial_label_fraction=0.25, reward_epochs=20, reward_hidden=(64, 64),
+        # PPO stands in for TRPO (A.1): SB3's PPO defaults are the PPO paper's MuJoCo settings; A.1's discounting
+        # and entropy bonus (0.001 on Swimmer) for learning from the predictor.
+        hyperparams=dict(n_envs=1, gamma=0.995, gae_lambda=0.97,
+                         ent_coef=0.001 if env_id.startswith("Swimmer") else 0.01),
+        _extra=dict(schedule_c=MUJOCO_LABEL_C, net="mlp", reward_scale=1.0),
+    )
+
+
+def _atari(env_id: str) -> dict[str, Any]:
+    wrapped = atari_env_id(env_id)
+    a2c = dict(n_envs=16, n_steps=5, ent_coef=0.01, learning_rate="lin_0.0007", gamma=0.99,
+               policy_kwargs=dict(features_extractor_class="NatureCNN"))  # by name: config.json stays JSON
+    return dict(
+        env=wrapped, algo="a2c", labels=5_500, steps=50_000_000, segment_len=ATARI_SEGMENT_LEN, ensemble=3,
+        selection="disagreement", initial_label_fraction=ATARI_INITIAL_LABELS / 5_500, reward_epochs=1,
+        hyperparams=a2c,
+        _extra=dict(schedule_c=ATARI_LABEL_C, net="cnn", reward_scale=0.05, pretrain_epochs=ATARI_PRETRAIN_EPOCHS,
+                    label_buffer=ATARI_LABEL_BUFFER, experience_capacity=10_000,
+                    net_kwargs=dict(channels=16, hidden=64, dropout=0.5, batch_norm=True, use_action=False),
+                    fit=dict(batch_size=32, normalizer_steps=5_000)),
+    )
+
+
+#: rl-baselines3-zoo's Atari PPO settings (hyperparams/ppo.yml, atari), for ``--algo ppo`` on the Atari preset.
+ATARI_PPO = dict(n_envs=8, n_steps=128, n_epochs=4, batch_size=256, learning_rate="lin_0.00025",
+                 clip_range="lin_0.1", vf_coef=0.5, ent_coef=0.01)
+
+PRESETS = {"christiano-mujoco": _mujoco, "christiano-atari": _atari}
+_PAPER_FIT = dict(noise=0.1, val_fraction=float(np.exp(-1.0)), adaptive_l2=True, l2_target=(1.1, 1.5))
+
+
+def apply_preset(name: str, env_id: str, config_overrides: dict[str, Any] | None = None) -> ChristianoPreset:
+    """The preset ``name`` for ``env_id``, with ``config_overrides`` (``PrefsConfig`` fields; None values are
+    ignored, so parsed-but-unset CLI options keep the preset's value).
+
+    Budget-dependent values follow the budget: with ``labels`` overridden, the Atari preset still spends 500 of them
+    up front (A.2; all of them when fewer); ``initial_steps`` (ours) is the smaller of 20 segments' worth of steps
+    (at least 5,000) and a tenth of ``steps``; ``rounds`` (ours) is one per 10,000 env steps, 5 to 50.
+    """
+    from agents.prefs_run import PrefsConfig
+
+    if name not in PRESETS:
+        raise PresetError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    if name == "christiano-atari" and not (env_id.startswith("ALE/") or env_id.startswith(f"{ATARI_NAMESPACE}/")):
+        raise PresetError(f"christiano-atari needs an ALE env such as {ATARI_ENVS[0]}, got {env_id!r}; "
+                          "for MuJoCo envs use --preset christiano-mujoco")
+    if name == "christiano-mujoco" and env_id.startswith("ALE/"):
+        raise PresetError(f"{env_id} is an Atari env: use --preset christiano-atari")
+    values = PRESETS[name](env_id)
+    extra = values.pop("_extra")
+    overrides = {k: v for k, v in (config_overrides or {}).items() if v is not None}
+    if overrides.get("algo") == "ppo" and name == "christiano-atari" and "hyperparams" not in overrides:
+        values["hyperparams"] = {**ATARI_PPO, "policy_kwargs": values["hyperparams"]["policy_kwargs"]}
+    values.update(overrides)
+    if name == "christiano-atari" and "initial_label_fraction" not in overrides:
+        values["initial_label_fraction"] = min(ATARI_INITIAL_LABELS, values["labels"]) / values["labels"]
+    steps = int(values["steps"])
+    values.setdefault("initial_steps", min(max(20 * values["segment_len"], 5_000), steps // 10))
+    values.setdefault("rounds", int(np.clip(steps // 10_000, 5, 50)))
+    fit = {**_PAPER_FIT, **extra.pop("fit", {})}
+    prefs = PrefsConfig(**values)
+    return ChristianoPreset(name=name, requested_env=env_id, prefs=prefs, fit=fit, **extra)
+
+
+# -- wiring ---------------------------------------------------------------------------------------------------------
+def _resolve_hyperparams(hyper: dict[str, Any]) -> dict[str, Any]:
+    """``policy_kwargs.features_extractor_class`` may name an SB3 extractor ("NatureCNN"): JSON-safe configs."""
+    hyper = dict(hyper)
+    pk = dict(hyper.get("policy_kwargs") or {})
+    if isinstance(pk.get("features_extractor_class"), str):
+        from stable_baselines3.common import torch_layers
+
+        pk["features_extractor_class"] = getattr(torch_layers, pk["features_extractor_class"])
+        hyper["policy_kwargs"] = pk
+    return hyper
+
+
+def _paper_reward_model_class():
+    from agents.control_prefs import EnsembleRewardModel
+
+    class PaperRewardModel(EnsembleRewardModel):
+        """``EnsembleRewardModel`` with A.2's pretraining (first fit: ``pretrain_epochs``) and label buffer (fit
+        on the last ``label_buffer`` labels only)."""
+
+        def __init__(self, ensemble, fit_config, pretrain_epochs: int | None, label_buffer: int | None):
+            super().__init__(ensemble, fit_config)
+            self.pretrain_epochs, self.label_buffer = pretrain_epochs, label_buffer
+
+        def fit(self, dataset):
+            from dataclasses import replace
+
+            if self.label_buffer is not None and len(dataset) > self.label_buffer:
+                dataset = dataset.subset(slice(len(dataset) - self.label_buffer, None))
+            cfg = self.fit_config
+            if self.pretrain_epochs and int(self.ensemble.fit_count) == 0:  # survives resume: fit_count is saved
+                cfg = replace(cfg, epochs=self.pretrain_epochs, steps=None)
+            return self.ensemble.fit(dataset, cfg)
+
+    return PaperRewardModel
+
+
+def build_reward_ensemble(preset: ChristianoPreset, obs_space: gym.Space, act_space: gym.Space):
+    """The preset's ``RewardEnsemble``: 2x64 leaky-ReLU MLPs (A.1) or the paper's CNN (A.2)."""
+    from rewardmodels.ensemble import FitConfig, RewardEnsemble
+
+    cfg = preset.prefs
+    fit = FitConfig(epochs=cfg.reward_epochs, **preset.fit)
+    if preset.net == "mlp":
+        return RewardEnsemble.mlp(obs_space, act_space, n_members=cfg.ensemble, seed=cfg.seed,
+                                  hidden=cfg.reward_hidden, activation="leaky_relu", reward_scale=preset.reward_scale,
+                                  fit_config=fit, **preset.net_kwargs)
+    from rewardmodels.cnn import CNNRewardNet
+
+    ens = RewardEnsemble.from_factory(lambda: CNNRewardNet(obs_space, act_space, **preset.net_kwargs),
+                                      n_members=cfg.ensemble, seed=cfg.seed, reward_scale=preset.reward_scale,
+                                      fit_config=fit)
+    ens.net_config = {"class": "CNNRewardNet", "kwargs": dict(preset.net_kwargs)}
+    return ens
+
+
+def build_preset_loop(preset: ChristianoPreset, out, callbacks=()):
+    """Wire the preset's env, SB3 agent, reward ensemble, teacher and pair source into a ``PreferenceLoop``."""
+    from agents.control_prefs import SegmentPairSource
+    from agents.preference_loop import LoopCallback, PreferenceLoop
+    from agents.sb3_agents import SB3Agent
+    from rewardmodels.teachers import make_teacher
+
+    class _Summary(LoopCallback):  # summary.json also names the preset and the env asked for
+        def on_end(self, loop, summary):
+            rundir = getattr(loop, "run_dir", None) or getattr(loop, "rundir")
+            rundir.write_summary({**summary, "preset": preset.name, "env": preset.requested_env})
+
+    cfg = preset.prefs
+    loop_cfg = preset.loop_config()
+    recent = min(max(4 * cfg.segment_len, 2 * loop_cfg.steps_per_round), preset.experience_capacity)
+    source = SegmentPairSource(cfg.env, cfg.segment_len, seed=cfg.seed, recent_steps=recent,
+                               capacity=preset.experience_capacity)
+    ensemble = build_reward_ensemble(preset, source.obs_space, source.act_space).to(cfg.device)
+    reward_model = _paper_reward_model_class()(ensemble, ensemble.fit_config, preset.pretrain_epochs,
+                                               preset.label_buffer)
+    hyper = _resolve_hyperparams(cfg.hyperparams or {})
+    agent = SB3Agent(cfg.algo, cfg.env, ensemble.predict_reward, total_steps=cfg.steps, seed=cfg.seed,
+                     device=cfg.device, hyperparams=hyper, wrap_venv=source.wrap)
+    teacher = make_teacher(cfg.teacher, seed=cfg.seed, **cfg.teacher_params)
+    extra = {"prefs": asdict(cfg), "preset": {k: v for k, v in preset.to_json().items() if k != "prefs"},
+             "title": f"{preset.name} {preset.requested_env} {cfg.algo} seed {cfg.seed}"}
+    return PreferenceLoop(loop_cfg, agent, source, reward_model, teacher, out,
+                          callbacks=[*callbacks, _Summary()], extra_config=extra)
+
+
+def run_preset(preset: ChristianoPreset, out, resume: bool = False, callbacks=()) -> dict[str, Any]:
+    """Run (or resume) a preset into run directory ``out``; returns summary.json's content."""
+    import torch
+
+    torch.manual_seed(preset.prefs.seed)
+    loop = build_preset_loop(preset, out, callbacks)
+    try:
+        summary = loop.run(resume=resume)
+    finally:
+        loop.agent.close()
+    return {**summary, "preset": preset.name, "env": preset.requested_env}
+
+
+def load_preset(out) -> ChristianoPreset:
+    """The preset of the run in ``out`` (from its config.json), to resume it with its saved settings."""
+    import json
+    import math
+    from pathlib import Path
+
+    from agents.prefs_run import PrefsConfig
+
+    saved = json.loads((Path(out) / "config.json").read_text(encoding="utf-8"))
+    if "preset" not in saved:
+        raise PresetError(f"{out} was not started from a preset; resume it without --preset")
+    prefs = dict(saved["prefs"])
+    prefs.pop("progress_bar", None)
+    prefs["teacher_params"] = {k: (math.inf if v == "inf" else v) for k, v in prefs.get("teacher_params", {}).items()}
+    prefs["reward_hidden"] = tuple(prefs.get("reward_hidden", (64, 64)))
+    meta = dict(saved["preset"])
+    if meta["name"] == "christiano-atari":
+        atari_env_id(meta["requested_env"])  # register the preprocessed id in this process
+    meta["fit"] = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["fit"].items()}
+    return ChristianoPreset(prefs=PrefsConfig(**prefs), **meta)

@@ -104,8 +104,17 @@ class TextRLHFConfig:
 
     def __post_init__(self) -> None:
         _check(self.algo in IMPROVERS, f"algo must be one of {sorted(IMPROVERS)}, got {self.algo!r}")
-        for name in ("max_new_tokens", "max_prompt_tokens", "num_pairs", "rm_epochs", "rm_batch_size", "iterations",
-                     "num_envs", "eval_prompts", "eval_samples"):
+        for name in (
+            "max_new_tokens",
+            "max_prompt_tokens",
+            "num_pairs",
+            "rm_epochs",
+            "rm_batch_size",
+            "iterations",
+            "num_envs",
+            "eval_prompts",
+            "eval_samples",
+        ):
             _check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         _check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
         _check(0 <= self.rm_val_fraction < 1, f"rm_val_fraction must be in [0, 1), got {self.rm_val_fraction}")
@@ -151,9 +160,17 @@ class TextRLHFContext:
 
         cfg = self.config
         return TextGenVectorEnv(
-            num_envs, model=self.policy, tokenizer=self.tokenizer, prompts=prompts or self.train_prompts,
-            reward_fn=reward_fn, ref_model=self.ref_model, kl_coef=kl_coef, max_new_tokens=cfg.max_new_tokens,
-            max_prompt_tokens=cfg.max_prompt_tokens, temperature=cfg.temperature, device=self.device,
+            num_envs,
+            model=self.policy,
+            tokenizer=self.tokenizer,
+            prompts=prompts or self.train_prompts,
+            reward_fn=reward_fn,
+            ref_model=self.ref_model,
+            kl_coef=kl_coef,
+            max_new_tokens=cfg.max_new_tokens,
+            max_prompt_tokens=cfg.max_prompt_tokens,
+            temperature=cfg.temperature,
+            device=self.device,
             array_backend="torch",
         )
 
@@ -242,24 +259,37 @@ def train_lm_reward_model(ctx: TextRLHFContext) -> tuple[Any, dict[str, float]]:
     n_val = int(round(len(pairs) * cfg.rm_val_fraction))
     order = np.random.default_rng(cfg.seed).permutation(len(pairs))
     val, train = pairs[order[:n_val]], pairs[order[n_val:]]
-    model = LMRewardModel(copy.deepcopy(ctx.ref_model).requires_grad_(True), ctx.tokenizer,
-                          policy_tokenizer=ctx.tokenizer)
+    model = LMRewardModel(
+        copy.deepcopy(ctx.ref_model).requires_grad_(True), ctx.tokenizer, policy_tokenizer=ctx.tokenizer
+    )
     step_offset = 0
 
     def log(step: int, metrics: dict[str, float]) -> None:
         ctx.run_dir.log(step_offset + step, metrics)
 
     result = train_reward_model(
-        model, train, epochs=cfg.rm_epochs, lr=cfg.rm_learning_rate, batch_size=cfg.rm_batch_size, seed=cfg.seed,
-        eval_pairs=val if n_val else None, log_fn=log,
+        model,
+        train,
+        epochs=cfg.rm_epochs,
+        lr=cfg.rm_learning_rate,
+        batch_size=cfg.rm_batch_size,
+        seed=cfg.seed,
+        eval_pairs=val if n_val else None,
+        log_fn=log,
     )
     model.eval().requires_grad_(False)
     return model, result
 
 
-def run_text_rlhf(config: TextRLHFConfig, out: str | Path, model: Any = None, tokenizer: Any = None,
-                  train_prompts: list[str] | None = None, eval_prompts: list[str] | None = None,
-                  teacher: Any = None) -> TextRLHFResult:
+def run_text_rlhf(
+    config: TextRLHFConfig,
+    out: str | Path,
+    model: Any = None,
+    tokenizer: Any = None,
+    train_prompts: list[str] | None = None,
+    eval_prompts: list[str] | None = None,
+    teacher: Any = None,
+) -> TextRLHFResult:
     """Run the pipeline into run directory ``out``; defaults: the offline default LM, its train/test prompts and the
     VADER sentiment teacher. Writes config.json, metrics.jsonl, summary.json, curves.png and checkpoints/."""
     start = time.perf_counter()
@@ -284,8 +314,9 @@ def run_text_rlhf(config: TextRLHFConfig, out: str | Path, model: Any = None, to
     run_dir.write_config(config)
     eval_list = list(eval_prompts)[: config.eval_prompts]
     eval_rows = [p for p in eval_list for _ in range(config.eval_samples)]
-    ctx = TextRLHFContext(config, model, ref, tokenizer, teacher, None, None, list(train_prompts), eval_rows,
-                          run_dir, device)
+    ctx = TextRLHFContext(
+        config, model, ref, tokenizer, teacher, None, None, list(train_prompts), eval_rows, run_dir, device
+    )
     before = ctx.evaluate_and_log(0)
     ctx.pairs = sample_pairs(ctx, config.num_pairs)
     ctx.pairs.save(run_dir.path / "pairs.jsonl")
@@ -311,8 +342,11 @@ def run_text_rlhf(config: TextRLHFConfig, out: str | Path, model: Any = None, to
     run_dir.write_summary(summary)
     reward_key = "losses/rewards/margin" if config.algo == "dpo" else "env/score_mean"
     run_dir.plot(
-        [("reward (learned RM; DPO: implicit margin)", [reward_key]), ("oracle score (VADER)", ["eval/oracle_score"]),
-         ("KL to reference", ["env/kl_to_ref", "eval/kl_to_ref"])],
+        [
+            ("reward (learned RM; DPO: implicit margin)", [reward_key]),
+            ("oracle score (VADER)", ["eval/oracle_score"]),
+            ("KL to reference", ["env/kl_to_ref", "eval/kl_to_ref"]),
+        ],
         title=f"rlhf-gym text --algo {config.algo}",
     )
     run_dir.close()
@@ -331,8 +365,16 @@ def print_samples(result: TextRLHFResult, n: int = 3) -> None:
 # ----------------------------------------------------------------------------------------------- improvement steps
 def _agent_config(cls, ctx: TextRLHFContext, **fields: Any):
     cfg = ctx.config
-    return cls(**{"learning_rate": cfg.learning_rate, "kl_coef": cfg.kl_coef, "iterations": cfg.iterations,
-                  "seed": cfg.seed, **fields, **cfg.extra})
+    return cls(
+        **{
+            "learning_rate": cfg.learning_rate,
+            "kl_coef": cfg.kl_coef,
+            "iterations": cfg.iterations,
+            "seed": cfg.seed,
+            **fields,
+            **cfg.extra,
+        }
+    )
 
 
 def improve_ppo(ctx: TextRLHFContext) -> dict:
@@ -372,9 +414,15 @@ def improve_dpo(ctx: TextRLHFContext) -> dict:
     from agents.dpo import DPOConfig, DPOTrainer
 
     cfg = ctx.config
-    fields = {"beta": cfg.kl_coef, "learning_rate": cfg.learning_rate, "epochs": cfg.iterations, "seed": cfg.seed,
-              **cfg.extra}
-    trainer = DPOTrainer(ctx.policy, ctx.tokenizer, ctx.pairs, DPOConfig(**fields), ref_model=ctx.ref_model,
-                         run_dir=ctx.run_dir)
+    fields = {
+        "beta": cfg.kl_coef,
+        "learning_rate": cfg.learning_rate,
+        "epochs": cfg.iterations,
+        "seed": cfg.seed,
+        **cfg.extra,
+    }
+    trainer = DPOTrainer(
+        ctx.policy, ctx.tokenizer, ctx.pairs, DPOConfig(**fields), ref_model=ctx.ref_model, run_dir=ctx.run_dir
+    )
     trainer.learn(callback=ctx.eval_callback())
     return {"final_step": trainer.step, "dpo_steps": trainer.step, **trainer.evaluate()}

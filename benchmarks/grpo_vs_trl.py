@@ -40,8 +40,18 @@ from textenv import KeywordReward, TextGenVectorEnv  # noqa: E402
 from textenv.testing import make_tiny_lm  # noqa: E402
 
 PROMPTS = [
-    "the movie was", "this book is", "i loved the", "the phone was", "we hated this", "the plot is", "it is",
-    "the price was", "this film is", "the story was", "i hated the", "the acting was",
+    "the movie was",
+    "this book is",
+    "i loved the",
+    "the phone was",
+    "we hated this",
+    "the plot is",
+    "it is",
+    "the price was",
+    "this film is",
+    "the story was",
+    "i hated the",
+    "the acting was",
 ]
 TARGET = "good"
 
@@ -80,15 +90,28 @@ def run_ours(path: Path, args) -> dict:
 
     model, tokenizer = load(path)
     env = TextGenVectorEnv(
-        args.prompts_per_step * args.group_size, model=model, tokenizer=tokenizer, prompts=PROMPTS,
-        reward_fn=KeywordReward([TARGET], normalize=True), kl_coef=0.0, max_new_tokens=args.max_new_tokens,
-        max_prompt_tokens=8, array_backend="torch",
+        args.prompts_per_step * args.group_size,
+        model=model,
+        tokenizer=tokenizer,
+        prompts=PROMPTS,
+        reward_fn=KeywordReward([TARGET], normalize=True),
+        kl_coef=0.0,
+        max_new_tokens=args.max_new_tokens,
+        max_prompt_tokens=8,
+        array_backend="torch",
     )
     # env kl_coef=0: GRPO's KL is a loss term, so the reference log-probs come from one batched forward per rollout
     # (as TRL does) instead of a reference forward per token; the agent keeps a frozen copy of the initial policy.
     config = GRPOConfig(
-        learning_rate=args.lr, group_size=args.group_size, prompts_per_step=args.prompts_per_step, kl_coef=args.beta,
-        clip_range=0.2, loss_aggregation="token-mean", scale_rewards=True, adam_eps=1e-5, seed=args.seed,
+        learning_rate=args.lr,
+        group_size=args.group_size,
+        prompts_per_step=args.prompts_per_step,
+        kl_coef=args.beta,
+        clip_range=0.2,
+        loss_aggregation="token-mean",
+        scale_rewards=True,
+        adam_eps=1e-5,
+        seed=args.seed,
     )
     agent = GRPOAgent(env, config)
     means: list[float] = []
@@ -107,19 +130,49 @@ def run_trl(path: Path, args) -> dict:
     dataset = Dataset.from_dict({"prompt": [PROMPTS[i % len(PROMPTS)] for i in range(rows)]})
     with tempfile.TemporaryDirectory() as out:
         config = GRPOConfig(
-            output_dir=out, learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0,
-            adam_epsilon=1e-5, max_grad_norm=1.0, weight_decay=0.0,
-            per_device_train_batch_size=args.prompts_per_step * args.group_size, gradient_accumulation_steps=1,
-            steps_per_generation=1, num_generations=args.group_size, num_iterations=1,
-            max_completion_length=args.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
-            beta=args.beta, epsilon=0.2, loss_type="dapo", scale_rewards="group", disable_dropout=True,
-            max_steps=args.steps, logging_steps=1, save_strategy="no", report_to="none",
-            use_cpu=True, bf16=False, fp16=False, seed=args.seed, dataloader_num_workers=0,
+            output_dir=out,
+            learning_rate=args.lr,
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            adam_epsilon=1e-5,
+            max_grad_norm=1.0,
+            weight_decay=0.0,
+            per_device_train_batch_size=args.prompts_per_step * args.group_size,
+            gradient_accumulation_steps=1,
+            steps_per_generation=1,
+            num_generations=args.group_size,
+            num_iterations=1,
+            max_completion_length=args.max_new_tokens,
+            temperature=1.0,
+            top_p=1.0,
+            top_k=0,
+            beta=args.beta,
+            epsilon=0.2,
+            loss_type="dapo",
+            scale_rewards="group",
+            disable_dropout=True,
+            max_steps=args.steps,
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            use_cpu=True,
+            bf16=False,
+            fp16=False,
+            seed=args.seed,
+            dataloader_num_workers=0,
+            disable_tqdm=True,
         )
         trainer = GRPOTrainer(
-            model=str(path), reward_funcs=reward, args=config, train_dataset=dataset,
+            model=str(path),
+            reward_funcs=reward,
+            args=config,
+            train_dataset=dataset,
             processing_class=load(path)[1],
         )
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+        for quiet in (PrinterCallback, ProgressCallback):  # no per-step printing inside the timed region
+            trainer.remove_callback(quiet)
         start = time.perf_counter()
         trainer.train()
         wall = time.perf_counter() - start
@@ -133,8 +186,15 @@ def evaluate(model, tokenizer, args, n: int = 256) -> float:
     from agents.base import collect_rollout
 
     env = TextGenVectorEnv(
-        n, model=model, tokenizer=tokenizer, prompts=PROMPTS, reward_fn=KeywordReward([TARGET], normalize=True),
-        kl_coef=0.0, max_new_tokens=args.max_new_tokens, max_prompt_tokens=8, array_backend="torch",
+        n,
+        model=model,
+        tokenizer=tokenizer,
+        prompts=PROMPTS,
+        reward_fn=KeywordReward([TARGET], normalize=True),
+        kl_coef=0.0,
+        max_new_tokens=args.max_new_tokens,
+        max_prompt_tokens=8,
+        array_backend="torch",
     )
     rows = [PROMPTS[i % len(PROMPTS)] for i in range(n)]
     batch = collect_rollout(env, prompts=rows, seed=0, generator=torch.Generator().manual_seed(123))
@@ -169,21 +229,39 @@ def main(argv: list[str] | None = None) -> dict:
     results = {
         "settings": vars(args),
         "initial_reward": initial,
-        "ours": {"tokens_per_s": ours_tps, "wall_s": ours["wall_s"], "completion_tokens": ours["tokens"],
-                 "final_train_reward": float(np.mean(ours["rewards"][-5:])), "final_eval_reward": ours_eval},
-        "trl": {"tokens_per_s": trl_tps, "wall_s": trl["wall_s"], "completion_tokens": trl["tokens"],
-                "final_train_reward": float(np.mean(trl["rewards"][-5:])), "final_eval_reward": trl_eval},
+        "ours": {
+            "tokens_per_s": ours_tps,
+            "wall_s": ours["wall_s"],
+            "completion_tokens": ours["tokens"],
+            "final_train_reward": float(np.mean(ours["rewards"][-5:])),
+            "final_eval_reward": ours_eval,
+        },
+        "trl": {
+            "tokens_per_s": trl_tps,
+            "wall_s": trl["wall_s"],
+            "completion_tokens": trl["tokens"],
+            "final_train_reward": float(np.mean(trl["rewards"][-5:])),
+            "final_eval_reward": trl_eval,
+        },
         "speed_ratio": ours_tps / trl_tps,
     }
-    print(f"GRPO, {args.steps} steps x {args.prompts_per_step} prompts x G={args.group_size}, "
-          f"{args.max_new_tokens} new tokens, CPU, 1 thread (initial reward {initial:.3f})")
-    print(f"{'':6s} {'tokens/s':>10s} {'wall s':>8s} {'tokens':>8s} {'train reward (last 5)':>22s} {'eval reward':>12s}")
+    print(
+        f"GRPO, {args.steps} steps x {args.prompts_per_step} prompts x G={args.group_size}, "
+        f"{args.max_new_tokens} new tokens, CPU, 1 thread (initial reward {initial:.3f})"
+    )
+    print(
+        f"{'':6s} {'tokens/s':>10s} {'wall s':>8s} {'tokens':>8s} {'train reward (last 5)':>22s} {'eval reward':>12s}"
+    )
     for name in ("ours", "trl"):
         r = results[name]
-        print(f"{name:6s} {r['tokens_per_s']:10.0f} {r['wall_s']:8.1f} {r['completion_tokens']:8d} "
-              f"{r['final_train_reward']:22.3f} {r['final_eval_reward']:12.3f}")
-    print(f"speed ratio ours/TRL: {results['speed_ratio']:.2f}x (target >= 2); final eval reward ours - TRL: "
-          f"{ours_eval - trl_eval:+.3f} (target >= 0)")
+        print(
+            f"{name:6s} {r['tokens_per_s']:10.0f} {r['wall_s']:8.1f} {r['completion_tokens']:8d} "
+            f"{r['final_train_reward']:22.3f} {r['final_eval_reward']:12.3f}"
+        )
+    print(
+        f"speed ratio ours/TRL: {results['speed_ratio']:.2f}x (target >= 2); final eval reward ours - TRL: "
+        f"{ours_eval - trl_eval:+.3f} (target >= 0)"
+    )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")

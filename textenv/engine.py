@@ -101,6 +101,8 @@ class GenerationEngine:
         use_cache: KV-cached decoding (default); False recomputes the full forward every step (reference path).
     """
 
+    buffered = True  # preallocated KV buffers (kvcache.BufferedLayer) instead of transformers' cat-per-token
+
     def __init__(
         self,
         policy: torch.nn.Module,
@@ -135,6 +137,11 @@ class GenerationEngine:
             for m in (policy, self.ref_model)
             if m is not None
         }
+        # With SDPA attention a ready 4D boolean mask skips transformers' per-forward mask construction (it returns
+        # 4D masks as-is), and one mask then serves both models. Other attention kernels get the usual 2D mask.
+        self._mask4d = all(
+            getattr(getattr(m, "config", None), "_attn_implementation", None) == "sdpa" for m in self._models()
+        )
         n, L = self.num_rows, self.L
         self.tokens = torch.full((n, L), self.pad_id, dtype=torch.long, device=device)
         self.mask = torch.zeros((n, L), dtype=torch.long, device=device)
@@ -346,13 +353,14 @@ class GenerationEngine:
         outs: list[torch.Tensor | None] = [None] * len(self._models())
         if decode.any():
             width = int(state_len[decode].max())  # includes the pending token, which is not in the cache yet
+            ids, pos, masks = self.tokens[:, -1:], self.pos[:, None], {}
             for i, m in enumerate(self._models()):
                 cache = self._caches[id(m)]
                 trim_cache(cache, width - 1)
-                c = cache_width(cache)
-                outs[i], self._caches[id(m)] = self._forward(
-                    m, self.tokens[:, -1:], self.mask[:, -(c + 1) :], self.pos[:, None], cache
-                )
+                c = cache_width(cache) + 1
+                if c not in masks:
+                    masks[c] = self.mask[:, -c:].bool()[:, None, None, :] if self._mask4d else self.mask[:, -c:]
+                outs[i], self._caches[id(m)] = self._forward(m, ids, masks[c], pos, cache)
         if prefill.any():
             rows = np.flatnonzero(prefill)
             w = int(state_len[rows].max())
@@ -369,7 +377,7 @@ class GenerationEngine:
                     self._ensure_logits()
                     return
                 if everything:
-                    outs[i], self._caches[id(m)] = logits, to_buffered(new, 2 * self.L)
+                    outs[i], self._caches[id(m)] = logits, (to_buffered(new, 2 * self.L) if self.buffered else new)
                 else:
                     splice_rows(self._caches[id(m)], idx, new)
                     outs[i] = outs[i].index_put((idx,), logits)

@@ -11,8 +11,8 @@ Routes::
 Security (the threat is another user on the network, or a web page in the labeller's browser):
 - Binding a non-loopback host without a token is refused (InsecureBindError) before anything listens.
 - With a token, every request must carry it: ``X-Label-Token`` or ``Authorization: Bearer`` header, or the cookie
-  that ``/?token=T`` sets once (HttpOnly, SameSite=Strict) before redirecting to the clean URL. Compared in constant
-  time (hmac.compare_digest).
+  that ``/?token=T`` sets once (HttpOnly; SameSite=Lax, so it is sent when a link opens the page) before
+  redirecting to the clean URL. Compared in constant time (hmac.compare_digest).
 - On a loopback bind, the Host header must be a loopback name too: a DNS-rebinding page cannot talk to the app.
 - API and clip requests that a browser marks as made by another site (``Sec-Fetch-Site``) are refused, so a page
   elsewhere cannot reserve pairs or embed clips; only the page itself may be opened from a link.
@@ -160,7 +160,7 @@ def create_app(run_dir: str | os.PathLike | None = None, *, store: LabelStore | 
             if not token_ok(request.args["token"]):
                 return refuse(403, "wrong access token")
             response = redirect(request.path)  # drop the token from the address bar and history
-            response.set_cookie(TOKEN_COOKIE, request.args["token"], httponly=True, samesite="Strict")
+            response.set_cookie(TOKEN_COOKIE, request.args["token"], httponly=True, samesite="Lax")
             return response
         presented = presented_token()
         if presented is None:

@@ -53,8 +53,9 @@ def test_dpo_raises_chosen_logprob_relative_to_rejected():
 
 
 def test_labels_follow_the_convention_and_ties_are_dropped():
-    data = TextPreferencePairs(["p", "p", "p", "p"], ["a1", "a2", "a3", "a4"], ["b1", "b2", "b3", "b4"],
-                               [1.0, 0.0, 0.5, math.nan])
+    data = TextPreferencePairs(
+        ["p", "p", "p", "p"], ["a1", "a2", "a3", "a4"], ["b1", "b2", "b3", "b4"], [1.0, 0.0, 0.5, math.nan]
+    )
     assert preference_triples(data) == [("p", "a1", "b1"), ("p", "b2", "a2")]
 
 

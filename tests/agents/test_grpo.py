@@ -66,8 +66,13 @@ def test_grpo_learns_the_keyword_task_and_changes_weights(tmp_path):
 def test_other_aggregations_and_several_updates_run(aggregation):
     env = make_env(num_envs=8)
     cfg = GRPOConfig(
-        learning_rate=1e-3, group_size=4, prompts_per_step=2, loss_aggregation=aggregation, num_updates=2,
-        num_minibatches=2, scale_rewards=False,
+        learning_rate=1e-3,
+        group_size=4,
+        prompts_per_step=2,
+        loss_aggregation=aggregation,
+        num_updates=2,
+        num_minibatches=2,
+        scale_rewards=False,
     )
     agent = GRPOAgent(env, cfg).learn(2)
     assert agent.iteration == 2

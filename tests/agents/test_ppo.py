@@ -48,8 +48,15 @@ def test_ppo_learns_the_keyword_task_and_changes_weights(tmp_path):
     assert changed(before, env.policy)
     assert not changed(snapshot(env.ref_model), env.ref_model)  # the reference stays frozen
     rows = RunDir(tmp_path).read_metrics()
-    for key in ("losses/approx_kl", "losses/clipfrac", "env/kl_to_ref", "env/score_mean", "env/score_std",
-                "losses/entropy", "charts/tokens_per_s"):
+    for key in (
+        "losses/approx_kl",
+        "losses/clipfrac",
+        "env/kl_to_ref",
+        "env/score_mean",
+        "env/score_std",
+        "losses/entropy",
+        "charts/tokens_per_s",
+    ):
         assert key in rows[-1], key
     ckpt = tmp_path / "checkpoints" / "last"
     assert (ckpt / "model.safetensors").exists() and (ckpt / "value_head.pt").exists()

@@ -14,9 +14,20 @@ SUMMARY_KEYS = ("oracle_score_before", "oracle_score_after", "kl_to_ref", "win_r
 def tiny_run(algo, tmp_path, **overrides):
     model, tokenizer = make_tiny_lm()
     fields = {
-        "max_new_tokens": 6, "max_prompt_tokens": 4, "num_pairs": 48, "rm_epochs": 2, "rm_learning_rate": 3e-3,
-        "iterations": 12, "learning_rate": 1e-2, "num_envs": 16, "group_size": 4, "eval_prompts": 4,
-        "eval_samples": 4, "eval_every": 4, "kl_coef": 0.01, **overrides,
+        "max_new_tokens": 6,
+        "max_prompt_tokens": 4,
+        "num_pairs": 48,
+        "rm_epochs": 2,
+        "rm_learning_rate": 3e-3,
+        "iterations": 12,
+        "learning_rate": 1e-2,
+        "num_envs": 16,
+        "group_size": 4,
+        "eval_prompts": 4,
+        "eval_samples": 4,
+        "eval_every": 4,
+        "kl_coef": 0.01,
+        **overrides,
     }
     config = TextRLHFConfig(algo=algo, **fields)
     teacher = KeywordTeacher([TARGET_WORD], normalize=True)

@@ -4,7 +4,15 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from rewardmodels.clips import ClipError, ClipStyle, compose_pair, fps_for_env, mp4_available, obs_to_rgb, save_pair_clip
+from rewardmodels.clips import (
+    ClipError,
+    ClipStyle,
+    compose_pair,
+    fps_for_env,
+    mp4_available,
+    obs_to_rgb,
+    save_pair_clip,
+)
 
 
 def _frames(t, h=20, w=30, value=None, seed=0):
