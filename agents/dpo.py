@@ -24,8 +24,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from agents.base import _check, check_finite, save_checkpoint, sequence_forward
+from agents.base import _check, check_finite, save_checkpoint
 from agents.losses import dpo_loss
+from agents.rollout import sequence_forward
 from agents.rundir import RunDir
 from rewardmodels.text_preferences import EmptyResponseError, IdenticalResponsesError, TextPreferenceError
 

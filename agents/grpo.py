@@ -16,17 +16,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from agents.base import (
-    LMAgent,
-    LMAgentConfig,
-    RolloutBatch,
-    _check,
-    accumulate,
-    collect_rollout,
-    env_prompts,
-    env_setting,
-)
+from agents.base import LMAgent, LMAgentConfig, _check, accumulate
 from agents.losses import GroupSizeError, grpo_advantages, grpo_loss
+from agents.rollout import RolloutBatch, collect_rollout, env_prompts, env_setting
 from agents.rundir import RunDir
 
 AGGREGATIONS = ("token-mean", "sequence-mean", "dr-grpo")

@@ -18,9 +18,10 @@ import os
 import torch
 from torch import nn
 
-from agents.base import LMAgent, LMAgentConfig, RolloutBatch, _check, accumulate
+from agents.base import LMAgent, LMAgentConfig, _check, accumulate
 from agents.losses import ppo_policy_loss, ppo_value_loss
 from agents.math import AdaptiveKLController, FixedKLController, gae, masked_mean, whiten
+from agents.rollout import RolloutBatch
 from agents.rundir import RunDir
 
 VALUE_INITS = ("zero", "reward_model")
@@ -97,10 +98,16 @@ class RewardModelCritic(nn.Module):
     partial sequence, a far better baseline than 0. ``reward_model`` must have ``backbone`` (a transformer returning
     ``last_hidden_state``), ``head`` (hidden -> 1) and ``tokenizer`` (identical to the policy's: the critic reads the
     policy's token ids), as ``rewardmodels.lm_reward.LMRewardModel`` does. It is deep-copied; the RM is untouched.
+    A normalising wrapper with ``reward_fn``, ``mean`` and ``std`` (``agents.text_rlhf.NormalizedReward``) is
+    unwrapped and its affine map folded into the head, so initial values are on the scale of the rewards.
     """
 
     def __init__(self, reward_model: nn.Module, policy_tokenizer):
         super().__init__()
+        shift, scale = 0.0, 1.0
+        if hasattr(reward_model, "reward_fn") and hasattr(reward_model, "mean") and hasattr(reward_model, "std"):
+            shift, scale = float(reward_model.mean), float(reward_model.std)
+            reward_model = reward_model.reward_fn
         missing = [a for a in ("backbone", "head", "tokenizer") if not hasattr(reward_model, a)]
         if missing:
             raise ValueError(
@@ -116,6 +123,9 @@ class RewardModelCritic(nn.Module):
             )
         self.backbone = copy.deepcopy(reward_model.backbone).requires_grad_(True)
         self.head = copy.deepcopy(reward_model.head).requires_grad_(True)
+        with torch.no_grad():  # (w h + b - shift) / scale
+            self.head.weight.div_(scale)
+            self.head.bias.sub_(shift).div_(scale)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:  # (B, L) -> (B, L)
         positions = (attention_mask.cumsum(1) - 1).clamp(min=0)

@@ -17,6 +17,12 @@ Nothing here knows about control envs: the four parts are protocols (``Agent``, 
 ``Labeller``). The Stable-Baselines3 + segment adapters are in ``agents/control_prefs.py``; a text env with an LLM agent
 plugs in by implementing the same four.
 
+Logged every round (``RunDir.log`` with the labels used as the step: TensorBoard, metrics.jsonl, console):
+``eval/true_return`` (the policy on the TRUE reward), ``agent/true_ep_return`` (training episodes, true reward),
+``reward_model/accuracy`` (fit on all labels), ``reward_model/heldout_accuracy`` (the new labels, before the model
+is fitted on them), ``reward_model/true_agreement`` (unlabelled candidates, against the true returns),
+``labels/used``, ``env/steps``, ``time/wall_s``; ``curves.png`` plots the first five against labels used.
+
 Checkpoints (``RunDir.checkpoints/round-NNNN/`` + ``latest.json`` written last, atomically, so a crash mid-save leaves
 the previous checkpoint in force) hold the labelled pairs, the reward model, the agent, the collector's experience,
 the loop state and RNG states. ``PreferenceLoop.resume`` continues to the same budgets with every label kept.
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -45,7 +52,7 @@ logger = logging.getLogger(__name__)
 # -- the four parts -------------------------------------------------------------------------------------------------
 @runtime_checkable
 class Agent(Protocol):
-    def learn(self, n_steps: int) -> Mapping[str, float]: ...  # train ~n_steps env steps on the learned reward
+    def learn(self, n_steps: int, max_steps: int | None = None) -> Mapping[str, float]: ...  # ~n_steps, <= max
     def set_reward_fn(self, reward_fn: Any) -> int | None: ...  # new learned reward (relabel stored experience)
     def evaluate(self, n_episodes: int) -> np.ndarray: ...  # TRUE returns of the current policy
     def save(self, directory: Path) -> None: ...
@@ -224,7 +231,9 @@ class PreferenceLoop:
         self.reward_model.save(ckpt)
         self.agent.save(ckpt)
         write_json(ckpt / "state.json", {"loop": asdict(self.state), "rng": self.rng.bit_generator.state})
-        torch.save({"torch": torch.get_rng_state()}, ckpt / "rng.pt")  # SB3 samples actions with torch
+        tmp = ckpt / ".rng.pt.tmp"
+        torch.save({"torch": torch.get_rng_state()}, tmp)  # SB3 samples actions with torch
+        os.replace(tmp, ckpt / "rng.pt")
         write_json(self.run_dir.checkpoints / "latest.json", {"checkpoint": ckpt.name})  # the commit point
         for old in self.run_dir.checkpoints.glob("round-*"):
             if old != ckpt and old.is_dir():
@@ -272,7 +281,7 @@ class PreferenceLoop:
             probs = self.reward_model.preference_probs(pairs)[used]
             decided = labels[used] != 0.5
             if decided.any():
-                metrics["reward_model/accuracy"] = float(
+                metrics["reward_model/heldout_accuracy"] = float(  # labels the model has not been fitted on
                     ((probs[decided] > 0.5) == (labels[used][decided] > 0.5)).mean())
         for cb in self.callbacks:
             if cb.on_labels(self, pairs) is False:
@@ -310,7 +319,7 @@ class PreferenceLoop:
                     left = cfg.total_steps - self.source.env_steps
                     n_steps = min(cfg.steps_per_round, left) if r < cfg.rounds else left
                     if n_steps > 0:
-                        metrics.update(self.agent.learn(n_steps))
+                        metrics.update(self.agent.learn(n_steps, max_steps=left))
                 n_labels = self.state.allocation[r] if r < len(self.state.allocation) else 0
                 if n_labels > 0:  # round 0 has no model to measure disagreement with
                     selection = cfg.selection if self.dataset is not None else "random"
@@ -354,7 +363,8 @@ class PreferenceLoop:
         }
         self.run_dir.write_summary(summary)
         self.run_dir.plot([("true return (eval)", ["eval/true_return", "agent/true_ep_return"]),
-                       ("reward model", ["reward_model/accuracy", "reward_model/true_agreement"])],
+                       ("reward model", ["reward_model/accuracy", "reward_model/heldout_accuracy",
+                                         "reward_model/true_agreement"])],
                       x_key="labels/used", title=str(self.extra_config.get("title", "")) or None)
         self.run_dir.close()
         for cb in self.callbacks:
@@ -365,7 +375,8 @@ class PreferenceLoop:
         return summary
 
     def _console(self, metrics: Mapping[str, float]) -> None:
-        keys = ("eval/true_return", "agent/true_ep_return", "reward_model/accuracy", "reward_model/true_agreement")
+        keys = ("eval/true_return", "agent/true_ep_return", "reward_model/accuracy", "reward_model/heldout_accuracy",
+                "reward_model/true_agreement")
         shown = ", ".join(f"{k}={metrics[k]:.3g}" for k in keys if k in metrics)
         logger.info("round %d/%d: labels %d, steps %d%s", self.state.round, self.config.rounds,
                     self.state.labels_used, self.state.env_steps, f", {shown}" if shown else "")

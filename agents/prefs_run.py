@@ -64,6 +64,12 @@ class PrefsConfig:
     """Env steps of the initial random-policy collection that the first labels are drawn from."""
     initial_label_fraction: float = 0.4
     """Share of the labels asked about the initial collection, before the agent trains."""
+    label_schedule: str = "inverse_time"
+    """How labels spread over the rounds: constant, or inverse_time (rate c/(t+c), Christiano et al. App. A)."""
+    schedule_c: float = 0.3
+    """c of the inverse-time schedule as a fraction of the labelling horizon (smaller = more front-loaded)."""
+    label_until: float = 0.8
+    """Fraction of the rounds that ask for labels (the last rounds only polish the policy)."""
     reward_epochs: int = 40
     """Passes over the labelled pairs per reward-model fit."""
     reward_hidden: tuple[int, ...] = (64, 64)
@@ -107,8 +113,9 @@ class PrefsConfig:
     def loop_config(self) -> LoopConfig:
         return LoopConfig(total_labels=self.labels, total_steps=self.steps, rounds=self.rounds,
                           initial_label_fraction=self.initial_label_fraction, initial_steps=self.initial_steps,
-                          selection=self.selection, eval_episodes=self.eval_episodes, eval_every=self.eval_every,
-                          seed=self.seed, progress_bar=self.progress_bar)
+                          label_schedule=self.label_schedule, schedule_c=self.schedule_c,
+                          label_until=self.label_until, selection=self.selection, eval_episodes=self.eval_episodes,
+                          eval_every=self.eval_every, seed=self.seed, progress_bar=self.progress_bar)
 
 
 def build_loop(cfg: PrefsConfig, out: str | os.PathLike,

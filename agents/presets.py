@@ -30,9 +30,9 @@ Gymnasium v5):
 
 * standard Atari preprocessing (Mnih et al. 2015, as in A.2 "the same inputs as the policy"): 30 no-op starts, 4
   frame skip with max-pooling of the last two frames, grayscale, 84x84 (Gymnasium's ``AtariPreprocessing``), and 4
-  stacked frames (``FrameStackObservation``). The env id becomes ``AtariPreprocessed/<Game>-v5`` (registered here,
-  so every part of the loop can ``gym.make`` it). v5's sticky actions (p = 0.25) are kept (ours; Machado et al.
-  2018's recommended protocol).
+  stacked frames (``FrameStackObservation``). The env id becomes ``AtariPreprocessed/<Game>-v5`` (registered by
+  ``agents/atari_env.py``, so every part of the loop can ``gym.make`` it). v5's sticky actions (p = 0.25) are kept
+  (ours; Machado et al. 2018's recommended protocol).
 * the predictor: the paper's CNN (``rewardmodels.cnn.CNNRewardNet``, A.2), rewards normalised to standard deviation
   0.05 (A.2) via ``RewardEnsemble(reward_scale=0.05)``.
 * segments of 25 steps (A.2: "25 timesteps (1.7 seconds at 15 fps with frame skipping)").
@@ -48,23 +48,27 @@ Use: ``rlhf-gym prefs --preset christiano-mujoco --env Hopper-v5 --labels 700 --
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import sys
-import types
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
+from agents.atari_env import (  # noqa: F401 - re-exported: the preset's env helpers
+    ATARI_ENVS,
+    ATARI_NAMESPACE,
+    AreaResizeAtariPreprocessing,
+    _area_taps,
+    area_resize,
+    atari_env_id,
+    make_atari_env,
+)
+
 logger = logging.getLogger(__name__)
 
 MUJOCO_ENVS = ("Hopper-v5", "HalfCheetah-v5", "Walker2d-v5", "Swimmer-v5", "Ant-v5", "Reacher-v5",
                "InvertedPendulum-v5", "InvertedDoublePendulum-v5")
-ATARI_ENVS = ("ALE/Pong-v5", "ALE/BeamRider-v5", "ALE/Breakout-v5", "ALE/Enduro-v5", "ALE/Qbert-v5",
-              "ALE/SpaceInvaders-v5", "ALE/Seaquest-v5")
-ATARI_NAMESPACE = "AtariPreprocessed"
 SEGMENT_SECONDS = 1.5  # A.1
 MUJOCO_LABEL_C = 2e6  # A.1
 ATARI_LABEL_C = 5e6  # A.2
@@ -72,111 +76,11 @@ ATARI_SEGMENT_LEN = 25  # A.2
 ATARI_INITIAL_LABELS = 500  # A.2
 ATARI_PRETRAIN_EPOCHS = 200  # A.2
 ATARI_LABEL_BUFFER = 3_000  # A.2
+ATARI_FIT_RATE = 0.1  # A.2: the predictor "processes 1 label per 10 RL timesteps"
 
 
 class PresetError(ValueError):
     """An unknown preset name, or an env the preset does not cover."""
-
-
-# -- Atari preprocessing ------------------------------------------------------------------------------------------
-def _area_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
-    """Area-averaging resampling (OpenCV's INTER_AREA) as taps: output pixel j = sum_k w[k, j] * input[idx[k, j]].
-
-    Each output pixel averages the input pixels it covers, fractional ones by their covered fraction; downscaling
-    210 -> 84 needs at most 4 taps. (Taps rather than a dense (84, 210) matrix product: BLAS threads on matrices this
-    small are 20x slower on a busy machine than a few numpy multiply-adds.) Agrees with cv2.resize to +-1 grey level.
-    """
-    edges = np.arange(n_out + 1) * (n_in / n_out)
-    lo, hi, i = edges[:-1, None], edges[1:, None], np.arange(n_in)[None, :]
-    dense = np.clip(np.minimum(hi, i + 1) - np.maximum(lo, i), 0, None) * (n_out / n_in)  # (n_out, n_in)
-    n_taps = int((dense > 0).sum(axis=1).max())
-    first = np.argmax(dense > 0, axis=1)  # (n_out,)
-    idx = np.minimum(first[None, :] + np.arange(n_taps)[:, None], n_in - 1)  # (taps, n_out)
-    w = np.take_along_axis(dense.T, idx, axis=0)  # (taps, n_out); past the last covered pixel -> 0 weight
-    w = np.where(first[None, :] + np.arange(n_taps)[:, None] < n_in, w, 0.0)
-    return idx, w.astype(np.float32)
-
-
-def area_resize(frame: np.ndarray, row_taps: tuple[np.ndarray, np.ndarray],
-                col_taps: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """(H, W[, C]) -> (h, w[, C]) float32 with the taps of ``_area_taps(H, h)`` and ``_area_taps(W, w)``."""
-    (ri, rw), (ci, cw) = row_taps, col_taps
-    x = frame.astype(np.float32)
-    extra = (None,) * (x.ndim - 1)
-    rows = sum(rw[k][(slice(None), *extra)] * x[ri[k]] for k in range(len(ri)))  # (h, W[, C])
-    extra = (None,) * (x.ndim - 2)
-    return sum(cw[k][(slice(None), *extra)] * rows[:, ci[k]] for k in range(len(ci)))  # (h, w[, C])
-
-
-class AreaResizeAtariPreprocessing(gym.wrappers.AtariPreprocessing):
-    """Gymnasium's ``AtariPreprocessing`` with its OpenCV resize replaced by numpy area averaging.
-
-    Everything else (no-op starts, frame skip, max-pooling, grayscale, life-loss handling) is Gymnasium's own code.
-    Used when OpenCV is not installed (``gymnasium[atari]`` does not pull it in); with ``opencv-python`` installed,
-    ``make_atari_env`` uses the original wrapper.
-    """
-
-    def __init__(self, env: gym.Env, **kwargs: Any):
-        stub = "cv2" not in sys.modules
-        if stub:  # AtariPreprocessing.__init__ only checks that cv2 imports; _get_obs below never uses it
-            sys.modules["cv2"] = types.ModuleType("cv2")
-        try:
-            super().__init__(env, **kwargs)
-        finally:
-            if stub:
-                del sys.modules["cv2"]
-        h, w = self.obs_buffer[0].shape[:2]
-        self._taps = (_area_taps(h, self.screen_size[1]), _area_taps(w, self.screen_size[0]))
-
-    def _get_obs(self):
-        if self.frame_skip > 1:
-            np.maximum(self.obs_buffer[0], self.obs_buffer[1], out=self.obs_buffer[0])
-        obs = area_resize(self.obs_buffer[0], *self._taps)
-        if self.scale_obs:
-            obs = obs / 255.0
-        else:
-            obs = np.clip(np.rint(obs), 0, 255).astype(np.uint8)
-        if self.grayscale_obs and self.grayscale_newaxis:
-            obs = obs[..., None]
-        return obs
-
-
-def _register_ale() -> None:
-    import ale_py
-
-    gym.register_envs(ale_py)
-
-
-def make_atari_env(game_id: str = "ALE/Pong-v5", frame_stack: int = 4, noop_max: int = 30,
-                   terminal_on_life_loss: bool = False, render_mode: str | None = None,
-                   **make_kwargs: Any) -> gym.Env:
-    """``game_id`` with the standard preprocessing and ``frame_stack`` stacked frames: obs (4, 84, 84) uint8.
-
-    ``terminal_on_life_loss`` stays False: the learned reward, not the life counter, should tell the agent that
-    losing a life is bad, and evaluation returns are whole-game scores.
-    """
-    _register_ale()
-    env = gym.make(game_id, frameskip=1, render_mode=render_mode, **make_kwargs)
-    wrapper = (gym.wrappers.AtariPreprocessing if importlib.util.find_spec("cv2") is not None
-               else AreaResizeAtariPreprocessing)
-    env = wrapper(env, noop_max=noop_max, frame_skip=4, screen_size=84, terminal_on_life_loss=terminal_on_life_loss,
-                  grayscale_obs=True, scale_obs=False)
-    return gym.wrappers.FrameStackObservation(env, frame_stack)
-
-
-def atari_env_id(game_id: str) -> str:
-    """Register ``AtariPreprocessed/<Game>-v5`` (``make_atari_env(game_id)``) and return it; idempotent."""
-    if game_id.startswith(f"{ATARI_NAMESPACE}/"):
-        return game_id
-    if not game_id.startswith("ALE/"):
-        raise PresetError(f"{game_id!r} is not an ALE id; the Atari preset needs e.g. 'ALE/Pong-v5' "
-                          f"(one of {', '.join(ATARI_ENVS)})")
-    wrapped = f"{ATARI_NAMESPACE}/{game_id.split('/', 1)[1]}"
-    if wrapped not in gym.registry:
-        _register_ale()
-        gym.spec(game_id)  # raises for an unknown game
-        gym.register(wrapped, entry_point=make_atari_env, kwargs={"game_id": game_id})
-    return wrapped
 
 
 def mujoco_segment_len(env_id: str, seconds: float = SEGMENT_SECONDS) -> int:
@@ -192,11 +96,6 @@ def mujoco_segment_len(env_id: str, seconds: float = SEGMENT_SECONDS) -> int:
         env.close()
     return min(steps, limit) if limit else steps
 
-
-for _game in ATARI_ENVS:  # registered on import: "agents.presets:AtariPreprocessed/Pong-v5" works in any process
-    _wrapped = f"{ATARI_NAMESPACE}/{_game.split('/', 1)[1]}"
-    if _wrapped not in gym.registry:
-        gym.register(_wrapped, entry_point="agents.presets:make_atari_env", kwargs={"game_id": _game})
 
 
 # -- the presets ----------------------------------------------------------------------------------------------------
@@ -236,6 +135,10 @@ class ChristianoPreset:
     """Epochs of the first reward fit, on the initial labels (Atari: 200, A.2)."""
     label_buffer: int | None = None
     """Fit on only the most recent labels (Atari: 3,000, A.2); None = all."""
+    fit_rate: float | None = None
+    """Labels processed by reward training per env step: each fit after the first runs ``fit_rate * new env steps /
+    batch_size`` gradient steps (Atari: 0.1, A.2 "processes 1 label per 10 RL timesteps"); None = ``reward_epochs``
+    epochs per fit."""
     experience_capacity: int = 20_000
     """Env steps of recent experience kept for cutting candidate segments (ours: bounds memory for frames)."""
 
@@ -281,7 +184,7 @@ def _atari(env_id: str) -> dict[str, Any]:
         selection="disagreement", initial_label_fraction=ATARI_INITIAL_LABELS / 5_500, reward_epochs=1,
         hyperparams=a2c,
         _extra=dict(schedule_c=ATARI_LABEL_C, net="cnn", reward_scale=0.05, pretrain_epochs=ATARI_PRETRAIN_EPOCHS,
-                    label_buffer=ATARI_LABEL_BUFFER, experience_capacity=10_000,
+                    label_buffer=ATARI_LABEL_BUFFER, experience_capacity=50_000, fit_rate=ATARI_FIT_RATE,
                     net_kwargs=dict(channels=16, hidden=64, dropout=0.5, batch_norm=True, use_action=False),
                     fit=dict(batch_size=32, normalizer_steps=5_000)),
     )
@@ -324,6 +227,8 @@ def apply_preset(name: str, env_id: str, config_overrides: dict[str, Any] | None
     values.setdefault("initial_steps", min(max(20 * values["segment_len"], 5_000), steps // 10))
     values.setdefault("rounds", int(np.clip(steps // 10_000, 5, 50)))
     fit = {**_PAPER_FIT, **extra.pop("fit", {})}
+    if "reward_epochs" in overrides:
+        extra["fit_rate"] = None  # an explicit epoch count replaces the paper's label-processing rate
     prefs = PrefsConfig(**values)
     return ChristianoPreset(name=name, requested_env=env_id, prefs=prefs, fit=fit, **extra)
 
@@ -345,12 +250,15 @@ def _paper_reward_model_class():
     from agents.control_prefs import EnsembleRewardModel
 
     class PaperRewardModel(EnsembleRewardModel):
-        """``EnsembleRewardModel`` with A.2's pretraining (first fit: ``pretrain_epochs``) and label buffer (fit
-        on the last ``label_buffer`` labels only)."""
+        """``EnsembleRewardModel`` with A.2's pretraining (first fit: ``pretrain_epochs``), label buffer (fit on
+        the last ``label_buffer`` labels only) and training rate (``fit_rate`` labels per env step)."""
 
-        def __init__(self, ensemble, fit_config, pretrain_epochs: int | None, label_buffer: int | None):
+        def __init__(self, ensemble, fit_config, pretrain_epochs: int | None, label_buffer: int | None,
+                     fit_rate: float | None = None, env_steps=None):
             super().__init__(ensemble, fit_config)
             self.pretrain_epochs, self.label_buffer = pretrain_epochs, label_buffer
+            self.fit_rate, self.env_steps = fit_rate, env_steps
+            self._steps_at_fit: int | None = None
 
         def fit(self, dataset):
             from dataclasses import replace
@@ -358,8 +266,13 @@ def _paper_reward_model_class():
             if self.label_buffer is not None and len(dataset) > self.label_buffer:
                 dataset = dataset.subset(slice(len(dataset) - self.label_buffer, None))
             cfg = self.fit_config
+            now = int(self.env_steps()) if self.env_steps is not None else None
             if self.pretrain_epochs and int(self.ensemble.fit_count) == 0:  # survives resume: fit_count is saved
                 cfg = replace(cfg, epochs=self.pretrain_epochs, steps=None)
+            elif self.fit_rate and now is not None and self._steps_at_fit is not None:
+                steps = round((now - self._steps_at_fit) * self.fit_rate / cfg.batch_size)
+                cfg = replace(cfg, steps=max(1, steps))
+            self._steps_at_fit = now
             return self.ensemble.fit(dataset, cfg)
 
     return PaperRewardModel
@@ -393,17 +306,19 @@ def build_preset_loop(preset: ChristianoPreset, out, callbacks=()):
 
     class _Summary(LoopCallback):  # summary.json also names the preset and the env asked for
         def on_end(self, loop, summary):
-            rundir = getattr(loop, "run_dir", None) or getattr(loop, "rundir")
-            rundir.write_summary({**summary, "preset": preset.name, "env": preset.requested_env})
+            loop.run_dir.write_summary({**summary, "preset": preset.name, "env": preset.requested_env})
 
     cfg = preset.prefs
     loop_cfg = preset.loop_config()
     recent = min(max(4 * cfg.segment_len, 2 * loop_cfg.steps_per_round), preset.experience_capacity)
-    source = SegmentPairSource(cfg.env, cfg.segment_len, seed=cfg.seed, recent_steps=recent,
-                               capacity=preset.experience_capacity)
+    if preset.net == "cnn":  # frames stored once; pairs are windows into them (rewardmodels.image_segments)
+        from agents.image_prefs import ImageSegmentPairSource as Source
+    else:
+        Source = SegmentPairSource  # noqa: N806
+    source = Source(cfg.env, cfg.segment_len, seed=cfg.seed, recent_steps=recent, capacity=preset.experience_capacity)
     ensemble = build_reward_ensemble(preset, source.obs_space, source.act_space).to(cfg.device)
     reward_model = _paper_reward_model_class()(ensemble, ensemble.fit_config, preset.pretrain_epochs,
-                                               preset.label_buffer)
+                                               preset.label_buffer, preset.fit_rate, lambda: source.env_steps)
     hyper = _resolve_hyperparams(cfg.hyperparams or {})
     agent = SB3Agent(cfg.algo, cfg.env, ensemble.predict_reward, total_steps=cfg.steps, seed=cfg.seed,
                      device=cfg.device, hyperparams=hyper, wrap_venv=source.wrap)
@@ -447,3 +362,54 @@ def load_preset(out) -> ChristianoPreset:
         atari_env_id(meta["requested_env"])  # register the preprocessed id in this process
     meta["fit"] = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["fit"].items()}
     return ChristianoPreset(prefs=PrefsConfig(**prefs), **meta)
+
+
+# -- CLI hook -------------------------------------------------------------------------------------------------------
+_CLI_OVERRIDES = ("algo", "labels", "steps", "seed", "teacher", "selection", "ensemble", "segment_len", "rounds",
+                  "initial_steps", "initial_label_fraction", "reward_epochs", "eval_episodes", "eval_every", "device",
+                  "hyperparams")
+_TEACHER_ARGS = {"teacher_beta": "beta", "teacher_gamma": "gamma", "teacher_eps": "eps",
+                 "teacher_skip": "skip_threshold", "teacher_equal": "equal_threshold"}
+
+
+def add_preset_argument(parser) -> None:
+    """Add ``--preset`` to the ``rlhf-gym prefs`` parser (no-op when it is already there)."""
+    if any("--preset" in a.option_strings for a in parser._actions):
+        return
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                        help="the protocol of Christiano et al. 2017 for MuJoCo or Atari envs (agents/presets.py); "
+                             "other options override its values")
+
+
+def run_cli(args) -> int:
+    """``rlhf-gym prefs --preset NAME --env ID ...``: run (or ``--resume``) a preset; prints the summary."""
+    import json
+    import sys
+    from pathlib import Path
+
+    out = Path(args.out) if getattr(args, "out", None) else None
+    try:
+        if getattr(args, "resume", False):
+            if out is None or not (out / "checkpoints" / "latest.json").exists():
+                raise PresetError(f"--resume: {out} has no checkpoint to resume from; drop --resume to start anew")
+            preset = load_preset(out)
+        else:
+            overrides = {n: getattr(args, n, None) for n in _CLI_OVERRIDES}
+            teacher = {f: getattr(args, a) for a, f in _TEACHER_ARGS.items() if getattr(args, a, None) is not None}
+            if teacher:
+                overrides["teacher_params"] = teacher
+            if getattr(args, "no_progress", False):
+                overrides["progress_bar"] = False
+            preset = apply_preset(args.preset, args.env, overrides)
+            safe_env = preset.requested_env.replace("/", "_").replace(":", "_")
+            out = out or Path("runs") / f"{preset.name}-{safe_env}-seed{preset.prefs.seed}"
+            if (out / "checkpoints" / "latest.json").exists():
+                raise PresetError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+    except (ValueError, TypeError) as err:  # PresetError, UnknownEnvError, PrefsConfig validation
+        print(f"rlhf-gym prefs: error: {err}", file=sys.stderr)
+        return 2
+    summary = run_preset(preset, out, resume=bool(getattr(args, "resume", False)))
+    keys = ("true_return_mean", "true_return_std", "labels_used", "env_steps", "wall_s", "preset", "env")
+    print(json.dumps({k: summary[k] for k in keys if k in summary}, indent=2))
+    print(f"run directory: {out} (summary.json, curves.png, tensorboard --logdir {out / 'tb'})")
+    return 0

@@ -16,11 +16,12 @@ from collections.abc import Sequence
 
 import torch
 
-from agents.base import RolloutBatch, _check, accumulate
+from agents.base import _check, accumulate
 from agents.grpo import GroupAgent, GroupConfig
 from agents.losses import ppo_policy_loss, rloo_advantages
 from agents.math import masked_mean, whiten
 from agents.ppo import shaped_scores
+from agents.rollout import RolloutBatch
 from agents.rundir import RunDir
 
 

@@ -261,12 +261,17 @@ class SB3Agent:
             return max(1, per_env) * self.n_envs
         return int(self.model.n_steps) * self.n_envs
 
-    def learn(self, n_steps: int) -> dict[str, float]:
-        """Train on the current learned reward for at most ``n_steps`` env steps (rounded down to whole rollouts,
-        so a run never overshoots its budget); returns namespaced metrics."""
+    def learn(self, n_steps: int, max_steps: int | None = None) -> dict[str, float]:
+        """Train on the current learned reward for about ``n_steps`` env steps, never more than ``max_steps``.
+
+        SB3 collects whole rollouts, so ``n_steps`` is rounded to the nearest multiple of ``step_granularity``, and
+        down where that would pass ``max_steps`` (a run never overshoots its budget). Returns namespaced metrics.
+        """
         g = self.step_granularity
-        n_steps = (int(n_steps) // g) * g
-        if n_steps == 0:
+        n_steps = max(1, round(int(n_steps) / g)) * g
+        if max_steps is not None:
+            n_steps = min(n_steps, (int(max_steps) // g) * g)
+        if n_steps <= 0:
             return {}
         self.model.learn(n_steps, reset_num_timesteps=False, callback=_ProgressCallback(self.progress),
                          progress_bar=False)

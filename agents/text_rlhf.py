@@ -28,7 +28,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from agents.base import _check, collect_rollout
+from agents.base import _check
+from agents.rollout import collect_rollout
 from agents.rundir import RunDir
 
 logger = logging.getLogger(__name__)
@@ -43,12 +44,21 @@ IMPROVERS: dict[str, str] = {
     "sb3-a2c": "agents.sb3_text:improve_sb3_a2c",
 }
 
+
+def register_improver(name: str, spec: str) -> None:
+    """Add (or replace) an improvement step: ``spec`` is ``"module:function"``, ``function(ctx) -> dict``."""
+    module, sep, function = spec.partition(":")
+    if not (sep and module and function):
+        raise ValueError(f"spec must look like 'package.module:function', got {spec!r}")
+    IMPROVERS[name] = spec
+
+
 # Per-algorithm defaults of the demo on the default LM (tuned so that each finishes in a few minutes on 2 CPU cores).
 ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
-    "ppo": {"iterations": 40, "learning_rate": 1e-4, "kl_coef": 0.05, "num_envs": 32},
-    "grpo": {"iterations": 40, "learning_rate": 1e-4, "kl_coef": 0.04, "num_envs": 32, "group_size": 8},
-    "rloo": {"iterations": 40, "learning_rate": 1e-4, "kl_coef": 0.05, "num_envs": 32, "group_size": 4},
-    "dpo": {"iterations": 3, "learning_rate": 1e-4, "kl_coef": 0.1, "num_pairs": 512},
+    "ppo": {"iterations": 30, "learning_rate": 1e-4, "kl_coef": 0.05, "num_envs": 32},
+    "grpo": {"iterations": 40, "learning_rate": 2e-4, "kl_coef": 0.04, "num_envs": 32, "group_size": 8},
+    "rloo": {"iterations": 40, "learning_rate": 2e-4, "kl_coef": 0.05, "num_envs": 32, "group_size": 4},
+    "dpo": {"iterations": 2, "learning_rate": 1e-4, "kl_coef": 0.1, "num_pairs": 512, "eval_every": 10},
     # SB3 runs get the native PPO budget in tokens (iterations * num_envs * max_new_tokens; see agents/sb3_text.py).
     "sb3-ppo": {"iterations": 40, "learning_rate": 1e-4, "kl_coef": 0.05, "num_envs": 32},
     "sb3-a2c": {"iterations": 40, "learning_rate": 1e-4, "kl_coef": 0.05, "num_envs": 32},
@@ -65,8 +75,8 @@ class TextRLHFConfig:
     """Seed of sampling, labelling, reward-model training and policy optimisation."""
     device: str | None = None
     """Torch device; None = CUDA if available, else CPU."""
-    max_new_tokens: int = 16
-    """Response length limit (tokens)."""
+    max_new_tokens: int = 24
+    """Response length limit (tokens); the default LM's reviews end with EOS well within 24."""
     max_prompt_tokens: int = 16
     """Longest prompt (tokens); longer prompts are an error, never truncated."""
     temperature: float = 1.0
@@ -97,7 +107,7 @@ class TextRLHFConfig:
     """Held-out prompts for the oracle score (at most the size of the test split)."""
     eval_samples: int = 4
     """Completions sampled per held-out prompt at each evaluation."""
-    eval_every: int = 10
+    eval_every: int = 5
     """Evaluate the oracle score every this many iterations (DPO: steps) for the curves; 0 = only before/after."""
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Additional agent-config fields, passed through to the algorithm's config (e.g. ``{"ppo_epochs": 2}``)."""
@@ -250,8 +260,26 @@ def sample_pairs(ctx: TextRLHFContext, n_pairs: int):
     return TextPreferencePairs(prompts, a, b, labels)
 
 
+class NormalizedReward:
+    """``(r(x, y) - mean) / std`` of a reward function, with mean and std measured on the initial policy's samples.
+
+    "Reward normalisation": the learned reward's offset and scale are arbitrary (Bradley-Terry sees only differences),
+    so it is normalised to mean 0, std 1 on reference-policy responses before RL, which keeps the KL coefficient
+    meaningful (The N Implementation Details of RLHF with PPO, Huang et al. 2024; Ziegler et al. 2019).
+    """
+
+    def __init__(self, reward_fn: Any, prompts: list[str], responses: list[str]):
+        scores = torch.as_tensor(reward_fn(prompts, responses), dtype=torch.float64).cpu()
+        self.reward_fn, self.mean, self.std = reward_fn, float(scores.mean()), float(scores.std().clamp(min=1e-6))
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
+        scores = torch.as_tensor(self.reward_fn(prompts, responses)).float()
+        return (scores - self.mean) / self.std
+
+
 def train_lm_reward_model(ctx: TextRLHFContext) -> tuple[Any, dict[str, float]]:
-    """A scalar head on a copy of the policy's backbone, fitted with Bradley-Terry on ``ctx.pairs``."""
+    """A scalar head on a copy of the policy's backbone, fitted with Bradley-Terry on ``ctx.pairs``; returned
+    normalised on the pairs' responses (samples of the initial policy, see :class:`NormalizedReward`)."""
     from rewardmodels.lm_reward import LMRewardModel, train_reward_model
 
     cfg = ctx.config
@@ -278,7 +306,10 @@ def train_lm_reward_model(ctx: TextRLHFContext) -> tuple[Any, dict[str, float]]:
         log_fn=log,
     )
     model.eval().requires_grad_(False)
-    return model, result
+    data = ctx.pairs
+    normalized = NormalizedReward(model, data.prompts * 2, data.responses_a + data.responses_b)
+    result.update({"reward_norm_mean": normalized.mean, "reward_norm_std": normalized.std})
+    return normalized, result
 
 
 def run_text_rlhf(

@@ -118,14 +118,19 @@ class FrameStore:
 
     def compact(self, starts: list[np.ndarray], length: int) -> list[np.ndarray]:
         """Drop every frame no segment in ``starts`` uses (e.g. after evicting old labels); returns new starts."""
+        return self.compact_windows([(s, length) for s in starts])
+
+    def compact_windows(self, windows: list[tuple[np.ndarray, int]]) -> list[np.ndarray]:
+        """``compact`` for groups of windows of different lengths: ``[(starts, length), ...]`` -> new starts."""
         keep = np.zeros(self._n, dtype=bool)
-        for s in starts:
-            keep[self.window_index(s, length).reshape(-1)] = True
+        for s, length in windows:
+            if len(np.atleast_1d(s)):
+                keep[self.window_index(s, length).reshape(-1)] = True
         new_pos = np.cumsum(keep) - 1
-        # A window must stay contiguous after compaction: it is, since every frame of a kept window is kept.
+        # Windows stay contiguous: every frame of a kept window is kept, so its frames keep consecutive ranks.
         self._buf = self._buf[: self._n][keep].copy()
         self._n = len(self._buf)
-        return [new_pos[np.asarray(s, dtype=np.int64)] for s in starts]
+        return [new_pos[np.asarray(s, dtype=np.int64)] for s, _ in windows]
 
 
 class StackedSegments:
@@ -150,7 +155,11 @@ class StackedSegments:
     def __len__(self) -> int:
         return len(self.starts)
 
-    def __getitem__(self, rows: Any) -> np.ndarray:
+    def __getitem__(self, rows: Any) -> np.ndarray | torch.Tensor:
+        """numpy rows -> numpy ``(B, T, k, H, W)``; a torch index -> a uint8 tensor on the index's device (what
+        ``RewardEnsemble`` minibatching indexes with)."""
+        if isinstance(rows, torch.Tensor):
+            return self.torch(rows.cpu().numpy(), device=rows.device)
         return self.torch(rows).numpy()
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
@@ -293,11 +302,58 @@ class ImagePairs:
     def obs_b(self) -> StackedSegments:
         return StackedSegments(self.store, self.start_b, self.length, self.channels_last)
 
-    def select(self, rows: np.ndarray) -> ImagePairs:
+    # -- the parts of PreferenceDataset's interface that reward ensembles, selection and the loop use -------------
+    @property
+    def segment_len(self) -> int:
+        return self.length
+
+    @property
+    def labelled(self) -> np.ndarray:
+        return ~np.isnan(self.labels)
+
+    @property
+    def n_labelled(self) -> int:
+        return int(self.labelled.sum())
+
+    def require_labelled(self, what: str = "training") -> None:
+        from rewardmodels.preferences import EmptyDatasetError
+
+        if self.n_labelled == 0:
+            raise EmptyDatasetError(f"{what} needs labelled pairs; these {len(self)} image pairs have none")
+
+    def segments(self, side: str):
+        """Side "a" or "b" as ``rewardmodels.segments.Segments`` whose ``obs`` is a lazy ``StackedSegments``."""
+        from rewardmodels.segments import Segments
+
+        if side not in ("a", "b"):
+            raise ValueError(f"side must be 'a' or 'b', got {side!r}")
+        return Segments(getattr(self, f"obs_{side}"), getattr(self, f"acts_{side}"),
+                        getattr(self, f"true_rew_{side}"), getattr(self, f"mask_{side}"))
+
+    def true_returns(self) -> tuple[np.ndarray, np.ndarray]:
+        return (self.true_rew_a * self.mask_a).sum(1), (self.true_rew_b * self.mask_b).sum(1)
+
+    def subset(self, rows: Any) -> ImagePairs:
         """A subset of the pairs (sharing the store), e.g. the last 3,000 labels."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         return ImagePairs(**{k: v if k in ("store", "channels_last") else np.asarray(v)[rows]
                              for k, v in fields.items()})
+
+    select = subset
+
+    def with_labels(self, labels: Any) -> ImagePairs:
+        from rewardmodels.preferences import check_labels
+
+        return dataclasses.replace(self, labels=check_labels(labels, len(self)))
+
+    def append(self, other: ImagePairs) -> ImagePairs:
+        """Add ``other``'s pairs (over the same store) at the end, in place; returns ``self``."""
+        if other.store is not self.store or other.length != self.length:
+            raise ImageSegmentError("can only append image pairs over the same frame store and segment length")
+        for f in ("start_a", "start_b", "acts_a", "acts_b", "true_rew_a", "true_rew_b", "mask_a", "mask_b",
+                  "labels"):
+            setattr(self, f, np.concatenate([getattr(self, f), getattr(other, f)]))
+        return self
 
     def to_preference_dataset(self, **kwargs):
         """Materialise a ``rewardmodels.preferences.PreferenceDataset`` (copies the frames; for files/tools)."""

@@ -6,7 +6,7 @@ Importing this package registers ``TextGen-v0`` (single env ``TextGenEnv``; vect
 
 import gymnasium as gym
 
-from textenv.engine import ActionTypeError, GenerationEngine, InvalidActionError
+from textenv.engine import ActionTypeError, GenerationEngine, InvalidActionError, sample_tokens
 from textenv.env import EpisodeEndedError, TextGenEnv
 from textenv.models import ModelLoadError, VocabularyMismatchError
 from textenv.prompts import EmptyPromptSourceError, PromptError, PromptSource, PromptTooLongError, read_prompts
@@ -49,5 +49,6 @@ __all__ = [
     "TokenCountReward",
     "VocabularyMismatchError",
     "read_prompts",
+    "sample_tokens",
     "validate_scores",
 ]

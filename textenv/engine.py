@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from textenv.kvcache import cache_width, splice_rows, supports_splicing, to_buffered, trim_cache
+from textenv.kvcache import cache_width, splice_rows, supports_splicing, trim_cache
 from textenv.models import max_positions, pad_token_id, vocab_size
 from textenv.rewards import validate_scores
 
@@ -47,6 +47,21 @@ class InvalidActionError(ValueError):
 
 class ActionTypeError(InvalidActionError, TypeError):
     """An action has the wrong type (a float, a bool, a string ...) instead of an integer token id."""
+
+
+def sample_tokens(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row drawn from ``softmax(logits)``: ``(N, V)`` -> ``(N,)`` int64, by inverse-CDF sampling.
+
+    Exact categorical sampling with one uniform number per row: cumulative probabilities (summed in float64, so large
+    vocabularies lose no precision) and a binary search. ``torch.multinomial`` (what ``generate`` uses) draws V
+    exponentials per row instead, which on CPU costs about 8x more (1.7 ms vs 0.2 ms for 64 x 1000) and dominates a
+    small model's decoding step. Tokens whose logit is ``-inf`` are never drawn. Use ``generator`` for seeding.
+    """
+    cdf = torch.softmax(logits.float(), dim=-1).double().cumsum(dim=-1)  # (N, V)
+    u = torch.rand(logits.shape[0], 1, generator=generator, device=logits.device, dtype=torch.float64)
+    # right=True: the first index whose cumulative mass exceeds u * total, so zero-probability ids are skipped.
+    idx = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
+    return idx.squeeze(1).clamp_(max=logits.shape[1] - 1)
 
 
 @contextlib.contextmanager
@@ -100,8 +115,6 @@ class GenerationEngine:
         device: where the state and models live.
         use_cache: KV-cached decoding (default); False recomputes the full forward every step (reference path).
     """
-
-    buffered = True  # preallocated KV buffers (kvcache.BufferedLayer) instead of transformers' cat-per-token
 
     def __init__(
         self,
@@ -377,7 +390,7 @@ class GenerationEngine:
                     self._ensure_logits()
                     return
                 if everything:
-                    outs[i], self._caches[id(m)] = logits, (to_buffered(new, 2 * self.L) if self.buffered else new)
+                    outs[i], self._caches[id(m)] = logits, new
                 else:
                     splice_rows(self._caches[id(m)], idx, new)
                     outs[i] = outs[i].index_put((idx,), logits)

@@ -13,6 +13,7 @@ from gymnasium import spaces
 from textenv.engine import ActionTypeError, GenerationEngine
 from textenv.models import REF_COPY, load_policy, load_reference, resolve_device
 from textenv.prompts import PromptError, PromptSource, read_prompts
+from textenv.rewards import RewardFunctionError
 
 
 class EpisodeEndedError(RuntimeError):
@@ -91,6 +92,8 @@ class TextGenEnv(gym.Env):
     ``step(action)`` and the env computes the same logits itself, giving the same reward.
 
     This class is the N=1, no-autoreset case of the batched engine used by ``TextGenVectorEnv`` (the fast path).
+    The env keeps KV caches of the policy: after changing ``env.policy``'s weights in the middle of an episode, call
+    ``env.refresh()`` (or start new episodes) so that the next logits come from the new weights.
 
     ## Action Space
     ``Discrete(V)``: a token id; V is the width of the model's logits. Out-of-range ids raise
@@ -122,7 +125,8 @@ class TextGenEnv(gym.Env):
     * ``prompts``: list of strings, a ``.txt`` (one per line) / ``.jsonl`` path, or a ``datasets.Dataset``;
       ``None`` = the default LM's prompts. ``prompt_field``: the JSONL key / dataset column (default ``"prompt"``).
     * ``reward_fn``: ``reward_fn(prompts, responses) -> (B,)`` floats (see ``textenv.rewards``), or ``None``.
-    * ``ref_model``: ``"copy"`` (default: a frozen copy of the initial policy), a model / id / path, or ``None``.
+    * ``ref_model``: ``"copy"`` (default: a frozen copy of the initial policy, made only if ``kl_coef != 0``), a
+      model / id / path (frozen: eval mode, no grads), or ``None``.
     * ``kl_coef`` (0.05), ``max_new_tokens`` (32), ``max_prompt_tokens`` (32; longer prompts raise
       ``PromptTooLongError``, never truncated), ``temperature`` (1.0), ``device`` (default: the model's).
     * ``use_cache`` (True): KV-cached decoding; False recomputes the full forward each step (a reference path).
@@ -194,6 +198,10 @@ class TextGenEnv(gym.Env):
         """``(V,)`` float32 policy logits at the current state, divided by the temperature, on the model's device."""
         return self.engine.next_token_logits()[0]
 
+    def refresh(self) -> None:
+        """Recompute the KV caches on the next forward: call after updating the policy weights mid-episode."""
+        self.engine.refresh()
+
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         if options and "prompt" in options:
@@ -211,7 +219,12 @@ class TextGenEnv(gym.Env):
             raise EpisodeEndedError(
                 "step() called before reset() or after the episode ended (terminated/truncated): call reset() first"
             )
-        res = self.engine.step(_as_single_action(action))
+        action = _as_single_action(action)
+        try:
+            res = self.engine.step(action)
+        except RewardFunctionError:
+            self._ended = True  # the episode ended but could not be scored: a reset is needed
+            raise
         info: dict[str, Any] = {"policy_logprob": float(res.policy_logprob[0])}
         if res.ref_logprob is not None:
             info["ref_logprob"] = float(res.ref_logprob[0])

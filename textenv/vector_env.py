@@ -12,6 +12,7 @@ from gymnasium.vector.utils import batch_space
 
 from textenv.env import EpisodeEndedError, build_engine, observation_space
 from textenv.models import REF_COPY
+from textenv.rewards import RewardFunctionError
 
 BACKENDS = ("numpy", "torch")
 
@@ -159,7 +160,11 @@ class TextGenVectorEnv(VectorEnv):
             raise EpisodeEndedError("step() called before reset(): call reset() first")
         rows = np.flatnonzero(self._autoreset)
         texts, ids = self._draw(len(rows)) if len(rows) else (None, None)
-        res = self.engine.step(actions, rows, ids, texts)
+        try:
+            res = self.engine.step(actions, rows, ids, texts)
+        except RewardFunctionError:
+            self._started = False  # episodes ended but could not be scored: a reset is needed
+            raise
         self._autoreset = res.terminated | res.truncated
         n, torch_out = self.num_envs, self.array_backend == "torch"
         info: dict[str, Any] = {}

@@ -26,7 +26,12 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=None, help="response length limit")
     parser.add_argument("--eval-prompts", type=int, default=None, help="held-out prompts used for the oracle score")
     parser.add_argument("--device", default=None, help="torch device (default: cpu, or cuda if available)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: the default LM is tiny, and more threads mostly contend on small CPUs)",
+    )
     parser.add_argument("--samples", type=int, default=3, help="before/after samples to print")
 
 
@@ -35,8 +40,9 @@ def run(args: argparse.Namespace) -> int:
 
     from agents.text_rlhf import TextRLHFConfig, print_samples, run_text_rlhf
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads < 1:
+        raise SystemExit(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
     overrides = {
         "seed": args.seed,
         "num_pairs": args.pairs,

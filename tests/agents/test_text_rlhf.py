@@ -1,6 +1,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 
 from agents.text_rlhf import IMPROVERS, TextRLHFConfig, run_text_rlhf
@@ -65,3 +66,31 @@ def test_config_validation_and_registry():
     with pytest.raises(ValueError, match="num_pairs must be >= 1"):
         TextRLHFConfig(num_pairs=0)
     assert TextRLHFConfig.for_algo("grpo").group_size >= 2
+
+
+def test_cli_text_builds_the_config_from_flags(tmp_path, monkeypatch, capsys):
+    import agents.text_rlhf as text_rlhf
+    from agents.cli import main
+
+    seen = {}
+
+    def fake_run(config, out):
+        seen.update(config=config, out=out)
+        ev = text_rlhf.Evaluation(["p"], ["r"], np.zeros(1), np.zeros(1))
+        summary = {
+            "oracle_score_before": 0.0,
+            "oracle_score_after": 0.5,
+            "kl_to_ref": 1.0,
+            "win_rate_vs_ref": 0.7,
+            "labels_used": 8,
+            "wall_s": 1.0,
+        }
+        return text_rlhf.TextRLHFResult(summary, ev, ev, None)
+
+    monkeypatch.setattr(text_rlhf, "run_text_rlhf", fake_run)
+    assert main(["text", "--algo", "grpo", "--out", str(tmp_path), "--iterations", "3", "--lr", "0.01"]) == 0
+    config = seen["config"]
+    assert (config.algo, config.iterations, config.learning_rate, config.group_size) == ("grpo", 3, 0.01, 8)
+    assert "win rate vs ref 0.70" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["text", "--algo", "trpo", "--out", str(tmp_path)])

@@ -22,8 +22,8 @@ class TinyFrameEnv(gym.Env):
     observation_space = gym.spaces.Box(0, 255, (3, 6, 5), np.uint8)
     action_space = gym.spaces.Discrete(2)
 
-    def __init__(self, episode_len: int = 7):
-        self.episode_len, self.clock = episode_len, 0
+    def __init__(self, episode_len: int = 7, clock_start: int = 0):
+        self.episode_len, self.clock = episode_len, clock_start
 
     def _frame(self) -> np.ndarray:
         self.clock += 1

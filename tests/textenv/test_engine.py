@@ -6,7 +6,8 @@ import copy
 import numpy as np
 import pytest
 import torch
-from textenv.engine import GenerationEngine
+
+from textenv.engine import GenerationEngine, sample_tokens
 from textenv.prompts import PromptSource
 from textenv.testing import make_tiny_lm
 
@@ -154,3 +155,26 @@ def test_refresh_recomputes_after_a_weight_change(lm):
     full.step(np.array([5, 6]))
     full.step(np.array([7, 8]))
     assert torch.allclose(engine.next_token_logits(), full.next_token_logits(), atol=1e-5)
+
+
+def test_sample_tokens_draws_from_the_softmax_and_never_a_masked_token():
+    logits = torch.tensor([[0.0, 1.0, 2.0, -float("inf")], [3.0, 0.0, 0.0, 0.0]]).repeat(2000, 1)  # (4000, 4)
+    gen = torch.Generator().manual_seed(0)
+    draws = sample_tokens(logits, gen).view(2000, 2)
+    for row in range(2):
+        freq = torch.bincount(draws[:, row], minlength=4).double() / 2000
+        probs = torch.softmax(logits[row].double(), -1)
+        assert torch.all((freq - probs).abs() < 4 * (probs * (1 - probs) / 2000).sqrt() + 1e-9), (freq, probs)
+    assert not (draws[:, 0] == 3).any()
+    again = sample_tokens(logits, torch.Generator().manual_seed(0)).view(2000, 2)
+    assert torch.equal(draws, again) and draws.dtype == torch.long
+
+
+def test_unsupported_cache_layout_falls_back_to_full_recomputation(lm, monkeypatch, caplog):
+    expected = run_schedule(*make_engine(lm), steps=6)
+    monkeypatch.setattr("textenv.engine.supports_splicing", lambda cache: False)
+    engine, source = make_engine(lm)
+    got = run_schedule(engine, source, steps=6)
+    assert not engine.use_cache and "recomputing every step" in caplog.text
+    for (le, re_, *_), (lg, rg, *_) in zip(expected, got, strict=True):
+        assert torch.allclose(le, lg, atol=1e-5) and torch.allclose(re_, rg, atol=1e-5)

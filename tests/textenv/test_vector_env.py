@@ -5,7 +5,15 @@ import pytest
 import torch
 from gymnasium.vector import AutoresetMode
 
-from textenv import ActionTypeError, EpisodeEndedError, InvalidActionError, KeywordReward, TextGenEnv, TextGenVectorEnv
+from textenv import (
+    ActionTypeError,
+    EpisodeEndedError,
+    InvalidActionError,
+    KeywordReward,
+    TextGenEnv,
+    TextGenVectorEnv,
+    sample_tokens,
+)
 from textenv.testing import make_tiny_lm
 
 PROMPTS = ["the movie was", "i loved this phone and", "it", "a really boring book but"]
@@ -175,3 +183,25 @@ def test_bad_input_raises_specific_errors(lm, ref):
         TextGenVectorEnv(2, array_backend="jax", **kwargs(lm, ref))
     with pytest.raises(ValueError, match="num_envs"):
         TextGenVectorEnv(0, **kwargs(lm, ref))
+
+
+def test_torch_backend_step_makes_one_device_to_host_transfer(lm, ref, monkeypatch):
+    """The native loop syncs once per step (the EOS check, as generate's stopping check does), nowhere else."""
+    env = TextGenVectorEnv(3, array_backend="torch", **kwargs(lm, ref, max_new_tokens=20))
+    env.reset(seed=0)
+    env.step(torch.tensor([5, 6, 7]))
+    calls = []
+    for name in ("cpu", "item", "tolist", "__bool__", "__int__", "__float__", "__index__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, _name=name, **kw):
+            calls.append(_name)
+            return _original(self, *args, **kw)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(6):  # no episode ends in these steps (max_new_tokens=20, EOS masked)
+        logits = env.next_token_logits().index_fill(1, torch.tensor([lm[1].eos_token_id]), -float("inf"))
+        env.step(sample_tokens(logits, gen))
+    monkeypatch.undo()
+    assert calls == ["cpu"] * 6

@@ -9,6 +9,10 @@ room to move a VADER score.
 The tokenizer is word-level and keeps case: one token per word or punctuation mark (``"The movie was great."`` is
 ``▁The ▁movie ▁was ▁great .``), ``<pad>`` = 0, ``<eos>`` = 1, ``<unk>`` = 2, prompts padded on the left. Words outside
 the corpus vocabulary become ``<unk>``; every prompt of :func:`default_prompts` is inside it.
+
+Sampled at temperature 1, a completion of a default prompt is about 15 tokens long and ends with ``<eos>`` well within
+48 tokens; about as many completions are positive as negative (``assets/build_info.json`` has the measured numbers).
+The saved generation config samples from the full softmax (``do_sample=True, top_k=0, max_new_tokens=48``).
 """
 
 from __future__ import annotations
@@ -46,13 +50,10 @@ def load_default_lm(device=None, dtype=None):
             f"the default LM is missing from {DEFAULT_LM_PATH}; rebuild it with `python -m textenv.default_lm.build` "
             "(a few minutes on CPU) or reinstall the package"
         )
-    kwargs = {"local_files_only": True}
-    if dtype is not None:
-        kwargs["dtype"] = dtype
-    model = AutoModelForCausalLM.from_pretrained(DEFAULT_LM_PATH, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(DEFAULT_LM_PATH, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(DEFAULT_LM_PATH, local_files_only=True)
-    if device is not None:
-        model = model.to(device)
+    if device is not None or dtype is not None:
+        model = model.to(device=device, dtype=dtype)  # the load-time dtype argument differs across transformers 4/5
     return model.eval(), tokenizer
 
 

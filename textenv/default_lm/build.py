@@ -36,7 +36,8 @@ WORD_START = "\u2581"
 
 @dataclass
 class BuildConfig:
-    """Settings of one default-LM build (the defaults produced the committed assets)."""
+    """Settings of one default-LM build. ``assets/build_info.json`` records those of the committed model (the
+    defaults, except ``threads=1``: on a CPU shared with other jobs, two threads per process collapse)."""
 
     out: str = str(DEFAULT_LM_PATH)
     """Directory to write the model and tokenizer into (created; files in it are replaced)."""

@@ -1,0 +1,189 @@
+"""rlhf-gym's preference loop against imitation 1.0.1's documented Pendulum preference-comparisons example.
+
+Both learn Pendulum-v1 from the same number of synthetic preference labels (200, imitation's example budget) and
+are evaluated on the TRUE reward. Printed side by side: true return, wall-clock and CPU seconds, and the ratios.
+Target of issue 3: at least imitation's return in at most a quarter of its wall-clock time.
+
+imitation 1.0.1 pins gymnasium 0.29 / Stable-Baselines3 2.2, so it runs in its own virtual environment, created on
+first use in benchmarks/out/imitation-venv with ``--system-site-packages`` (it reuses this machine's CPU torch 2.13
+instead of downloading PyPI's multi-GB CUDA build; the venv's own gymnasium 0.29, SB3 2.2 and numpy<2 shadow the
+system ones).
+
+imitation's example is run as its tutorial (docs/tutorials/5_train_preference_comparisons.ipynb) gives it, with the
+two settings the tutorial itself recommends for real results: ``num_iterations=60`` ("Set to 60 for better
+performance") and ``learner.learn(100_000)`` ("set to 100000 to train a proficient expert"). ``--imitation-as-is``
+runs the literal smoke-test values (5 iterations, 1000 learner steps) instead. Both sides are evaluated on 20
+episodes (the tutorial uses 10).
+
+    python benchmarks/prefs_vs_imitation.py                  # 1 seed each
+    python benchmarks/prefs_vs_imitation.py --seeds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "out"
+VENV = OUT / "imitation-venv"
+
+IMITATION_SCRIPT = r'''
+import json, sys, time
+t0, c0 = time.perf_counter(), time.process_time()
+import numpy as np
+import torch
+torch.set_num_threads(1)
+from imitation.algorithms import preference_comparisons
+from imitation.policies.base import FeedForward32Policy, NormalizeFeaturesExtractor
+from imitation.rewards.reward_nets import BasicRewardNet
+from imitation.rewards.reward_wrapper import RewardVecEnvWrapper
+from imitation.util.networks import RunningNorm
+from imitation.util.util import make_vec_env
+from stable_baselines3 import PPO
+from stable_baselines3.common.evaluation import evaluate_policy
+
+seed, iterations, learner_steps, labels, episodes = (int(x) for x in sys.argv[1:6])
+rng = np.random.default_rng(seed)
+venv = make_vec_env("Pendulum-v1", rng=rng)
+reward_net = BasicRewardNet(venv.observation_space, venv.action_space, normalize_input_layer=RunningNorm)
+fragmenter = preference_comparisons.RandomFragmenter(warning_threshold=0, rng=rng)
+gatherer = preference_comparisons.SyntheticGatherer(rng=rng)
+preference_model = preference_comparisons.PreferenceModel(reward_net)
+reward_trainer = preference_comparisons.BasicRewardTrainer(
+    preference_model=preference_model, loss=preference_comparisons.CrossEntropyRewardLoss(), epochs=3, rng=rng)
+agent = PPO(policy=FeedForward32Policy,
+            policy_kwargs=dict(features_extractor_class=NormalizeFeaturesExtractor,
+                               features_extractor_kwargs=dict(normalize_class=RunningNorm)),
+            env=venv, seed=seed, n_steps=2048 // venv.num_envs, batch_size=64, ent_coef=0.01, learning_rate=2e-3,
+            clip_range=0.1, gae_lambda=0.95, gamma=0.97, n_epochs=10)
+trajectory_generator = preference_comparisons.AgentTrainer(
+    algorithm=agent, reward_fn=reward_net, venv=venv, exploration_frac=0.05, rng=rng)
+pref_comparisons = preference_comparisons.PreferenceComparisons(
+    trajectory_generator, reward_net, num_iterations=iterations, fragmenter=fragmenter,
+    preference_gatherer=gatherer, reward_trainer=reward_trainer, fragment_length=100, transition_oversampling=1,
+    initial_comparison_frac=0.1, allow_variable_horizon=False, initial_epoch_multiplier=4,
+    query_schedule="hyperbolic")
+pref_comparisons.train(total_timesteps=5_000, total_comparisons=labels)
+pref_steps = int(agent.num_timesteps)
+learned_reward_venv = RewardVecEnvWrapper(venv, reward_net.predict_processed)
+learner = PPO(seed=seed, policy=FeedForward32Policy,
+              policy_kwargs=dict(features_extractor_class=NormalizeFeaturesExtractor,
+                                 features_extractor_kwargs=dict(normalize_class=RunningNorm)),
+              env=learned_reward_venv, batch_size=64, ent_coef=0.01, n_epochs=10,
+              n_steps=2048 // learned_reward_venv.num_envs, clip_range=0.1, gae_lambda=0.95, gamma=0.97,
+              learning_rate=2e-3)
+learner.learn(learner_steps)
+returns, _ = evaluate_policy(learner.policy, venv, episodes, return_episode_rewards=True)
+print("RESULT " + json.dumps({
+    "true_return_mean": float(np.mean(returns)), "true_return_std": float(np.std(returns)),
+    "labels_used": int(len(pref_comparisons.dataset)), "env_steps": pref_steps + int(learner.num_timesteps),
+    "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}))
+'''
+
+
+def ensure_venv() -> Path:
+    python = VENV / "bin" / "python"
+    probe = [str(python), "-c", "import imitation, gymnasium; assert imitation.__version__ == '1.0.1'"]
+    if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
+        return python
+    print(f"creating {VENV} (imitation 1.0.1, gymnasium 0.29, SB3 2.2) ...", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(VENV)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "imitation==1.0.1", "numpy<2"], check=True)
+    subprocess.run(probe, check=True)
+    return python
+
+
+def _result(proc: subprocess.CompletedProcess, what: str) -> dict:
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
+    raise RuntimeError(f"{what} printed no RESULT line (exit code {proc.returncode})")
+
+
+def run_imitation(python: Path, seed: int, as_is: bool, labels: int, episodes: int) -> dict:
+    script = OUT / "imitation_pendulum.py"
+    script.write_text(IMITATION_SCRIPT)
+    iterations, learner_steps = (5, 1_000) if as_is else (60, 100_000)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    t0 = time.perf_counter()
+    proc = subprocess.run([str(python), str(script), str(seed), str(iterations), str(learner_steps), str(labels),
+                           str(episodes)], capture_output=True, text=True, env=env, cwd=OUT)
+    res = _result(proc, "imitation")
+    res["process_wall_s"] = time.perf_counter() - t0
+    return res
+
+
+def run_ours(seed: int, labels: int, steps: int, episodes: int) -> dict:
+    out = OUT / f"ours-pendulum-seed{seed}"
+    code = (
+        "import json, time, torch; t0, c0 = time.perf_counter(), time.process_time(); torch.set_num_threads(1)\n"
+        "from agents.prefs_run import PrefsConfig, run_prefs\n"
+        f"s = run_prefs(PrefsConfig.for_env('Pendulum-v1', seed={seed}, labels={labels}, steps={steps}, "
+        f"eval_episodes={episodes}, progress_bar=False), {str(out)!r})\n"
+        "s.update(wall_s=time.perf_counter() - t0, cpu_s=time.process_time() - c0)\n"
+        "print('RESULT ' + json.dumps(s))\n"
+    )
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    res = _result(proc, "rlhf-gym")
+    res["process_wall_s"] = time.perf_counter() - t0
+    return res
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=1, help="seeds per library (0 .. seeds-1)")
+    parser.add_argument("--labels", type=int, default=200, help="label budget of both (imitation's example: 200)")
+    parser.add_argument("--steps", type=int, default=None, help="our env-step budget (default: our Pendulum preset)")
+    parser.add_argument("--episodes", type=int, default=20, help="evaluation episodes on the true reward")
+    parser.add_argument("--imitation-as-is", action="store_true",
+                        help="imitation's literal smoke-test settings (5 iterations, 1000 learner steps)")
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    python = ensure_venv()
+    if args.steps is None:
+        sys.path.insert(0, str(ROOT))
+        from agents.prefs_run import ENV_PRESETS
+
+        args.steps = ENV_PRESETS["Pendulum-v1"]["steps"]
+    rows = []
+    for seed in range(args.seeds):
+        for name, fn in (("imitation 1.0.1", lambda s=seed: run_imitation(python, s, args.imitation_as_is,
+                                                                           args.labels, args.episodes)),
+                         ("rlhf-gym", lambda s=seed: run_ours(s, args.labels, args.steps, args.episodes))):
+            res = fn()
+            rows.append((name, seed, res))
+            print(f"{name:16s} seed {seed}: return {res['true_return_mean']:8.1f} +- {res['true_return_std']:6.1f}"
+                  f"  labels {res['labels_used']:4d}  steps {res['env_steps']:7d}  wall {res['wall_s']:7.1f} s"
+                  f"  cpu {res['cpu_s']:7.1f} s", flush=True)
+    mean = {}
+    for name in ("imitation 1.0.1", "rlhf-gym"):
+        sel = [r for n, _, r in rows if n == name]
+        mean[name] = {k: sum(r[k] for r in sel) / len(sel) for k in ("true_return_mean", "wall_s", "cpu_s")}
+    imi, ours = mean["imitation 1.0.1"], mean["rlhf-gym"]
+    print("\n| library | true return (mean over seeds) | wall s | cpu s |\n|---|---|---|---|")
+    for name, m in mean.items():
+        print(f"| {name} | {m['true_return_mean']:.1f} | {m['wall_s']:.1f} | {m['cpu_s']:.1f} |")
+    print(f"\nwall-clock ratio rlhf-gym / imitation: {ours['wall_s'] / imi['wall_s']:.3f}  "
+          f"(cpu ratio {ours['cpu_s'] / imi['cpu_s']:.3f}); return difference "
+          f"{ours['true_return_mean'] - imi['true_return_mean']:+.1f}")
+    ok = ours["true_return_mean"] >= imi["true_return_mean"] and ours["wall_s"] <= 0.25 * imi["wall_s"]
+    print("target (return >= imitation's, wall <= 1/4 of imitation's):", "MET" if ok else "NOT MET")
+    (OUT / "prefs_vs_imitation.json").write_text(json.dumps({"rows": rows, "mean": mean}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
