@@ -145,6 +145,7 @@ class SegmentPairSource:
         probe = gym.make(env_id)
         self.obs_space, self.act_space = probe.observation_space, probe.action_space
         probe.close()
+        self.act_space.seed(seed + 104_729)  # the random policy of the initial collection: seeded like the rest
         self._collect_venv: VecEnv | None = None
 
     @property
@@ -181,11 +182,10 @@ class SegmentPairSource:
                                                act_space=self.act_space)
 
     def label(self, labeller: Any, pairs: PreferenceDataset) -> PreferenceDataset:
-        if getattr(labeller, "needs_media", False):
-            raise NotImplementedError(
-                f"{type(labeller).__name__} needs rendered clips of the segments, and this collector records "
-                "observations only; label control segments with a simulated teacher (rlhf-gym prefs --teacher ...)")
-        labels = labeller.label(pairs.true_rew_a, pairs.true_rew_b, pairs.mask_a, pairs.mask_b)
+        media = {}
+        if getattr(labeller, "needs_media", False):  # a person: clips drawn from the observations (StateRenderer)
+            media = {"obs_a": pairs.obs_a, "obs_b": pairs.obs_b}
+        labels = labeller.label(pairs.true_rew_a, pairs.true_rew_b, pairs.mask_a, pairs.mask_b, **media)
         return pairs.with_labels(np.asarray(labels, dtype=np.float32))
 
     def true_preferences(self, pairs: PreferenceDataset) -> np.ndarray:

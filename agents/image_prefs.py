@@ -150,6 +150,7 @@ class ImageSegmentPairSource:
         probe = gym.make(env_id)
         self.obs_space, self.act_space = probe.observation_space, probe.action_space
         probe.close()
+        self.act_space.seed(seed + 104_729)  # the random policy of the initial collection: seeded like the rest
         self.experience = FrameExperience(self.obs_space, capacity)
         self._collect_venv: VecEnv | None = None
         self._dataset: ImagePairs | None = None

@@ -26,6 +26,8 @@ from rewardmodels.teachers import make_teacher
 
 logger = logging.getLogger(__name__)
 
+LABELLERS = ("teacher", "human", "mixed")
+
 #: Tuned settings per env (fields of PrefsConfig). CartPole: rl-zoo PPO, 50-step segments (the pole falls within
 #: ~20 steps under a random policy, so most early pairs differ in when they terminate), 40% of the labels up front.
 ENV_PRESETS: dict[str, dict[str, Any]] = {
@@ -52,6 +54,14 @@ class PrefsConfig:
     """Simulated teacher preset (B-Pref): oracle, noisy, myopic, mistake, skip, equal."""
     teacher_params: dict[str, float] = field(default_factory=dict)
     """Overrides of the teacher's fields: beta, gamma, eps, skip_threshold, equal_threshold."""
+    labeller: str = "teacher"
+    """Who labels: ``teacher`` (the simulated one above), ``human`` (people, in the web app: ``rlhf-gym label --run
+    OUT``; the loop waits for them), or ``mixed`` (a ``human_fraction`` share of each batch to people, the rest to
+    the teacher). Human labelling renders clips from the observations, so it needs a classic-control env."""
+    human_fraction: float = 0.5
+    """With ``labeller="mixed"``: the share of each batch of pairs that people label."""
+    label_timeout: float | None = None
+    """Seconds to wait for people per batch (None = as long as it takes); unlabelled pairs then count as skipped."""
     selection: str = "disagreement"
     """Query selection: random or disagreement (ensemble variance over oversampled candidates)."""
     ensemble: int = 3
@@ -90,6 +100,17 @@ class PrefsConfig:
         check_env_id(self.env)  # UnknownEnvError suggests close ids
         if self.teacher not in TEACHER_PRESETS:
             raise ValueError(f"unknown teacher {self.teacher!r}; choose one of {', '.join(TEACHER_PRESETS)}")
+        if self.labeller not in LABELLERS:
+            raise ValueError(f"unknown labeller {self.labeller!r}; choose one of {', '.join(LABELLERS)}")
+        if not 0.0 <= self.human_fraction <= 1.0:
+            raise ValueError(f"human_fraction must be in [0, 1], got {self.human_fraction}")
+        if self.labeller != "teacher":
+            from rewardmodels.human import check_renderable
+
+            check_renderable(self.env)
+        if self.label_timeout is not None and self.label_timeout <= 0:
+            raise ValueError(f"label_timeout must be > 0 seconds or None (wait as long as it takes), got "
+                             f"{self.label_timeout}")
         if self.selection not in ("random", "disagreement"):
             raise ValueError(f"selection must be 'random' or 'disagreement', got {self.selection!r}")
         for name in ("labels", "steps", "ensemble", "segment_len", "rounds", "reward_epochs", "eval_episodes"):
@@ -118,9 +139,25 @@ class PrefsConfig:
                           eval_every=self.eval_every, seed=self.seed, progress_bar=self.progress_bar)
 
 
+def make_labeller(cfg: PrefsConfig, out: str | os.PathLike):
+    """The simulated teacher, the people of the web app (``HumanLabeller`` on ``out``), or a mix, per ``cfg``."""
+    teacher = make_teacher(cfg.teacher, seed=cfg.seed, **cfg.teacher_params)
+    if cfg.labeller == "teacher":
+        return teacher
+    from rewardmodels.human import HumanLabeller, MixedLabeller, StateRenderer
+
+    human = HumanLabeller(out, renderer=StateRenderer(cfg.env), timeout=cfg.label_timeout,
+                          on_timeout="raise" if cfg.label_timeout is None else "nan", progress=cfg.progress_bar)
+    if cfg.labeller == "human":
+        return human
+    return MixedLabeller(human, teacher, cfg.human_fraction, seed=cfg.seed)
+
+
 def build_loop(cfg: PrefsConfig, out: str | os.PathLike,
                callbacks: list[LoopCallback] | tuple[LoopCallback, ...] = ()) -> PreferenceLoop:
-    """Wire env, agent, reward ensemble, teacher and pair source into a ``PreferenceLoop`` writing to ``out``."""
+    """Wire env, agent, reward ensemble, teacher and pair source into a ``PreferenceLoop`` writing to ``out``.
+    Seeds torch first, so two loops built with the same config run identically."""
+    torch.manual_seed(cfg.seed)
     loop_cfg = cfg.loop_config()
     source = SegmentPairSource(cfg.env, cfg.segment_len, seed=cfg.seed,
                                recent_steps=max(4 * cfg.segment_len, 2 * loop_cfg.steps_per_round))
@@ -130,10 +167,10 @@ def build_loop(cfg: PrefsConfig, out: str | os.PathLike,
     hyper = default_hyperparams(cfg.algo, cfg.env) if cfg.hyperparams is None else dict(cfg.hyperparams)
     agent = SB3Agent(cfg.algo, cfg.env, ensemble.predict_reward, total_steps=cfg.steps, seed=cfg.seed,
                      device=cfg.device, hyperparams=hyper, wrap_venv=source.wrap)
-    teacher = make_teacher(cfg.teacher, seed=cfg.seed, **cfg.teacher_params)
+    labeller = make_labeller(cfg, out)
     extra = {"prefs": dataclasses.asdict(cfg) | {"hyperparams": hyper},
              "title": f"{cfg.env} {cfg.algo} seed {cfg.seed}"}
-    return PreferenceLoop(loop_cfg, agent, source, reward_model, teacher, out, callbacks=callbacks,
+    return PreferenceLoop(loop_cfg, agent, source, reward_model, labeller, out, callbacks=callbacks,
                           extra_config=extra)
 
 

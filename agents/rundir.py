@@ -109,7 +109,7 @@ class RunDir:
         return self._writer
 
     def log(self, step: int, scalars: Mapping[str, float]) -> None:
-        """Log namespaced scalars (``train/loss``, ``eval/true_return``) at ``step`` to TensorBoard and metrics.jsonl."""
+        """Log namespaced scalars (``eval/true_return``, ...) at ``step`` to TensorBoard and metrics.jsonl."""
         clean = {k: float(v) for k, v in scalars.items() if v is not None}
         if self.writer is not None:
             for key, value in clean.items():
@@ -141,11 +141,11 @@ class RunDir:
 
         rows = self.read_metrics()
         fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
-        for ax, (panel_title, keys) in zip(axes[0], panels):
+        for ax, (panel_title, keys) in zip(axes[0], panels, strict=True):
             for key in keys:
                 pts = [(r[x_key], r[key]) for r in rows if key in r and x_key in r]
                 if pts:
-                    xs, ys = zip(*pts)
+                    xs, ys = zip(*pts, strict=True)
                     ax.plot(xs, ys, marker="o", markersize=3, label=key)
             ax.set_title(panel_title)
             ax.set_xlabel(x_key)

@@ -355,7 +355,9 @@ def run_text_rlhf(
     if config.algo != "dpo":
         ctx.reward_model, rm_metrics = train_lm_reward_model(ctx)
         extra.update({f"rm_{k}": v for k, v in rm_metrics.items()})
+    improve_start = time.perf_counter()
     extra.update(improve(ctx) or {})
+    extra["improve_wall_s"] = time.perf_counter() - improve_start  # the policy-improvement stage alone
     after = ctx.evaluate_and_log(int(extra.pop("final_step", config.iterations)))
     labels = teacher.label(after.prompts, after.responses, before.responses)  # 1 = after preferred
     summary = {

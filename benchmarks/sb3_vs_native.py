@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(rows[-1]), flush=True)
 
     base = next((r["improve_s"] for r in rows if r["algo"] == "ppo"), None)
-    print(f"\nbudget: {args.iterations} iterations x 32 episodes x <=16 tokens; seed {args.seed}; "
+    print(f"\nbudget: {args.iterations} iterations x {config.num_envs} episodes x <={config.max_new_tokens} tokens; "
+          f"seed {args.seed}; "
           f"torch threads {args.threads}; device cpu")
     print("| algo | final reward (learned RM) | oracle score before -> after | KL to ref | improve wall (s) "
           "| total wall (s) | improve time / native PPO |")

@@ -21,7 +21,6 @@ import torch
 from agents.rundir import RunDir
 from rewardmodels import (
     FitConfig,
-    PreferenceDataset,
     RewardEnsemble,
     cut_segments,
     make_teacher,

@@ -69,6 +69,17 @@ _STATE_FROM_OBS = {
 }
 
 
+def check_renderable(env_id: str) -> None:
+    """Raise ValueError unless :class:`StateRenderer` can draw ``env_id``'s segments from their observations."""
+    import gymnasium as gym
+
+    name = gym.spec(env_id).name
+    if name not in _STATE_FROM_OBS:
+        raise ValueError(f"no state-from-observation rule for {env_id!r} (known: {sorted(_STATE_FROM_OBS)}): people "
+                         "can label classic-control segments drawn from observations; for other envs record frames "
+                         "while collecting and pass frames_a=/frames_b= or clips= to HumanLabeller")
+
+
 class StateRenderer:
     """Frames of a segment from its observations, for envs whose observation fixes what ``render()`` draws.
 
@@ -312,3 +323,40 @@ class HumanLabeller:
         self.store.close()
         if isinstance(self.renderer, StateRenderer):
             self.renderer.close()
+
+
+class MixedLabeller:
+    """Synthetic and human labels in one run: each batch, a ``human_fraction`` share of the pairs (chosen at random)
+    goes to ``human`` (a :class:`HumanLabeller`), the rest to ``teacher`` (a simulated teacher, which judges the
+    true rewards). Same ``label(rew_a, rew_b, mask_a, mask_b, **media)`` signature as both; (B,) float32.
+
+    Useful to save people's time (a teacher labels the easy bulk) or to measure how people and the oracle differ.
+    """
+
+    needs_media = True
+
+    def __init__(self, human: HumanLabeller, teacher, human_fraction: float = 0.5, seed: int | None = None):
+        if not 0.0 <= human_fraction <= 1.0:
+            raise ValueError(f"human_fraction must be in [0, 1], got {human_fraction}")
+        self.human, self.teacher, self.human_fraction = human, teacher, float(human_fraction)
+        self._rng = np.random.default_rng(seed)
+
+    def label(self, rew_a, rew_b, mask_a=None, mask_b=None, **media) -> np.ndarray:
+        rew_a, rew_b = np.asarray(rew_a), np.asarray(rew_b)
+        n = len(rew_a)
+        to_human = np.zeros(n, bool)
+        to_human[self._rng.permutation(n)[: round(self.human_fraction * n)]] = True
+
+        def part(x, rows):
+            return None if x is None else (x[rows] if not isinstance(x, (list, tuple)) else [x[i] for i in rows])
+
+        labels = np.full(n, np.nan, np.float32)
+        for rows, who in ((np.flatnonzero(~to_human), self.teacher), (np.flatnonzero(to_human), self.human)):
+            if rows.size == 0:
+                continue
+            kwargs = {}
+            if who is self.human:  # texts is a (prompts, responses_a, responses_b) triple: split each part
+                kwargs = {k: (tuple(part(list(x), rows) for x in v) if k == "texts" else part(v, rows))
+                          for k, v in media.items()}
+            labels[rows] = who.label(rew_a[rows], rew_b[rows], part(mask_a, rows), part(mask_b, rows), **kwargs)
+        return labels

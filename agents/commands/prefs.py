@@ -3,6 +3,9 @@
     rlhf-gym prefs --out runs/cartpole                      # the embedded default: CartPole-v1, PPO, 150 labels
     rlhf-gym prefs --env Pendulum-v1 --algo sac --labels 200 --steps 40000 --out runs/pendulum
     rlhf-gym prefs --out runs/cartpole --resume             # continue an interrupted run to the same budgets
+    rlhf-gym prefs --labeller human --labels 60 --out runs/cartpole-people   # then: rlhf-gym label --run ...
+    rlhf-gym prefs --preset christiano-mujoco --env Hopper-v5 --labels 700 --steps 1000000 --out runs/hopper
+    rlhf-gym prefs --preset christiano-atari --env ALE/Pong-v5 --labels 3300 --steps 10000000 --out runs/pong
 
 Every unset option takes the tuned preset of the env (``agents.prefs_run.ENV_PRESETS``), else ``PrefsConfig``'s
 default. The run directory gets config.json, summary.json, metrics.jsonl, tb/, curves.png and checkpoints/.
@@ -42,6 +45,18 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                    help="SB3 constructor kwargs as JSON, replacing the preset, e.g. "
                         "'{\"n_envs\": 4, \"n_epochs\": 10}'")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (it is off anyway without a TTY)")
+    h = parser.add_argument_group("labeller")
+    h.add_argument("--labeller", default=None, choices=("teacher", "human", "mixed"),
+                   help="teacher (simulated, default), human (people label clips in `rlhf-gym label --run OUT`; the "
+                        "loop waits for them), or mixed (--human-fraction of each batch to people)")
+    h.add_argument("--human-fraction", type=float, default=None, help="share of pairs people label with --labeller "
+                                                                      "mixed (default 0.5)")
+    h.add_argument("--label-timeout", type=float, default=None,
+                   help="seconds to wait for people per batch (default: as long as it takes); unlabelled pairs are "
+                        "then skipped")
+    from agents.presets import add_preset_argument
+
+    add_preset_argument(g)
     t = parser.add_argument_group("teacher (simulated labeller, B-Pref models)")
     t.add_argument("--teacher", default=None, help="oracle, noisy, myopic, mistake, skip, equal (default: oracle)")
     t.add_argument("--teacher-beta", type=float, default=None, help="rationality: P(a) = sigmoid(beta (R_a - R_b))")
@@ -73,7 +88,7 @@ def config_from_args(args: argparse.Namespace):
                          f"{teacher_params['beta']}")
     names = ("algo", "labels", "steps", "seed", "teacher", "selection", "ensemble", "segment_len", "rounds",
              "initial_steps", "initial_label_fraction", "reward_epochs", "eval_episodes", "eval_every", "device",
-             "hyperparams")
+             "hyperparams", "labeller", "human_fraction", "label_timeout")
     overrides: dict[str, Any] = {n: getattr(args, n, None) for n in names}
     if teacher_params:
         overrides["teacher_params"] = teacher_params
@@ -97,6 +112,13 @@ def run(args: argparse.Namespace) -> int:
     from agents.prefs_run import run_prefs
     from agents.sb3_agents import IncompatibleSpaceError
 
+    if getattr(args, "preset", None):  # the paper's protocol: agents/presets.py wires its own loop
+        if getattr(args, "labeller", None) not in (None, "teacher"):
+            print("rlhf-gym prefs: error: --preset runs use a simulated teacher; drop --labeller", file=sys.stderr)
+            return 2
+        from agents.presets import run_cli
+
+        return run_cli(args)
     try:
         cfg = config_from_args(args)
     except (ValueError, TypeError) as err:  # UnknownEnvError / UnknownAlgorithmError are ValueErrors

@@ -44,6 +44,11 @@ def test_cli_writes_summary_with_the_required_keys_on_a_tiny_budget(tmp_path, ca
     (["--teacher", "psychic"], "unknown teacher"),
     (["--selection", "best"], "selection"),
     (["--labels", "0"], "labels must be >= 1"),
+    (["--labeller", "mixed", "--human-fraction", "1.5"], "human_fraction must be in [0, 1]"),
+    (["--labeller", "human", "--label-timeout", "0"], "label_timeout must be > 0"),
+    (["--labeller", "human", "--env", "Hopper-v5"], "no state-from-observation rule"),
+    (["--preset", "christiano-atari", "--env", "Hopper-v5"], "christiano-atari needs an ALE env"),
+    (["--preset", "christiano-mujoco", "--env", "Hopper-v5", "--labeller", "human"], "drop --labeller"),
 ])
 def test_cli_bad_input_is_a_specific_error(tmp_path, capsys, argv, message):
     assert main(["prefs", *argv, "--out", str(tmp_path / "r"), "--no-progress"]) == 2
@@ -62,3 +67,36 @@ def test_defaults_are_the_embedded_cartpole_run_and_options_override_them():
                                             "--selection", "random", "--ensemble", "5", "--segment-len", "25"]))
     assert cfg.algo == "sac" and cfg.teacher == "noisy" and cfg.teacher_params == {"beta": 2.0}
     assert (cfg.selection, cfg.ensemble, cfg.segment_len) == ("random", 5, 25)
+
+
+def test_cli_preset_runs_the_papers_protocol_end_to_end(tmp_path, capsys):
+    out = tmp_path / "preset"
+    argv = ["prefs", "--preset", "christiano-mujoco", "--env", "InvertedPendulum-v5", "--labels", "10", "--steps",
+            "3000", "--eval-episodes", "2", "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["preset"] == "christiano-mujoco" and summary["labels_used"] == 10
+    assert json.loads((out / "config.json").read_text())["preset"]["schedule_c"] == 2e6
+    assert '"preset": "christiano-mujoco"' in capsys.readouterr().out
+
+
+def test_same_seed_same_run_and_the_labeller_choice_reaches_the_loop(tmp_path):
+    from agents.prefs_run import PrefsConfig, build_loop
+    from rewardmodels.human import HumanLabeller, MixedLabeller
+
+    cfg = prefs_cmd.config_from_args(parse([*TINY, "--seed", "5"]))
+    runs = []
+    for name in ("a", "b"):
+        loop = build_loop(cfg, tmp_path / name)
+        runs.append((loop.run(), loop.dataset))
+        loop.agent.close()
+    (s1, d1), (s2, d2) = runs
+    assert s1["true_return_mean"] == s2["true_return_mean"]  # the random initial policy is seeded too
+    assert d1.true_returns()[0].tolist() == d2.true_returns()[0].tolist() and d1.labels.tolist() == d2.labels.tolist()
+    human = build_loop(PrefsConfig.for_env("CartPole-v1", labeller="human", steps=2048, labels=4), tmp_path / "h")
+    mixed = build_loop(PrefsConfig.for_env("CartPole-v1", labeller="mixed", human_fraction=0.25, steps=2048,
+                                           labels=4), tmp_path / "m")
+    assert isinstance(human.labeller, HumanLabeller) and human.labeller.run_dir == tmp_path / "h"
+    assert isinstance(mixed.labeller, MixedLabeller) and mixed.labeller.human_fraction == 0.25
+    for loop in (human, mixed):
+        loop.agent.close()

@@ -112,7 +112,7 @@ def test_saved_model_reloads_and_predicts_the_same_actions(tmp_path):
         a2, _ = loaded.predict(obs, deterministic=True)
         assert int(a1) == int(a2)
         obs, *_ = env.step(int(a1))
-    for p, q in zip(model.policy.parameters(), loaded.policy.parameters()):
+    for p, q in zip(model.policy.parameters(), loaded.policy.parameters(), strict=True):
         assert torch.equal(p, q)
 
 

@@ -28,7 +28,7 @@ def test_sb3_algorithms_run_the_pipeline_and_report_the_native_summary(algo, tmp
     for key in SUMMARY_KEYS:
         assert key in summary, key
     assert summary["tokens_seen"] == 2 * 8 * 4  # the native budget in tokens
-    assert any(not p.equal(q) for p, q in zip(before, model.parameters()))
+    assert any(not p.equal(q) for p, q in zip(before, model.parameters(), strict=True))
     assert (tmp_path / algo / "curves.png").exists()
     logged = [json.loads(line) for line in (tmp_path / algo / "metrics.jsonl").read_text().splitlines()]
     assert any("env/score_mean" in row for row in logged)

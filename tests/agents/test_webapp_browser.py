@@ -199,3 +199,70 @@ def test_person_labels_cartpole_clips_like_the_oracle_teacher(page, tmp_path):
     decided = ~np.isclose(ra, rb)
     accuracy = float(np.mean((probs[decided] > 0.5) == (ra[decided] > rb[decided])))
     assert decided.sum() >= 50 and accuracy >= 0.8, accuracy
+
+
+class AnswerKey:
+    """Wraps the loop's HumanLabeller and notes, for every pair it queues, what a person who prefers the higher true
+    return would choose: the scripted person's knowledge. Labels still come only from the page."""
+
+    needs_media = True
+
+    def __init__(self, human):
+        self.human, self.truth, self.calls = human, {}, 0
+
+    def label(self, rew_a, rew_b, mask_a, mask_b, *, obs_a, obs_b):
+        from tests.rewardmodels.test_human import oracle_choice
+
+        ids = self.human.enqueue_observations(obs_a, obs_b, mask_a, mask_b)  # content-hash ids: queued once
+        ret_a, ret_b = np.sum(rew_a * mask_a, axis=1), np.sum(rew_b * mask_b, axis=1)
+        self.truth.update({pid: oracle_choice(ret_a[k], ret_b[k]) for k, pid in enumerate(ids)})
+        self.calls += 1
+        return self.human.label(rew_a, rew_b, mask_a, mask_b, obs_a=obs_a, obs_b=obs_b)
+
+
+@pytest.mark.slow
+def test_person_in_the_browser_teaches_the_loop_and_the_agent_improves_as_with_the_teacher(page, tmp_path):
+    import time
+
+    from agents.prefs_run import PrefsConfig, build_loop
+
+    settings = dict(labels=24, steps=12_000, rounds=3, seed=0, eval_episodes=10, eval_every=0, progress_bar=False)
+    teacher_loop = build_loop(PrefsConfig.for_env("CartPole-v1", **settings), tmp_path / "teacher")
+    teacher_summary = teacher_loop.run()
+    teacher_loop.agent.close()
+
+    loop = build_loop(PrefsConfig.for_env("CartPole-v1", labeller="human", label_timeout=180, **settings),
+                      tmp_path / "human")
+    key = AnswerKey(loop.labeller)
+    loop.labeller = key
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(summary=loop.run()), daemon=True)
+    thread.start()
+    keys = {"left": ["#btn-left", "1", "ArrowLeft"], "right": ["#btn-right", "2", "ArrowRight"],
+            "equal": ["#btn-equal", "e", "0"]}
+    done, n = "", 0
+    with ServerThread(create_app(tmp_path / "human")) as url:
+        page.goto(url)
+        page.fill("#labeller", "scripted person")
+        page.click("#save-name")
+        deadline = time.monotonic() + 300
+        while thread.is_alive() and time.monotonic() < deadline:
+            page.wait_for_function("() => ['ready', 'empty'].includes(document.body.dataset.state)")
+            current = pair_id(page)
+            if page.evaluate("document.body.dataset.state") != "ready" or current == done or current not in key.truth:
+                time.sleep(0.1)  # nothing new yet: the loop is training, or the page is fetching
+                continue
+            page.wait_for_function("() => [...document.querySelectorAll('#pair img')].every("
+                                   "i => i.complete && i.naturalWidth > 0)")  # the person watches both clips
+            act(page, keys[key.truth[current]][n % 3])
+            done, n = current, n + 1
+        thread.join(timeout=120)
+    loop.agent.close()
+    summary = result["summary"]
+    assert n == 24 and key.calls >= 2 and summary["labels_used"] == 24
+    # the person's labels are exactly the oracle teacher's on the same pairs, so the run is the teacher's run
+    np.testing.assert_array_equal(loop.dataset.labels, teacher_loop.dataset.labels)
+    assert summary["true_return_mean"] == pytest.approx(teacher_summary["true_return_mean"])
+    assert summary["true_return_mean"] > 60  # a random CartPole policy lasts about 22 steps
+    with LabelStore(store_path(tmp_path / "human")) as store:
+        assert len(store.rows()) == 24 and {r["labeller"] for r in store.rows()} == {"scripted person"}

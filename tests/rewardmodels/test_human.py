@@ -181,3 +181,31 @@ def test_label_pairs_on_a_preference_dataset_matches_the_oracle_teacher(tmp_path
     oracle = make_teacher("oracle").label(ds.true_rew_a, ds.true_rew_b, ds.mask_a, ds.mask_b)
     np.testing.assert_array_equal(labels, oracle)
     assert len(list((tmp_path / "clips").glob("*.gif"))) <= 12
+
+
+def test_mixed_labeller_sends_a_share_to_people_and_the_rest_to_the_teacher(tmp_path):
+    from rewardmodels.human import MixedLabeller
+    from rewardmodels.teachers import make_teacher
+
+    ds = cartpole_pairs(8)
+    human = HumanLabeller(tmp_path, renderer="CartPole-v1", timeout=30, poll_s=0.02, max_side=64)
+    mixed = MixedLabeller(human, make_teacher("oracle"), human_fraction=0.25, seed=0)
+
+    class SkipTwo(dict):  # a person who skips whatever pair is shown, two of them: their pairs come back NaN
+        def __missing__(self, key):
+            return "skip"
+
+        def __len__(self):
+            return 2
+
+    t = person(tmp_path, SkipTwo(), delay=0.01)
+    labels = mixed.label(ds.true_rew_a, ds.true_rew_b, ds.mask_a, ds.mask_b, obs_a=ds.obs_a, obs_b=ds.obs_b)
+    oracle = make_teacher("oracle").label(ds.true_rew_a, ds.true_rew_b, ds.mask_a, ds.mask_b)
+    to_people = np.isnan(labels)
+    assert to_people.sum() == 2  # 25% of 8 pairs
+    np.testing.assert_array_equal(labels[~to_people], oracle[~to_people])
+    with LabelStore(store_path(tmp_path)) as store:
+        assert len(store.rows()) == 2  # only the people's share was asked (and answered)
+    t.join(timeout=1)
+    with pytest.raises(ValueError, match="human_fraction"):
+        MixedLabeller(human, make_teacher("oracle"), human_fraction=-0.1)
