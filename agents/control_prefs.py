@@ -126,6 +126,25 @@ class ExperienceRecorder(VecEnvWrapper):
         return obs, rews, dones, infos
 
 
+def probe_spaces(env_id: str, seed: int) -> tuple[gym.Space, gym.Space]:
+    """``(observation_space, action_space)`` of ``env_id``; the action space is seeded, as the random policy of the
+    initial collection samples from it and must follow the run's seed like everything else."""
+    probe = gym.make(env_id)
+    obs_space, act_space = probe.observation_space, probe.action_space
+    probe.close()
+    act_space.seed(seed + 104_729)
+    return obs_space, act_space
+
+
+def drive(venv: VecEnv, agent: Any | None, act_space: gym.Space, n_steps: int) -> None:
+    """Step ``venv`` (a recording wrapper) for about ``n_steps`` env steps with ``agent.act`` or uniform random
+    actions when ``agent`` is None."""
+    obs = venv.reset()
+    for _ in range(int(np.ceil(n_steps / venv.num_envs))):
+        acts = np.stack([act_space.sample() for _ in range(venv.num_envs)]) if agent is None else agent.act(obs)
+        obs, _, _, _ = venv.step(acts)
+
+
 class SegmentPairSource:
     """``PairSource`` for any Gymnasium env: pairs of fixed-length segments from the agent's recent experience.
 
@@ -142,10 +161,7 @@ class SegmentPairSource:
         self.env_id, self.segment_len, self.recent_steps = env_id, int(segment_len), int(recent_steps)
         self.experience = Experience(capacity)
         self.seed, self.n_collect_envs = seed, n_collect_envs
-        probe = gym.make(env_id)
-        self.obs_space, self.act_space = probe.observation_space, probe.action_space
-        probe.close()
-        self.act_space.seed(seed + 104_729)  # the random policy of the initial collection: seeded like the rest
+        self.obs_space, self.act_space = probe_spaces(env_id, seed)
         self._collect_venv: VecEnv | None = None
 
     @property
@@ -164,13 +180,7 @@ class SegmentPairSource:
             venv = make_vec_env(self.env_id, self.n_collect_envs, self.seed + 7_919)
             self._collect_venv = ExperienceRecorder(venv, self.experience, source=1)
         venv = self._collect_venv
-        obs = venv.reset()
-        for _ in range(int(np.ceil(n_steps / venv.num_envs))):
-            if agent is None:
-                acts = np.stack([self.act_space.sample() for _ in range(venv.num_envs)])
-            else:
-                acts = agent.act(obs)
-            obs, _, _, _ = venv.step(acts)
+        drive(venv, agent, self.act_space, n_steps)
         for env in range(venv.num_envs):  # close the stretches: the next collection restarts the envs
             self.experience._close(1, env, terminated=False)
         venv._obs = None

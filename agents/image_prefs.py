@@ -24,6 +24,7 @@ import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
+from agents.control_prefs import drive, probe_spaces
 from rewardmodels.cnn import image_layout
 from rewardmodels.image_segments import FrameStore, ImagePairs, Rollout, cut_segments
 
@@ -147,10 +148,7 @@ class ImageSegmentPairSource:
                  seed: int = 0, n_collect_envs: int = 8):
         self.env_id, self.segment_len, self.recent_steps = env_id, int(segment_len), int(recent_steps)
         self.seed, self.n_collect_envs = seed, n_collect_envs
-        probe = gym.make(env_id)
-        self.obs_space, self.act_space = probe.observation_space, probe.action_space
-        probe.close()
-        self.act_space.seed(seed + 104_729)  # the random policy of the initial collection: seeded like the rest
+        self.obs_space, self.act_space = probe_spaces(env_id, seed)
         self.experience = FrameExperience(self.obs_space, capacity)
         self._collect_venv: VecEnv | None = None
         self._dataset: ImagePairs | None = None
@@ -169,11 +167,7 @@ class ImageSegmentPairSource:
             self._collect_venv = FrameRecorder(make_vec_env(self.env_id, self.n_collect_envs, self.seed + 7_919),
                                                self.experience, source=1)
         venv = self._collect_venv
-        obs = venv.reset()
-        for _ in range(int(np.ceil(n_steps / venv.num_envs))):
-            acts = (np.stack([self.act_space.sample() for _ in range(venv.num_envs)]) if agent is None
-                    else agent.act(obs))
-            obs, _, _, _ = venv.step(acts)
+        drive(venv, agent, self.act_space, n_steps)
         for env in range(venv.num_envs):
             self.experience.close((1, env))
             self.experience.open.pop((1, env), None)

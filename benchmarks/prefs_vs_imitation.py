@@ -32,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out"
 VENV = OUT / "imitation-venv"
+CACHE = OUT / "imitation_cache"
 
 IMITATION_SCRIPT = r'''
 import json, sys, time
@@ -120,13 +121,28 @@ def run_imitation(python: Path, seed: int, as_is: bool, labels: int, episodes: i
     return res
 
 
-def run_ours(seed: int, labels: int, steps: int, episodes: int) -> dict:
+def cached_imitation(python: Path, seed: int, args) -> dict:
+    """imitation's result for ``seed``: re-run, or with ``--reuse-imitation`` read from the cache when present."""
+    path = CACHE / f"seed{seed}-{'as-is' if args.imitation_as_is else 'tutorial'}-{args.labels}.json"
+    if args.reuse_imitation and path.is_file():
+        res = json.loads(path.read_text())
+        print(f"(imitation seed {seed}: reusing {path.relative_to(ROOT)}, measured {res.get('measured_at', '?')})")
+        return res
+    res = run_imitation(python, seed, args.imitation_as_is, args.labels, args.episodes)
+    res["measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(res, indent=2))
+    return res
+
+
+def run_ours(seed: int, labels: int, steps: int, episodes: int, rounds: int | None, hyperparams: dict | None) -> dict:
     out = OUT / f"ours-pendulum-seed{seed}"
     code = (
         "import json, time, torch; t0, c0 = time.perf_counter(), time.process_time(); torch.set_num_threads(1)\n"
         "from agents.prefs_run import PrefsConfig, run_prefs\n"
         f"s = run_prefs(PrefsConfig.for_env('Pendulum-v1', seed={seed}, labels={labels}, steps={steps}, "
-        f"eval_episodes={episodes}, progress_bar=False), {str(out)!r})\n"
+        f"rounds={rounds!r}, hyperparams={hyperparams!r}, eval_episodes={episodes}, progress_bar=False), "
+        f"{str(out)!r})\n"
         "s.update(wall_s=time.perf_counter() - t0, cpu_s=time.process_time() - c0)\n"
         "print('RESULT ' + json.dumps(s))\n"
     )
@@ -147,7 +163,13 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=1, help="seeds per library (0 .. seeds-1)")
     parser.add_argument("--labels", type=int, default=200, help="label budget of both (imitation's example: 200)")
     parser.add_argument("--steps", type=int, default=None, help="our env-step budget (default: our Pendulum preset)")
+    parser.add_argument("--rounds", type=int, default=None, help="our loop rounds (default: our Pendulum preset)")
+    parser.add_argument("--hyperparams", type=json.loads, default=None,
+                        help="our SB3 kwargs as JSON (default: the preset's SAC settings)")
     parser.add_argument("--episodes", type=int, default=20, help="evaluation episodes on the true reward")
+    parser.add_argument("--reuse-imitation", action="store_true",
+                        help="reuse imitation's result for a seed from an earlier run of this script on this machine "
+                             f"({CACHE.relative_to(ROOT)}/), instead of re-running its ~10 CPU minutes")
     parser.add_argument("--imitation-as-is", action="store_true",
                         help="imitation's literal smoke-test settings (5 iterations, 1000 learner steps)")
     args = parser.parse_args()
@@ -160,9 +182,9 @@ def main() -> int:
         args.steps = ENV_PRESETS["Pendulum-v1"]["steps"]
     rows = []
     for seed in range(args.seeds):
-        for name, fn in (("imitation 1.0.1", lambda s=seed: run_imitation(python, s, args.imitation_as_is,
-                                                                           args.labels, args.episodes)),
-                         ("rlhf-gym", lambda s=seed: run_ours(s, args.labels, args.steps, args.episodes))):
+        for name, fn in (("imitation 1.0.1", lambda s=seed: cached_imitation(python, s, args)),
+                         ("rlhf-gym", lambda s=seed: run_ours(s, args.labels, args.steps, args.episodes, args.rounds,
+                                                              args.hyperparams))):
             res = fn()
             rows.append((name, seed, res))
             print(f"{name:16s} seed {seed}: return {res['true_return_mean']:8.1f} +- {res['true_return_std']:6.1f}"

@@ -39,6 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from rewardmodels.preferences import LabelledPairs
+
 __all__ = [
     "FrameStore",
     "StackedSegments",
@@ -264,7 +266,7 @@ def cut_segments(rollout: Rollout, length: int, n: int, rng: np.random.Generator
 
 
 @dataclass
-class ImagePairs:
+class ImagePairs(LabelledPairs):
     """Labelled pairs of image segments held as windows into one ``FrameStore`` (no per-segment frame copies)."""
 
     store: FrameStore
@@ -306,20 +308,6 @@ class ImagePairs:
     @property
     def segment_len(self) -> int:
         return self.length
-
-    @property
-    def labelled(self) -> np.ndarray:
-        return ~np.isnan(self.labels)
-
-    @property
-    def n_labelled(self) -> int:
-        return int(self.labelled.sum())
-
-    def require_labelled(self, what: str = "training") -> None:
-        from rewardmodels.preferences import EmptyDatasetError
-
-        if self.n_labelled == 0:
-            raise EmptyDatasetError(f"{what} needs labelled pairs; these {len(self)} image pairs have none")
 
     def segments(self, side: str):
         """Side "a" or "b" as ``rewardmodels.segments.Segments`` whose ``obs`` is a lazy ``StackedSegments``."""

@@ -243,8 +243,30 @@ def _check_mask(mask: Any, name: str, n: int, t: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------------- dataset
+class LabelledPairs:
+    """What every container of labelled pairs answers from its ``labels`` (N,) array (NaN = skipped)."""
+
+    labels: np.ndarray
+
+    @property
+    def labelled(self) -> np.ndarray:
+        """(N,) bool: pairs with a usable label (not NaN)."""
+        return ~np.isnan(self.labels)
+
+    @property
+    def n_labelled(self) -> int:
+        return int(self.labelled.sum())
+
+    def require_labelled(self, what: str = "training") -> None:
+        """Raise :class:`EmptyDatasetError` unless at least one pair has a non-NaN label."""
+        if self.n_labelled == 0:
+            raise EmptyDatasetError(
+                f"{what} needs labelled preference pairs, but these {len(self)} pairs have none labelled (all NaN = "
+                "skipped); collect and label some pairs first")
+
+
 @dataclass(eq=False)  # numpy fields: compare arrays explicitly, not with ==
-class PreferenceDataset:
+class PreferenceDataset(LabelledPairs):
     """N labelled pairs of fixed-length (T) segments. Validated at construction; see the module docstring.
 
     Build it from arrays, from :class:`rewardmodels.segments.Segments` with :meth:`from_segments`, or with
@@ -375,22 +397,6 @@ class PreferenceDataset:
     @property
     def act_shape(self) -> tuple[int, ...]:
         return tuple(self.acts_a.shape[2:])
-
-    @property
-    def labelled(self) -> np.ndarray:
-        """(N,) bool: pairs with a usable label (not NaN)."""
-        return ~np.isnan(self.labels)
-
-    @property
-    def n_labelled(self) -> int:
-        return int(self.labelled.sum())
-
-    def require_labelled(self, what: str = "training") -> None:
-        """Raise :class:`EmptyDatasetError` unless at least one pair has a non-NaN label."""
-        if self.n_labelled == 0:
-            raise EmptyDatasetError(
-                f"{what} needs labelled preference pairs, but this dataset has {len(self)} pairs and none is "
-                "labelled (all NaN = skipped); collect and label some pairs first")
 
     def true_returns(self) -> tuple[np.ndarray, np.ndarray]:
         """(N,), (N,) sums of true rewards over the real (unpadded) steps of a and b."""
