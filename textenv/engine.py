@@ -145,11 +145,11 @@ class GenerationEngine:
                 f"max_prompt_tokens + max_new_tokens = {self.L} exceeds the model's {n_pos} positions: "
                 "lower one of them"
             )
-        self._keep_arg = {
-            id(m): "logits_to_keep" in inspect.signature(m.forward).parameters
-            for m in (policy, self.ref_model)
-            if m is not None
-        }
+        params = {id(m): inspect.signature(m.forward).parameters for m in (policy, self.ref_model) if m is not None}
+        self._keep_arg = {key: "logits_to_keep" in p for key, p in params.items()}
+        # transformers 5.x renamed the KV-cache argument and output field from past_key_values to cache (the old
+        # name warns, and goes in 5.40); older releases only know past_key_values.
+        self._cache_arg = {key: "cache" if "cache" in p else "past_key_values" for key, p in params.items()}
         # With SDPA attention a ready 4D boolean mask skips transformers' per-forward mask construction (it returns
         # 4D masks as-is), and one mask then serves both models. Other attention kernels get the usual 2D mask.
         self._mask4d = all(
@@ -335,19 +335,20 @@ class GenerationEngine:
 
     def _forward(self, model, input_ids, attention_mask, position_ids, cache=None, use_cache=True):
         kwargs = {"logits_to_keep": 1} if self._keep_arg.get(id(model), False) else {}
+        cache_arg = self._cache_arg.get(id(model), "past_key_values")
+        kwargs[cache_arg] = cache
         with torch.no_grad(), eval_mode(model):
             out = model(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                past_key_values=cache,
                 use_cache=use_cache,
                 **kwargs,
             )
         logits = out.logits[:, -1].float()
         if self.temperature != 1.0:
             logits = logits / self.temperature
-        return logits, (out.past_key_values if use_cache else None)
+        return logits, (out[cache_arg] if use_cache else None)
 
     def _ensure_logits(self) -> None:
         if self._logits is not None:

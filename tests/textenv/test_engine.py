@@ -66,6 +66,17 @@ def test_cache_never_grows_past_L(lm):
         assert cache.get_seq_length() <= engine.L
 
 
+def test_cached_decoding_uses_the_installed_transformers_cache_argument(lm):
+    """No deprecated cache keyword (transformers 5.x renamed past_key_values to cache; the old name goes in 5.40)."""
+    import warnings
+
+    engine, source = make_engine(lm)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        run_schedule(engine, source, steps=8)
+    assert engine._caches  # the KV-cached path ran
+
+
 def float64_logprobs(model, ids, temperature):
     """log-softmax(logits / T) of a float64 copy of ``model`` over one unpadded sequence: (len, V)."""
     m64 = copy.deepcopy(model).double()
