@@ -180,8 +180,7 @@ def build_loop(cfg: PrefsConfig, out: str | os.PathLike,
 def run_prefs(cfg: PrefsConfig, out: str | os.PathLike, resume: bool = False,
               callbacks: list[LoopCallback] | tuple[LoopCallback, ...] = ()) -> dict[str, Any]:
     """Run (or resume) the preference loop of ``cfg`` into run directory ``out``; returns summary.json's content."""
-    torch.manual_seed(cfg.seed)
-    loop = build_loop(cfg, out, callbacks)
+    loop = build_loop(cfg, out, callbacks)  # seeds torch
     try:
         return loop.run(resume=resume)
     finally:

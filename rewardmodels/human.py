@@ -91,13 +91,9 @@ class StateRenderer:
     def __init__(self, env_id: str):
         import gymnasium as gym
 
+        check_renderable(env_id)
         self.env = gym.make(env_id, render_mode="rgb_array")
-        name = self.env.spec.name if self.env.spec is not None else env_id
-        if name not in _STATE_FROM_OBS:
-            self.env.close()
-            raise ValueError(f"no state-from-observation rule for {env_id!r} (known: {sorted(_STATE_FROM_OBS)}); "
-                             f"record frames while collecting and pass frames_a=/frames_b= or clips= instead")
-        self._to_state = _STATE_FROM_OBS[name]
+        self._to_state = _STATE_FROM_OBS[gym.spec(env_id).name]
         self.key = env_id  # names the clips it draws (rendering is deterministic given the observations)
         self.env.reset(seed=0)
 
@@ -347,16 +343,22 @@ class MixedLabeller:
         to_human = np.zeros(n, bool)
         to_human[self._rng.permutation(n)[: round(self.human_fraction * n)]] = True
 
-        def part(x, rows):
-            return None if x is None else (x[rows] if not isinstance(x, (list, tuple)) else [x[i] for i in rows])
-
         labels = np.full(n, np.nan, np.float32)
         for rows, who in ((np.flatnonzero(~to_human), self.teacher), (np.flatnonzero(to_human), self.human)):
             if rows.size == 0:
                 continue
-            kwargs = {}
-            if who is self.human:  # texts is a (prompts, responses_a, responses_b) triple: split each part
-                kwargs = {k: (tuple(part(list(x), rows) for x in v) if k == "texts" else part(v, rows))
-                          for k, v in media.items()}
-            labels[rows] = who.label(rew_a[rows], rew_b[rows], part(mask_a, rows), part(mask_b, rows), **kwargs)
+            kwargs = {k: _take(v, rows) for k, v in media.items()} if who is self.human else {}
+            labels[rows] = who.label(rew_a[rows], rew_b[rows], _take(mask_a, rows), _take(mask_b, rows), **kwargs)
         return labels
+
+
+def _take(x, rows: np.ndarray):
+    """Rows ``rows`` of per-pair media: an array, a list (one item per pair, e.g. clip paths), or a tuple of those
+    (``texts = (prompts, responses_a, responses_b)``); None stays None."""
+    if x is None:
+        return None
+    if isinstance(x, tuple):
+        return tuple(_take(part, rows) for part in x)
+    if isinstance(x, list):
+        return [x[i] for i in rows]
+    return np.asarray(x)[rows]
