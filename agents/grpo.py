@@ -72,6 +72,9 @@ class GRPOConfig(GroupConfig):
     tokens, then over responses: the original GRPO), or ``"dr-grpo"`` (sum over tokens / max_new_tokens, Dr. GRPO)."""
     scale_rewards: bool = True
     """Divide advantages by the group's score std (GRPO); False = Dr. GRPO's unscaled ``score - group mean``."""
+    kl_ratio: bool = False
+    """Weight the k3 KL term by the policy ratio (DeepSeek-V3.2's unbiased KL gradient; TRL's
+    ``use_bias_correction_kl``, on by default there); False is DeepSeekMath's plain k3 term."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -170,6 +173,7 @@ class GRPOAgent(GroupAgent):
                     beta=cfg.kl_coef,
                     aggregation=cfg.loss_aggregation,
                     max_tokens=int(env_setting(self.env, "max_new_tokens")),
+                    kl_ratio=cfg.kl_ratio,
                 )
                 grad_norm = self.step_optimizer(loss, "the GRPO loss")
                 m = mb.response_mask

@@ -193,6 +193,7 @@ def grpo_loss(
     beta: float = 0.04,
     aggregation: str = "token-mean",
     max_tokens: int | None = None,
+    kl_ratio: bool = False,
 ) -> tuple[torch.Tensor, Metrics]:
     """GRPO objective (Shao et al. 2024, arXiv:2402.03300, eq. 3) with a choice of token aggregation.
 
@@ -207,6 +208,12 @@ def grpo_loss(
     - ``"dr-grpo"``: ``sum_it l_it / (B * max_tokens)`` (Liu et al. 2025, arXiv:2503.20783: a constant normaliser
       removes the length bias).
 
+    With ``kl_ratio`` the KL term is ``beta * rho_t * k3_t`` (DeepSeek-AI 2025, "DeepSeek-V3.2", arXiv:2512.02556,
+    the unbiased KL estimate under importance sampling; TRL's ``use_bias_correction_kl``). Its value is unchanged
+    on-policy (``rho = 1``) but its gradient becomes ``beta * (logp_t - ref_logp_t) * grad logp_t``, the unbiased
+    gradient of the reverse KL, where plain k3 gives ``beta * (1 - pi_ref/pi) * grad logp_t``: tokens far less likely
+    under the policy than under the reference then no longer get a pull of size ``pi_ref/pi``.
+
     Args:
         logp: ``(B, T)`` current log-probabilities of the sampled tokens (with gradient).
         old_logp: ``(B, T)`` at sampling time, or None for a single on-policy update (then ``rho = 1`` with the
@@ -218,6 +225,7 @@ def grpo_loss(
         beta: weight of the KL term (0.04 in the paper).
         aggregation: ``"token-mean"``, ``"sequence-mean"`` or ``"dr-grpo"``.
         max_tokens: the constant of ``"dr-grpo"`` (the generation budget); defaults to ``T``.
+        kl_ratio: weight the k3 term by the (differentiable) ratio ``rho_t``.
 
     Returns:
         ``(loss, metrics)`` with ``kl`` (mean k3 over valid tokens), ``clipfrac``, ``approx_kl`` (old vs new).
@@ -237,7 +245,7 @@ def grpo_loss(
     if ref_logp is not None:
         kl = kl_estimate(logp, ref_logp, "k3")
         if beta != 0:
-            per_token = per_token + beta * kl
+            per_token = per_token + beta * (kl * ratio if kl_ratio else kl)
     else:
         kl = torch.zeros_like(logp)
     if aggregation == "token-mean":

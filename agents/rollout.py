@@ -18,6 +18,7 @@ from torch import nn
 
 from agents.losses import sequence_logprobs
 from agents.math import entropy_from_logits
+from textenv.decoders import fast_decoder
 
 
 class EnvCapabilityError(TypeError):
@@ -221,17 +222,27 @@ def sequence_forward(
     input_ids = torch.cat([query_ids, response_ids], dim=1)  # (B, Lq+T)
     attention = torch.cat([query_mask, response_mask], dim=1).long()
     position_ids = (attention.cumsum(1) - 1).clamp(min=0)
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention,
-        position_ids=position_ids,
-        use_cache=False,
-        output_hidden_states=output_hidden,
-    )
     lq = query_ids.shape[1]
-    logits = out.logits[:, lq - 1 : -1].float() / temperature  # (B, T, V): position i predicts token i+1
+    decoder = fast_decoder(model) if not _dropout_active(model) else None
+    if decoder is not None:  # the same function without the Hugging Face module stack (textenv.decoders)
+        states = decoder.hidden_states(input_ids, attention, position_ids)[:, lq - 1 : -1]
+        logits = decoder.logits(states)
+    else:
+        out = model(
+            input_ids=input_ids,
+            attention_mask=attention,
+            position_ids=position_ids,
+            use_cache=False,
+            output_hidden_states=output_hidden,
+        )
+        logits = out.logits[:, lq - 1 : -1]
+        states = out.hidden_states[-1][:, lq - 1 : -1] if output_hidden else None
+    logits = logits.float() / temperature  # (B, T, V): position i predicts token i+1
     logprobs, _ = sequence_logprobs(logits, response_ids, response_mask)  # (B, T), 0 on padding
     with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):  # usually only a diagnostic
         entropy = entropy_from_logits(logits)  # (B, T)
-    hidden = out.hidden_states[-1][:, lq - 1 : -1] if output_hidden else None
-    return logprobs, entropy, hidden
+    return logprobs, entropy, (states if output_hidden else None)
+
+
+def _dropout_active(model: nn.Module) -> bool:
+    return model.training and any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules())

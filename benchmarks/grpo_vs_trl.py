@@ -1,17 +1,22 @@
 """Our GRPO (``agents.grpo`` on the TextGen-v0 vector env) against TRL's ``GRPOTrainer``, side by side in one run.
 
 Same tiny GPT-2 (same initial weights, loaded from one directory), same prompts, group size, completion length,
-number of optimizer steps, learning rate, KL beta (k3 term in the loss), clip range, loss aggregation (token mean =
-TRL's "dapo"), advantage scaling (group std), Adam epsilon, constant learning rate and reward function (the fraction
-of response words equal to "good"). CPU, one torch thread. TRL: bf16=False, dropout disabled (ours never uses it).
+number of optimizer steps, learning rate, KL beta (the k3 term in the loss, weighted by the policy ratio as TRL 1.16
+does by default, ``use_bias_correction_kl``; ``--plain-k3`` turns that off on both sides), clip range, loss
+aggregation (token mean = TRL's "dapo"), advantage scaling (group std), Adam epsilon, constant learning rate, gradient
+clipping and reward function (the fraction of response words equal to "good"). CPU, one torch thread. TRL:
+bf16=False, dropout disabled (ours never uses it).
 
-Reported:
-- tokens/s: completion tokens generated during training / wall time of training (rollouts + updates), both sides;
-- final reward: mean reward of the last 5 training steps, and an identical post-training evaluation of both final
-  policies (same sampler, same prompts, same seed).
+Each seed builds its own initial model; both sides first run a short untimed warm-up (2 steps: one-off
+initialisation of kernels and allocators), then the timed runs, in alternating order from seed to seed so that
+neither side always runs first. Reported, per seed and over all seeds:
 
-    python benchmarks/grpo_vs_trl.py                 # defaults: 30 steps, G=8, 4 prompts/step, 16 tokens
-    python benchmarks/grpo_vs_trl.py --steps 60 --out benchmarks/results/grpo_vs_trl.json
+- tokens/s: completion tokens generated during training / wall time of training (rollouts + updates);
+- final reward: mean training reward of the last 5 steps, and an identical post-training evaluation of both final
+  policies (256 completions from our env, same prompts, same sampler seed).
+
+    python benchmarks/grpo_vs_trl.py                 # defaults: seeds 0 1 2, 30 steps, G=8, 4 prompts/step, 16 tokens
+    python benchmarks/grpo_vs_trl.py --seeds 0 --steps 60 --out benchmarks/out/grpo_vs_trl.json
 
 Needs ``pip install trl`` (``rlhf-gym[benchmarks]``); everything stays offline.
 """
@@ -110,6 +115,7 @@ def run_ours(path: Path, args) -> dict:
         clip_range=0.2,
         loss_aggregation="token-mean",
         scale_rewards=True,
+        kl_ratio=not args.plain_k3,
         adam_eps=1e-5,
         seed=args.seed,
     )
@@ -147,6 +153,7 @@ def run_trl(path: Path, args) -> dict:
             top_p=1.0,
             top_k=0,
             beta=args.beta,
+            use_bias_correction_kl=not args.plain_k3,
             epsilon=0.2,
             loss_type="dapo",
             scale_rewards="group",
@@ -201,6 +208,36 @@ def evaluate(model, tokenizer, args, n: int = 256) -> float:
     return float(batch.scores.mean())
 
 
+def run_seed(args, seed: int) -> dict:
+    """Warm-up, then the timed runs of both sides on one freshly built model; returns the seed's row."""
+    args = argparse.Namespace(**{**vars(args), "seed": seed})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "tiny-gpt2"
+        build_model(path, args.n_layer, args.n_embd, seed)
+        initial = evaluate(*load(path), args)
+        warm = argparse.Namespace(**{**vars(args), "steps": 2})
+        runs = {"ours": run_ours, "trl": run_trl}
+        order = ["ours", "trl"] if seed % 2 == 0 else ["trl", "ours"]
+        for name in order:
+            torch.manual_seed(seed)
+            runs[name](path, warm)
+        results = {}
+        for name in order:
+            torch.manual_seed(seed)
+            results[name] = runs[name](path, args)
+        tokenizer = load(path)[1]
+        row = {"seed": seed, "initial_reward": initial, "first": order[0]}
+        for name, r in results.items():
+            row[name] = {
+                "tokens_per_s": r["tokens"] / r["wall_s"],
+                "wall_s": r["wall_s"],
+                "completion_tokens": r["tokens"],
+                "final_train_reward": float(np.mean(r["rewards"][-5:])),
+                "final_eval_reward": evaluate(r["model"], tokenizer, args),
+            }
+    return row
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps (= rollouts) for both")
@@ -209,58 +246,65 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--beta", type=float, default=0.04)
+    parser.add_argument(
+        "--plain-k3", action="store_true", help="both sides: the plain k3 KL term (no ratio weighting; DeepSeekMath)"
+    )
     parser.add_argument("--n-layer", type=int, default=2)
     parser.add_argument("--n-embd", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "tiny-gpt2"
-        build_model(path, args.n_layer, args.n_embd, args.seed)
-        initial = evaluate(*load(path), args)
-        torch.manual_seed(args.seed)
-        ours = run_ours(path, args)
-        torch.manual_seed(args.seed)
-        trl = run_trl(path, args)
-        tokenizer = ours["tokenizer"]
-        ours_eval, trl_eval = evaluate(ours["model"], tokenizer, args), evaluate(trl["model"], tokenizer, args)
-    ours_tps, trl_tps = ours["tokens"] / ours["wall_s"], trl["tokens"] / trl["wall_s"]
+    print(
+        f"GRPO, {args.steps} steps x {args.prompts_per_step} prompts x G={args.group_size}, {args.max_new_tokens} new "
+        f"tokens, KL {'plain k3' if args.plain_k3 else 'ratio-weighted k3'} beta {args.beta}, CPU, 1 thread"
+    )
+    print(
+        f"{'seed':>4s} {'side':6s} {'tokens/s':>9s} {'wall s':>7s} {'tokens':>7s} {'train reward (last 5)':>22s} "
+        f"{'eval reward':>12s}"
+    )
+    rows = []
+    for seed in args.seeds:
+        row = run_seed(args, seed)
+        rows.append(row)
+        for name in ("ours", "trl"):
+            r = row[name]
+            print(
+                f"{seed:4d} {name:6s} {r['tokens_per_s']:9.0f} {r['wall_s']:7.2f} {r['completion_tokens']:7d} "
+                f"{r['final_train_reward']:22.3f} {r['final_eval_reward']:12.3f}",
+                flush=True,
+            )
+    total = {
+        name: {
+            "tokens_per_s": sum(r[name]["completion_tokens"] for r in rows) / sum(r[name]["wall_s"] for r in rows),
+            "final_eval_reward": float(np.mean([r[name]["final_eval_reward"] for r in rows])),
+            "final_train_reward": float(np.mean([r[name]["final_train_reward"] for r in rows])),
+        }
+        for name in ("ours", "trl")
+    }
+    ratios = [r["ours"]["tokens_per_s"] / r["trl"]["tokens_per_s"] for r in rows]
+    diffs = np.array([r["ours"]["final_eval_reward"] - r["trl"]["final_eval_reward"] for r in rows])
     results = {
         "settings": vars(args),
-        "initial_reward": initial,
-        "ours": {
-            "tokens_per_s": ours_tps,
-            "wall_s": ours["wall_s"],
-            "completion_tokens": ours["tokens"],
-            "final_train_reward": float(np.mean(ours["rewards"][-5:])),
-            "final_eval_reward": ours_eval,
-        },
-        "trl": {
-            "tokens_per_s": trl_tps,
-            "wall_s": trl["wall_s"],
-            "completion_tokens": trl["tokens"],
-            "final_train_reward": float(np.mean(trl["rewards"][-5:])),
-            "final_eval_reward": trl_eval,
-        },
-        "speed_ratio": ours_tps / trl_tps,
+        "seeds": rows,
+        "ours": total["ours"],
+        "trl": total["trl"],
+        "speed_ratio": total["ours"]["tokens_per_s"] / total["trl"]["tokens_per_s"],
+        "speed_ratio_per_seed": ratios,
+        "eval_reward_diff_mean": float(diffs.mean()),
+        "eval_reward_diff_sem": float(diffs.std(ddof=1) / np.sqrt(len(diffs))) if len(diffs) > 1 else None,
     }
+    sem = results["eval_reward_diff_sem"]
     print(
-        f"GRPO, {args.steps} steps x {args.prompts_per_step} prompts x G={args.group_size}, "
-        f"{args.max_new_tokens} new tokens, CPU, 1 thread (initial reward {initial:.3f})"
+        f"all seeds: tokens/s ours {total['ours']['tokens_per_s']:.0f} vs TRL {total['trl']['tokens_per_s']:.0f}; "
+        f"speed ratio ours/TRL {results['speed_ratio']:.2f}x (per seed {', '.join(f'{x:.2f}' for x in ratios)}; "
+        "target >= 2)"
     )
     print(
-        f"{'':6s} {'tokens/s':>10s} {'wall s':>8s} {'tokens':>8s} {'train reward (last 5)':>22s} {'eval reward':>12s}"
-    )
-    for name in ("ours", "trl"):
-        r = results[name]
-        print(
-            f"{name:6s} {r['tokens_per_s']:10.0f} {r['wall_s']:8.1f} {r['completion_tokens']:8d} "
-            f"{r['final_train_reward']:22.3f} {r['final_eval_reward']:12.3f}"
-        )
-    print(
-        f"speed ratio ours/TRL: {results['speed_ratio']:.2f}x (target >= 2); final eval reward ours - TRL: "
-        f"{ours_eval - trl_eval:+.3f} (target >= 0)"
+        f"mean final eval reward ours {total['ours']['final_eval_reward']:.4f} vs TRL "
+        f"{total['trl']['final_eval_reward']:.4f}: ours - TRL {results['eval_reward_diff_mean']:+.4f}"
+        + (f" (+- {sem:.4f} s.e.m. over seeds)" if sem is not None else "")
+        + " (target >= 0)"
     )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from textenv.decoders import fast_decoder
 from textenv.kvcache import cache_width, splice_rows, supports_splicing, trim_cache
 from textenv.models import max_positions, pad_token_id, vocab_size
 from textenv.rewards import validate_scores
@@ -114,6 +115,9 @@ class GenerationEngine:
         temperature: logits are divided by it before log-softmax / sampling (both models).
         device: where the state and models live.
         use_cache: KV-cached decoding (default); False recomputes the full forward every step (reference path).
+        fast_decode: decode with the hand-written step of ``textenv.decoders`` where the architecture has one (same
+            logits as the model's own cached forward, several times faster for small models); False always calls
+            the model.
     """
 
     def __init__(
@@ -129,6 +133,7 @@ class GenerationEngine:
         temperature: float,
         device: torch.device,
         use_cache: bool = True,
+        fast_decode: bool = True,
     ):
         self.policy, self.tokenizer, self.reward_fn = policy, tokenizer, reward_fn
         self.ref_model = ref_model if (ref_model is not None and kl_coef != 0) else None
@@ -155,6 +160,8 @@ class GenerationEngine:
         self._mask4d = all(
             getattr(getattr(m, "config", None), "_attn_implementation", None) == "sdpa" for m in self._models()
         )
+        self.fast_decode = bool(fast_decode)
+        self.decoders: dict[int, Any] = {}
         n, L = self.num_rows, self.L
         self.tokens = torch.full((n, L), self.pad_id, dtype=torch.long, device=device)
         self.mask = torch.zeros((n, L), dtype=torch.long, device=device)
@@ -345,10 +352,10 @@ class GenerationEngine:
                 use_cache=use_cache,
                 **kwargs,
             )
-        logits = out.logits[:, -1].float()
-        if self.temperature != 1.0:
-            logits = logits / self.temperature
-        return logits, (out[cache_arg] if use_cache else None)
+        return self._scaled(out.logits[:, -1].float()), (out[cache_arg] if use_cache else None)
+
+    def _scaled(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits / self.temperature if self.temperature != 1.0 else logits
 
     def _ensure_logits(self) -> None:
         if self._logits is not None:
@@ -369,12 +376,16 @@ class GenerationEngine:
             width = int(state_len[decode].max())  # includes the pending token, which is not in the cache yet
             ids, pos, masks = self.tokens[:, -1:], self.pos[:, None], {}
             for i, m in enumerate(self._models()):
-                cache = self._caches[id(m)]
+                cache, decoder = self._caches[id(m)], self.decoders.get(id(m))
                 trim_cache(cache, width - 1)
                 c = cache_width(cache) + 1
-                if c not in masks:
-                    masks[c] = self.mask[:, -c:].bool()[:, None, None, :] if self._mask4d else self.mask[:, -c:]
-                outs[i], self._caches[id(m)] = self._forward(m, ids, masks[c], pos, cache)
+                as4d = self._mask4d or decoder is not None
+                if (c, as4d) not in masks:
+                    masks[c, as4d] = self.mask[:, -c:].bool()[:, None, None, :] if as4d else self.mask[:, -c:]
+                if decoder is not None:
+                    outs[i] = self._scaled(decoder.step(ids, masks[c, as4d], pos, cache).float())
+                else:
+                    outs[i], self._caches[id(m)] = self._forward(m, ids, masks[c, as4d], pos, cache)
         if prefill.any():
             rows = np.flatnonzero(prefill)
             w = int(state_len[rows].max())
@@ -383,8 +394,15 @@ class GenerationEngine:
             ids = self.tokens[:, -w:] if everything else self.tokens[idx, -w:]
             msk = self.mask[:, -w:] if everything else self.mask[idx, -w:]
             pos = (msk.cumsum(-1) - 1).clamp_(min=0)
+            if everything:  # once per batch of episodes: re-check the models (hooks, adapters may have come since)
+                self.decoders = {id(m): fast_decoder(m) if self.fast_decode else None for m in self._models()}
             for i, m in enumerate(self._models()):
-                logits, new = self._forward(m, ids, msk, pos, None)
+                decoder = self.decoders.get(id(m))
+                if decoder is not None:
+                    logits, new = decoder.prefill(ids, msk, pos)
+                    logits = self._scaled(logits.float())
+                else:
+                    logits, new = self._forward(m, ids, msk, pos, None)
                 if not supports_splicing(new):
                     logger.warning("unsupported KV-cache layout for %s: recomputing every step", type(m).__name__)
                     self.use_cache = False
