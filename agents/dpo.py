@@ -164,7 +164,10 @@ class DPOTrainer:
         self.model.eval()  # dropout off: the implicit reward compares two deterministic log-probs
         self.run_dir = run_dir if isinstance(run_dir, RunDir) or run_dir is None else RunDir(run_dir)
         self.optimizer = torch.optim.Adam(
-            [p for p in model.parameters() if p.requires_grad], lr=self.config.learning_rate, eps=self.config.adam_eps
+            [p for p in model.parameters() if p.requires_grad],
+            lr=self.config.learning_rate,
+            eps=self.config.adam_eps,
+            foreach=True,
         )
         self.step = 0
         self.last_checkpoint: Path | None = None

@@ -69,6 +69,12 @@ def left_pack(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torc
     return ids[:, ids.shape[1] - width :], mask[:, mask.shape[1] - width :]
 
 
+def draw_tokens(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row from ``softmax(logits)`` with ``torch.multinomial`` (as ``model.generate`` samples):
+    ``(N, V)`` -> ``(N,)``. It consumes ``generator`` the same way whatever the logits, as ``env.play`` requires."""
+    return torch.multinomial(torch.softmax(logits.float(), dim=-1), 1, generator=generator).squeeze(-1)
+
+
 def _vector_info(info: dict, key: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``(values, present)`` of a vector-env info entry (Gymnasium's ``key`` / ``_key`` convention)."""
     if key not in info:
@@ -120,11 +126,13 @@ def collect_rollout(
 ) -> RolloutBatch:
     """Play one episode in every row of ``env`` (a ``TextGenVectorEnv`` with ``array_backend="torch"``).
 
-    Actions are sampled from ``env.next_token_logits()`` (temperature already applied); ``env.step`` then reuses those
-    logits for the KL reward, so each token costs one policy forward (KV-cached) and, if the env has a reference model
-    (``kl_coef > 0``), one reference forward. Rows that finish early keep stepping (Gymnasium's next-step autoreset)
-    until every row is done; what they do after their first episode is discarded. ``prompts`` (one per row) needs an
-    env whose reset accepts ``options={"prompts": [...]}``.
+    Actions are drawn with :func:`draw_tokens` from the policy's next-token logits (temperature already applied),
+    which the env reuses for the KL reward, so each token costs one policy forward (KV-cached) and, if the env has a
+    reference model (``kl_coef > 0``), one reference forward. An env with ``play()`` (``TextGenVectorEnv``)
+    plays the episodes in one call; any other env is stepped token by token with ``env.next_token_logits()``, rows
+    that finish early stepping on (Gymnasium's next-step autoreset) until every row is done, what they do after their
+    first episode discarded. Both give the same batch for the same generator. ``prompts`` (one per row) needs an env
+    whose reset accepts ``options={"prompts": [...]}``.
 
     Reference log-probs: the env's when it computes them; else, with ``ref_model``, ONE batched forward of it over the
     finished sequences (cheaper than a forward per token when the model is small and per-call overhead dominates, and
@@ -134,6 +142,22 @@ def collect_rollout(
     ids = torch.as_tensor(obs["input_ids"])
     device = ids.device
     query_ids, query_mask = left_pack(ids, torch.as_tensor(obs["attention_mask"], device=device))
+    temperature = float(env_setting(env, "temperature", 1.0))
+    if callable(getattr(env, "play", None)):  # whole episodes in one call: same MDP, no per-token step() round trips
+        ep = env.play(generator, draw_tokens)
+        ref_logp = ep.ref_logprob
+        if ref_logp is None:
+            ref_logp = (
+                sequence_forward(ref_model, query_ids, query_mask, ep.tokens, ep.mask, temperature)[0]
+                if ref_model is not None
+                else ep.policy_logprob
+            )
+        scores = torch.as_tensor(ep.scores, dtype=torch.float32, device=device)
+        eos = torch.as_tensor(ep.terminated, device=device)
+        return RolloutBatch(
+            query_ids, query_mask, ep.tokens.masked_fill(~ep.mask, 0), ep.mask, ep.policy_logprob, ref_logp, scores,
+            eos, list(ep.prompts), list(ep.responses),
+        )  # fmt: skip
     n, horizon = env.num_envs, int(env_setting(env, "max_new_tokens"))
     tokens = torch.zeros(n, horizon, dtype=torch.long, device=device)
     logp = torch.zeros(n, horizon, device=device)
@@ -148,9 +172,7 @@ def collect_rollout(
     check_every = 1 if device.type == "cpu" else 8
     steps = 0
     for t in range(horizon):
-        logits = env.next_token_logits()  # (N, V)
-        probs = torch.softmax(logits.float(), dim=-1)
-        actions = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (N,)
+        actions = draw_tokens(env.next_token_logits(), generator)  # (N,)
         _, _, terminated, truncated, info = env.step(actions)
         terminated = torch.as_tensor(terminated, device=device).bool()
         done = terminated | torch.as_tensor(truncated, device=device).bool()
@@ -173,7 +195,6 @@ def collect_rollout(
     tokens, mask, logp, ref_logp = tokens[:, :steps], mask[:, :steps], logp[:, :steps], ref_logp[:, :steps]
     tokens = tokens.masked_fill(~mask, 0)
     if ref_model is not None and "ref_logprob" not in info:
-        temperature = float(env_setting(env, "temperature", 1.0))
         ref_logp = sequence_forward(ref_model, query_ids, query_mask, tokens, mask, temperature)[0]
     if any(r is None for r in response_text):  # an env that does not report text: decode it ourselves
         decoded = env.tokenizer.batch_decode(

@@ -15,6 +15,7 @@ padding and row resets against the model's cached forward.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -22,11 +23,20 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _has_hooks(model: nn.Module) -> bool:
-    return any(
-        m._forward_hooks or m._forward_pre_hooks or getattr(m, "_forward_hooks_with_kwargs", None)
-        for m in model.modules()
-    )
+def _fingerprint(model: nn.Module) -> tuple | None:
+    """Identity of ``model``'s modules and parameters (and their dtypes), in order; None if any forward hook is
+    registered (globally or on a module), since hooks may change what a module computes."""
+    from torch.nn.modules import module as torch_module
+
+    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+        return None
+    ids: list = []
+    for m in model.modules():
+        if m._forward_hooks or m._forward_pre_hooks:
+            return None
+        ids.append(id(m))
+        ids.extend((id(p), p.dtype) for p in m._parameters.values() if p is not None)
+    return tuple(ids)
 
 
 def _fused_activation(act: nn.Module):
@@ -47,11 +57,10 @@ class GPT2Decoder:
     ``step(input_ids, mask4d, position_ids, cache)`` is ``model(input_ids, attention_mask, position_ids, cache,
     use_cache=True).logits[:, -1]`` for one new token per row: ``input_ids`` and ``position_ids`` are ``(N, 1)``,
     ``mask4d`` is the boolean ``(N, 1, 1, C + 1)`` key mask (True = attend) over the ``C`` cached columns and the new
-    one, and the new K/V are appended to ``cache`` (a transformers ``DynamicCache``) in place.
+    one, and the new K/V are appended to ``cache`` (a transformers ``DynamicCache``, through its ``update``).
     """
 
     def __init__(self, model: nn.Module):
-        self.model = model
         cfg = model.config
         self.n_head = int(cfg.n_head)
         self.head_dim = int(cfg.n_embd) // self.n_head
@@ -77,7 +86,7 @@ class GPT2Decoder:
     def supports(model: Any) -> bool:
         """True if ``model`` is a plain GPT-2 LM whose decoding step this class reproduces exactly."""
         try:
-            from transformers.models.gpt2.modeling_gpt2 import GPT2Attention, GPT2Block, GPT2LMHeadModel, GPT2MLP
+            from transformers.models.gpt2.modeling_gpt2 import GPT2MLP, GPT2Attention, GPT2Block, GPT2LMHeadModel
             from transformers.pytorch_utils import Conv1D
         except ImportError:  # pragma: no cover - transformers without GPT-2
             return False
@@ -85,7 +94,7 @@ class GPT2Decoder:
             return False
         cfg = model.config
         t = model.transformer
-        if getattr(cfg, "add_cross_attention", False) or _has_hooks(model):
+        if getattr(cfg, "add_cross_attention", False) or _fingerprint(model) is None:
             return False
         if getattr(cfg, "reorder_and_upcast_attn", False) and t.wte.weight.dtype != torch.float32:
             return False  # upcast attention differs from plain attention in half precision only
@@ -108,7 +117,7 @@ class GPT2Decoder:
     ) -> torch.Tensor:
         """Logits ``(N, V)`` of one new token per row (``input_ids`` / ``position_ids`` ``(N, 1)``), attending to the
         cached columns and itself through ``mask4d`` ``(N, 1, 1, C + 1)``; its K/V are appended to ``cache``."""
-        x = self._blocks(input_ids, position_ids, mask4d, cache.layers)
+        x = self._blocks(input_ids, position_ids, mask4d, cache)
         return F.linear(F.layer_norm(x, *self.ln_f), self.head)
 
     @torch.no_grad()
@@ -120,12 +129,8 @@ class GPT2Decoder:
         from transformers.cache_utils import DynamicCache
 
         cache = DynamicCache()
-        n = input_ids.shape[0]
-        empty = self.wte.new_zeros(n, self.n_head, 0, self.head_dim)
-        for i in range(len(self.layers)):
-            cache.update(empty, empty, i)
-        x = self._blocks(input_ids, position_ids, self.prefill_mask(attention_mask), cache.layers)
-        x = x.view(n, input_ids.shape[1], -1)[:, -1]
+        x = self._blocks(input_ids, position_ids, self.prefill_mask(attention_mask), cache)
+        x = x.view(input_ids.shape[0], input_ids.shape[1], -1)[:, -1]
         return F.linear(F.layer_norm(x, *self.ln_f), self.head), cache
 
     def hidden_states(
@@ -152,9 +157,10 @@ class GPT2Decoder:
         eye = torch.eye(s, dtype=torch.bool, device=device)
         return ((causal & attention_mask.bool()[:, None, :]) | eye)[:, None]
 
-    def _blocks(self, input_ids, position_ids, mask4d, cache_layers) -> torch.Tensor:
+    def _blocks(self, input_ids, position_ids, mask4d, cache) -> torch.Tensor:
         """The transformer blocks over ``(N, S)`` tokens; returns the residual stream ``(N * S, E)`` before ``ln_f``.
-        With ``cache_layers`` each layer's K/V are appended to the cached ones (and attend to them)."""
+        With a ``cache`` (a transformers ``DynamicCache``) each layer's K/V go through ``cache.update``, which appends
+        them to the cached ones, and attention covers both."""
         n, s = input_ids.shape
         h, d = self.n_head, self.head_dim
         x = (F.embedding(input_ids, self.wte) + F.embedding(position_ids, self.wpe)).view(n * s, -1)
@@ -162,16 +168,30 @@ class GPT2Decoder:
         for i, (ln1, (qkv_b, qkv_w), (pb, pw), scaling, ln2, (fb, fw), act, (ob, ow)) in enumerate(self.layers):
             qkv = addmm(qkv_b, F.layer_norm(x, *ln1), qkv_w).view(n, s, 3, h, d).permute(2, 0, 3, 1, 4)
             q, k, v = qkv.unbind(0)  # (N, H, S, D) each
-            if cache_layers is not None:
-                layer = cache_layers[i]
-                k = layer.keys = torch.cat([layer.keys, k], dim=-2)
-                v = layer.values = torch.cat([layer.values, v], dim=-2)
+            if cache is not None:
+                k, v = cache.update(k, v, i)
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask4d, scale=scaling)
             x = x + addmm(pb, a.transpose(1, 2).reshape(n * s, h * d), pw)
             x = x + addmm(ob, act(addmm(fb, F.layer_norm(x, *ln2), fw)), ow)
         return x
 
 
+_DECODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (fingerprint, decoder or None)
+
+
 def fast_decoder(model: Any) -> GPT2Decoder | None:
-    """The hand-written decoding step for ``model``, or None when its architecture has none (use the model)."""
-    return GPT2Decoder(model) if GPT2Decoder.supports(model) else None
+    """The hand-written forward for ``model``, or None when its architecture has none (then call the model).
+
+    Checked on every call (one pass over the modules): a hook registered since, an adapter that replaced a module or
+    a parameter swapped for another object gives a fresh answer; otherwise the decoder built last time is reused."""
+    if not isinstance(model, nn.Module):
+        return None
+    fingerprint = _fingerprint(model)
+    if fingerprint is None:
+        return None
+    cached = _DECODERS.get(model)
+    if cached is not None and cached[0] == fingerprint:
+        return cached[1]
+    decoder = GPT2Decoder(model) if GPT2Decoder.supports(model) else None
+    _DECODERS[model] = (fingerprint, decoder)  # the decoder holds parameters, not the model: the entry can go
+    return decoder

@@ -100,6 +100,23 @@ class StepResult:
     kl_sums: np.ndarray  # float64, sum over the episode of log pi - log pi_ref, for the ended rows
 
 
+@dataclass
+class Episodes:
+    """One whole episode per row, as :meth:`GenerationEngine.play` returns it. Device tensors are ``(N, T)`` with
+    ``T`` the longest episode; host arrays are NumPy ``(N,)``."""
+
+    tokens: torch.Tensor  # long, the actions; padding after a row's last action
+    mask: torch.Tensor  # bool, True on the actions taken (an ending EOS included)
+    policy_logprob: torch.Tensor  # float32, log pi(a_t|s_t) (temperature-scaled), 0 on padding
+    ref_logprob: torch.Tensor | None  # float32, log pi_ref(a_t|s_t), 0 on padding; None without a reference model
+    reward: torch.Tensor  # float32, what step() returns at each step: KL penalty, plus the score at the last one
+    terminated: np.ndarray  # bool, ended with EOS (else truncated at max_new_tokens)
+    prompts: list[str]
+    responses: list[str]
+    scores: np.ndarray  # float64, reward_fn scores
+    kl_sums: np.ndarray  # float64, sum over the episode of log pi - log pi_ref
+
+
 class GenerationEngine:
     """Batched token-level MDP over ``num_rows`` rows sharing one policy (and reference) forward per step.
 
@@ -283,6 +300,95 @@ class GenerationEngine:
             self.load_prompts(reset_rows, reset_ids, reset_texts)
         return StepResult(
             reward, lp, rlp, active, terminated, truncated, term_t, trunc_t, ended, prompts, responses, scores, kl_sums
+        )
+
+    @torch.no_grad()
+    def play(
+        self,
+        sample: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] = sample_tokens,
+        generator: torch.Generator | None = None,
+    ) -> Episodes:
+        """Play every row's episode from its start (``t = 0`` in all rows) to its end; return the whole episodes.
+
+        The same MDP as calling :meth:`step` with ``actions = sample(next_token_logits(), generator)`` until each row's
+        episode has ended, token for token (same actions, log-probs, rewards, scores), but without what only a
+        step-by-step driver needs: no per-token action checks, text decoding or reward calls (``reward_fn`` runs
+        once, on all N episodes), no autoreset of rows that finish early (they idle on a masked padding token until
+        the last row ends). ``sample`` must draw one token per row from ``(N, V)`` logits and consume ``generator``
+        the same way whatever the logits (as :func:`sample_tokens` and ``torch.multinomial`` do), so that a row's
+        draws do not depend on when other rows end.
+
+        Afterwards every row holds its final state (prompt + response, right-aligned); the caches are rebuilt on the
+        next forward.
+        """
+        if (self.t != 0).any():
+            raise RuntimeError("play() plays episodes from their start: load new prompts (reset) first")
+        n, L, horizon = self.num_rows, self.L, self.max_new_tokens
+        dev = self.device
+        tokens = torch.full((n, horizon), self.pad_id, dtype=torch.long, device=dev)
+        mask = torch.zeros((n, horizon), dtype=torch.bool, device=dev)
+        logp = torch.zeros((n, horizon), dtype=torch.float32, device=dev)
+        ref_logp = torch.zeros_like(logp) if self.ref_model is not None else None
+        alive = torch.ones(n, dtype=torch.bool, device=dev)
+        eos_id = -1 if self.eos_id is None else self.eos_id
+        check_every = 1 if dev.type == "cpu" else 8  # an accelerator checks for the end only every few tokens
+        steps = 0
+        for t in range(horizon):
+            self._ensure_logits()
+            logits = self._logits
+            a = sample(logits, generator).where(alive, self.pad_id)
+            lp = logits.gather(1, a[:, None]).squeeze(1) - logits.logsumexp(-1)
+            tokens[:, t], mask[:, t], logp[:, t] = a, alive, lp.where(alive, 0.0)
+            if ref_logp is not None:
+                ref = self._ref_logits
+                ref_logp[:, t] = (ref.gather(1, a[:, None]).squeeze(1) - ref.logsumexp(-1)).where(alive, 0.0)
+            # Every row shifts by one column (the shared "now"); ended rows append masked-out padding, fixed below.
+            self.tokens = torch.cat([self.tokens[:, 1:], a[:, None]], dim=1)
+            self.mask = torch.cat([self.mask[:, 1:], self._ones], dim=1)
+            self.pos = self.pos + 1
+            self.t += 1
+            self._need_decode[:] = True
+            self._logits = self._ref_logits = None
+            alive = alive & (a != eos_id)
+            steps = t + 1
+            if steps % check_every == 0 and not bool(alive.any()):
+                break
+        tokens, mask, logp = tokens[:, :steps], mask[:, :steps], logp[:, :steps]
+        ref_logp = ref_logp[:, :steps] if ref_logp is not None else None
+        lengths = mask.sum(1)
+        terminated = ((tokens == eos_id) & mask).any(1)
+        # The final states: prompt + response right-aligned (ended rows' idle columns moved to the left padding).
+        width = L - steps
+        state_tok = torch.cat([self.tokens[:, :width], tokens.where(mask, self.pad_id)], dim=1)
+        state_msk = torch.cat([self.mask[:, :width], mask.long()], dim=1)
+        order = torch.sort(state_msk.to(torch.int8), dim=1, stable=True).indices
+        self.tokens, self.mask = state_tok.gather(1, order), state_msk.gather(1, order)
+        lengths_h, terminated_h = lengths.cpu().numpy(), terminated.cpu().numpy()
+        self.t = lengths_h.astype(np.int64)
+        self.pos = torch.as_tensor(self.plen + self.t - 1, device=dev)
+        self.t_dev = lengths.clone()
+        self._need_prefill[:], self._need_decode[:] = True, False
+        kl = (logp - ref_logp) if ref_logp is not None else None
+        self.kl_sum = kl.sum(1) if kl is not None else torch.zeros(n, dtype=torch.float32, device=dev)
+        reward = -self.kl_coef * kl if kl is not None else torch.zeros_like(logp)
+        rows = np.arange(n)
+        prompts, responses = self._decode_episodes(rows, terminated_h)
+        scores = np.zeros(n)
+        if self.reward_fn is not None:
+            scores = validate_scores(self.reward_fn(prompts, responses), n, self.reward_fn)
+            last = (lengths - 1).clamp(min=0)[:, None]
+            reward = reward.scatter_add(1, last, torch.as_tensor(scores, dtype=reward.dtype, device=dev)[:, None])
+        return Episodes(
+            tokens.masked_fill(~mask, self.pad_id),
+            mask,
+            logp,
+            ref_logp,
+            reward,
+            terminated_h,
+            prompts,
+            responses,
+            scores,
+            self.kl_sum.double().cpu().numpy(),
         )
 
     # -------------------------------------------------------------------------------------------------- internals

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -10,6 +11,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from textenv.engine import Episodes, sample_tokens
 from textenv.env import EpisodeEndedError, build_engine, observation_space
 from textenv.models import REF_COPY
 from textenv.rewards import RewardFunctionError
@@ -31,6 +33,11 @@ class TextGenVectorEnv(VectorEnv):
             logits = env.next_token_logits()                 # (N, V), temperature applied, cached
             actions = torch.distributions.Categorical(logits=logits).sample()
             obs, reward, terminated, truncated, info = env.step(actions)  # reuses the cached logits
+
+    or play whole episodes in one call (the same MDP, token for token, without the per-token ``step`` round trips)::
+
+        obs, info = env.reset(seed=0)
+        episodes = env.play(generator)   # actions, log-probs, per-step rewards, scores, responses
 
     ## Action Space
     ``MultiDiscrete([V] * N)``: one token id per row; a NumPy array or an integer tensor of shape ``(N,)``.
@@ -193,6 +200,27 @@ class TextGenVectorEnv(VectorEnv):
             return self._obs(), res.reward, term, trunc, info
         reward = res.reward.cpu().numpy().astype(np.float64)
         return self._obs(), reward, res.terminated.copy(), res.truncated.copy(), info
+
+    def play(
+        self, generator: torch.Generator | None = None, sample: Callable[..., torch.Tensor] = sample_tokens
+    ) -> Episodes:
+        """Play the episodes ``reset()`` started, every row to its end, in one call; return them as ``Episodes``
+        (device tensors ``(N, T)`` of actions, mask, log-probs and per-step rewards; prompts, responses, scores).
+
+        Equivalent to stepping with ``actions = sample(env.next_token_logits(), generator)`` until every row's episode
+        has ended (same actions, rewards, log-probs and scores: tested), minus the per-token round trips through
+        ``step()`` and the autoreset of rows that end early. This is how the native agents collect rollouts.
+        Afterwards every row has ended: the next ``step()`` starts new episodes, as after the steps that end them.
+        """
+        if not self._started or self._autoreset.any() or (self.engine.t != 0).any():
+            raise EpisodeEndedError("play() plays episodes from their start: call reset() first")
+        try:
+            episodes = self.engine.play(sample, generator)
+        except RewardFunctionError:
+            self._started = False
+            raise
+        self._autoreset[:] = True
+        return episodes
 
     def _draw(self, k: int) -> tuple[list[str], list[list[int]]]:
         idx = self.prompt_source.sample(self.np_random, k)
