@@ -15,7 +15,8 @@ Both sides sample from the same distribution (temperature, no top-k/top-p: what 
 suppress EOS so that every row produces exactly ``--tokens`` tokens (``min_new_tokens`` for ``generate``, the same
 mask on the env's logits). The headline ratios use generate's own sampler on both sides (softmax +
 ``torch.multinomial``), so they measure the env's cost alone; the "fast" rows let the native loop use
-``textenv.sample_tokens`` (exact inverse-CDF sampling, one uniform per row), which a native agent would use.
+``textenv.sample_tokens`` (exact inverse-CDF sampling, one uniform per row), and the ``env.play()`` rows play the
+whole episodes in one call (what the native agents do; generate's sampler).
 Each timed repeat includes the episode start (env reset / generate's prefill). Ratios are computed from the median
 process CPU time (with one torch thread, robust to other processes on a shared machine); wall-clock ratios are
 printed beside them (on a GPU, wall-clock after ``torch.cuda.synchronize`` is the measure). The model is the offline
@@ -80,6 +81,13 @@ def env_rollout(env, prompts: list[str], tokens: int, eos: int, gen: torch.Gener
         n += actions.numel()
     assert bool(truncated.all()), "every row must reach max_new_tokens (EOS is suppressed)"
     return n
+
+
+def env_play(env, prompts: list[str], eos: int, gen: torch.Generator) -> int:
+    env.reset(seed=0, options={"prompts": prompts})
+    episodes = env.play(gen, lambda logits, g: sample(logits, eos, g, fast=False))
+    assert not episodes.terminated.any(), "every row must reach max_new_tokens (EOS is suppressed)"
+    return int(episodes.mask.sum())
 
 
 @torch.no_grad()
@@ -167,6 +175,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "generate: sampling only": lambda: generate_rollout(model, tok, prompts, args.tokens, args.temperature),
         "env: full rollout": lambda: env_rollout(env_full, prompts, args.tokens, eos, gen),
         "env: full rollout, fast": lambda: env_rollout(env_full, prompts, args.tokens, eos, gen, fast=True),
+        "env.play(): sampling only": lambda: env_play(env_sample, prompts, eos, gen),
+        "env.play(): full rollout": lambda: env_play(env_full, prompts, eos, gen),
         "TRL pipeline: full rollout": lambda: generate_rollout(
             model, tok, prompts, args.tokens, args.temperature, ref=ref, reward_fn=reward_fn
         ),
@@ -190,11 +200,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         f"threads {args.threads}, temperature {args.temperature}, reward {args.reward}, "
         f"median of {args.repeats} repeats"
     )
-    print(f"| {'case':<28} | {'tokens/s (wall)':>15} | {'tokens/s (CPU)':>14} | {'median wall s':>13} |")
-    print(f"|{'-' * 30}|{'-' * 17}|{'-' * 16}|{'-' * 15}|")
+    print(f"| {'case':<29} | {'tokens/s (wall)':>15} | {'tokens/s (CPU)':>14} | {'median wall s':>13} |")
+    print(f"|{'-' * 31}|{'-' * 17}|{'-' * 16}|{'-' * 15}|")
     for name in cases:
         print(
-            f"| {name:<28} | {tps_wall[name]:>15.0f} | {tps_cpu[name]:>14.0f} | "
+            f"| {name:<29} | {tps_wall[name]:>15.0f} | {tps_cpu[name]:>14.0f} | "
             f"{statistics.median(wall[name]):>13.3f} |"
         )
     pairs = {
@@ -202,6 +212,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "full rollout (env / TRL pipeline), target >= 0.75": ("env: full rollout", "TRL pipeline: full rollout"),
         "sampling only, fast sampler (env / generate)": ("env: sampling only, fast", "generate: sampling only"),
         "full rollout, fast sampler (env / TRL pipeline)": ("env: full rollout, fast", "TRL pipeline: full rollout"),
+        "sampling only, env.play() (env / generate)": ("env.play(): sampling only", "generate: sampling only"),
+        "full rollout, env.play() (env / TRL pipeline)": ("env.play(): full rollout", "TRL pipeline: full rollout"),
     }
     ratios = {}
     gpu = args.device.startswith("cuda")
