@@ -13,9 +13,9 @@ neither side always runs first. Reported, per seed and over all seeds:
 
 - tokens/s: completion tokens generated during training / wall time of training (rollouts + updates);
 - final reward: mean training reward of the last 5 steps, and an identical post-training evaluation of both final
-  policies (256 completions from our env, same prompts, same sampler seed).
+  policies (1,024 completions from our env, same prompts, same sampler seed).
 
-    python benchmarks/grpo_vs_trl.py                 # defaults: seeds 0 1 2, 30 steps, G=8, 4 prompts/step, 16 tokens
+    python benchmarks/grpo_vs_trl.py                 # defaults: seeds 0-4, 30 steps, G=8, 4 prompts/step, 16 tokens
     python benchmarks/grpo_vs_trl.py --seeds 0 --steps 60 --out benchmarks/out/grpo_vs_trl.json
 
 Needs ``pip install trl`` (``rlhf-gym[benchmarks]``); everything stays offline.
@@ -188,8 +188,10 @@ def run_trl(path: Path, args) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model, tokenizer, args, n: int = 256) -> float:
-    """Mean reward of ``n`` completions sampled by our env from ``model`` (same seed for every model)."""
+def evaluate(model, tokenizer, args) -> float:
+    """Mean reward of ``args.eval_completions`` completions sampled by our env from ``model`` (same seed for every
+    model, generate's sampler)."""
+    n = args.eval_completions
     from agents.base import collect_rollout
 
     env = TextGenVectorEnv(
@@ -251,7 +253,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--n-layer", type=int, default=2)
     parser.add_argument("--n-embd", type=int, default=64)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--eval-completions", type=int, default=1024, help="completions per final evaluation")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)

@@ -83,3 +83,17 @@ def test_rollout_prompts_option_is_used_per_row():
     env = make_env(num_envs=4)
     rows = [PROMPTS[5], PROMPTS[5], PROMPTS[1], PROMPTS[1]]
     assert collect_rollout(env, prompts=rows).prompts == rows
+
+
+def test_kl_ratio_reaches_the_loss():
+    """Same batch, a reference unlike the policy: the ratio-weighted k3 term gives a different update."""
+    from textenv.testing import make_tiny_lm
+
+    weights = []
+    for kl_ratio in (False, True):
+        env = make_env(num_envs=8, kl_coef=0.0)
+        cfg = GRPOConfig(learning_rate=1e-2, group_size=4, prompts_per_step=2, kl_coef=0.5, kl_ratio=kl_ratio)
+        agent = GRPOAgent(env, cfg, ref_model=make_tiny_lm(seed=7)[0].requires_grad_(False))
+        agent.learn(1)
+        weights.append(snapshot(env.policy))
+    assert any(not torch.allclose(weights[0][k], weights[1][k]) for k in weights[0])

@@ -159,6 +159,26 @@ def test_grpo_loss_kl_term_hand_value():
     assert metrics["kl"].item() == pytest.approx(k3)
 
 
+def test_grpo_loss_ratio_weighted_kl_value_and_gradient():
+    # On-policy (old = logp detached) the ratio is 1: same loss value as plain k3, but the KL gradient per token is
+    # beta * (logp - ref) (the reverse-KL gradient, DeepSeek-V3.2) instead of plain k3's beta * (1 - exp(ref - logp)).
+    g = torch.Generator().manual_seed(0)
+    logp0 = -torch.rand(3, 4, generator=g, dtype=torch.float64) * 4
+    ref = -torch.rand(3, 4, generator=g, dtype=torch.float64) * 4
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]], dtype=torch.bool)
+    beta, n = 0.1, int(mask.sum())
+    grads, values = {}, {}
+    for kl_ratio in (False, True):
+        logp = logp0.clone().requires_grad_()
+        loss, _ = grpo_loss(logp, None, ref, torch.zeros(3), mask, beta=beta, kl_ratio=kl_ratio)
+        loss.backward()
+        grads[kl_ratio], values[kl_ratio] = logp.grad, loss.item()
+    assert values[True] == pytest.approx(values[False], rel=1e-12)
+    m = mask.double()
+    torch.testing.assert_close(grads[False], beta * (1 - torch.exp(ref - logp0)) * m / n, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(grads[True], beta * (logp0 - ref) * m / n, rtol=1e-12, atol=1e-15)
+
+
 def _grpo_naive(logp, old, ref, adv, mask, eps, beta, agg, max_tokens):
     B, T = len(logp), len(logp[0])
     per_seq, total, count = [], 0.0, 0
