@@ -5,9 +5,10 @@ dataclasses, mask construction, cache bookkeeping), not by its tensor kernels: f
 ``benchmarks/grpo_vs_trl.py`` about 3 ms of a step's ~3.5 ms. :class:`GPT2Decoder` computes the same function with
 the model's own parameters (read live, so optimizer updates are seen at once; nothing is copied) and the same
 ``DynamicCache`` the engine's prefill produced, so ``textenv.kvcache``'s trimming and splicing work unchanged. It is
-used only for inference with the exact module types it was written against; anything else (another architecture,
-adapters replacing the projections, hooks, cross-attention, half precision with GPT-2's upcast option) gets ``None``
-from :func:`fast_decoder` and the engine calls the model as usual. The same code gives the full-sequence forward
+used only with the exact module types it was written against; anything else (another architecture, adapters
+replacing the projections, hooks, cross-attention, half precision with GPT-2's upcast option) gets ``None`` from
+:func:`fast_decoder` and the caller runs the model as usual. Results equal the model's to float rounding (the
+activation and attention kernels differ in the last bits). The same code gives the full-sequence forward
 that training needs (:meth:`GPT2Decoder.hidden_states`, differentiable), used by ``agents.rollout.sequence_forward``.
 Tests check logits, hidden states and gradients against the model's own forward, and decoding step by step with left
 padding and row resets against the model's cached forward.
@@ -37,6 +38,15 @@ def _fingerprint(model: nn.Module) -> tuple | None:
         ids.append(id(m))
         ids.extend((id(p), p.dtype) for p in m._parameters.values() if p is not None)
     return tuple(ids)
+
+
+def _attention_scaling(cfg: Any, head_dim: int, layer: int) -> float:
+    """GPT-2's factor on ``q @ k^T`` (``GPT2Attention.scaling`` in transformers 5.x, computed here from the config so
+    that older releases, which lack the attribute, work too)."""
+    scaling = head_dim**-0.5 if getattr(cfg, "scale_attn_weights", True) else 1.0
+    if getattr(cfg, "scale_attn_by_inverse_layer_idx", False):
+        scaling /= float(layer + 1)
+    return scaling
 
 
 def _fused_activation(act: nn.Module):
@@ -73,18 +83,18 @@ class GPT2Decoder:
                 (b.ln_1.normalized_shape, b.ln_1.weight, b.ln_1.bias, b.ln_1.eps),
                 (b.attn.c_attn.bias, b.attn.c_attn.weight),
                 (b.attn.c_proj.bias, b.attn.c_proj.weight),
-                float(b.attn.scaling),
+                _attention_scaling(cfg, self.head_dim, i),
                 (b.ln_2.normalized_shape, b.ln_2.weight, b.ln_2.bias, b.ln_2.eps),
                 (b.mlp.c_fc.bias, b.mlp.c_fc.weight),
                 _fused_activation(b.mlp.act),
                 (b.mlp.c_proj.bias, b.mlp.c_proj.weight),
             )
-            for b in t.h
+            for i, b in enumerate(t.h)
         ]
 
     @staticmethod
     def supports(model: Any) -> bool:
-        """True if ``model`` is a plain GPT-2 LM whose decoding step this class reproduces exactly."""
+        """True if ``model`` is a plain GPT-2 LM whose forward this class reproduces (to float rounding)."""
         try:
             from transformers.models.gpt2.modeling_gpt2 import GPT2MLP, GPT2Attention, GPT2Block, GPT2LMHeadModel
             from transformers.pytorch_utils import Conv1D
