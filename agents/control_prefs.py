@@ -145,21 +145,15 @@ def drive(venv: VecEnv, agent: Any | None, act_space: gym.Space, n_steps: int) -
         obs, _, _, _ = venv.step(acts)
 
 
-class SegmentPairSource:
-    """``PairSource`` for any Gymnasium env: pairs of fixed-length segments from the agent's recent experience.
+class RecordedPairSource:
+    """What the pair sources share: the env's spaces and an experience store that recording wrappers fill, on the
+    agent's training envs (``wrap``, source 0) and on a collection env built on first use (source 1). Subclasses set
+    ``recorder`` (the ``VecEnvWrapper`` that writes into ``self.experience``) and create ``self.experience``."""
 
-    Args:
-        env_id: the env (its spaces, and the env of the random/agent collection).
-        segment_len: T, steps per segment (Christiano et al. used 25-60 steps: 1-2 seconds of video).
-        recent_steps: candidates are cut from about this many most recent steps of experience.
-        capacity: steps of experience kept in memory (and in checkpoints).
-        seed: seeds the collection env.
-    """
+    recorder: type
 
-    def __init__(self, env_id: str, segment_len: int, recent_steps: int = 4_000, capacity: int = 20_000,
-                 seed: int = 0, n_collect_envs: int = 8):
+    def __init__(self, env_id: str, segment_len: int, recent_steps: int, seed: int, n_collect_envs: int):
         self.env_id, self.segment_len, self.recent_steps = env_id, int(segment_len), int(recent_steps)
-        self.experience = Experience(capacity)
         self.seed, self.n_collect_envs = seed, n_collect_envs
         self.obs_space, self.act_space = probe_spaces(env_id, seed)
         self._collect_venv: VecEnv | None = None
@@ -170,17 +164,41 @@ class SegmentPairSource:
 
     def wrap(self, venv: VecEnv) -> VecEnv:
         """Record the agent's training envs (pass as ``SB3Agent(wrap_venv=...)``)."""
-        return ExperienceRecorder(venv, self.experience, source=0)
+        return self.recorder(venv, self.experience, source=0)
 
-    def collect(self, agent: Any | None, n_steps: int) -> None:
-        """Run ``agent.act`` (or uniform random actions when ``agent`` is None) for ``n_steps`` env steps."""
+    def _drive_collection(self, agent: Any | None, n_steps: int) -> VecEnv:
+        """Run ``agent.act`` (or uniform random actions when ``agent`` is None) for ``n_steps`` steps of the recorded
+        collection env; return it."""
         from agents.sb3_agents import make_vec_env
 
         if self._collect_venv is None:
             venv = make_vec_env(self.env_id, self.n_collect_envs, self.seed + 7_919)
-            self._collect_venv = ExperienceRecorder(venv, self.experience, source=1)
-        venv = self._collect_venv
-        drive(venv, agent, self.act_space, n_steps)
+            self._collect_venv = self.recorder(venv, self.experience, source=1)
+        drive(self._collect_venv, agent, self.act_space, n_steps)
+        return self._collect_venv
+
+
+class SegmentPairSource(RecordedPairSource):
+    """``PairSource`` for any Gymnasium env: pairs of fixed-length segments from the agent's recent experience.
+
+    Args:
+        env_id: the env (its spaces, and the env of the random/agent collection).
+        segment_len: T, steps per segment (Christiano et al. used 25-60 steps: 1-2 seconds of video).
+        recent_steps: candidates are cut from about this many most recent steps of experience.
+        capacity: steps of experience kept in memory (and in checkpoints).
+        seed: seeds the collection env.
+    """
+
+    recorder = ExperienceRecorder
+
+    def __init__(self, env_id: str, segment_len: int, recent_steps: int = 4_000, capacity: int = 20_000,
+                 seed: int = 0, n_collect_envs: int = 8):
+        super().__init__(env_id, segment_len, recent_steps, seed, n_collect_envs)
+        self.experience = Experience(capacity)
+
+    def collect(self, agent: Any | None, n_steps: int) -> None:
+        """Run ``agent.act`` (or uniform random actions when ``agent`` is None) for ``n_steps`` env steps."""
+        venv = self._drive_collection(agent, n_steps)
         for env in range(venv.num_envs):  # close the stretches: the next collection restarts the envs
             self.experience._close(1, env, terminated=False)
         venv._obs = None

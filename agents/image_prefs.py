@@ -24,7 +24,7 @@ import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
-from agents.control_prefs import drive, probe_spaces
+from agents.control_prefs import RecordedPairSource
 from rewardmodels.cnn import image_layout
 from rewardmodels.image_segments import FrameStore, ImagePairs, Rollout, cut_segments
 
@@ -141,33 +141,19 @@ class FrameRecorder(VecEnvWrapper):
         return obs, rews, dones, infos
 
 
-class ImageSegmentPairSource:
+class ImageSegmentPairSource(RecordedPairSource):
     """``PairSource`` over frame-stacked image envs; candidates are ``ImagePairs`` (see the module docstring)."""
+
+    recorder = FrameRecorder
 
     def __init__(self, env_id: str, segment_len: int, recent_steps: int = 4_000, capacity: int = 10_000,
                  seed: int = 0, n_collect_envs: int = 8):
-        self.env_id, self.segment_len, self.recent_steps = env_id, int(segment_len), int(recent_steps)
-        self.seed, self.n_collect_envs = seed, n_collect_envs
-        self.obs_space, self.act_space = probe_spaces(env_id, seed)
+        super().__init__(env_id, segment_len, recent_steps, seed, n_collect_envs)
         self.experience = FrameExperience(self.obs_space, capacity)
-        self._collect_venv: VecEnv | None = None
         self._dataset: ImagePairs | None = None
 
-    @property
-    def env_steps(self) -> int:
-        return self.experience.steps
-
-    def wrap(self, venv: VecEnv) -> VecEnv:
-        return FrameRecorder(venv, self.experience, source=0)
-
     def collect(self, agent: Any | None, n_steps: int) -> None:
-        from agents.sb3_agents import make_vec_env
-
-        if self._collect_venv is None:
-            self._collect_venv = FrameRecorder(make_vec_env(self.env_id, self.n_collect_envs, self.seed + 7_919),
-                                               self.experience, source=1)
-        venv = self._collect_venv
-        drive(venv, agent, self.act_space, n_steps)
+        venv = self._drive_collection(agent, n_steps)
         for env in range(venv.num_envs):
             self.experience.close((1, env))
             self.experience.open.pop((1, env), None)

@@ -142,22 +142,30 @@ def collect_rollout(
     ids = torch.as_tensor(obs["input_ids"])
     device = ids.device
     query_ids, query_mask = left_pack(ids, torch.as_tensor(obs["attention_mask"], device=device))
-    temperature = float(env_setting(env, "temperature", 1.0))
     if callable(getattr(env, "play", None)):  # whole episodes in one call: same MDP, no per-token step() round trips
         ep = env.play(generator, draw_tokens)
-        ref_logp = ep.ref_logprob
-        if ref_logp is None:
-            ref_logp = (
-                sequence_forward(ref_model, query_ids, query_mask, ep.tokens, ep.mask, temperature)[0]
-                if ref_model is not None
-                else ep.policy_logprob
-            )
+        tokens, mask, logp, ref_logp = ep.tokens.masked_fill(~ep.mask, 0), ep.mask, ep.policy_logprob, ep.ref_logprob
         scores = torch.as_tensor(ep.scores, dtype=torch.float32, device=device)
         eos = torch.as_tensor(ep.terminated, device=device)
-        return RolloutBatch(
-            query_ids, query_mask, ep.tokens.masked_fill(~ep.mask, 0), ep.mask, ep.policy_logprob, ref_logp, scores,
-            eos, list(ep.prompts), list(ep.responses),
-        )  # fmt: skip
+        prompt_text, response_text = list(ep.prompts), list(ep.responses)
+    else:
+        tokens, mask, logp, ref_logp, scores, eos, prompt_text, response_text = _step_episodes(
+            env, generator, query_ids, query_mask
+        )
+    if ref_logp is None:  # the env has no reference model
+        if ref_model is not None:
+            temperature = float(env_setting(env, "temperature", 1.0))
+            ref_logp = sequence_forward(ref_model, query_ids, query_mask, tokens, mask, temperature)[0]
+        else:
+            ref_logp = logp  # KL 0
+    return RolloutBatch(query_ids, query_mask, tokens, mask, logp, ref_logp, scores, eos, prompt_text, response_text)
+
+
+def _step_episodes(env, generator, query_ids: torch.Tensor, query_mask: torch.Tensor) -> tuple:
+    """:func:`collect_rollout` for an env without ``play()``: step it token by token until every row's first episode
+    ended. Returns tokens, mask, log-probs, reference log-probs (None if the env reports none), scores, EOS flags,
+    prompts and responses."""
+    device = query_ids.device
     n, horizon = env.num_envs, int(env_setting(env, "max_new_tokens"))
     tokens = torch.zeros(n, horizon, dtype=torch.long, device=device)
     logp = torch.zeros(n, horizon, device=device)
@@ -179,8 +187,8 @@ def collect_rollout(
         tokens[:, t] = actions
         mask[:, t] = alive
         logp[:, t] = torch.as_tensor(info["policy_logprob"], device=device).float() * alive
-        ref = info.get("ref_logprob", info["policy_logprob"])  # no reference model (env kl_coef=0): KL is 0
-        ref_logp[:, t] = torch.as_tensor(ref, device=device).float() * alive
+        if "ref_logprob" in info:
+            ref_logp[:, t] = torch.as_tensor(info["ref_logprob"], device=device).float() * alive
         ended = alive & done
         score = _vector_info(info, "score", device)
         if score is not None:
@@ -194,8 +202,8 @@ def collect_rollout(
             break
     tokens, mask, logp, ref_logp = tokens[:, :steps], mask[:, :steps], logp[:, :steps], ref_logp[:, :steps]
     tokens = tokens.masked_fill(~mask, 0)
-    if ref_model is not None and "ref_logprob" not in info:
-        ref_logp = sequence_forward(ref_model, query_ids, query_mask, tokens, mask, temperature)[0]
+    if "ref_logprob" not in info:
+        ref_logp = None
     if any(r is None for r in response_text):  # an env that does not report text: decode it ourselves
         decoded = env.tokenizer.batch_decode(
             [row[m].tolist() for row, m in zip(tokens, mask, strict=True)], skip_special_tokens=True
@@ -206,7 +214,7 @@ def collect_rollout(
             [row[m].tolist() for row, m in zip(query_ids, query_mask, strict=True)], skip_special_tokens=True
         )
         prompt_text = [p if p is not None else d for p, d in zip(prompt_text, decoded, strict=True)]
-    return RolloutBatch(query_ids, query_mask, tokens, mask, logp, ref_logp, scores, eos, prompt_text, response_text)
+    return tokens, mask, logp, ref_logp, scores, eos, prompt_text, response_text
 
 
 def _record_text(info: dict, ended: torch.Tensor, prompts: list, responses: list) -> None:

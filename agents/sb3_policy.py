@@ -270,3 +270,18 @@ def make_sb3_text_model(algo: str, env, temperature: float | None = None, **algo
     policy_kwargs.setdefault("temperature", temp)
     cls = {"ppo": sb3.PPO, "a2c": sb3.A2C}[name]
     return cls(CausalLMPolicy, env, policy_kwargs=policy_kwargs, device=engine.device, **algo_kwargs)
+
+
+def mean_episode_score(model, env, episodes: int, seed: int = 0) -> float:
+    """Mean ``reward_fn`` score (``info["score"]``, the KL term excluded) of ``episodes`` episodes of a single
+    ``TextGenEnv`` sampled by the SB3 ``model`` (``deterministic=False``); episode ``i`` resets with ``seed + i``."""
+    scores = []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed + i)
+        done = False
+        while not done:
+            action, _ = model.predict(obs, deterministic=False)
+            obs, _, terminated, truncated, info = env.step(int(action))
+            done = terminated or truncated
+        scores.append(info["score"])
+    return float(sum(scores) / len(scores))

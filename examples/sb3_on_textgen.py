@@ -15,29 +15,14 @@ import argparse
 import time
 
 import gymnasium as gym
-import numpy as np
 import torch
 
 import textenv  # noqa: F401 - registers TextGen-v0
 from agents.rundir import RunDir
-from agents.sb3_policy import SyncTextEnvCallback, make_sb3_text_model
+from agents.sb3_policy import SyncTextEnvCallback, make_sb3_text_model, mean_episode_score
 from textenv import KeywordReward
 
 KEYWORD = "wonderful"
-
-
-def mean_score(model, env, episodes: int, seed: int) -> float:
-    """Mean reward-function score of sampled episodes (the KL term excluded)."""
-    scores = []
-    for i in range(episodes):
-        obs, _ = env.reset(seed=seed + i)
-        done = False
-        while not done:
-            action, _ = model.predict(obs, deterministic=False)
-            obs, _, terminated, truncated, info = env.step(int(action))
-            done = terminated or truncated
-        scores.append(info["score"])
-    return float(np.mean(scores))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -57,11 +42,11 @@ def main(argv: list[str] | None = None) -> dict:
     kwargs = {"n_steps": 256, "batch_size": 64, "n_epochs": 4} if args.algo == "ppo" else {"n_steps": 16}
     model = make_sb3_text_model(args.algo, env, learning_rate=3e-4, gamma=1.0, seed=args.seed,
                                 tensorboard_log=str(run.path / "tb"), **kwargs)
-    before = mean_score(model, env, args.eval_episodes, seed=10_000)
+    before = mean_episode_score(model, env, args.eval_episodes, seed=10_000)
     start = time.perf_counter()
     model.learn(args.steps, callback=SyncTextEnvCallback())  # keeps the env's KV caches in step with the weights
     wall = time.perf_counter() - start
-    after = mean_score(model, env, args.eval_episodes, seed=10_000)
+    after = mean_episode_score(model, env, args.eval_episodes, seed=10_000)
     model.save(run.checkpoints / f"{args.algo}_text")  # the LM travels by handle: see agents.sb3_policy.LMHandle
     run.log(0, {"eval/keyword_score": before})
     run.log(args.steps, {"eval/keyword_score": after})

@@ -65,6 +65,11 @@ def sample_tokens(logits: torch.Tensor, generator: torch.Generator | None = None
     return idx.squeeze(1).clamp_(max=logits.shape[1] - 1)
 
 
+def token_logprob(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """``log softmax(logits)[i, tokens[i]]``: ``(N, V)``, ``(N,)`` -> ``(N,)``."""
+    return logits.gather(1, tokens[:, None]).squeeze(1) - logits.logsumexp(-1)
+
+
 @contextlib.contextmanager
 def eval_mode(model: torch.nn.Module):
     """Run with dropout off (rollouts and log-probs must be deterministic), restoring train mode afterwards."""
@@ -251,10 +256,9 @@ class GenerationEngine:
         if any_active:
             self._ensure_logits()
             logits = self._logits
-            lp = logits.gather(1, a[:, None]).squeeze(1) - logits.logsumexp(-1)  # log pi(a|s), (N,)
+            lp = token_logprob(logits, a)  # log pi(a|s), (N,)
             if self.ref_model is not None:
-                ref = self._ref_logits
-                rlp = ref.gather(1, a[:, None]).squeeze(1) - ref.logsumexp(-1)
+                rlp = token_logprob(self._ref_logits, a)
                 kl = lp - rlp  # the per-token KL estimate of Ziegler et al. 2019 / Stiennon et al. 2020
                 reward = -self.kl_coef * kl
             else:
@@ -337,11 +341,10 @@ class GenerationEngine:
             self._ensure_logits()
             logits = self._logits
             a = sample(logits, generator).where(alive, self.pad_id)
-            lp = logits.gather(1, a[:, None]).squeeze(1) - logits.logsumexp(-1)
+            lp = token_logprob(logits, a)
             tokens[:, t], mask[:, t], logp[:, t] = a, alive, lp.where(alive, 0.0)
             if ref_logp is not None:
-                ref = self._ref_logits
-                ref_logp[:, t] = (ref.gather(1, a[:, None]).squeeze(1) - ref.logsumexp(-1)).where(alive, 0.0)
+                ref_logp[:, t] = token_logprob(self._ref_logits, a).where(alive, 0.0)
             # Every row shifts by one column (the shared "now"); ended rows append masked-out padding, fixed below.
             self.tokens = torch.cat([self.tokens[:, 1:], a[:, None]], dim=1)
             self.mask = torch.cat([self.mask[:, 1:], self._ones], dim=1)

@@ -1,7 +1,6 @@
 """Unmodified Stable-Baselines3 (PPO, A2C) training a causal LM on TextGen-v0 through CausalLMPolicy."""
 
 import gymnasium as gym
-import numpy as np
 import pytest
 import torch
 from stable_baselines3 import A2C, PPO
@@ -14,6 +13,7 @@ from agents.sb3_policy import (
     SyncTextEnvCallback,
     VocabularyMismatchError,
     make_sb3_text_model,
+    mean_episode_score,
 )
 from textenv.rewards import TokenCountReward
 from textenv.testing import make_tiny_lm
@@ -80,22 +80,10 @@ def test_sb3_ppo_learns_a_trivial_text_task():
     )
     reward_fn = env.unwrapped.engine.reward_fn
 
-    def mean_score(n=32):
-        scores = []
-        for i in range(n):
-            obs, _ = env.reset(seed=1000 + i)
-            done = False
-            while not done:
-                action, _ = model.predict(obs, deterministic=False)
-                obs, _, term, trunc, info = env.step(int(action))
-                done = term or trunc
-            scores.append(info["score"])
-        return float(np.mean(scores))
-
     assert reward_fn is not None
-    before = mean_score()
+    before = mean_episode_score(model, env, 32, seed=1000)
     model.learn(1_152, callback=SyncTextEnvCallback())
-    after = mean_score()
+    after = mean_episode_score(model, env, 32, seed=1000)
     assert before < 0.5
     assert after > 1.2, (before, after)
 
