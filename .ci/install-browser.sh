@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what the browser tests (tests/agents/test_webapp_browser.py, marker `browser`) need: Debian's Chromium
+# Installs what the browser tests (tests/rewardmodels/feedback/test_webapp_browser.py, marker `browser`) need: Debian's Chromium
 # at /usr/bin/chromium and the Playwright Python client (its driver ships in the wheel; we never run
 # `playwright install`, whose browser download fails on closed networks). Idempotent and quiet: a no-op when both
 # are present. Without them the browser tests skip with a message naming this script.

@@ -59,7 +59,7 @@ def behaviour_policy(env, kind: str, rng: np.random.Generator):
 def collect(game: str, steps: int, seed: int, policy: str):
     import gymnasium as gym
 
-    from agents.atari_env import atari_env_id
+    from agents.loop.atari import atari_env_id
     from rewardmodels.image_segments import FrameStore, record_rollout
 
     env = gym.make(atari_env_id(game))
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
         "wall_s": time.perf_counter() - start, "frames_stored": len(store),
     }
     if args.loop_steps:
-        from agents.presets import apply_preset, run_preset
+        from agents.loop.presets import apply_preset, run_preset
 
         preset = apply_preset("christiano-atari", args.game, {"labels": args.labels, "steps": args.loop_steps,
                                                                "seed": args.seed, "progress_bar": False})

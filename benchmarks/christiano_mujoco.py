@@ -2,7 +2,7 @@
 
 For each env and seed, two runs with identical PPO settings (the ``christiano-mujoco`` preset's):
 
-* ``prefs``: the ``christiano-mujoco`` preset (``agents/presets.py``): the agent never sees the true reward; an
+* ``prefs``: the ``christiano-mujoco`` preset (``agents/loop/presets.py``): the agent never sees the true reward; an
   oracle teacher labels 700 segment pairs (1.5 s each) chosen by ensemble disagreement, and the agent trains on the
   learned reward;
 * ``rl``: the same PPO on the true reward.
@@ -35,7 +35,7 @@ def _evaluate(model, env_id: str, episodes: int) -> np.ndarray:
     """True returns of the deterministic policy, on the evaluation envs ``SB3Agent.evaluate`` uses."""
     from stable_baselines3.common.evaluation import evaluate_policy
 
-    from agents.sb3_agents import make_vec_env
+    from agents.sb3.control import make_vec_env
 
     venv = make_vec_env(env_id, min(episodes, 10), 10_000)
     try:
@@ -50,7 +50,7 @@ def run_rl(env_id: str, steps: int, seed: int, hyperparams: dict, episodes: int)
     """PPO on the true reward with the preset's PPO settings."""
     from stable_baselines3 import PPO
 
-    from agents.sb3_agents import make_vec_env
+    from agents.sb3.control import make_vec_env
 
     params = dict(hyperparams)
     n_envs = int(params.pop("n_envs", 1))
@@ -66,7 +66,7 @@ def run_rl(env_id: str, steps: int, seed: int, hyperparams: dict, episodes: int)
 
 
 def run_prefs(env_id: str, steps: int, seed: int, labels: int, out: Path, overrides: dict) -> dict:
-    from agents.presets import apply_preset, run_preset
+    from agents.loop.presets import apply_preset, run_preset
 
     preset = apply_preset("christiano-mujoco", env_id, {"labels": labels, "steps": steps, "seed": seed,
                                                         "progress_bar": False, **overrides})

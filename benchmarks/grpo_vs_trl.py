@@ -1,4 +1,4 @@
-"""Our GRPO (``agents.grpo`` on the TextGen-v0 vector env) against TRL's ``GRPOTrainer``, side by side in one run.
+"""Our GRPO (``agents.llm.grpo`` on the TextGen-v0 vector env) against TRL's ``GRPOTrainer``, side by side in one run.
 
 Same tiny GPT-2 (same initial weights, loaded from one directory), same prompts, group size, completion length,
 number of optimizer steps, learning rate, KL beta (the k3 term in the loss, weighted by the policy ratio as TRL 1.16
@@ -91,7 +91,7 @@ def load(path: Path):
 
 
 def run_ours(path: Path, args) -> dict:
-    from agents.grpo import GRPOAgent, GRPOConfig
+    from agents.llm.grpo import GRPOAgent, GRPOConfig
 
     model, tokenizer = load(path)
     env = TextGenVectorEnv(
@@ -192,7 +192,7 @@ def evaluate(model, tokenizer, args) -> float:
     """Mean reward of ``args.eval_completions`` completions sampled by our env from ``model`` (same seed for every
     model, generate's sampler)."""
     n = args.eval_completions
-    from agents.base import collect_rollout
+    from agents.llm.base import collect_rollout
 
     env = TextGenVectorEnv(
         n,

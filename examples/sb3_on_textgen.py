@@ -19,7 +19,7 @@ import torch
 
 import textenv  # noqa: F401 - registers TextGen-v0
 from agents.rundir import RunDir
-from agents.sb3_policy import SyncTextEnvCallback, make_sb3_text_model, mean_episode_score
+from agents.sb3.text_policy import SyncTextEnvCallback, make_sb3_text_model, mean_episode_score
 from textenv import KeywordReward
 
 KEYWORD = "wonderful"
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
     model.learn(args.steps, callback=SyncTextEnvCallback())  # keeps the env's KV caches in step with the weights
     wall = time.perf_counter() - start
     after = mean_episode_score(model, env, args.eval_episodes, seed=10_000)
-    model.save(run.checkpoints / f"{args.algo}_text")  # the LM travels by handle: see agents.sb3_policy.LMHandle
+    model.save(run.checkpoints / f"{args.algo}_text")  # the LM travels by handle: see agents.sb3.text_policy.LMHandle
     run.log(0, {"eval/keyword_score": before})
     run.log(args.steps, {"eval/keyword_score": after})
     summary = {"algo": f"sb3-{args.algo}", "keyword_score_before": before, "keyword_score_after": after,

@@ -17,7 +17,7 @@ import argparse
 
 import torch
 
-from agents.text_rlhf import IMPROVERS, TextRLHFConfig, print_samples, run_text_rlhf
+from agents.loop.text_rlhf import IMPROVERS, TextRLHFConfig, print_samples, run_text_rlhf
 
 
 def main(argv: list[str] | None = None) -> dict:

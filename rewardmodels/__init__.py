@@ -8,6 +8,7 @@ NaN = skipped.
 
 from rewardmodels.ensemble import FitConfig, RewardEnsemble, RewardModelFileError
 from rewardmodels.losses import bradley_terry_loss, preference_log_probs, preference_probability
+from rewardmodels.moved import install_moved_modules
 from rewardmodels.nets import MLPRewardNet, RewardNet, UnsupportedSpaceError, segment_returns
 from rewardmodels.preferences import (
     EmptyDatasetError,
@@ -39,3 +40,11 @@ __all__ = [
     "random_pairs", "segment_returns", "segment_windows", "select_pairs", "selection_scores", "space_from_json",
     "space_to_json", "trajectories_from_rollout",
 ]
+
+#: Modules of the 0.1 layout and where they live now (importing an old name raises an error naming the new one).
+MOVED_MODULES = {
+    "rewardmodels.label_store": "rewardmodels.feedback.label_store",
+    "rewardmodels.human": "rewardmodels.feedback.human",
+    "rewardmodels.clips": "rewardmodels.feedback.clips",
+}
+install_moved_modules(MOVED_MODULES)

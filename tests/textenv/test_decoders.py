@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents.rollout import collect_rollout, sequence_forward
+from agents.llm.rollout import collect_rollout, sequence_forward
 from textenv import KeywordReward, TextGenVectorEnv
 from textenv.decoders import GPT2Decoder, fast_decoder
 from textenv.testing import make_tiny_lm
@@ -106,7 +106,7 @@ def test_sequence_forward_is_the_same_with_the_fast_path_and_the_model(monkeypat
     r = torch.tensor([[5, 6, 1, 0], [7, 8, 9, 10]])
     rm = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
     fast = sequence_forward(model, q, qm.bool(), r, rm, temperature=0.7, output_hidden=True)
-    monkeypatch.setattr("agents.rollout.fast_decoder", lambda m: None)
+    monkeypatch.setattr("agents.llm.rollout.fast_decoder", lambda m: None)
     slow = sequence_forward(model, q, qm.bool(), r, rm, temperature=0.7, output_hidden=True)
     for a, b in zip(fast, slow, strict=True):
         torch.testing.assert_close(a[rm], b[rm], atol=ATOL, rtol=0)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents.rollout import collect_rollout
+from agents.llm.rollout import collect_rollout
 from textenv import EpisodeEndedError, KeywordReward, TextGenVectorEnv, sample_tokens
 from textenv.rewards import RewardFunctionError
 from textenv.testing import make_tiny_lm

@@ -1,0 +1,149 @@
+"""``rlhf-gym prefs``: learn a reward from segment preferences and train any SB3 agent on it (Christiano et al. 2017).
+
+    rlhf-gym prefs --out runs/cartpole                      # the embedded default: CartPole-v1, PPO, 150 labels
+    rlhf-gym prefs --env Pendulum-v1 --algo sac --labels 200 --steps 40000 --out runs/pendulum
+    rlhf-gym prefs --out runs/cartpole --resume             # continue an interrupted run to the same budgets
+    rlhf-gym prefs --labeller human --labels 60 --out runs/cartpole-people   # then: rlhf-gym label --run ...
+    rlhf-gym prefs --preset christiano-mujoco --env Hopper-v5 --labels 700 --steps 1000000 --out runs/hopper
+    rlhf-gym prefs --preset christiano-atari --env ALE/Pong-v5 --labels 3300 --steps 10000000 --out runs/pong
+
+Every unset option takes the tuned preset of the env (``agents.loop.prefs.ENV_PRESETS``), else ``PrefsConfig``'s
+default. The run directory gets config.json, summary.json, metrics.jsonl, tb/, curves.png and checkpoints/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+_TEACHER_FIELDS = {"teacher_beta": "beta", "teacher_gamma": "gamma", "teacher_eps": "eps",
+                   "teacher_skip": "skip_threshold", "teacher_equal": "equal_threshold"}
+
+
+def add_parser(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = __doc__.split("\n\n", 1)[1]
+    g = parser.add_argument_group("run")
+    g.add_argument("--env", default="CartPole-v1", help="any registered Gymnasium env id (default: CartPole-v1)")
+    g.add_argument("--algo", default=None, help="SB3 algorithm: ppo, a2c, sac, dqn, td3, ddpg (default: the env's "
+                                                "preset, else ppo)")
+    g.add_argument("--labels", type=int, default=None, help="preference-label budget (CartPole preset: 150)")
+    g.add_argument("--steps", type=int, default=None, help="env-step budget (CartPole preset: 50000)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", default=None, help="run directory (default: runs/<env>-<algo>-seed<seed>)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its latest checkpoint, with its saved settings")
+    g.add_argument("--device", default=None, help="torch device (default: cpu; tiny MLPs are fastest there)")
+    g.add_argument("--hyperparams", type=json.loads, default=None,
+                   help="SB3 constructor kwargs as JSON, replacing the preset, e.g. "
+                        "'{\"n_envs\": 4, \"n_epochs\": 10}'")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar (it is off anyway without a TTY)")
+    h = parser.add_argument_group("labeller")
+    h.add_argument("--labeller", default=None, choices=("teacher", "human", "mixed"),
+                   help="teacher (simulated, default), human (people label clips in `rlhf-gym label --run OUT`; the "
+                        "loop waits for them), or mixed (--human-fraction of each batch to people)")
+    h.add_argument("--human-fraction", type=float, default=None, help="share of pairs people label with --labeller "
+                                                                      "mixed (default 0.5)")
+    h.add_argument("--label-timeout", type=float, default=None,
+                   help="seconds to wait for people per batch (default: as long as it takes); unlabelled pairs are "
+                        "then skipped")
+    from agents.loop.presets import add_preset_argument
+
+    add_preset_argument(g)
+    t = parser.add_argument_group("teacher (simulated labeller, B-Pref models)")
+    t.add_argument("--teacher", default=None, help="oracle, noisy, myopic, mistake, skip, equal (default: oracle)")
+    t.add_argument("--teacher-beta", type=float, default=None, help="rationality: P(a) = sigmoid(beta (R_a - R_b))")
+    t.add_argument("--teacher-gamma", type=float, default=None, help="myopic discount in (0, 1]")
+    t.add_argument("--teacher-eps", type=float, default=None, help="probability of flipping a label")
+    t.add_argument("--teacher-skip", type=float, default=None, help="skip when both segment returns are <= this")
+    t.add_argument("--teacher-equal", type=float, default=None, help="tie when |R_a - R_b| < this")
+    r = parser.add_argument_group("reward learning")
+    r.add_argument("--selection", default=None, help="random or disagreement (default: disagreement)")
+    r.add_argument("--ensemble", type=int, default=None, help="reward nets in the ensemble (default: 3)")
+    r.add_argument("--segment-len", type=int, default=None, help="steps per segment (default: 50)")
+    r.add_argument("--rounds", type=int, default=None, help="learn -> label -> fit rounds")
+    r.add_argument("--initial-steps", type=int, default=None, help="random-policy steps labelled before training")
+    r.add_argument("--initial-fraction", type=float, default=None, dest="initial_label_fraction",
+                   help="share of the labels spent on the random-policy collection")
+    r.add_argument("--reward-epochs", type=int, default=None, help="passes over the labels per reward fit")
+    r.add_argument("--eval-episodes", type=int, default=None, help="final evaluation episodes (default: 20)")
+    r.add_argument("--eval-every", type=int, default=None, help="in-run evaluation every N rounds (0 = off)")
+
+
+def config_from_args(args: argparse.Namespace):
+    """A validated ``PrefsConfig`` from parsed arguments (unset ones keep the env preset)."""
+    from agents.loop.prefs import PrefsConfig
+
+    teacher_params = {field: getattr(args, arg) for arg, field in _TEACHER_FIELDS.items()
+                      if getattr(args, arg, None) is not None}
+    if "beta" in teacher_params and teacher_params["beta"] < 0:
+        raise ValueError(f"--teacher-beta must be >= 0 (use a large value for a near-perfect teacher), got "
+                         f"{teacher_params['beta']}")
+    names = ("algo", "labels", "steps", "seed", "teacher", "selection", "ensemble", "segment_len", "rounds",
+             "initial_steps", "initial_label_fraction", "reward_epochs", "eval_episodes", "eval_every", "device",
+             "hyperparams", "labeller", "human_fraction", "label_timeout")
+    overrides: dict[str, Any] = {n: getattr(args, n, None) for n in names}
+    if teacher_params:
+        overrides["teacher_params"] = teacher_params
+    if getattr(args, "no_progress", False):
+        overrides["progress_bar"] = False
+    return PrefsConfig.for_env(args.env, **overrides)
+
+
+def _saved_config(out: Path):
+    from agents.loop.prefs import PrefsConfig
+
+    saved = json.loads((out / "config.json").read_text(encoding="utf-8"))["prefs"]
+    saved.pop("progress_bar", None)
+    if "teacher_params" in saved:  # JSON has no inf: the run dir stores it as a string
+        saved["teacher_params"] = {k: (math.inf if v == "inf" else v) for k, v in saved["teacher_params"].items()}
+    saved["reward_hidden"] = tuple(saved.get("reward_hidden", (64, 64)))
+    return PrefsConfig(**saved)
+
+
+def run(args: argparse.Namespace) -> int:
+    from agents.loop.prefs import run_prefs
+    from agents.sb3.control import IncompatibleSpaceError
+
+    if getattr(args, "preset", None):  # the paper's protocol: agents/loop/presets.py wires its own loop
+        if getattr(args, "labeller", None) not in (None, "teacher"):
+            print("rlhf-gym prefs: error: --preset runs use a simulated teacher; drop --labeller", file=sys.stderr)
+            return 2
+        from agents.loop.presets import run_cli
+
+        return run_cli(args)
+    try:
+        cfg = config_from_args(args)
+    except (ValueError, TypeError) as err:  # UnknownEnvError / UnknownAlgorithmError are ValueErrors
+        print(f"rlhf-gym prefs: error: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else Path("runs") / f"{cfg.env.replace(':', '_')}-{cfg.algo}-seed{cfg.seed}"
+    if args.resume:
+        if not (out / "checkpoints" / "latest.json").exists():
+            print(f"rlhf-gym prefs: error: --resume: {out} has no checkpoint to resume from (checkpoints/latest.json)"
+                  "; drop --resume to start a new run", file=sys.stderr)
+            return 2
+        cfg = _saved_config(out)
+        if args.no_progress:
+            cfg.progress_bar = False
+        logger.info("resuming %s with its saved settings (command-line settings other than --out are ignored)", out)
+    elif (out / "checkpoints" / "latest.json").exists():
+        print(f"rlhf-gym prefs: error: {out} already holds a run; pass --resume to continue it, or choose another "
+              "--out", file=sys.stderr)
+        return 2
+    try:
+        summary = run_prefs(cfg, out, resume=args.resume)
+    except IncompatibleSpaceError as err:
+        print(f"rlhf-gym prefs: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: summary[k] for k in ("true_return_mean", "true_return_std", "labels_used", "env_steps",
+                                              "wall_s")}, indent=2))
+    print(f"run directory: {out} (summary.json, curves.png, tensorboard --logdir {out / 'tb'})")
+    return 0

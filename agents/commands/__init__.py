@@ -1,1 +1,0 @@
-"""Sub-commands of the ``rlhf-gym`` CLI (see ``agents.cli``)."""

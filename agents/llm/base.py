@@ -1,0 +1,278 @@
+"""Shared plumbing of the LLM agents (PPO, GRPO, RLOO) that drive the ``TextGen-v0`` vector env.
+
+:class:`LMAgent` owns the ``learn()`` loop (collect a rollout with :func:`agents.llm.rollout.collect_rollout` -> train ->
+log -> checkpoint), the optimizer, namespaced logging through :class:`agents.rundir.RunDir` (``env/score_mean``,
+``env/kl_to_ref``, ``losses/approx_kl``, ``losses/clipfrac``, ``losses/entropy``, ``charts/tokens_per_s``, ...), and
+checkpoints via ``save_pretrained``. A non-finite loss or gradient stops training with :class:`NonFiniteLossError`
+before the optimizer step, so the weights and the last good checkpoint are never overwritten with NaNs.
+Subclasses implement :meth:`LMAgent.train_on` (and may override :meth:`LMAgent.collect`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from agents.llm.rollout import (  # noqa: F401 - re-exported: the agents' public vocabulary
+    EnvCapabilityError,
+    RolloutBatch,
+    collect_rollout,
+    env_prompts,
+    env_setting,
+    left_pack,
+    sequence_forward,
+)
+from agents.rundir import RunDir
+from rewardmodels.lm_reward import NonFiniteLossError  # one exception for every trainer of the toolkit
+
+logger = logging.getLogger(__name__)
+
+# A callback gets the agent, the iteration just finished (1-based) and its metrics; returning False stops learn().
+Callback = Callable[["LMAgent", int, dict[str, float]], "bool | None"]
+
+
+@dataclasses.dataclass
+class LMAgentConfig:
+    """Settings shared by the LLM agents."""
+
+    learning_rate: float = 1e-5
+    """Adam learning rate of the policy (and value head)."""
+    adam_eps: float = 1e-5
+    """Adam epsilon; 1e-5 rather than PyTorch's 1e-8 ("37 implementation details of PPO" #3, Huang et al. 2022)."""
+    anneal_lr: bool = False
+    """Decay the learning rate linearly to 0 over the iterations of ``learn()`` (37 details #4)."""
+    max_grad_norm: float = 1.0
+    """Global gradient-norm clip (37 details #11)."""
+    iterations: int = 100
+    """Default number of collect -> train iterations of ``learn()``."""
+    seed: int = 0
+    """Seed of the env reset and of the token sampler."""
+    checkpoint_every: int = 0
+    """Save a checkpoint every this many iterations (0: only at the end of ``learn()``, when a run dir is given)."""
+
+    def __post_init__(self) -> None:
+        _check(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
+        _check(self.adam_eps > 0, f"adam_eps must be > 0, got {self.adam_eps}")
+        _check(self.max_grad_norm > 0, f"max_grad_norm must be > 0 (use math.inf to disable), got {self.max_grad_norm}")
+        _check(self.iterations >= 1, f"iterations must be >= 1, got {self.iterations}")
+        _check(
+            self.checkpoint_every >= 0, f"checkpoint_every must be >= 0 (0 = at the end), got {self.checkpoint_every}"
+        )
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def accumulate(totals: dict[str, float], metrics: dict[str, Any]) -> None:
+    """Add ``metrics`` (tensors or floats) into ``totals``; bare names go under ``losses/``."""
+    for key, value in metrics.items():
+        name = key if "/" in key else f"losses/{key}"
+        value = value.detach() if torch.is_tensor(value) else value
+        totals[name] = totals.get(name, 0.0) + float(value)
+
+
+def check_finite(loss: torch.Tensor, iteration: int, where: str, last_checkpoint: Path | None) -> None:
+    """Raise :class:`NonFiniteLossError` if ``loss`` is NaN/inf (one host sync per minibatch, never per token)."""
+    if not bool(torch.isfinite(loss).all()):
+        kept = f"the last good checkpoint {last_checkpoint} is kept" if last_checkpoint else "no checkpoint was written"
+        raise NonFiniteLossError(
+            f"{where} is {float(loss.detach())} at iteration {iteration}; training stopped before the update ({kept}). "
+            "Check the reward function for NaN/inf scores, or lower the learning rate / tighten max_grad_norm."
+        )
+
+
+def save_checkpoint(directory: Path, model: nn.Module, tokenizer, extra: dict[str, nn.Module], state: dict) -> Path:
+    """Write ``directory`` atomically: build it beside, then swap, so a crash leaves the previous one whole."""
+    directory = Path(directory)
+    tmp = directory.with_name(f".{directory.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    for name, module in extra.items():
+        torch.save(module.state_dict(), tmp / f"{name}.pt")
+    (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2, default=str) + "\n", encoding="utf-8")
+    old = directory.with_name(f".{directory.name}.old")
+    if directory.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(directory, old)
+    os.replace(tmp, directory)
+    shutil.rmtree(old, ignore_errors=True)
+    return directory
+
+
+class LMAgent:
+    """Base of the on-policy LLM agents: ``learn()`` = repeat (collect a rollout -> ``train_on`` it -> log).
+
+    ``env`` is a ``TextGenVectorEnv`` built with ``array_backend="torch"``; the agent trains ``env.policy`` in place
+    (the env samples with it) against a frozen reference: ``env.ref_model`` if the env has one (it then computes the
+    reference log-probs token by token), else ``ref_model``, else a frozen copy of the initial policy, whose
+    log-probs the agent computes in one batched forward per rollout (build the env with ``kl_coef=0`` for that: it
+    is the faster path for small models). Subclasses set ``self.config`` before calling ``super().__init__`` and
+    implement :meth:`train_on`; extra trainable modules go in :meth:`extra_modules`.
+    """
+
+    config: LMAgentConfig
+    algo: str = "lm"
+
+    def __init__(
+        self,
+        env,
+        config: LMAgentConfig,
+        run_dir: RunDir | str | os.PathLike | None = None,
+        ref_model: nn.Module | None = None,
+    ):
+        if not hasattr(env, "next_token_logits") or not hasattr(env, "policy"):
+            raise EnvCapabilityError(
+                f"{type(env).__name__} is not a TextGen vector env (no next_token_logits()/policy); build one with "
+                "textenv.TextGenVectorEnv(..., array_backend='torch')"
+            )
+        self.env = env
+        self.config = config
+        self.policy: nn.Module = env.policy
+        env_ref = getattr(env, "ref_model", None)
+        if env_ref is not None:
+            self.ref_model: nn.Module = env_ref
+        else:
+            self.ref_model = ref_model if ref_model is not None else copy.deepcopy(self.policy)
+            self.ref_model.eval().requires_grad_(False)
+        self._batched_ref = self.ref_model if env_ref is None else None
+        self.tokenizer = env.tokenizer
+        self.device = next(self.policy.parameters()).device
+        self.temperature = float(env_setting(env, "temperature", 1.0))
+        self.run_dir = run_dir if isinstance(run_dir, RunDir) or run_dir is None else RunDir(run_dir)
+        self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        self.iteration = 0
+        self.tokens_seen = 0
+        self.last_checkpoint: Path | None = None
+        # Dropout off in rollouts and training alike, so old and new log-probs come from the same function
+        # ("disable dropout", The N Implementation Details of RLHF with PPO, Huang et al. 2024).
+        self.policy.eval()
+        # foreach: one multi-tensor kernel per update step instead of a loop over parameters (3x faster on CPU too).
+        self.optimizer = torch.optim.Adam(
+            self.parameters(), lr=config.learning_rate, eps=config.adam_eps, foreach=True
+        )
+        if self.run_dir is not None:
+            self.run_dir.write_config({"algo": self.algo, "config": config})
+
+    # ----------------------------------------------------------------- to override
+    def extra_modules(self) -> dict[str, nn.Module]:
+        """Trainable modules besides the policy (saved with each checkpoint), e.g. a value head."""
+        return {}
+
+    def collect(self) -> RolloutBatch:
+        """One rollout: an episode per env row, on prompts the env draws."""
+        return collect_rollout(self.env, seed=self._reset_seed(), generator=self.generator, ref_model=self._batched_ref)
+
+    def train_on(self, batch: RolloutBatch) -> dict[str, float]:
+        """Update the policy on ``batch``; return namespaced metrics (``losses/...``, ``train/...``)."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- shared
+    def parameters(self) -> list[nn.Parameter]:
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        for module in self.extra_modules().values():
+            params += [p for p in module.parameters() if p.requires_grad]
+        return params
+
+    def policy_forward(self, batch: RolloutBatch, output_hidden: bool = False, entropy_grad: bool = False):
+        """:func:`sequence_forward` of the policy over ``batch`` at the env's sampling temperature."""
+        return sequence_forward(
+            self.policy, *batch[:4], self.temperature, output_hidden=output_hidden, entropy_grad=entropy_grad
+        )
+
+    def _reset_seed(self) -> int | None:
+        # Seed only the first reset: later resets continue the env's own np_random stream (Gymnasium convention).
+        return self.config.seed if self.iteration == 0 else None
+
+    def step_optimizer(self, loss: torch.Tensor, where: str = "loss") -> torch.Tensor:
+        """Backward + clip + step, refusing non-finite losses/gradients (the weights stay as they were)."""
+        check_finite(loss, self.iteration, where, self.last_checkpoint)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(self.parameters(), self.config.max_grad_norm)
+        check_finite(grad_norm, self.iteration, "the gradient norm", self.last_checkpoint)
+        self.optimizer.step()
+        return grad_norm.detach()
+
+    def rollout_metrics(self, batch: RolloutBatch, seconds: float) -> dict[str, float]:
+        tokens = int(batch.response_mask.sum())
+        self.tokens_seen += tokens
+        kl = batch.kl_sum
+        return {
+            "env/score_mean": float(batch.scores.mean()),
+            "env/score_std": float(batch.scores.std()) if len(batch.scores) > 1 else 0.0,
+            "env/kl_to_ref": float(kl.mean()),
+            "env/response_length": float(batch.lengths.float().mean()),
+            "env/eos_fraction": float(batch.ended_with_eos.float().mean()),
+            "charts/rollout_tokens_per_s": tokens / max(seconds, 1e-9),
+        }
+
+    def learn(self, iterations: int | None = None, callback: Callback | None = None) -> LMAgent:
+        """Run ``iterations`` (default ``config.iterations``) collect -> train rounds; return ``self``.
+
+        ``callback(agent, iteration, metrics)`` runs after each round; returning ``False`` stops early.
+        """
+        total = self.config.iterations if iterations is None else int(iterations)
+        if total < 1:
+            raise ValueError(f"iterations must be >= 1, got {total}")
+        for i in range(total):
+            if self.config.anneal_lr:  # 37 details #4: linear decay to 0
+                for group in self.optimizer.param_groups:
+                    group["lr"] = self.config.learning_rate * (1.0 - i / total)
+            start = time.perf_counter()
+            batch = self.collect()
+            rollout_s = time.perf_counter() - start
+            metrics = self.rollout_metrics(batch, rollout_s)
+            metrics.update(self.train_on(batch))
+            self.iteration += 1
+            elapsed = time.perf_counter() - start
+            metrics["charts/tokens_per_s"] = float(batch.response_mask.sum()) / max(elapsed, 1e-9)
+            metrics["charts/learning_rate"] = self.optimizer.param_groups[0]["lr"]
+            metrics = {k: float(v) for k, v in metrics.items()}
+            self.last_metrics = metrics
+            if self.run_dir is not None:
+                self.run_dir.log(self.iteration, metrics)
+            logger.info(
+                "%s iter %d: score %.3f kl %.3f tok/s %.0f",
+                self.algo,
+                self.iteration,
+                metrics["env/score_mean"],
+                metrics["env/kl_to_ref"],
+                metrics["charts/tokens_per_s"],
+            )
+            every = self.config.checkpoint_every
+            if self.run_dir is not None and every and self.iteration % every == 0:
+                self.save(self.run_dir.checkpoints / "last")
+            if callback is not None and callback(self, self.iteration, metrics) is False:
+                break
+        if self.run_dir is not None:
+            self.save(self.run_dir.checkpoints / "last")
+        return self
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Save the policy (``save_pretrained``), tokenizer, extra modules and trainer state to ``directory``."""
+        for name, p in self.policy.named_parameters():
+            if not bool(torch.isfinite(p).all()):  # never replace a good checkpoint with broken weights
+                raise NonFiniteLossError(
+                    f"parameter {name} holds NaN/inf at iteration {self.iteration}; not saving (the last good "
+                    f"checkpoint {self.last_checkpoint} is kept). Lower the learning rate."
+                )
+        state = {"algo": self.algo, "iteration": self.iteration, "tokens_seen": self.tokens_seen}
+        self.last_checkpoint = save_checkpoint(
+            Path(directory), self.policy, self.tokenizer, self.extra_modules(), state
+        )
+        return self.last_checkpoint

@@ -1,0 +1,282 @@
+"""PPO for language models on ``TextGen-v0``: a policy, a value head and a per-token KL reward (RLHF as in InstructGPT).
+
+Each iteration plays one episode per env row (sampling from the env's cached logits, so the KL reward costs no extra
+forward), builds per-token rewards ``r_t = -beta * (log pi - log pi_ref)`` plus the score at the last token, computes
+GAE advantages with a value head, and runs minibatch epochs of the clipped PPO objective.
+
+Where each choice comes from (cited where it is made):
+- N details = "The N Implementation Details of RLHF with PPO" (Huang, Liu, von Werra et al., ICLR blog track 2024),
+- 37 details = "The 37 Implementation Details of Proximal Policy Optimization" (Huang et al., ICLR blog track 2022).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+
+import torch
+from torch import nn
+
+from agents.llm.base import LMAgent, LMAgentConfig, _check, accumulate
+from agents.llm.losses import ppo_policy_loss, ppo_value_loss
+from agents.llm.math import AdaptiveKLController, FixedKLController, gae, masked_mean, whiten
+from agents.llm.rollout import RolloutBatch
+from agents.rundir import RunDir
+
+VALUE_INITS = ("zero", "reward_model")
+
+
+@dataclasses.dataclass
+class PPOConfig(LMAgentConfig):
+    """PPO settings (defaults follow the N details for text, scaled down for tiny models)."""
+
+    learning_rate: float = 1e-5
+    """Adam learning rate of the policy and value head."""
+    kl_coef: float = 0.05
+    """beta of the per-token KL reward ``-beta * (log pi - log pi_ref)`` (its initial value when ``adaptive_kl``)."""
+    adaptive_kl: bool = False
+    """Adapt beta towards ``kl_target`` (Ziegler et al. 2019's proportional controller; N details, "adaptive KL")."""
+    kl_target: float = 6.0
+    """Target sequence KL (nats) of the adaptive controller."""
+    kl_horizon: int = 10_000
+    """Horizon (in samples) of the adaptive controller."""
+    gamma: float = 1.0
+    """Discount; 1 for text, where the only non-KL reward comes at the end (N details)."""
+    lam: float = 0.95
+    """GAE lambda (37 details #5; N details use 0.95)."""
+    clip_range: float = 0.2
+    """Clip epsilon of the policy ratio (37 details #8)."""
+    clip_range_value: float | None = 0.2
+    """Clip of the value update around the old values (37 details #9); None disables."""
+    vf_coef: float = 0.1
+    """Weight of the value loss (N details: 0.1)."""
+    entropy_coef: float = 0.0
+    """Entropy bonus weight (37 details #10; 0 for RLHF, whose KL penalty already keeps the policy spread)."""
+    ppo_epochs: int = 4
+    """Passes over each rollout (37 details #6)."""
+    num_minibatches: int = 1
+    """Minibatches per pass; the env's ``num_envs`` must be divisible by it (37 details #6)."""
+    whiten_rewards: bool = False
+    """Whiten the per-token rewards of each rollout (N details, "reward whitening"), before GAE."""
+    whiten_advantages: bool = True
+    """Normalise advantages to zero mean, unit variance over the rollout's tokens (37 details #7)."""
+    missing_eos_penalty: float | None = None
+    """Subtract this from the score of responses truncated without EOS (N details, "EOS trick"); None disables."""
+    score_clip: float | None = None
+    """Clip scores to ``[-score_clip, score_clip]`` before use; None disables."""
+    value_init: str = "zero"
+    """``"zero"``: a zero-initialised linear value head on the policy's last hidden state (the first advantages are
+    then the returns). ``"reward_model"``: a separate critic copied from the reward model (backbone + head), as in
+    the N details ("initialise the value model from the reward model"); pass ``reward_model=`` to the agent."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.kl_coef >= 0, f"kl_coef must be >= 0, got {self.kl_coef}")
+        _check(self.kl_target > 0 and self.kl_horizon > 0, "kl_target and kl_horizon must be > 0")
+        _check(0 < self.gamma <= 1 and 0 <= self.lam <= 1, f"need 0 < gamma <= 1, 0 <= lam <= 1; got {self.gamma}")
+        _check(self.clip_range > 0, f"clip_range must be > 0, got {self.clip_range}")
+        _check(
+            self.clip_range_value is None or self.clip_range_value > 0,
+            "clip_range_value must be > 0 or None (no value clipping)",
+        )
+        _check(self.vf_coef >= 0 and self.entropy_coef >= 0, "vf_coef and entropy_coef must be >= 0")
+        _check(self.ppo_epochs >= 1, f"ppo_epochs must be >= 1, got {self.ppo_epochs}")
+        _check(self.num_minibatches >= 1, f"num_minibatches must be >= 1, got {self.num_minibatches}")
+        _check(
+            self.missing_eos_penalty is None or self.missing_eos_penalty >= 0,
+            "missing_eos_penalty is subtracted from the score: give a value >= 0, or None to disable",
+        )
+        _check(self.score_clip is None or self.score_clip > 0, "score_clip must be > 0 or None")
+        _check(self.value_init in VALUE_INITS, f"value_init must be one of {VALUE_INITS}, got {self.value_init!r}")
+
+
+class RewardModelCritic(nn.Module):
+    """A value network initialised from a reward model: its backbone and scalar head, applied at every position.
+
+    "Initialise the value model from the reward model" (N details): at the start V(s_t) is the RM's score of the
+    partial sequence, a far better baseline than 0. ``reward_model`` must have ``backbone`` (a transformer returning
+    ``last_hidden_state``), ``head`` (hidden -> 1) and ``tokenizer`` (identical to the policy's: the critic reads the
+    policy's token ids), as ``rewardmodels.lm_reward.LMRewardModel`` does. It is deep-copied; the RM is untouched.
+    A normalising wrapper with ``reward_fn``, ``mean`` and ``std`` (``agents.loop.text_rlhf.NormalizedReward``) is
+    unwrapped and its affine map folded into the head, so initial values are on the scale of the rewards.
+    """
+
+    def __init__(self, reward_model: nn.Module, policy_tokenizer):
+        super().__init__()
+        shift, scale = 0.0, 1.0
+        if hasattr(reward_model, "reward_fn") and hasattr(reward_model, "mean") and hasattr(reward_model, "std"):
+            shift, scale = float(reward_model.mean), float(reward_model.std)
+            reward_model = reward_model.reward_fn
+        missing = [a for a in ("backbone", "head", "tokenizer") if not hasattr(reward_model, a)]
+        if missing:
+            raise ValueError(
+                f"value_init='reward_model' needs a reward model with backbone/head/tokenizer (an LMRewardModel); "
+                f"{type(reward_model).__name__} lacks {missing}. Use value_init='zero' otherwise."
+            )
+        from rewardmodels.lm_reward import TokenizerMismatchError, tokenizers_match
+
+        if not tokenizers_match(reward_model.tokenizer, policy_tokenizer):
+            raise TokenizerMismatchError(
+                "value_init='reward_model' reads the policy's token ids with the reward model's backbone, but their "
+                "tokenizers differ; use a reward model built on the policy's tokenizer, or value_init='zero'"
+            )
+        self.backbone = copy.deepcopy(reward_model.backbone).requires_grad_(True)
+        self.head = copy.deepcopy(reward_model.head).requires_grad_(True)
+        with torch.no_grad():  # (w h + b - shift) / scale
+            self.head.weight.div_(scale)
+            self.head.bias.sub_(shift).div_(scale)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:  # (B, L) -> (B, L)
+        positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions)
+        return self.head(hidden.last_hidden_state.float()).squeeze(-1)
+
+
+class ValueHead(nn.Module):
+    """A scalar head on hidden states, zero-initialised so that V = 0 at the start (N details, "value head init")."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (B, T, H) -> (B, T)
+        return self.linear(hidden.float()).squeeze(-1)
+
+
+def shaped_scores(batch: RolloutBatch, score_clip: float | None, missing_eos_penalty: float | None) -> torch.Tensor:
+    """(B,) scores after optional clipping and the missing-EOS penalty (N details, "EOS trick")."""
+    scores = batch.scores.float()
+    if score_clip is not None:
+        scores = scores.clamp(-score_clip, score_clip)
+    if missing_eos_penalty is not None:
+        scores = scores - missing_eos_penalty * (~batch.ended_with_eos).float()
+    return scores
+
+
+def token_rewards(batch: RolloutBatch, scores: torch.Tensor, kl_coef: float) -> torch.Tensor:
+    """(B, T) per-token rewards: ``-kl_coef * (log pi_old - log pi_ref)``, plus the score at each row's last token."""
+    rewards = -kl_coef * batch.kl
+    last = (batch.lengths - 1).clamp(min=0)  # (B,)
+    return rewards.scatter_add(1, last.unsqueeze(1), scores.unsqueeze(1)) * batch.response_mask
+
+
+class PPOAgent(LMAgent):
+    """PPO with a value head on ``TextGen-v0`` (``array_backend="torch"``); trains ``env.policy`` in place.
+
+    ``reward_model`` (a ``rewardmodels.lm_reward.LMRewardModel`` on the policy's tokenizer) is needed only for
+    ``value_init="reward_model"``, where a copy of it becomes the critic (:class:`RewardModelCritic`).
+    """
+
+    algo = "ppo"
+
+    def __init__(
+        self,
+        env,
+        config: PPOConfig | None = None,
+        run_dir: RunDir | str | os.PathLike | None = None,
+        reward_model: nn.Module | None = None,
+        ref_model: nn.Module | None = None,
+    ):
+        config = config or PPOConfig()
+        if env.num_envs % config.num_minibatches:
+            raise ValueError(
+                f"num_envs={env.num_envs} is not divisible by num_minibatches={config.num_minibatches}; "
+                "choose num_minibatches that divides the number of env rows"
+            )
+        policy = env.policy
+        device = next(policy.parameters()).device
+        self.critic: nn.Module | None = None
+        if config.value_init == "reward_model":
+            if reward_model is None:
+                raise ValueError(
+                    "value_init='reward_model' needs reward_model= (the LM reward model); pass it, or use "
+                    "value_init='zero'"
+                )
+            self.critic = RewardModelCritic(reward_model, env.tokenizer).to(device).eval()
+            self.value_head = None
+        else:
+            self.value_head = ValueHead(policy.config.hidden_size).to(device)
+        self.kl_controller = (
+            AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
+            if config.adaptive_kl
+            else FixedKLController(config.kl_coef)
+        )
+        super().__init__(env, config, run_dir, ref_model)
+
+    def extra_modules(self) -> dict[str, nn.Module]:
+        return {"critic": self.critic} if self.critic is not None else {"value_head": self.value_head}
+
+    @property
+    def kl_coef(self) -> float:
+        return float(self.kl_controller.value)
+
+    def _forward(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logprobs, entropy, values), each (B, T)."""
+        shared = self.critic is None
+        logprobs, entropy, hidden = self.policy_forward(
+            batch, output_hidden=shared, entropy_grad=self.config.entropy_coef > 0
+        )
+        if shared:
+            return logprobs, entropy, self.value_head(hidden)
+        ids = torch.cat([batch.query_ids, batch.response_ids], 1)
+        attention = torch.cat([batch.query_mask, batch.response_mask], 1).long()
+        values = self.critic(ids, attention)  # (B, Lq+T)
+        lq = batch.query_ids.shape[1]
+        return logprobs, entropy, values[:, lq - 1 : -1].float()
+
+    def train_on(self, batch: RolloutBatch) -> dict[str, float]:
+        cfg = self.config
+        mask = batch.response_mask
+        kl_coef = self.kl_coef
+        # Keep the env's own KL reward (what an SB3 agent would see) consistent with ours.
+        engine = getattr(self.env, "engine", self.env)
+        if hasattr(engine, "kl_coef") and engine.kl_coef != 0:  # 0 there means "no reference model": leave it
+            engine.kl_coef = kl_coef
+        with torch.no_grad():
+            _, _, old_values = self._forward(batch)
+            old_values = old_values * mask
+            scores = shaped_scores(batch, cfg.score_clip, cfg.missing_eos_penalty)
+            rewards = token_rewards(batch, scores, kl_coef)
+            if cfg.whiten_rewards:  # N details: whiten rewards without shifting their mean
+                rewards = whiten(rewards, mask, shift_mean=False) * mask
+            advantages, returns = gae(rewards, old_values, mask, gamma=cfg.gamma, lam=cfg.lam)
+            if cfg.whiten_advantages:  # 37 details #7
+                advantages = whiten(advantages, mask) * mask
+        n = mask.shape[0]
+        size = n // cfg.num_minibatches
+        totals: dict[str, float] = {}
+        count = 0
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(n, generator=self.generator, device=self.device)
+            for start in range(0, n, size):
+                idx = order[start : start + size]
+                mb = batch.select(idx)
+                logprobs, entropy, values = self._forward(mb)
+                m = mb.response_mask
+                pg_loss, pg_metrics = ppo_policy_loss(
+                    logprobs, mb.old_logprobs, advantages[idx], m, clip_eps=cfg.clip_range
+                )
+                vf_loss, vf_metrics = ppo_value_loss(
+                    values, old_values[idx], returns[idx], m, clip_eps=cfg.clip_range_value
+                )
+                ent = masked_mean(entropy, m)
+                loss = pg_loss + cfg.vf_coef * vf_loss - cfg.entropy_coef * ent
+                grad_norm = self.step_optimizer(loss, "the PPO loss")
+                accumulate(totals, {**pg_metrics, **vf_metrics})
+                accumulate(totals, {"policy": pg_loss, "value": vf_loss, "entropy": ent, "grad_norm": grad_norm})
+                count += 1
+        metrics = {k: v / count for k, v in totals.items()}
+        mean_kl = float(batch.kl_sum.mean())
+        self.kl_controller.update(mean_kl, n)
+        metrics.update(
+            {
+                "train/kl_coef": kl_coef,
+                "train/reward_mean": float(rewards.sum(-1).mean()),
+                "train/score_shaped_mean": float(scores.mean()),
+                "train/value_mean": float(masked_mean(old_values, mask)),
+            }
+        )
+        return metrics

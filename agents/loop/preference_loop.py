@@ -1,0 +1,392 @@
+"""The online preference loop of Christiano et al. 2017 (arXiv:1706.03741), for any env and any agent.
+
+One round (read top to bottom in ``PreferenceLoop.run``)::
+
+    agent.learn(steps)                    improve the policy on the current learned reward (its experience is kept)
+    source.candidates(k * oversample)     cut candidate pairs (segments | completions) from recent experience
+    reward_model.select(...)              keep k: at random, or where the ensemble disagrees most (paper Sec. 2.2.4)
+    source.label(labeller, pairs)         ask the labeller (simulated teacher | person | dataset)
+    reward_model.fit(dataset)             Bradley-Terry on every label so far
+    agent.set_reward_fn(...)              new reward for the agent (off-policy agents relabel their buffer: PEBBLE)
+
+Round 0 labels pairs from an initial collection (a random policy or the untrained agent), so that the agent never
+trains on an unfitted reward. Labels follow a schedule over env steps (``constant`` or the paper's c/(t+c) rate), front
+loaded: early labels shape the reward the agent learns most from.
+
+Nothing here knows about control envs: the four parts are protocols (``Agent``, ``PairSource``, ``RewardModel``,
+``Labeller``). The Stable-Baselines3 + segment adapters are in ``agents/loop/segment_pairs.py``; a text env with an LLM agent
+plugs in by implementing the same four.
+
+Logged every round (``RunDir.log`` with the labels used as the step: TensorBoard, metrics.jsonl, console):
+``eval/true_return`` (the policy on the TRUE reward), ``agent/true_ep_return`` (training episodes, true reward),
+``reward_model/accuracy`` (fit on all labels), ``reward_model/heldout_accuracy`` (the new labels, before the model
+is fitted on them), ``reward_model/true_agreement`` (unlabelled candidates, against the true returns),
+``labels/used``, ``env/steps``, ``time/wall_s``; ``curves.png`` plots the first five against labels used.
+
+Checkpoints (``RunDir.checkpoints/round-NNNN/`` + ``latest.json`` written last, atomically, so a crash mid-save leaves
+the previous checkpoint in force) hold the labelled pairs, the reward model, the agent, the collector's experience,
+the loop state and RNG states. ``PreferenceLoop.resume`` continues to the same budgets with every label kept.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from agents.rundir import RunDir, write_json
+
+logger = logging.getLogger(__name__)
+
+
+# -- the four parts -------------------------------------------------------------------------------------------------
+@runtime_checkable
+class Agent(Protocol):
+    def learn(self, n_steps: int, max_steps: int | None = None) -> Mapping[str, float]: ...  # ~n_steps, <= max
+    def set_reward_fn(self, reward_fn: Any) -> int | None: ...  # new learned reward (relabel stored experience)
+    def evaluate(self, n_episodes: int) -> np.ndarray: ...  # TRUE returns of the current policy
+    def save(self, directory: Path) -> None: ...
+    def load(self, directory: Path) -> None: ...
+
+
+@runtime_checkable
+class PairSource(Protocol):
+    """Experience -> candidate pairs -> labels. ``env_steps`` counts every env step taken, training included."""
+
+    env_steps: int
+
+    def collect(self, agent: Agent | None, n_steps: int) -> None: ...  # None = a uniformly random policy
+    def candidates(self, n_pairs: int, rng: np.random.Generator) -> Any: ...  # unlabelled pairs
+    def label(self, labeller: Any, pairs: Any) -> Any: ...  # the same pairs with labels attached
+    def true_preferences(self, pairs: Any) -> np.ndarray | None: ...  # P(a > b) under the TRUE reward, for metrics
+    def merge(self, dataset: Any | None, pairs: Any) -> Any: ...  # dataset of all labelled pairs
+    def save(self, directory: Path, dataset: Any | None) -> None: ...
+    def load(self, directory: Path) -> Any | None: ...  # restores experience, returns the dataset
+
+
+@runtime_checkable
+class RewardModel(Protocol):
+    def fit(self, dataset: Any) -> Mapping[str, float]: ...
+    def preference_probs(self, pairs: Any) -> np.ndarray: ...  # (N,) P(a > b) under the learned reward
+    def select(self, candidates: Any, n: int, method: str, rng: np.random.Generator) -> Any: ...
+    def reward_fn(self) -> Any: ...  # what the agent's env calls
+    def save(self, directory: Path) -> None: ...
+    def load(self, directory: Path) -> None: ...
+
+
+class Labeller(Protocol):
+    """Teacher-compatible: ``label(rew_a (B,T), rew_b (B,T), mask_a, mask_b, **media) -> (B,)`` P(a preferred)."""
+
+    def label(self, rew_a: Any, rew_b: Any, mask_a: Any = None, mask_b: Any = None, **media: Any) -> np.ndarray: ...
+
+
+class LoopCallback:
+    """Hooks of the loop; a hook returning ``False`` stops the run after the current round (as SB3 callbacks do)."""
+
+    def on_start(self, loop: PreferenceLoop) -> bool | None:
+        return None
+
+    def on_labels(self, loop: PreferenceLoop, pairs: Any) -> bool | None:
+        return None
+
+    def on_round_end(self, loop: PreferenceLoop, metrics: Mapping[str, float]) -> bool | None:
+        return None
+
+    def on_end(self, loop: PreferenceLoop, summary: Mapping[str, Any]) -> None:
+        return None
+
+
+# -- schedule -------------------------------------------------------------------------------------------------------
+@dataclass
+class LoopConfig:
+    total_labels: int = 150
+    """Label budget of the whole run."""
+    total_steps: int = 50_000
+    """Env-step budget of the whole run (initial collection + training)."""
+    rounds: int = 20
+    """Number of learn -> label -> fit rounds after round 0."""
+    initial_label_fraction: float = 0.3
+    """Share of the labels spent in round 0, on the initial collection, before the agent trains."""
+    initial_steps: int = 2_000
+    """Env steps of the initial collection (counted in ``total_steps``)."""
+    initial_policy: str = "random"
+    """Who acts in the initial collection: ``random`` (uniform actions) or ``agent`` (the untrained agent)."""
+    label_schedule: str = "inverse_time"
+    """How the other labels spread over rounds: ``constant`` or ``inverse_time`` (rate c/(t+c), Christiano App. A)."""
+    schedule_c: float = 0.3
+    """c of the inverse-time schedule, as a fraction of the labelling horizon (smaller = more front-loaded)."""
+    label_until: float = 0.8
+    """No labels are asked after this fraction of the rounds (the last rounds only polish the policy)."""
+    selection: str = "disagreement"
+    """Query selection: ``random`` or ``disagreement`` (ensemble variance over oversampled candidates)."""
+    oversample: int = 10
+    """Candidates drawn per label wanted when selecting by disagreement (the paper draws 10x)."""
+    eval_episodes: int = 20
+    """Episodes of the final evaluation on the TRUE reward."""
+    eval_every: int = 1
+    """Evaluate the policy every this many rounds (0 = final evaluation only), on ``round_eval_episodes``."""
+    round_eval_episodes: int = 5
+    """Episodes of each in-run evaluation (the curve of true return against labels)."""
+    seed: int = 0
+    """Seeds the loop's own RNG (pair sampling and selection) and torch."""
+    progress_bar: bool | None = None
+    """Show a tqdm bar; None = only when stderr is a terminal."""
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ValueError(f"LoopConfig: {msg}")
+
+        need(self.total_labels >= 1, f"total_labels must be >= 1, got {self.total_labels}")
+        need(self.total_steps >= 1, f"total_steps must be >= 1, got {self.total_steps}")
+        need(self.rounds >= 1, f"rounds must be >= 1, got {self.rounds}")
+        need(0.0 <= self.initial_label_fraction <= 1.0,
+             f"initial_label_fraction must be in [0, 1], got {self.initial_label_fraction}")
+        need(0 <= self.initial_steps < self.total_steps,
+             f"initial_steps must be in [0, total_steps={self.total_steps}), got {self.initial_steps}")
+        need(self.initial_policy in ("random", "agent"),
+             f"initial_policy must be 'random' or 'agent', got {self.initial_policy!r}")
+        need(self.label_schedule in ("constant", "inverse_time"),
+             f"label_schedule must be 'constant' or 'inverse_time', got {self.label_schedule!r}")
+        need(self.schedule_c > 0, f"schedule_c must be > 0, got {self.schedule_c}")
+        need(0.0 < self.label_until <= 1.0, f"label_until must be in (0, 1], got {self.label_until}")
+        need(self.selection in ("random", "disagreement"),
+             f"selection must be 'random' or 'disagreement', got {self.selection!r}")
+        need(self.oversample >= 1, f"oversample must be >= 1, got {self.oversample}")
+        need(self.eval_episodes >= 1, f"eval_episodes must be >= 1, got {self.eval_episodes}")
+        need(self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}")
+        need(self.round_eval_episodes >= 1, f"round_eval_episodes must be >= 1, got {self.round_eval_episodes}")
+        if self.initial_steps == 0:
+            need(self.initial_policy == "agent" or self.initial_label_fraction == 0.0,
+                 "initial_steps=0 leaves nothing to label in round 0: set initial_steps > 0 or "
+                 "initial_label_fraction=0")
+
+    @property
+    def steps_per_round(self) -> int:
+        return max(1, (self.total_steps - self.initial_steps) // self.rounds)
+
+
+def label_allocation(cfg: LoopConfig) -> list[int]:
+    """Labels per round (index 0 = the initial round), summing exactly to ``total_labels``.
+
+    Round r >= 1 asks for the labels that ``rewardmodels.schedules`` says are due by its env step; the schedule runs
+    over the training steps up to ``label_until`` of the rounds, so the last rounds spend no labels.
+    """
+    from rewardmodels.schedules import make_schedule
+
+    initial = round(cfg.total_labels * cfg.initial_label_fraction) if cfg.initial_steps > 0 else 0
+    last = max(1, int(np.ceil(cfg.rounds * cfg.label_until)))  # rounds 1..last get labels
+    horizon = cfg.steps_per_round * last
+    kwargs = {"c": cfg.schedule_c * horizon} if cfg.label_schedule == "inverse_time" else {}
+    schedule = make_schedule(cfg.label_schedule, cfg.total_labels - initial, horizon, **kwargs)
+    due = [int(schedule.labels_due(cfg.steps_per_round * r)) for r in range(last + 1)]
+    return [initial] + np.diff(due).tolist() + [0] * (cfg.rounds - last)
+
+
+# -- the loop -------------------------------------------------------------------------------------------------------
+@dataclass
+class LoopState:
+    round: int = -1  # last completed round (-1 = none yet)
+    labels_used: int = 0
+    env_steps: int = 0
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    allocation: list[int] = field(default_factory=list)
+
+
+class PreferenceLoop:
+    """Drives agent, pair source, reward model and labeller through ``LoopConfig``'s budgets (see module doc)."""
+
+    def __init__(self, config: LoopConfig, agent: Agent, source: PairSource, reward_model: RewardModel,
+                 labeller: Labeller, run_dir: RunDir | str | Path,
+                 callbacks: Sequence[LoopCallback] = (), extra_config: Mapping[str, Any] | None = None):
+        self.config, self.agent, self.source, self.reward_model, self.labeller = (
+            config, agent, source, reward_model, labeller)
+        self.run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+        self.callbacks = list(callbacks)
+        self.extra_config = dict(extra_config or {})
+        self.rng = np.random.default_rng(config.seed)
+        torch.manual_seed(config.seed)
+        self.state = LoopState(allocation=label_allocation(config))
+        self.dataset: Any = None
+        self._stop = False
+
+    # -- checkpoints ---------------------------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        ckpt = self.run_dir.checkpoints / f"round-{self.state.round:04d}"
+        if ckpt.exists():
+            shutil.rmtree(ckpt)
+        ckpt.mkdir(parents=True)
+        self.source.save(ckpt, self.dataset)
+        self.reward_model.save(ckpt)
+        self.agent.save(ckpt)
+        write_json(ckpt / "state.json", {"loop": asdict(self.state), "rng": self.rng.bit_generator.state})
+        tmp = ckpt / ".rng.pt.tmp"
+        torch.save({"torch": torch.get_rng_state()}, tmp)  # SB3 samples actions with torch
+        os.replace(tmp, ckpt / "rng.pt")
+        write_json(self.run_dir.checkpoints / "latest.json", {"checkpoint": ckpt.name})  # the commit point
+        for old in self.run_dir.checkpoints.glob("round-*"):
+            if old != ckpt and old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+        return ckpt
+
+    def resume(self) -> bool:
+        """Load the latest checkpoint of ``run_dir``; False when there is none (the run starts from scratch)."""
+        latest = self.run_dir.checkpoints / "latest.json"
+        if not latest.exists():
+            return False
+        ckpt = self.run_dir.checkpoints / json.loads(latest.read_text())["checkpoint"]
+        saved = json.loads((ckpt / "state.json").read_text())
+        self.state = LoopState(**saved["loop"])
+        self.rng.bit_generator.state = saved["rng"]
+        self.dataset = self.source.load(ckpt)
+        self.reward_model.load(ckpt)
+        self.agent.load(ckpt)
+        self.agent.set_reward_fn(self.reward_model.reward_fn())
+        rng = torch.load(ckpt / "rng.pt", weights_only=False)
+        torch.set_rng_state(rng["torch"])
+        logger.info("resumed %s after round %d: %d labels, %d env steps", self.run_dir.path, self.state.round,
+                    self.state.labels_used, self.state.env_steps)
+        return True
+
+    # -- one labelling step ----------------------------------------------------------------------------------------
+    def _label_and_fit(self, n_labels: int, selection: str) -> dict[str, float]:
+        cfg = self.config
+        n_candidates = n_labels * (cfg.oversample if selection == "disagreement" else 1)
+        candidates = self.source.candidates(n_candidates, self.rng)
+        metrics: dict[str, float] = {}
+        if self.dataset is not None:  # the current model on pairs it never saw: held-out agreement with the truth
+            truth = self.source.true_preferences(candidates)
+            if truth is not None:
+                decided = truth != 0.5
+                if decided.any():
+                    probs = self.reward_model.preference_probs(candidates)
+                    agree = (probs[decided] > 0.5) == (truth[decided] > 0.5)
+                    metrics["reward_model/true_agreement"] = float(agree.mean())
+        pairs = self.reward_model.select(candidates, n_labels, selection, self.rng)
+        pairs = self.source.label(self.labeller, pairs)
+        labels = np.asarray(pairs.labels, dtype=np.float64)
+        used = ~np.isnan(labels)
+        if self.dataset is not None and used.any():
+            probs = self.reward_model.preference_probs(pairs)[used]
+            decided = labels[used] != 0.5
+            if decided.any():
+                metrics["reward_model/heldout_accuracy"] = float(  # labels the model has not been fitted on
+                    ((probs[decided] > 0.5) == (labels[used][decided] > 0.5)).mean())
+        for cb in self.callbacks:
+            if cb.on_labels(self, pairs) is False:
+                self._stop = True
+        self.dataset = self.source.merge(self.dataset, pairs)
+        self.state.labels_used += len(labels)
+        fit_metrics = self.reward_model.fit(self.dataset)
+        metrics.update({k if "/" in k else f"reward_model/{k}": float(v) for k, v in fit_metrics.items()})
+        metrics["labels/skipped"] = float((~used).sum())
+        relabelled = self.agent.set_reward_fn(self.reward_model.reward_fn())
+        if relabelled:
+            metrics["agent/relabelled"] = float(relabelled)
+        return metrics
+
+    # -- run -------------------------------------------------------------------------------------------------------
+    def run(self, resume: bool = False) -> dict[str, Any]:
+        """Run to the budgets (continuing from the latest checkpoint when ``resume``); returns the summary."""
+        cfg = self.config
+        if not (resume and self.resume()):
+            self.run_dir.write_config({"loop": cfg, **self.extra_config})
+        start = time.perf_counter() - self.state.wall_s
+        cpu_start = time.process_time() - self.state.cpu_s
+        for cb in self.callbacks:
+            if cb.on_start(self) is False:
+                self._stop = True
+        bar = self._progress_bar()
+        try:
+            while self.state.round < cfg.rounds and not self._stop:
+                r = self.state.round + 1
+                metrics: dict[str, float] = {}
+                if r == 0:
+                    if cfg.initial_steps > 0:
+                        self.source.collect(self.agent if cfg.initial_policy == "agent" else None, cfg.initial_steps)
+                else:  # the last round takes whatever budget is left; no round overshoots the budget
+                    left = cfg.total_steps - self.source.env_steps
+                    n_steps = min(cfg.steps_per_round, left) if r < cfg.rounds else left
+                    if n_steps > 0:
+                        metrics.update(self.agent.learn(n_steps, max_steps=left))
+                n_labels = self.state.allocation[r] if r < len(self.state.allocation) else 0
+                if n_labels > 0:  # round 0 has no model to measure disagreement with
+                    selection = cfg.selection if self.dataset is not None else "random"
+                    metrics.update(self._label_and_fit(n_labels, selection))
+                self.state.round = r
+                self.state.env_steps = self.source.env_steps
+                self.state.wall_s = time.perf_counter() - start
+                self.state.cpu_s = time.process_time() - cpu_start
+                if r > 0 and cfg.eval_every and (r % cfg.eval_every == 0 or r == cfg.rounds):
+                    metrics["eval/true_return"] = float(np.mean(self.agent.evaluate(cfg.round_eval_episodes)))
+                metrics.update({"labels/used": self.state.labels_used, "env/steps": self.state.env_steps,
+                                "time/wall_s": self.state.wall_s})
+                self.run_dir.log(self.state.labels_used, metrics)  # x axis: labels used (the paper's axis)
+                self._console(metrics)
+                for cb in self.callbacks:
+                    if cb.on_round_end(self, metrics) is False:
+                        self._stop = True
+                self.save_checkpoint()
+                if bar is not None:
+                    bar.update(self.state.env_steps - bar.n)
+                    bar.set_postfix(labels=self.state.labels_used, ret=metrics.get("eval/true_return"))
+        finally:
+            if bar is not None:
+                bar.close()
+        return self._finish(time.perf_counter() - start, time.process_time() - cpu_start)
+
+    def _finish(self, wall_s: float, cpu_s: float) -> dict[str, Any]:
+        cfg = self.config
+        finished = self.state.round >= cfg.rounds
+        returns = self.agent.evaluate(cfg.eval_episodes)
+        summary = {
+            "true_return_mean": float(np.mean(returns)),
+            "true_return_std": float(np.std(returns)),
+            "eval_episodes": len(returns),
+            "labels_used": int(self.state.labels_used),
+            "env_steps": int(self.source.env_steps),
+            "wall_s": float(wall_s),
+            "cpu_s": float(cpu_s),  # this process's CPU time: wall-clock on a shared machine overstates the cost
+            "rounds": int(self.state.round),
+            "finished": finished,
+        }
+        self.run_dir.write_summary(summary)
+        self.run_dir.plot([("true return (eval)", ["eval/true_return", "agent/true_ep_return"]),
+                       ("reward model", ["reward_model/accuracy", "reward_model/heldout_accuracy",
+                                         "reward_model/true_agreement"])],
+                      x_key="labels/used", title=str(self.extra_config.get("title", "")) or None)
+        self.run_dir.close()
+        for cb in self.callbacks:
+            cb.on_end(self, summary)
+        logger.info("done: true return %.1f +- %.1f over %d episodes, %d labels, %d env steps, %.0f s",
+                    summary["true_return_mean"], summary["true_return_std"], len(returns), summary["labels_used"],
+                    summary["env_steps"], wall_s)
+        return summary
+
+    def _console(self, metrics: Mapping[str, float]) -> None:
+        keys = ("eval/true_return", "agent/true_ep_return", "reward_model/accuracy", "reward_model/heldout_accuracy",
+                "reward_model/true_agreement")
+        shown = ", ".join(f"{k}={metrics[k]:.3g}" for k in keys if k in metrics)
+        logger.info("round %d/%d: labels %d, steps %d%s", self.state.round, self.config.rounds,
+                    self.state.labels_used, self.state.env_steps, f", {shown}" if shown else "")
+
+    def _progress_bar(self):
+        show = self.config.progress_bar
+        if show is None:
+            show = sys.stderr.isatty()
+        if not show:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.config.total_steps, initial=self.state.env_steps, unit="step", desc="prefs")

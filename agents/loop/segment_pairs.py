@@ -1,0 +1,266 @@
+"""The control side of the preference loop: experience recording, segment pairs, and the reward-model adapter.
+
+* ``ExperienceRecorder`` (an SB3 ``VecEnvWrapper`` under the learned reward) keeps the agent's recent TRUE-reward
+  experience as ``rewardmodels.segments.Trajectory`` pieces, so the pairs shown to the labeller come from the very
+  steps the agent trained on (Christiano et al. 2017 query the agent's own trajectories) at no extra env steps.
+* ``SegmentPairSource`` implements the loop's ``PairSource``: random or agent collection, candidate segment pairs,
+  labelling with any teacher-compatible labeller, the labelled ``PreferenceDataset``.
+* ``EnsembleRewardModel`` implements the loop's ``RewardModel`` over ``rewardmodels.ensemble.RewardEnsemble``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
+
+from rewardmodels.ensemble import FitConfig, RewardEnsemble
+from rewardmodels.preferences import PreferenceDataset
+from rewardmodels.segments import Trajectory, cut_segments
+from rewardmodels.selection import select_pairs
+
+EXPERIENCE_FILE = "experience.npz"
+REWARD_MODEL_FILE = "reward_model.safetensors"
+DATASET_FILE = "preferences.npz"
+
+
+class Experience:
+    """Recent trajectories of all envs, bounded to the last ``capacity`` steps; counts every step ever recorded."""
+
+    def __init__(self, capacity: int = 20_000):
+        self.capacity = int(capacity)
+        self.done: deque[Trajectory] = deque()
+        self.open: dict[tuple[int, int], list[tuple[Any, Any, float]]] = {}  # (source, env) -> steps so far
+        self.steps = 0
+        self._stored = 0
+
+    def add(self, source: int, env: int, obs: Any, act: Any, rew: float, done: bool, terminated: bool) -> None:
+        steps = self.open.setdefault((source, env), [])
+        steps.append((np.array(obs, copy=True), np.array(act, copy=True), float(rew)))
+        self.steps += 1
+        if done:
+            self._close(source, env, terminated)
+
+    def _close(self, source: int, env: int, terminated: bool) -> None:
+        steps = self.open.pop((source, env), [])
+        if not steps:
+            return
+        obs, acts, rews = zip(*steps, strict=True)
+        self.done.append(Trajectory(np.stack(obs), np.stack(acts), np.asarray(rews, np.float32), terminated))
+        self._stored += len(steps)
+        while self.done and self._stored - len(self.done[0]) >= self.capacity:
+            self._stored -= len(self.done.popleft())
+
+    def trajectories(self, recent_steps: int | None = None) -> list[Trajectory]:
+        """Finished trajectories plus the unfinished ones (not terminated), newest last, covering ``recent_steps``."""
+        live = []
+        for steps in self.open.values():
+            if steps:
+                obs, acts, rews = zip(*steps, strict=True)
+                live.append(Trajectory(np.stack(obs), np.stack(acts), np.asarray(rews, np.float32), False))
+        out: list[Trajectory] = []
+        total = sum(len(t) for t in live)
+        for traj in reversed(self.done):
+            if recent_steps is not None and total >= recent_steps:
+                break
+            out.append(traj)
+            total += len(traj)
+        return out[::-1] + live
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """Finished trajectories as flat arrays (unfinished ones are dropped: resumed envs start new episodes)."""
+        trajs = list(self.done)
+        if not trajs:
+            return {"steps": np.array(self.steps)}
+        return {
+            "obs": np.concatenate([t.obs for t in trajs]), "acts": np.concatenate([t.acts for t in trajs]),
+            "rews": np.concatenate([t.rews for t in trajs]), "lengths": np.array([len(t) for t in trajs]),
+            "terminated": np.array([t.terminated for t in trajs]), "steps": np.array(self.steps),
+        }
+
+    def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        self.done.clear()
+        self.open.clear()
+        self._stored = 0
+        self.steps = int(arrays["steps"])
+        if "lengths" in arrays:
+            bounds = np.concatenate([[0], np.cumsum(arrays["lengths"])])
+            for i, term in enumerate(arrays["terminated"]):
+                sl = slice(bounds[i], bounds[i + 1])
+                self.done.append(Trajectory(arrays["obs"][sl], arrays["acts"][sl], arrays["rews"][sl], bool(term)))
+                self._stored += int(arrays["lengths"][i])
+
+
+class ExperienceRecorder(VecEnvWrapper):
+    """Records every step of an SB3 vec env (observation before the action, action, the env's own reward)."""
+
+    def __init__(self, venv: VecEnv, experience: Experience, source: int = 0):
+        super().__init__(venv)
+        self.experience, self.source = experience, source
+        self._obs: Any = None
+        self._acts: Any = None
+
+    def reset(self):
+        if self._obs is not None:  # a reset mid-episode: what was recorded so far is a truncated stretch
+            for env in range(self.num_envs):
+                self.experience._close(self.source, env, terminated=False)
+        self._obs = self.venv.reset()
+        return self._obs
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._acts = np.asarray(actions)
+        self.venv.step_async(actions)
+
+    def step_wait(self):
+        obs, rews, dones, infos = self.venv.step_wait()
+        for env in range(self.num_envs):
+            truncated = bool(infos[env].get("TimeLimit.truncated", False))
+            self.experience.add(self.source, env, self._obs[env], self._acts[env], float(rews[env]),
+                                bool(dones[env]), terminated=bool(dones[env]) and not truncated)
+        self._obs = obs
+        return obs, rews, dones, infos
+
+
+def probe_spaces(env_id: str, seed: int) -> tuple[gym.Space, gym.Space]:
+    """``(observation_space, action_space)`` of ``env_id``; the action space is seeded, as the random policy of the
+    initial collection samples from it and must follow the run's seed like everything else."""
+    probe = gym.make(env_id)
+    obs_space, act_space = probe.observation_space, probe.action_space
+    probe.close()
+    act_space.seed(seed + 104_729)
+    return obs_space, act_space
+
+
+def drive(venv: VecEnv, agent: Any | None, act_space: gym.Space, n_steps: int) -> None:
+    """Step ``venv`` (a recording wrapper) for about ``n_steps`` env steps with ``agent.act`` or uniform random
+    actions when ``agent`` is None."""
+    obs = venv.reset()
+    for _ in range(int(np.ceil(n_steps / venv.num_envs))):
+        acts = np.stack([act_space.sample() for _ in range(venv.num_envs)]) if agent is None else agent.act(obs)
+        obs, _, _, _ = venv.step(acts)
+
+
+class RecordedPairSource:
+    """What the pair sources share: the env's spaces and an experience store that recording wrappers fill, on the
+    agent's training envs (``wrap``, source 0) and on a collection env built on first use (source 1). Subclasses set
+    ``recorder`` (the ``VecEnvWrapper`` that writes into ``self.experience``) and create ``self.experience``."""
+
+    recorder: type
+
+    def __init__(self, env_id: str, segment_len: int, recent_steps: int, seed: int, n_collect_envs: int):
+        self.env_id, self.segment_len, self.recent_steps = env_id, int(segment_len), int(recent_steps)
+        self.seed, self.n_collect_envs = seed, n_collect_envs
+        self.obs_space, self.act_space = probe_spaces(env_id, seed)
+        self._collect_venv: VecEnv | None = None
+
+    @property
+    def env_steps(self) -> int:
+        return self.experience.steps
+
+    def wrap(self, venv: VecEnv) -> VecEnv:
+        """Record the agent's training envs (pass as ``SB3Agent(wrap_venv=...)``)."""
+        return self.recorder(venv, self.experience, source=0)
+
+    def _drive_collection(self, agent: Any | None, n_steps: int) -> VecEnv:
+        """Run ``agent.act`` (or uniform random actions when ``agent`` is None) for ``n_steps`` steps of the recorded
+        collection env; return it."""
+        from agents.sb3.control import make_vec_env
+
+        if self._collect_venv is None:
+            venv = make_vec_env(self.env_id, self.n_collect_envs, self.seed + 7_919)
+            self._collect_venv = self.recorder(venv, self.experience, source=1)
+        drive(self._collect_venv, agent, self.act_space, n_steps)
+        return self._collect_venv
+
+
+class SegmentPairSource(RecordedPairSource):
+    """``PairSource`` for any Gymnasium env: pairs of fixed-length segments from the agent's recent experience.
+
+    Args:
+        env_id: the env (its spaces, and the env of the random/agent collection).
+        segment_len: T, steps per segment (Christiano et al. used 25-60 steps: 1-2 seconds of video).
+        recent_steps: candidates are cut from about this many most recent steps of experience.
+        capacity: steps of experience kept in memory (and in checkpoints).
+        seed: seeds the collection env.
+    """
+
+    recorder = ExperienceRecorder
+
+    def __init__(self, env_id: str, segment_len: int, recent_steps: int = 4_000, capacity: int = 20_000,
+                 seed: int = 0, n_collect_envs: int = 8):
+        super().__init__(env_id, segment_len, recent_steps, seed, n_collect_envs)
+        self.experience = Experience(capacity)
+
+    def collect(self, agent: Any | None, n_steps: int) -> None:
+        """Run ``agent.act`` (or uniform random actions when ``agent`` is None) for ``n_steps`` env steps."""
+        venv = self._drive_collection(agent, n_steps)
+        for env in range(venv.num_envs):  # close the stretches: the next collection restarts the envs
+            self.experience._close(1, env, terminated=False)
+        venv._obs = None
+
+    def candidates(self, n_pairs: int, rng: np.random.Generator) -> PreferenceDataset:
+        trajs = self.experience.trajectories(self.recent_steps)
+        segs = cut_segments(trajs, self.segment_len, n=2 * n_pairs, rng=rng)
+        return PreferenceDataset.from_segments(segs[:n_pairs], segs[n_pairs:], obs_space=self.obs_space,
+                                               act_space=self.act_space)
+
+    def label(self, labeller: Any, pairs: PreferenceDataset) -> PreferenceDataset:
+        media = {}
+        if getattr(labeller, "needs_media", False):  # a person: clips drawn from the observations (StateRenderer)
+            media = {"obs_a": pairs.obs_a, "obs_b": pairs.obs_b}
+        labels = labeller.label(pairs.true_rew_a, pairs.true_rew_b, pairs.mask_a, pairs.mask_b, **media)
+        return pairs.with_labels(np.asarray(labels, dtype=np.float32))
+
+    def true_preferences(self, pairs: PreferenceDataset) -> np.ndarray:
+        ret_a, ret_b = pairs.true_returns()
+        return np.where(np.isclose(ret_a, ret_b), 0.5, (ret_a > ret_b).astype(np.float64))
+
+    def merge(self, dataset: PreferenceDataset | None, pairs: PreferenceDataset) -> PreferenceDataset:
+        return pairs.subset(slice(None)) if dataset is None else dataset.append(pairs)
+
+    def save(self, directory: Path, dataset: PreferenceDataset | None) -> None:
+        from rewardmodels.preferences import atomic_write
+
+        if dataset is not None:
+            dataset.save(Path(directory) / DATASET_FILE)
+        arrays = self.experience.state_arrays()
+        atomic_write(Path(directory) / EXPERIENCE_FILE, lambda f: np.savez(f, **arrays))
+
+    def load(self, directory: Path) -> PreferenceDataset | None:
+        directory = Path(directory)
+        with np.load(directory / EXPERIENCE_FILE, allow_pickle=False) as npz:
+            self.experience.load_arrays({k: npz[k] for k in npz.files})
+        path = directory / DATASET_FILE
+        return PreferenceDataset.load(path) if os.path.exists(path) else None
+
+
+class EnsembleRewardModel:
+    """The loop's ``RewardModel`` over a ``RewardEnsemble``: Bradley-Terry fit, ensemble-mean preferences,
+    disagreement selection, and the agent's reward (members' normalised rewards, averaged)."""
+
+    def __init__(self, ensemble: RewardEnsemble, fit_config: FitConfig | None = None):
+        self.ensemble = ensemble
+        self.fit_config = fit_config
+
+    def fit(self, dataset: PreferenceDataset) -> dict[str, float]:
+        return self.ensemble.fit(dataset, self.fit_config)
+
+    def preference_probs(self, pairs: PreferenceDataset) -> np.ndarray:
+        return self.ensemble.preference_probs(pairs).mean(axis=0)
+
+    def select(self, candidates: PreferenceDataset, n: int, method: str, rng: np.random.Generator):
+        return candidates.subset(select_pairs(candidates, n, method, self.ensemble, rng))
+
+    def reward_fn(self):
+        return self.ensemble.predict_reward
+
+    def save(self, directory: Path) -> None:
+        self.ensemble.save(Path(directory) / REWARD_MODEL_FILE)
+
+    def load(self, directory: Path) -> None:
+        self.ensemble.load_state(Path(directory) / REWARD_MODEL_FILE)

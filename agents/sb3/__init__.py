@@ -1,0 +1,33 @@
+"""Stable-Baselines3, unmodified, on a learned reward.
+
+- ``control``: ``SB3Agent`` (any SB3 algorithm on a Gymnasium env whose reward is the learned one; off-policy
+  replay buffers relabelled after each refit), the tuned hyperparameters, env and algorithm checks.
+- ``text_policy``: ``CausalLMPolicy`` (the env's LM as SB3's actor, a value head as critic), ``LMHandle``,
+  ``SyncTextEnvCallback``, ``make_sb3_text_model``: SB3 algorithms on ``TextGen-v0``.
+- ``text``: SB3 PPO / A2C as the policy-improvement step of the text RLHF run.
+"""
+
+from agents.sb3.control import (
+    IncompatibleSpaceError,
+    SB3Agent,
+    UnknownAlgorithmError,
+    UnknownEnvError,
+    check_algorithm,
+    check_env_id,
+    default_hyperparams,
+    make_vec_env,
+)
+from agents.sb3.text_policy import (
+    CausalLMPolicy,
+    LMHandle,
+    ObservationSpaceError,
+    SyncTextEnvCallback,
+    make_sb3_text_model,
+    mean_episode_score,
+)
+
+__all__ = [
+    "CausalLMPolicy", "IncompatibleSpaceError", "LMHandle", "ObservationSpaceError", "SB3Agent",
+    "SyncTextEnvCallback", "UnknownAlgorithmError", "UnknownEnvError", "check_algorithm", "check_env_id",
+    "default_hyperparams", "make_sb3_text_model", "make_vec_env", "mean_episode_score",
+]
