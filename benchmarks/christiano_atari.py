@@ -207,11 +207,11 @@ def main(argv: list[str] | None = None) -> None:
         "wall_s": time.perf_counter() - start, "frames_stored": len(store),
     }
     if args.loop_steps:
-        from agents.loop.presets import apply_preset, run_preset
+        from agents.loop import PrefsConfig, run_prefs
 
-        preset = apply_preset("christiano-atari", args.game, {"labels": args.labels, "steps": args.loop_steps,
-                                                               "seed": args.seed, "progress_bar": False})
-        summary = run_preset(preset, Path(args.out) / "loop")
+        config = PrefsConfig.from_preset("christiano-atari", args.game, labels=args.labels, steps=args.loop_steps,
+                                         seed=args.seed, progress_bar=False)
+        summary = run_prefs(config, Path(args.out) / "loop")
         result["loop"] = {k: summary[k] for k in ("true_return_mean", "true_return_std", "labels_used", "env_steps",
                                                   "wall_s")}
     out = Path(args.out)

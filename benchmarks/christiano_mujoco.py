@@ -66,12 +66,13 @@ def run_rl(env_id: str, steps: int, seed: int, hyperparams: dict, episodes: int)
 
 
 def run_prefs(env_id: str, steps: int, seed: int, labels: int, out: Path, overrides: dict) -> dict:
-    from agents.loop.presets import apply_preset, run_preset
+    from agents.loop import PrefsConfig
+    from agents.loop import run_prefs as run_loop
 
-    preset = apply_preset("christiano-mujoco", env_id, {"labels": labels, "steps": steps, "seed": seed,
-                                                        "progress_bar": False, **overrides})
-    summary = run_preset(preset, out)
-    summary["hyperparams"] = preset.prefs.hyperparams
+    config = PrefsConfig.from_preset("christiano-mujoco", env_id, labels=labels, steps=steps, seed=seed,
+                                     progress_bar=False, **overrides)
+    summary = run_loop(config, out)
+    summary["hyperparams"] = config.hyperparams
     return summary
 
 

@@ -33,7 +33,7 @@ PROTOCOLS = {
 
 RUN = (
     "import json, sys, time, torch; torch.set_num_threads(1)\n"
-    "from agents.loop.prefs import PrefsConfig, run_prefs\n"
+    "from agents.loop import PrefsConfig, run_prefs\n"
     "env, seed, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]\n"
     "s = run_prefs(PrefsConfig.for_env(env, seed=seed, progress_bar=False), out)\n"
     "print('RESULT ' + json.dumps(s))\n"

@@ -139,7 +139,7 @@ def run_ours(seed: int, labels: int, steps: int, episodes: int, rounds: int | No
     out = OUT / f"ours-pendulum-seed{seed}"
     code = (
         "import json, time, torch; t0, c0 = time.perf_counter(), time.process_time(); torch.set_num_threads(1)\n"
-        "from agents.loop.prefs import PrefsConfig, run_prefs\n"
+        "from agents.loop import PrefsConfig, run_prefs\n"
         f"s = run_prefs(PrefsConfig.for_env('Pendulum-v1', seed={seed}, labels={labels}, steps={steps}, "
         f"rounds={rounds!r}, hyperparams={hyperparams!r}, eval_episodes={episodes}, progress_bar=False), "
         f"{str(out)!r})\n"
@@ -177,9 +177,9 @@ def main() -> int:
     python = ensure_venv()
     if args.steps is None:
         sys.path.insert(0, str(ROOT))
-        from agents.loop.prefs import ENV_PRESETS
+        from agents.loop.presets import TUNED
 
-        args.steps = ENV_PRESETS["Pendulum-v1"]["steps"]
+        args.steps = TUNED["Pendulum-v1"]["steps"]
     rows = []
     for seed in range(args.seeds):
         for name, fn in (("imitation 1.0.1", lambda s=seed: cached_imitation(python, s, args)),

@@ -15,7 +15,7 @@ import argparse
 
 import torch
 
-from agents.loop.prefs import PrefsConfig, run_prefs
+from agents.loop import PrefsConfig, run_prefs
 
 
 def main(argv: list[str] | None = None) -> dict:

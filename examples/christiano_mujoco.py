@@ -2,7 +2,8 @@
 
 The preset encodes the paper's protocol (1.5 s segments, an ensemble of 3 with disagreement-based queries over 10x
 candidates, the 2e6/(T+2e6) label rate, 25% of the comparisons from a random policy, a 2x64 leaky-ReLU predictor
-with rewards normalised to std 1, L2 adapted to the validation loss); every value is cited in ``agents/loop/presets.py``.
+with rewards normalised to std 1, L2 adapted to the validation loss); every value is cited in
+``agents/loop/presets.py``.
 The paper ran millions of steps; the default here is InvertedPendulum-v5 on a budget that finishes on a laptop CPU.
 
     python examples/christiano_mujoco.py                             # InvertedPendulum-v5, 60 labels, 20k steps
@@ -15,7 +16,7 @@ import argparse
 
 import torch
 
-from agents.loop.presets import apply_preset, run_preset
+from agents.loop import PrefsConfig, run_prefs
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -29,14 +30,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
-    preset = apply_preset("christiano-mujoco", args.env, {
-        "labels": args.labels, "steps": args.steps, "seed": args.seed, "eval_episodes": args.eval_episodes,
-        "progress_bar": False,
-    })
+    config = PrefsConfig.from_preset("christiano-mujoco", args.env, labels=args.labels, steps=args.steps,
+                                     seed=args.seed, eval_episodes=args.eval_episodes, progress_bar=False)
     out = args.out or f"runs/examples/christiano-{args.env}"
-    summary = run_preset(preset, out)  # config.json, tb/, checkpoints/, summary.json, curves.png
+    summary = run_prefs(config, out)  # config.json, tb/, checkpoints/, summary.json, curves.png
     print(f"{args.env}: true return {summary['true_return_mean']:.1f} +- {summary['true_return_std']:.1f} from "
-          f"{summary['labels_used']} labels ({preset.prefs.segment_len}-step segments) and {summary['env_steps']} "
+          f"{summary['labels_used']} labels ({config.segment_len}-step segments) and {summary['env_steps']} "
           f"env steps in {summary['wall_s']:.0f} s; run directory: {out}")
     return summary
 

@@ -7,8 +7,9 @@
     rlhf-gym prefs --preset christiano-mujoco --env Hopper-v5 --labels 700 --steps 1000000 --out runs/hopper
     rlhf-gym prefs --preset christiano-atari --env ALE/Pong-v5 --labels 3300 --steps 10000000 --out runs/pong
 
-Every unset option takes the tuned preset of the env (``agents.loop.prefs.ENV_PRESETS``), else ``PrefsConfig``'s
-default. The run directory gets config.json, summary.json, metrics.jsonl, tb/, curves.png and checkpoints/.
+Every unset option takes the preset's value (``--preset``, else the env's tuned settings: ``agents.loop.presets``),
+else ``PrefsConfig``'s default. The run directory gets config.json, summary.json, metrics.jsonl, tb/, curves.png
+and checkpoints/.
 """
 
 from __future__ import annotations
@@ -16,13 +17,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 from pathlib import Path
 from typing import Any
 
+from agents.loop.config import PrefsConfig
+from agents.loop.prefs import run_prefs
+from agents.loop.presets import PRESETS
+from agents.sb3.control import IncompatibleSpaceError
+
 logger = logging.getLogger(__name__)
 
+#: Flags that set the ``PrefsConfig`` field of the same name (``--initial-fraction`` sets initial_label_fraction).
+_CONFIG_FIELDS = ("algo", "labels", "steps", "seed", "teacher", "selection", "ensemble", "segment_len", "rounds",
+                  "initial_steps", "initial_label_fraction", "reward_epochs", "eval_episodes", "eval_every", "device",
+                  "hyperparams", "labeller", "human_fraction", "label_timeout")
 _TEACHER_FIELDS = {"teacher_beta": "beta", "teacher_gamma": "gamma", "teacher_eps": "eps",
                    "teacher_skip": "skip_threshold", "teacher_equal": "equal_threshold"}
 
@@ -54,9 +63,9 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     h.add_argument("--label-timeout", type=float, default=None,
                    help="seconds to wait for people per batch (default: as long as it takes); unlabelled pairs are "
                         "then skipped")
-    from agents.loop.presets import add_preset_argument
-
-    add_preset_argument(g)
+    g.add_argument("--preset", choices=sorted(p for p in PRESETS if p != "tuned"), default=None,
+                   help="the protocol of Christiano et al. 2017 for MuJoCo or Atari envs (agents/loop/presets.py); "
+                        "other options override its values (default: the env's tuned settings)")
     t = parser.add_argument_group("teacher (simulated labeller, B-Pref models)")
     t.add_argument("--teacher", default=None, help="oracle, noisy, myopic, mistake, skip, equal (default: oracle)")
     t.add_argument("--teacher-beta", type=float, default=None, help="rationality: P(a) = sigmoid(beta (R_a - R_b))")
@@ -77,73 +86,57 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--eval-every", type=int, default=None, help="in-run evaluation every N rounds (0 = off)")
 
 
-def config_from_args(args: argparse.Namespace):
-    """A validated ``PrefsConfig`` from parsed arguments (unset ones keep the env preset)."""
-    from agents.loop.prefs import PrefsConfig
-
+def config_from_args(args: argparse.Namespace) -> PrefsConfig:
+    """A validated ``PrefsConfig`` from parsed arguments (unset ones keep the preset's value)."""
     teacher_params = {field: getattr(args, arg) for arg, field in _TEACHER_FIELDS.items()
                       if getattr(args, arg, None) is not None}
     if "beta" in teacher_params and teacher_params["beta"] < 0:
         raise ValueError(f"--teacher-beta must be >= 0 (use a large value for a near-perfect teacher), got "
                          f"{teacher_params['beta']}")
-    names = ("algo", "labels", "steps", "seed", "teacher", "selection", "ensemble", "segment_len", "rounds",
-             "initial_steps", "initial_label_fraction", "reward_epochs", "eval_episodes", "eval_every", "device",
-             "hyperparams", "labeller", "human_fraction", "label_timeout")
-    overrides: dict[str, Any] = {n: getattr(args, n, None) for n in names}
+    overrides: dict[str, Any] = {n: getattr(args, n, None) for n in _CONFIG_FIELDS}
     if teacher_params:
         overrides["teacher_params"] = teacher_params
     if getattr(args, "no_progress", False):
         overrides["progress_bar"] = False
-    return PrefsConfig.for_env(args.env, **overrides)
+    return PrefsConfig.from_preset(getattr(args, "preset", None), args.env, **overrides)
 
 
-def _saved_config(out: Path):
-    from agents.loop.prefs import PrefsConfig
+def default_out(cfg: PrefsConfig) -> Path:
+    safe_env = cfg.env.replace("/", "_").replace(":", "_")
+    if cfg.preset:
+        return Path("runs") / f"{cfg.preset}-{safe_env}-seed{cfg.seed}"
+    return Path("runs") / f"{safe_env}-{cfg.algo}-seed{cfg.seed}"
 
-    saved = json.loads((out / "config.json").read_text(encoding="utf-8"))["prefs"]
-    saved.pop("progress_bar", None)
-    if "teacher_params" in saved:  # JSON has no inf: the run dir stores it as a string
-        saved["teacher_params"] = {k: (math.inf if v == "inf" else v) for k, v in saved["teacher_params"].items()}
-    saved["reward_hidden"] = tuple(saved.get("reward_hidden", (64, 64)))
-    return PrefsConfig(**saved)
+
+def _fail(message: str) -> int:
+    print(f"rlhf-gym prefs: error: {message}", file=sys.stderr)
+    return 2
 
 
 def run(args: argparse.Namespace) -> int:
-    from agents.loop.prefs import run_prefs
-    from agents.sb3.control import IncompatibleSpaceError
-
-    if getattr(args, "preset", None):  # the paper's protocol: agents/loop/presets.py wires its own loop
-        if getattr(args, "labeller", None) not in (None, "teacher"):
-            print("rlhf-gym prefs: error: --preset runs use a simulated teacher; drop --labeller", file=sys.stderr)
-            return 2
-        from agents.loop.presets import run_cli
-
-        return run_cli(args)
     try:
-        cfg = config_from_args(args)
-    except (ValueError, TypeError) as err:  # UnknownEnvError / UnknownAlgorithmError are ValueErrors
-        print(f"rlhf-gym prefs: error: {err}", file=sys.stderr)
-        return 2
-    out = Path(args.out) if args.out else Path("runs") / f"{cfg.env.replace(':', '_')}-{cfg.algo}-seed{cfg.seed}"
-    if args.resume:
-        if not (out / "checkpoints" / "latest.json").exists():
-            print(f"rlhf-gym prefs: error: --resume: {out} has no checkpoint to resume from (checkpoints/latest.json)"
-                  "; drop --resume to start a new run", file=sys.stderr)
-            return 2
-        cfg = _saved_config(out)
-        if args.no_progress:
-            cfg.progress_bar = False
-        logger.info("resuming %s with its saved settings (command-line settings other than --out are ignored)", out)
-    elif (out / "checkpoints" / "latest.json").exists():
-        print(f"rlhf-gym prefs: error: {out} already holds a run; pass --resume to continue it, or choose another "
-              "--out", file=sys.stderr)
-        return 2
+        if args.resume:
+            out = Path(args.out) if args.out else None
+            if out is None or not (out / "checkpoints" / "latest.json").exists():
+                return _fail(f"--resume: {out} has no checkpoint to resume from (checkpoints/latest.json); drop "
+                             "--resume to start a new run")
+            cfg = PrefsConfig.load(out)
+            if args.no_progress:
+                cfg.progress_bar = False
+            logger.info("resuming %s with its saved settings (command-line settings other than --out are ignored)",
+                        out)
+        else:
+            cfg = config_from_args(args)
+            out = Path(args.out) if args.out else default_out(cfg)
+            if (out / "checkpoints" / "latest.json").exists():
+                return _fail(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+    except (ValueError, TypeError) as err:  # UnknownEnvError, PresetError, RunConfigError, config validation
+        return _fail(str(err))
     try:
         summary = run_prefs(cfg, out, resume=args.resume)
     except IncompatibleSpaceError as err:
-        print(f"rlhf-gym prefs: error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps({k: summary[k] for k in ("true_return_mean", "true_return_std", "labels_used", "env_steps",
-                                              "wall_s")}, indent=2))
+        return _fail(str(err))
+    keys = ("true_return_mean", "true_return_std", "labels_used", "env_steps", "wall_s", "preset", "env")
+    print(json.dumps({k: summary[k] for k in keys if summary.get(k) is not None}, indent=2))
     print(f"run directory: {out} (summary.json, curves.png, tensorboard --logdir {out / 'tb'})")
     return 0

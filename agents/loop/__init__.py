@@ -4,12 +4,15 @@
   repeat), its four protocols (``Agent``, ``PairSource``, ``RewardModel``, ``Labeller``), ``LoopConfig``, callbacks.
 - ``segment_pairs`` / ``frame_pairs``: pair sources that cut trajectory segments (state vectors; stored frames).
 - ``reward_model``: the reward ensemble as the loop's ``RewardModel``.
-- ``prefs``: ``PrefsConfig`` (every setting of one control run) and ``run_prefs`` / ``build_loop``.
-- ``presets``: the one preset registry (tuned per-env defaults; the paper's MuJoCo and Atari protocols).
+- ``config``: ``PrefsConfig``, every setting of one control run (``LoopConfig`` plus env, agent, labeller, reward net).
+- ``presets``: the one preset registry (``tuned`` per-env settings; the paper's MuJoCo and Atari protocols).
+- ``prefs``: ``build_loop`` / ``run_prefs``: a ``PrefsConfig`` wired into a running loop.
 - ``atari``: the paper's Atari preprocessing as registered env ids.
 - ``text_rlhf``: RLHF for an LM (pairs -> LM reward model -> PPO / GRPO / RLOO / DPO).
 """
 
+from agents.loop.config import PrefsConfig, RunConfigError
+from agents.loop.frame_pairs import ImageSegmentPairSource
 from agents.loop.preference_loop import (
     Agent,
     Labeller,
@@ -20,10 +23,14 @@ from agents.loop.preference_loop import (
     RewardModel,
     label_allocation,
 )
-from agents.loop.prefs import PrefsConfig, build_loop, run_prefs
-from agents.loop.segment_pairs import EnsembleRewardModel, SegmentPairSource
+from agents.loop.prefs import build_loop, make_labeller, run_prefs
+from agents.loop.presets import PRESETS, Preset, PresetError, apply_preset
+from agents.loop.reward_model import EnsembleRewardModel, build_reward_ensemble
+from agents.loop.segment_pairs import SegmentPairSource
 
 __all__ = [
-    "Agent", "EnsembleRewardModel", "Labeller", "LoopCallback", "LoopConfig", "PairSource", "PreferenceLoop",
-    "PrefsConfig", "RewardModel", "SegmentPairSource", "build_loop", "label_allocation", "run_prefs",
+    "PRESETS", "Agent", "EnsembleRewardModel", "ImageSegmentPairSource", "Labeller", "LoopCallback", "LoopConfig",
+    "PairSource", "PreferenceLoop", "PrefsConfig", "Preset", "PresetError", "RewardModel", "RunConfigError",
+    "SegmentPairSource", "apply_preset", "build_loop", "build_reward_ensemble", "label_allocation", "make_labeller",
+    "run_prefs",
 ]

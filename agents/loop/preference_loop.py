@@ -14,8 +14,9 @@ trains on an unfitted reward. Labels follow a schedule over env steps (``constan
 loaded: early labels shape the reward the agent learns most from.
 
 Nothing here knows about control envs: the four parts are protocols (``Agent``, ``PairSource``, ``RewardModel``,
-``Labeller``). The Stable-Baselines3 + segment adapters are in ``agents/loop/segment_pairs.py``; a text env with an LLM agent
-plugs in by implementing the same four.
+``Labeller``). For control envs, ``agents.loop.prefs.build_loop`` plugs in Stable-Baselines3 (``agents.sb3``), the
+segment pair sources (``segment_pairs``, ``frame_pairs``) and the reward ensemble (``reward_model``); a text env with
+an LLM agent plugs in by implementing the same four.
 
 Logged every round (``RunDir.log`` with the labels used as the step: TensorBoard, metrics.jsonl, console):
 ``eval/true_return`` (the policy on the TRUE reward), ``agent/true_ep_return`` (training episodes, true reward),
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import sys
 import time
@@ -44,7 +44,9 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from agents.rundir import RunDir, write_json
+from agents.rundir import RunDir
+from rewardmodels.files import atomic_write, write_json
+from rewardmodels.schedules import make_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -106,66 +108,72 @@ class LoopCallback:
         return None
 
 
-# -- schedule -------------------------------------------------------------------------------------------------------
+# -- budgets and schedule -----------------------------------------------------------------------------------------
 @dataclass
 class LoopConfig:
-    total_labels: int = 150
-    """Label budget of the whole run."""
-    total_steps: int = 50_000
+    """Budgets and schedule of the preference loop (``agents.loop.preference_loop.PreferenceLoop``)."""
+
+    labels: int = 150
+    """Preference-label budget of the whole run."""
+    steps: int = 50_000
     """Env-step budget of the whole run (initial collection + training)."""
-    rounds: int = 20
-    """Number of learn -> label -> fit rounds after round 0."""
-    initial_label_fraction: float = 0.3
+    rounds: int = 24
+    """Learn -> label -> fit rounds after round 0."""
+    initial_label_fraction: float = 0.4
     """Share of the labels spent in round 0, on the initial collection, before the agent trains."""
     initial_steps: int = 2_000
-    """Env steps of the initial collection (counted in ``total_steps``)."""
+    """Env steps of the initial collection (counted in ``steps``)."""
     initial_policy: str = "random"
     """Who acts in the initial collection: ``random`` (uniform actions) or ``agent`` (the untrained agent)."""
     label_schedule: str = "inverse_time"
     """How the other labels spread over rounds: ``constant`` or ``inverse_time`` (rate c/(t+c), Christiano App. A)."""
     schedule_c: float = 0.3
-    """c of the inverse-time schedule, as a fraction of the labelling horizon (smaller = more front-loaded)."""
+    """c of the inverse-time schedule as a fraction of the labelling horizon (smaller = more front-loaded)."""
+    schedule_c_steps: float | None = None
+    """c of the inverse-time schedule in env steps, the paper's form (2e6 MuJoCo A.1, 5e6 Atari A.2); when set it
+    replaces ``schedule_c``."""
     label_until: float = 0.8
     """No labels are asked after this fraction of the rounds (the last rounds only polish the policy)."""
     selection: str = "disagreement"
     """Query selection: ``random`` or ``disagreement`` (ensemble variance over oversampled candidates)."""
     oversample: int = 10
-    """Candidates drawn per label wanted when selecting by disagreement (the paper draws 10x)."""
+    """Candidates drawn per label wanted when selecting by disagreement (the paper draws 10x, 2.2.4)."""
     eval_episodes: int = 20
     """Episodes of the final evaluation on the TRUE reward."""
-    eval_every: int = 1
+    eval_every: int = 4
     """Evaluate the policy every this many rounds (0 = final evaluation only), on ``round_eval_episodes``."""
     round_eval_episodes: int = 5
     """Episodes of each in-run evaluation (the curve of true return against labels)."""
     seed: int = 0
-    """Seeds the loop's own RNG (pair sampling and selection) and torch."""
+    """Seeds everything of the run: the loop's RNG (pair sampling, selection), torch, the agent, the envs, the
+    reward ensemble and the teacher."""
     progress_bar: bool | None = None
     """Show a tqdm bar; None = only when stderr is a terminal."""
 
     def __post_init__(self) -> None:
+        name = type(self).__name__
+
         def need(ok: bool, msg: str) -> None:
             if not ok:
-                raise ValueError(f"LoopConfig: {msg}")
+                raise ValueError(f"{name}: {msg}")
 
-        need(self.total_labels >= 1, f"total_labels must be >= 1, got {self.total_labels}")
-        need(self.total_steps >= 1, f"total_steps must be >= 1, got {self.total_steps}")
-        need(self.rounds >= 1, f"rounds must be >= 1, got {self.rounds}")
+        for count in ("labels", "steps", "rounds", "oversample", "eval_episodes", "round_eval_episodes"):
+            need(getattr(self, count) >= 1, f"{count} must be >= 1, got {getattr(self, count)}")
         need(0.0 <= self.initial_label_fraction <= 1.0,
              f"initial_label_fraction must be in [0, 1], got {self.initial_label_fraction}")
-        need(0 <= self.initial_steps < self.total_steps,
-             f"initial_steps must be in [0, total_steps={self.total_steps}), got {self.initial_steps}")
+        need(0 <= self.initial_steps < self.steps,
+             f"initial_steps must be in [0, steps={self.steps}), got {self.initial_steps}; lower it or raise steps")
         need(self.initial_policy in ("random", "agent"),
              f"initial_policy must be 'random' or 'agent', got {self.initial_policy!r}")
         need(self.label_schedule in ("constant", "inverse_time"),
              f"label_schedule must be 'constant' or 'inverse_time', got {self.label_schedule!r}")
         need(self.schedule_c > 0, f"schedule_c must be > 0, got {self.schedule_c}")
+        need(self.schedule_c_steps is None or self.schedule_c_steps > 0,
+             f"schedule_c_steps must be > 0 or None, got {self.schedule_c_steps}")
         need(0.0 < self.label_until <= 1.0, f"label_until must be in (0, 1], got {self.label_until}")
         need(self.selection in ("random", "disagreement"),
              f"selection must be 'random' or 'disagreement', got {self.selection!r}")
-        need(self.oversample >= 1, f"oversample must be >= 1, got {self.oversample}")
-        need(self.eval_episodes >= 1, f"eval_episodes must be >= 1, got {self.eval_episodes}")
         need(self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}")
-        need(self.round_eval_episodes >= 1, f"round_eval_episodes must be >= 1, got {self.round_eval_episodes}")
         if self.initial_steps == 0:
             need(self.initial_policy == "agent" or self.initial_label_fraction == 0.0,
                  "initial_steps=0 leaves nothing to label in round 0: set initial_steps > 0 or "
@@ -173,22 +181,26 @@ class LoopConfig:
 
     @property
     def steps_per_round(self) -> int:
-        return max(1, (self.total_steps - self.initial_steps) // self.rounds)
+        return max(1, (self.steps - self.initial_steps) // self.rounds)
+
+    @property
+    def labelled_rounds(self) -> int:
+        """Rounds 1..this one ask for labels (``label_until`` of the rounds)."""
+        return max(1, int(np.ceil(self.rounds * self.label_until)))
 
 
 def label_allocation(cfg: LoopConfig) -> list[int]:
-    """Labels per round (index 0 = the initial round), summing exactly to ``total_labels``.
+    """Labels per round (index 0 = the initial round), summing exactly to ``labels``.
 
     Round r >= 1 asks for the labels that ``rewardmodels.schedules`` says are due by its env step; the schedule runs
     over the training steps up to ``label_until`` of the rounds, so the last rounds spend no labels.
     """
-    from rewardmodels.schedules import make_schedule
-
-    initial = round(cfg.total_labels * cfg.initial_label_fraction) if cfg.initial_steps > 0 else 0
-    last = max(1, int(np.ceil(cfg.rounds * cfg.label_until)))  # rounds 1..last get labels
+    initial = round(cfg.labels * cfg.initial_label_fraction) if cfg.initial_steps > 0 else 0
+    last = cfg.labelled_rounds  # rounds 1..last get labels
     horizon = cfg.steps_per_round * last
-    kwargs = {"c": cfg.schedule_c * horizon} if cfg.label_schedule == "inverse_time" else {}
-    schedule = make_schedule(cfg.label_schedule, cfg.total_labels - initial, horizon, **kwargs)
+    c = cfg.schedule_c_steps if cfg.schedule_c_steps is not None else cfg.schedule_c * horizon
+    kwargs = {"c": c} if cfg.label_schedule == "inverse_time" else {}
+    schedule = make_schedule(cfg.label_schedule, cfg.labels - initial, horizon, **kwargs)
     due = [int(schedule.labels_due(cfg.steps_per_round * r)) for r in range(last + 1)]
     return [initial] + np.diff(due).tolist() + [0] * (cfg.rounds - last)
 
@@ -231,9 +243,8 @@ class PreferenceLoop:
         self.reward_model.save(ckpt)
         self.agent.save(ckpt)
         write_json(ckpt / "state.json", {"loop": asdict(self.state), "rng": self.rng.bit_generator.state})
-        tmp = ckpt / ".rng.pt.tmp"
-        torch.save({"torch": torch.get_rng_state()}, tmp)  # SB3 samples actions with torch
-        os.replace(tmp, ckpt / "rng.pt")
+        rng_state = {"torch": torch.get_rng_state()}  # SB3 samples actions with torch
+        atomic_write(ckpt / "rng.pt", lambda f: torch.save(rng_state, f))
         write_json(self.run_dir.checkpoints / "latest.json", {"checkpoint": ckpt.name})  # the commit point
         for old in self.run_dir.checkpoints.glob("round-*"):
             if old != ckpt and old.is_dir():
@@ -301,7 +312,7 @@ class PreferenceLoop:
         """Run to the budgets (continuing from the latest checkpoint when ``resume``); returns the summary."""
         cfg = self.config
         if not (resume and self.resume()):
-            self.run_dir.write_config({"loop": cfg, **self.extra_config})
+            self.run_dir.write_config({"config": cfg, **self.extra_config})
         start = time.perf_counter() - self.state.wall_s
         cpu_start = time.process_time() - self.state.cpu_s
         for cb in self.callbacks:
@@ -316,7 +327,7 @@ class PreferenceLoop:
                     if cfg.initial_steps > 0:
                         self.source.collect(self.agent if cfg.initial_policy == "agent" else None, cfg.initial_steps)
                 else:  # the last round takes whatever budget is left; no round overshoots the budget
-                    left = cfg.total_steps - self.source.env_steps
+                    left = cfg.steps - self.source.env_steps
                     n_steps = min(cfg.steps_per_round, left) if r < cfg.rounds else left
                     if n_steps > 0:
                         metrics.update(self.agent.learn(n_steps, max_steps=left))
@@ -389,4 +400,4 @@ class PreferenceLoop:
             return None
         from tqdm.auto import tqdm
 
-        return tqdm(total=self.config.total_steps, initial=self.state.env_steps, unit="step", desc="prefs")
+        return tqdm(total=self.config.steps, initial=self.state.env_steps, unit="step", desc="prefs")

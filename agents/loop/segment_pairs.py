@@ -5,7 +5,6 @@
   steps the agent trained on (Christiano et al. 2017 query the agent's own trajectories) at no extra env steps.
 * ``SegmentPairSource`` implements the loop's ``PairSource``: random or agent collection, candidate segment pairs,
   labelling with any teacher-compatible labeller, the labelled ``PreferenceDataset``.
-* ``EnsembleRewardModel`` implements the loop's ``RewardModel`` over ``rewardmodels.ensemble.RewardEnsemble``.
 """
 
 from __future__ import annotations
@@ -19,13 +18,10 @@ import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
-from rewardmodels.ensemble import FitConfig, RewardEnsemble
 from rewardmodels.preferences import PreferenceDataset
 from rewardmodels.segments import Trajectory, cut_segments
-from rewardmodels.selection import select_pairs
 
 EXPERIENCE_FILE = "experience.npz"
-REWARD_MODEL_FILE = "reward_model.safetensors"
 DATASET_FILE = "preferences.npz"
 
 
@@ -237,30 +233,3 @@ class SegmentPairSource(RecordedPairSource):
             self.experience.load_arrays({k: npz[k] for k in npz.files})
         path = directory / DATASET_FILE
         return PreferenceDataset.load(path) if os.path.exists(path) else None
-
-
-class EnsembleRewardModel:
-    """The loop's ``RewardModel`` over a ``RewardEnsemble``: Bradley-Terry fit, ensemble-mean preferences,
-    disagreement selection, and the agent's reward (members' normalised rewards, averaged)."""
-
-    def __init__(self, ensemble: RewardEnsemble, fit_config: FitConfig | None = None):
-        self.ensemble = ensemble
-        self.fit_config = fit_config
-
-    def fit(self, dataset: PreferenceDataset) -> dict[str, float]:
-        return self.ensemble.fit(dataset, self.fit_config)
-
-    def preference_probs(self, pairs: PreferenceDataset) -> np.ndarray:
-        return self.ensemble.preference_probs(pairs).mean(axis=0)
-
-    def select(self, candidates: PreferenceDataset, n: int, method: str, rng: np.random.Generator):
-        return candidates.subset(select_pairs(candidates, n, method, self.ensemble, rng))
-
-    def reward_fn(self):
-        return self.ensemble.predict_reward
-
-    def save(self, directory: Path) -> None:
-        self.ensemble.save(Path(directory) / REWARD_MODEL_FILE)
-
-    def load(self, directory: Path) -> None:
-        self.ensemble.load_state(Path(directory) / REWARD_MODEL_FILE)

@@ -5,6 +5,9 @@ import pytest
 
 from agents.cli import main
 from agents.cli import prefs as prefs_cmd
+from agents.loop.config import PrefsConfig
+from agents.loop.prefs import build_loop
+from rewardmodels.feedback.human import HumanLabeller, MixedLabeller
 
 TINY = ["--env", "CartPole-v1", "--labels", "12", "--steps", "2048", "--rounds", "2", "--initial-steps", "512",
         "--segment-len", "20", "--ensemble", "2", "--reward-epochs", "5", "--eval-episodes", "3", "--eval-every", "1",
@@ -25,8 +28,8 @@ def test_cli_writes_summary_with_the_required_keys_on_a_tiny_budget(tmp_path, ca
         assert key in summary
     assert summary["labels_used"] == 12 and summary["env_steps"] <= 2048 and summary["eval_episodes"] == 3
     config = json.loads((out / "config.json").read_text())
-    assert config["prefs"]["seed"] == 3 and config["prefs"]["hyperparams"]["n_envs"] == 4
-    assert config["loop"]["total_labels"] == 12
+    assert config["config"]["seed"] == 3 and config["config"]["hyperparams"]["n_envs"] == 4
+    assert config["config"]["labels"] == 12 and config["config"]["initial_steps"] == 512
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG" and any((out / "tb").iterdir())
     printed = capsys.readouterr().out
     assert "true_return_mean" in printed and str(out) in printed
@@ -48,7 +51,7 @@ def test_cli_writes_summary_with_the_required_keys_on_a_tiny_budget(tmp_path, ca
     (["--labeller", "human", "--label-timeout", "0"], "label_timeout must be > 0"),
     (["--labeller", "human", "--env", "Hopper-v5"], "no state-from-observation rule"),
     (["--preset", "christiano-atari", "--env", "Hopper-v5"], "christiano-atari needs an ALE env"),
-    (["--preset", "christiano-mujoco", "--env", "Hopper-v5", "--labeller", "human"], "drop --labeller"),
+    (["--preset", "christiano-mujoco", "--env", "Hopper-v5", "--labeller", "human"], "no state-from-observation"),
 ])
 def test_cli_bad_input_is_a_specific_error(tmp_path, capsys, argv, message):
     assert main(["prefs", *argv, "--out", str(tmp_path / "r"), "--no-progress"]) == 2
@@ -76,13 +79,11 @@ def test_cli_preset_runs_the_papers_protocol_end_to_end(tmp_path, capsys):
     assert main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["preset"] == "christiano-mujoco" and summary["labels_used"] == 10
-    assert json.loads((out / "config.json").read_text())["preset"]["schedule_c"] == 2e6
+    assert json.loads((out / "config.json").read_text())["config"]["schedule_c_steps"] == 2e6
     assert '"preset": "christiano-mujoco"' in capsys.readouterr().out
 
 
 def test_same_seed_same_run_and_the_labeller_choice_reaches_the_loop(tmp_path):
-    from agents.loop.prefs import PrefsConfig, build_loop
-    from rewardmodels.feedback.human import HumanLabeller, MixedLabeller
 
     cfg = prefs_cmd.config_from_args(parse([*TINY, "--seed", "5"]))
     runs = []

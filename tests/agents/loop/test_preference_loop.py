@@ -3,8 +3,9 @@ import json
 import numpy as np
 import pytest
 
+from agents.loop.config import PrefsConfig
 from agents.loop.preference_loop import LoopCallback, LoopConfig, label_allocation
-from agents.loop.prefs import PrefsConfig, build_loop, run_prefs
+from agents.loop.prefs import build_loop, run_prefs
 from agents.loop.segment_pairs import Experience, SegmentPairSource
 from agents.sb3.control import (
     IncompatibleSpaceError,
@@ -32,7 +33,7 @@ def tiny(**overrides):
 # -- schedule and config --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("schedule", ["constant", "inverse_time"])
 def test_label_allocation_spends_exactly_the_budget_front_loaded(schedule):
-    cfg = LoopConfig(total_labels=150, total_steps=50_000, rounds=24, initial_label_fraction=0.4,
+    cfg = LoopConfig(labels=150, steps=50_000, rounds=24, initial_label_fraction=0.4,
                      label_schedule=schedule, label_until=0.8)
     alloc = label_allocation(cfg)
     assert len(alloc) == 25 and sum(alloc) == 150 and alloc[0] == 60
@@ -42,7 +43,7 @@ def test_label_allocation_spends_exactly_the_budget_front_loaded(schedule):
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(total_labels=0), "total_labels"),
+    (dict(labels=0), "labels must be >= 1"),
     (dict(initial_steps=60_000), "initial_steps"),
     (dict(selection="best"), "selection"),
     (dict(label_schedule="linear"), "label_schedule"),
@@ -110,7 +111,7 @@ def test_small_run_learns_a_reward_that_agrees_with_the_truth(tmp_path):
     agreement = loop.reward_model.ensemble.evaluate(pairs)["true_accuracy"]
     assert agreement > 0.75, agreement  # chance is 0.5
     metrics = loop.run_dir.read_metrics()
-    assert [m["labels/used"] for m in metrics] == np.cumsum(label_allocation(tiny().loop_config())).tolist()
+    assert [m["labels/used"] for m in metrics] == np.cumsum(label_allocation(tiny())).tolist()
     assert any("reward_model/true_agreement" in m for m in metrics)
     assert all(k in metrics[-1] for k in ("eval/true_return", "env/steps", "time/wall_s"))
     files = {p.name for p in (tmp_path / "run").iterdir()}
