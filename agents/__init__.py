@@ -19,7 +19,8 @@ from rewardmodels.moved import install_moved_modules
 
 _EXPORTS = {
     "agents.llm": ("DPOConfig", "DPOTrainer", "GRPOAgent", "GRPOConfig", "LMAgent", "LMAgentConfig", "PPOAgent",
-                   "PPOConfig", "RLOOAgent", "RLOOConfig", "RolloutBatch", "collect_rollout"),
+                   "PPOConfig", "RLOOAgent", "RLOOConfig", "RolloutBatch", "collect_rollout",
+                   "KTOConfig", "KTOTrainer"),
     "agents.sb3": ("CausalLMPolicy", "LMHandle", "SB3Agent", "SyncTextEnvCallback", "make_sb3_text_model"),
     "agents.loop": ("LoopCallback", "LoopConfig", "PreferenceLoop", "PrefsConfig", "build_loop", "run_prefs"),
     "agents.rundir": ("RunDir",),
@@ -33,7 +34,7 @@ MOVED_MODULES = {
     "agents.losses": "agents.llm.losses", "agents.ppo": "agents.llm.ppo", "agents.grpo": "agents.llm.grpo",
     "agents.rloo": "agents.llm.rloo", "agents.dpo": "agents.llm.dpo",
     "agents.sb3_agents": "agents.sb3.control", "agents.sb3_policy": "agents.sb3.text_policy",
-    "agents.sb3_text": "agents.sb3.text",
+    "agents.sb3_text": "agents.loop.text_improvers",
     "agents.preference_loop": "agents.loop.preference_loop", "agents.control_prefs": "agents.loop.segment_pairs",
     "agents.image_prefs": "agents.loop.frame_pairs", "agents.atari_env": "agents.loop.atari",
     "agents.presets": "agents.loop.presets", "agents.prefs_run": "agents.loop.prefs",

@@ -9,62 +9,24 @@ Layout of ``RunDir(path)``::
     summary.json      the final metrics
     curves.png        the training curves
 
-Writes of JSON files are atomic (temporary file + ``os.replace``), so an interrupted run never leaves a half-written
+Writes of JSON files are atomic (``textenv.files.write_json``), so an interrupted run never leaves a half-written
 summary or config behind.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from textenv.files import atomic_write_text, jsonable, write_json
+
+__all__ = ["RunDir", "atomic_write_text", "write_json"]  # the two writers live in textenv.files
+
 logger = logging.getLogger(__name__)
-
-
-def _jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _jsonable(dataclasses.asdict(value))
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
-        return value.item()  # numpy / torch scalars
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return repr(value)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see either the old file or the complete new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_json(path: str | os.PathLike, data: Any) -> None:
-    atomic_write_text(path, json.dumps(_jsonable(data), indent=2, sort_keys=True) + "\n")
 
 
 class RunDir:
@@ -103,7 +65,7 @@ class RunDir:
     def writer(self):
         """A ``torch.utils.tensorboard.SummaryWriter`` on ``tb/`` (created on first use)."""
         if self._writer is None and self._tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # lazy: loads tensorboard, seconds of import
 
             self._writer = SummaryWriter(log_dir=str(self.path / "tb"))
         return self._writer
@@ -115,7 +77,7 @@ class RunDir:
             for key, value in clean.items():
                 self.writer.add_scalar(key, value, step)
         with open(self.metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": int(step), **_jsonable(clean)}) + "\n")
+            f.write(json.dumps({"step": int(step), **jsonable(clean)}) + "\n")
 
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_path.exists():
@@ -134,7 +96,7 @@ class RunDir:
 
     def plot(self, panels: Sequence[tuple[str, Sequence[str]]], x_key: str = "step", title: str | None = None) -> Path:
         """Draw ``curves.png`` from metrics.jsonl: one panel per ``(panel_title, [metric keys])``, against ``x_key``."""
-        import matplotlib
+        import matplotlib  # lazy: a second of import, and only the end of a run draws
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt

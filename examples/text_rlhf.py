@@ -17,7 +17,7 @@ import argparse
 
 import torch
 
-from agents.loop.text_rlhf import IMPROVERS, TextRLHFConfig, print_samples, run_text_rlhf
+from agents.loop.text_rlhf import IMPROVERS, OFFLINE_ALGOS, TextRLHFConfig, print_samples, run_text_rlhf
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # the default LM is tiny: more threads only contend on a small CPU
 
-    iterations = args.iterations if args.algo != "dpo" else max(1, min(args.iterations, 2))
+    iterations = args.iterations if args.algo not in OFFLINE_ALGOS else max(1, min(args.iterations, 2))
     config = TextRLHFConfig.for_algo(args.algo, seed=args.seed, iterations=iterations, num_pairs=args.pairs,
                                      eval_prompts=args.eval_prompts)
     result = run_text_rlhf(config, args.out or f"runs/examples/text-{args.algo}")

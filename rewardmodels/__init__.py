@@ -1,16 +1,16 @@
 """rewardmodels: learn rewards from preferences.
 
-Preference data (``preferences``, ``segments``), Bradley-Terry losses (``losses``), reward nets (``nets``),
-ensembles (``ensemble``), query selection (``selection``), simulated B-Pref teachers (``teachers``) and label
-schedules (``schedules``). Label convention everywhere: 1.0 = first segment preferred, 0.0 = second, 0.5 = tie,
-NaN = skipped.
+Preference data (``preferences``, ``segments``, ``errors``), Bradley-Terry losses
+(``losses``), reward nets (``nets``), ensembles (``ensemble``), query selection (``selection``), simulated B-Pref
+teachers (``teachers``) and label schedules (``schedules``). Label convention everywhere: 1.0 = first segment
+preferred, 0.0 = second, 0.5 = tie, NaN = skipped.
 """
 
 from rewardmodels.ensemble import FitConfig, RewardEnsemble, RewardModelFileError
 from rewardmodels.losses import bradley_terry_loss, preference_log_probs, preference_probability
 from rewardmodels.moved import install_moved_modules
 from rewardmodels.nets import MLPRewardNet, RewardNet, UnsupportedSpaceError, segment_returns
-from rewardmodels.preferences import (
+from rewardmodels.preferences import (  # the errors are defined in rewardmodels.errors
     EmptyDatasetError,
     LabelValueError,
     NonFiniteValueError,
@@ -19,7 +19,6 @@ from rewardmodels.preferences import (
     PreferenceFileError,
     SegmentShapeError,
     SpaceMismatchError,
-    atomic_write,
     check_labels,
     concatenate,
     space_from_json,
@@ -29,6 +28,7 @@ from rewardmodels.schedules import ConstantSchedule, InverseTimeSchedule, LabelS
 from rewardmodels.segments import Segments, Trajectory, cut_segments, segment_windows, trajectories_from_rollout
 from rewardmodels.selection import CANDIDATE_OVERSAMPLING, random_pairs, select_pairs, selection_scores
 from rewardmodels.teachers import PRESETS, PreferenceLabeller, Teacher, bpref_return_scale, make_teacher
+from textenv.files import atomic_write
 
 __all__ = [
     "CANDIDATE_OVERSAMPLING", "PRESETS", "ConstantSchedule", "EmptyDatasetError", "FitConfig", "InverseTimeSchedule",

@@ -34,8 +34,9 @@ from safetensors.torch import save as safetensors_save
 
 from rewardmodels.losses import bradley_terry_loss
 from rewardmodels.nets import FusedMLPs, MLPRewardNet, RewardNet, as_tensor, segment_returns
-from rewardmodels.preferences import PreferenceDataset, atomic_write, space_from_json, space_to_json
+from rewardmodels.preferences import PreferenceDataset, space_from_json, space_to_json
 from rewardmodels.segments import Segments
+from textenv.files import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -426,7 +427,7 @@ class RewardEnsemble(nn.Module):
                 "member_class": type(self.members[0]).__name__, "seed": str(self.seed),
                 "reward_scale": repr(self.reward_scale), "net_config": json.dumps(self.net_config)}
         data = safetensors_save(state, metadata=meta)
-        return atomic_write(path, lambda f: f.write(data))
+        return atomic_write_bytes(path, data)
 
     @staticmethod
     def _read(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, torch.Tensor]]:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from rewardmodels.preferences import LabelledPairs
+from rewardmodels.errors import SegmentShapeError
+from rewardmodels.preferences import LabelledPairs, PreferenceDataset, check_labels
+from rewardmodels.segments import Segments, trajectories_from_rollout
+from rewardmodels.segments import cut_segments as cut_trajectory_segments
+from textenv.files import atomic_write
 
 __all__ = [
     "FrameStore",
@@ -232,7 +235,8 @@ def record_rollout(
 
 
 def cut_segments(rollout: Rollout, length: int, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Cut ``n`` random ``length``-step segments from a rollout.
+    """Cut ``n`` random ``length``-step segments from a rollout (``rewardmodels.segments.cut_segments`` on the
+    rollout's episodes, with store positions as observations).
 
     A segment never spans two episodes: it ends inside its episode, or its episode terminated inside it and the
     remaining steps are padding (mask False, reward 0). Segments that would run into a truncation (time limit) or
@@ -240,29 +244,14 @@ def cut_segments(rollout: Rollout, length: int, n: int, rng: np.random.Generator
 
     Returns ``starts (n,)`` store positions, ``acts (n, T, *)``, ``true_rew (n, T)``, ``mask (n, T)``.
     """
-    m = len(rollout.pos)
-    # next_end[i]: index of the first episode end at or after step i (m if none is recorded)
-    ends = np.flatnonzero(rollout.episode_end)
-    after = np.searchsorted(ends, np.arange(m))
-    next_end = ends[np.minimum(after, len(ends) - 1)] if len(ends) else np.zeros(m, np.int64)
-    next_end = np.where(after < len(ends), next_end, m)
-    last = np.arange(m) + length - 1
-    ok = (last <= next_end) & (last < m)  # the whole segment inside one episode
-    ok |= (next_end < m) & rollout.terminated[np.minimum(next_end, m - 1)]  # or its episode terminates inside it
-    valid = np.flatnonzero(ok)
-    if len(valid) == 0:
-        raise ImageSegmentError(f"no {length}-step segment fits in a rollout of {m} steps; collect more steps")
-    first = rng.choice(valid, size=n, replace=len(valid) < n)
-    steps = first[:, None] + np.arange(length)  # (n, T)
-    mask = steps <= next_end[first][:, None]
-    steps = np.minimum(steps, m - 1)
-    return {
-        "starts": rollout.pos[first],
-        "acts": np.where(mask.reshape(*mask.shape, *([1] * (rollout.acts.ndim - 1))), rollout.acts[steps], 0).astype(
-            rollout.acts.dtype),
-        "true_rew": np.where(mask, rollout.rews[steps], 0.0).astype(np.float32),
-        "mask": mask,
-    }
+    episodes = trajectories_from_rollout(rollout.pos, rollout.acts, rollout.rews, rollout.terminated,
+                                         rollout.episode_end)
+    try:
+        segs = cut_trajectory_segments(episodes, length, n=n, rng=rng)
+    except SegmentShapeError as e:
+        raise ImageSegmentError(f"no {length}-step segment fits in a rollout of {len(rollout.pos)} steps; collect "
+                                "more steps") from e
+    return {"starts": segs.obs[:, 0], "acts": segs.acts, "true_rew": segs.true_rew, "mask": segs.mask}
 
 
 @dataclass
@@ -309,10 +298,8 @@ class ImagePairs(LabelledPairs):
     def segment_len(self) -> int:
         return self.length
 
-    def segments(self, side: str):
+    def segments(self, side: str) -> Segments:
         """Side "a" or "b" as ``rewardmodels.segments.Segments`` whose ``obs`` is a lazy ``StackedSegments``."""
-        from rewardmodels.segments import Segments
-
         if side not in ("a", "b"):
             raise ValueError(f"side must be 'a' or 'b', got {side!r}")
         return Segments(getattr(self, f"obs_{side}"), getattr(self, f"acts_{side}"),
@@ -330,8 +317,6 @@ class ImagePairs(LabelledPairs):
     select = subset
 
     def with_labels(self, labels: Any) -> ImagePairs:
-        from rewardmodels.preferences import check_labels
-
         return dataclasses.replace(self, labels=check_labels(labels, len(self)))
 
     def append(self, other: ImagePairs) -> ImagePairs:
@@ -343,10 +328,8 @@ class ImagePairs(LabelledPairs):
             setattr(self, f, np.concatenate([getattr(self, f), getattr(other, f)]))
         return self
 
-    def to_preference_dataset(self, **kwargs):
+    def to_preference_dataset(self, **kwargs) -> PreferenceDataset:
         """Materialise a ``rewardmodels.preferences.PreferenceDataset`` (copies the frames; for files/tools)."""
-        from rewardmodels.preferences import PreferenceDataset
-
         return PreferenceDataset(
             obs_a=np.asarray(self.obs_a), obs_b=np.asarray(self.obs_b), acts_a=self.acts_a, acts_b=self.acts_b,
             true_rew_a=self.true_rew_a, true_rew_b=self.true_rew_b, mask_a=self.mask_a, mask_b=self.mask_b,
@@ -354,7 +337,7 @@ class ImagePairs(LabelledPairs):
         )
 
     @classmethod
-    def from_preference_dataset(cls, ds) -> ImagePairs:
+    def from_preference_dataset(cls, ds: PreferenceDataset) -> ImagePairs:
         """Image pairs from a ``PreferenceDataset`` with ``(N, T, k, H, W)`` uint8 observations (frames stored once
         per step: the newest frame of each stack, plus the first stack's older frames)."""
         obs = {k: np.asarray(getattr(ds, f"obs_{k}")) for k in "ab"}
@@ -387,18 +370,7 @@ class ImagePairs(LabelledPairs):
                                                         "mask_b", "labels")},
             "meta": np.asarray(json.dumps(meta)),
         }
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return path
+        return atomic_write(path, lambda f: np.savez(f, **arrays))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ImagePairs:

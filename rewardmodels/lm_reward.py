@@ -19,18 +19,19 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import AutoModel, AutoTokenizer
 
 from rewardmodels.losses import bradley_terry_loss
 from rewardmodels.text_preferences import TextPreferencePairs
+from textenv.files import atomic_directory
 
 logger = logging.getLogger(__name__)
 
@@ -238,31 +239,16 @@ class LMRewardModel(nn.Module):
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Save backbone (Hugging Face format), tokenizer, head (safetensors) and settings into directory ``path``.
 
-        The directory is written next to its destination and swapped in at the end, so an interrupted save leaves
-        the previous checkpoint intact.
+        The directory is written next to its destination and swapped in at the end
+        (``textenv.files.atomic_directory``), so an interrupted save leaves the previous checkpoint intact.
         """
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
-        try:
+        with atomic_directory(path) as tmp:
             self.backbone.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
             head = {k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}
             save_file(head, str(tmp / HEAD_FILE))
             settings = {"format_version": 1, "max_length": self.max_length, "score_batch_size": self.score_batch_size}
             (tmp / CONFIG_FILE).write_text(json.dumps(settings, indent=2))
-            old = None
-            if path.exists():
-                old = path.with_name(f".{path.name}.old-{os.getpid()}")
-                os.replace(path, old)
-            os.replace(tmp, path)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
 
     @classmethod
     def from_pretrained(
@@ -276,9 +262,6 @@ class LMRewardModel(nn.Module):
     ) -> LMRewardModel:
         """Load a reward model saved by :meth:`save_pretrained`, or start one from any Hugging Face model directory
         or hub id (then the head is freshly initialised; an LM head in the checkpoint is ignored)."""
-        from safetensors.torch import load_file
-        from transformers import AutoModel, AutoTokenizer
-
         path_str = os.fspath(path)
         backbone = AutoModel.from_pretrained(path_str)
         tokenizer = AutoTokenizer.from_pretrained(path_str)

@@ -250,9 +250,5 @@ class FusedMLPs:
         return r.reshape(-1, *batch)
 
 
-def count_parameters(net: nn.Module) -> int:
-    return sum(p.numel() for p in net.parameters())
-
-
 __all__ = ["ACTIVATIONS", "FusedMLPs", "MLPRewardNet", "RewardNet", "UnsupportedSpaceError", "as_tensor",
-           "count_parameters", "encode_space", "segment_returns", "space_feature_dim"]
+           "encode_space", "segment_returns", "space_feature_dim"]

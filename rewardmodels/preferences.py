@@ -11,10 +11,11 @@ be preferred less than one that does not (Christiano et al. 2017 removed termina
 episodic tasks such as CartPole intact).
 
 Files are ``.npz`` archives written with ``np.savez`` (no pickle: loading uses ``allow_pickle=False``) and carry
-their JSON metadata (format version, spaces, shapes) in a ``__meta__`` string entry. Writes are atomic (temporary
-file in the same directory + fsync + ``os.replace``), so a failed save never leaves a half-written file in place of
-a good one. Image observations (``uint8`` of shape (T, C, H, W) per segment) stay ``uint8`` and are compressed.
-Segment cutting from collected trajectories lives in ``rewardmodels.segments``.
+their JSON metadata (format version, spaces, shapes) in a ``__meta__`` string entry. Writes are atomic
+(``textenv.files.atomic_write``), so a failed save never leaves a half-written file in place of a good one.
+Image observations (``uint8`` of shape (T, C, H, W) per segment) stay ``uint8`` and are compressed.
+Segment cutting from collected trajectories lives in ``rewardmodels.segments``; the errors raised here, in
+``rewardmodels.errors``.
 """
 
 from __future__ import annotations
@@ -23,50 +24,32 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
+
+from rewardmodels.errors import (
+    EmptyDatasetError,
+    LabelValueError,
+    NonFiniteValueError,
+    PreferenceDataError,
+    PreferenceFileError,
+    SegmentShapeError,
+    SpaceMismatchError,
+)
+from rewardmodels.segments import Segments
+from textenv.files import atomic_write
 
 FORMAT_NAME = "rlhf-gym-preferences"
 FORMAT_VERSION = 1
 _META_KEY = "__meta__"
 _EXTRA_PREFIX = "extra__"
 _ARRAY_FIELDS = ("obs_a", "obs_b", "acts_a", "acts_b", "true_rew_a", "true_rew_b", "mask_a", "mask_b", "labels")
-
-
-# --------------------------------------------------------------------------------------------------- errors
-class PreferenceDataError(ValueError):
-    """Base class of every error about preference data (all are ``ValueError`` subclasses)."""
-
-
-class LabelValueError(PreferenceDataError):
-    """A label outside {0, 0.5, 1, NaN}."""
-
-
-class SegmentShapeError(PreferenceDataError):
-    """Segments of mismatched or malformed shapes (a vs b, against T, or padding that is not at the end)."""
-
-
-class SpaceMismatchError(PreferenceDataError):
-    """Segments that do not match each other's dtypes or the declared observation/action spaces."""
-
-
-class NonFiniteValueError(PreferenceDataError):
-    """NaN or inf in observations, actions or true rewards."""
-
-
-class EmptyDatasetError(PreferenceDataError):
-    """An operation that needs labelled pairs got none."""
-
-
-class PreferenceFileError(PreferenceDataError):
-    """A preference file that cannot be read: corrupted, truncated, or not in this format."""
 
 
 # --------------------------------------------------------------------------------------------------- spaces as JSON
@@ -133,37 +116,6 @@ def canonical_dtype(space: gym.Space) -> np.dtype:
     if isinstance(space, gym.spaces.Box):
         return np.dtype(np.float32) if space.dtype.kind == "f" else np.dtype(space.dtype)
     raise SpaceMismatchError(f"unsupported space {space!r}")
-
-
-# --------------------------------------------------------------------------------------------------- atomic writes
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``write(fileobj)`` on a temporary file next to ``path``, fsync it, then ``os.replace`` it onto ``path``.
-
-    Readers see either the old file or the complete new one; if ``write`` raises, the old file is untouched and the
-    temporary file is removed.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable; not possible on every platform/filesystem
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-    return path
 
 
 # --------------------------------------------------------------------------------------------------- validation
@@ -372,7 +324,7 @@ class PreferenceDataset(LabelledPairs):
                    np.zeros(0, np.float32), obs_space=obs_space, act_space=act_space, **kwargs)
 
     @classmethod
-    def from_segments(cls, seg_a: Any, seg_b: Any, labels: Any = None, **kwargs: Any) -> PreferenceDataset:
+    def from_segments(cls, seg_a: Segments, seg_b: Segments, labels: Any = None, **kwargs: Any) -> PreferenceDataset:
         """Pair two equally long :class:`rewardmodels.segments.Segments` batches (row i of a with row i of b).
 
         ``labels=None`` gives all-NaN labels: unlabelled candidate pairs for query selection and teachers.
@@ -402,10 +354,8 @@ class PreferenceDataset(LabelledPairs):
         """(N,), (N,) sums of true rewards over the real (unpadded) steps of a and b."""
         return ((self.true_rew_a * self.mask_a).sum(axis=1), (self.true_rew_b * self.mask_b).sum(axis=1))
 
-    def segments(self, side: str) -> Any:
+    def segments(self, side: str) -> Segments:
         """Side "a" or "b" as a :class:`rewardmodels.segments.Segments` batch."""
-        from rewardmodels.segments import Segments
-
         if side not in ("a", "b"):
             raise ValueError(f"side must be 'a' or 'b', got {side!r}")
         return Segments(getattr(self, f"obs_{side}"), getattr(self, f"acts_{side}"),

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from rewardmodels.preferences import NonFiniteValueError, SegmentShapeError
+from rewardmodels.errors import NonFiniteValueError, SegmentShapeError
 
 logger = logging.getLogger(__name__)
 

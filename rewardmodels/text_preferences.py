@@ -17,13 +17,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
+from textenv.files import atomic_write_text
 
 __all__ = [
     "EmptyResponseError",
@@ -209,9 +209,7 @@ class TextPreferencePairs:
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> None:
-        """Write JSONL atomically (temporary file in the same directory + ``os.replace``)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Write JSONL atomically (``textenv.files.atomic_write_text``: a failed save keeps the old file)."""
         lines = [
             json.dumps(
                 {"prompt": p, "response_a": a, "response_b": b, "label": None if math.isnan(y) else float(y)},
@@ -219,17 +217,7 @@ class TextPreferencePairs:
             )
             for p, a, b, y in zip(self.prompts, self.responses_a, self.responses_b, self.labels.tolist(), strict=True)
         ]
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write("".join(line + "\n" for line in lines))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write_text(path, "".join(line + "\n" for line in lines))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TextPreferencePairs:

@@ -7,7 +7,10 @@ import pytest
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
 SHRINK = {"learn(2048": "learn(64", "n_steps=256, batch_size=64": "n_steps=32, batch_size=16",
-          "num_envs=64": "num_envs=2"}
+          "num_envs=64": "num_envs=2",
+          "labels=60, steps=20_000, seed=1": "labels=8, steps=1_200, seed=1, rounds=1, initial_steps=300, "
+                                             "eval_episodes=2, progress_bar=False",
+          '"runs/inverted-pendulum"': '__import__("tempfile").mkdtemp()'}
 
 
 def python_blocks() -> list[str]:
@@ -24,6 +27,7 @@ def test_python_quickstarts_run():
             code = code.replace(big, small)
         exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["model"].num_timesteps >= 32 and namespace["info"]["policy_logprob"] < 0
+    assert namespace["summary"]["labels_used"] == 8 and namespace["summary"]["preset"] == "christiano-mujoco"
 
 
 def test_cli_options_in_the_readme_exist():

@@ -55,8 +55,9 @@ def sample_tokens(logits: torch.Tensor, generator: torch.Generator | None = None
 
     Exact categorical sampling with one uniform number per row: cumulative probabilities (summed in float64, so large
     vocabularies lose no precision) and a binary search. ``torch.multinomial`` (what ``generate`` uses) draws V
-    exponentials per row instead, which on CPU costs about 8x more (1.7 ms vs 0.2 ms for 64 x 1000) and dominates a
-    small model's decoding step. Tokens whose logit is ``-inf`` are never drawn. Use ``generator`` for seeding.
+    exponentials per row instead, a cost that dominates a small model's decoding step on CPU
+    (``benchmarks/rollout_vs_generate.py`` compares them). Tokens whose logit is ``-inf`` are never drawn. Use
+    ``generator`` for seeding.
     """
     cdf = torch.softmax(logits.float(), dim=-1).double().cumsum(dim=-1)  # (N, V)
     u = torch.rand(logits.shape[0], 1, generator=generator, device=logits.device, dtype=torch.float64)
@@ -68,6 +69,47 @@ def sample_tokens(logits: torch.Tensor, generator: torch.Generator | None = None
 def token_logprob(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """``log softmax(logits)[i, tokens[i]]``: ``(N, V)``, ``(N,)`` -> ``(N,)``."""
     return logits.gather(1, tokens[:, None]).squeeze(1) - logits.logsumexp(-1)
+
+
+def record_episodes(
+    step: Callable[[torch.Tensor], tuple[dict[str, torch.Tensor], torch.Tensor]],
+    num_rows: int,
+    horizon: int,
+    device: torch.device | str,
+    check_every: int | None = None,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Play one episode per row, a token per call of ``step``, and record it: the one per-token loop of
+    :meth:`GenerationEngine.play` and of agents that drive an env through ``step()`` (``agents.llm.rollout``).
+
+    ``step(alive)`` gets the ``(N,)`` bool of rows whose episode is still running, advances every row by one token
+    and returns that token's per-row values (``{name: (N,) tensor}``: actions, log-probs, ...) and the ``(N,)`` bool
+    of rows whose episode ended with it. Rows whose episode ended before may do anything meanwhile (idle on padding,
+    or start a new episode): their values are recorded as 0 and ``mask`` is False there. The loop stops after
+    ``horizon`` calls or once no row is alive; that check is a device->host sync, so it runs every ``check_every``
+    tokens (default: every token on CPU, every 8 on an accelerator; the extra steps are all masked out).
+
+    Returns:
+        ``({name: (N, T)}, mask)`` with ``mask`` ``(N, T)`` bool, True on each row's tokens, ``T`` the steps taken.
+    """
+    device = torch.device(device)
+    alive = torch.ones(num_rows, dtype=torch.bool, device=device)
+    mask = torch.zeros((num_rows, horizon), dtype=torch.bool, device=device)
+    columns: dict[str, torch.Tensor] = {}
+    if check_every is None:
+        check_every = 1 if device.type == "cpu" else 8
+    steps = 0
+    for t in range(horizon):
+        values, done = step(alive)
+        for name, value in values.items():
+            if name not in columns:
+                columns[name] = torch.zeros((num_rows, horizon), dtype=value.dtype, device=device)
+            columns[name][:, t] = value.where(alive, 0)
+        mask[:, t] = alive
+        alive = alive & ~done
+        steps = t + 1
+        if steps % check_every == 0 and not bool(alive.any()):
+            break
+    return {name: column[:, :steps] for name, column in columns.items()}, mask[:, :steps]
 
 
 @contextlib.contextmanager
@@ -138,8 +180,8 @@ class GenerationEngine:
         device: where the state and models live.
         use_cache: KV-cached decoding (default); False recomputes the full forward every step (reference path).
         fast_decode: decode with the hand-written step of ``textenv.decoders`` where the architecture has one (same
-            logits as the model's own cached forward, several times faster for small models); False always calls
-            the model.
+            logits as the model's own cached forward, without the per-call overhead of the Hugging Face module
+            stack that dominates small models); False always calls the model.
     """
 
     def __init__(
@@ -272,15 +314,11 @@ class GenerationEngine:
         else:
             reward = lp = torch.zeros(n, dtype=torch.float32, device=self.device)
             rlp = torch.zeros_like(lp) if self.ref_model is not None else None
-        # s_{t+1} = [s_t, a_t]: shift left by one column (the oldest column is padding or, for rows being reset,
-        # irrelevant: it is overwritten by load_prompts below).
-        self.tokens = torch.cat([self.tokens[:, 1:], a[:, None]], dim=1)
-        self.mask = torch.cat([self.mask[:, 1:], self._ones], dim=1)
-        self.pos = self.pos + 1
+        # The oldest column is padding or, for rows being reset, irrelevant: load_prompts below overwrites it.
+        self._append(a)
         self.t[active] += 1
         self.t_dev = self.t_dev + (1 if act_t is None else act_t.long())
         self._need_decode[:], self._need_prefill[:] = active, False
-        self._logits = self._ref_logits = None
         terminated = eos_hit & active
         truncated = (self.t >= self.max_new_tokens) & active & ~terminated
         ended = np.flatnonzero(terminated | truncated)
@@ -327,41 +365,34 @@ class GenerationEngine:
         """
         if (self.t != 0).any():
             raise RuntimeError("play() plays episodes from their start: load new prompts (reset) first")
-        n, L, horizon = self.num_rows, self.L, self.max_new_tokens
-        dev = self.device
-        tokens = torch.full((n, horizon), self.pad_id, dtype=torch.long, device=dev)
-        mask = torch.zeros((n, horizon), dtype=torch.bool, device=dev)
-        logp = torch.zeros((n, horizon), dtype=torch.float32, device=dev)
-        ref_logp = torch.zeros_like(logp) if self.ref_model is not None else None
-        alive = torch.ones(n, dtype=torch.bool, device=dev)
         eos_id = -1 if self.eos_id is None else self.eos_id
-        check_every = 1 if dev.type == "cpu" else 8  # an accelerator checks for the end only every few tokens
-        steps = 0
-        for t in range(horizon):
+
+        def one_token(alive: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
             self._ensure_logits()
-            logits = self._logits
-            a = sample(logits, generator).where(alive, self.pad_id)
-            lp = token_logprob(logits, a)
-            tokens[:, t], mask[:, t], logp[:, t] = a, alive, lp.where(alive, 0.0)
-            if ref_logp is not None:
-                ref_logp[:, t] = token_logprob(self._ref_logits, a).where(alive, 0.0)
-            # Every row shifts by one column (the shared "now"); ended rows append masked-out padding, fixed below.
-            self.tokens = torch.cat([self.tokens[:, 1:], a[:, None]], dim=1)
-            self.mask = torch.cat([self.mask[:, 1:], self._ones], dim=1)
-            self.pos = self.pos + 1
+            a = sample(self._logits, generator).where(alive, self.pad_id)
+            values = {"action": a, "logp": token_logprob(self._logits, a)}
+            if self.ref_model is not None:
+                values["ref_logp"] = token_logprob(self._ref_logits, a)
+            # Every row shifts by one column (the shared "now"); ended rows append masked-out padding, which
+            # _end_play moves into the left padding.
+            self._append(a)
             self.t += 1
             self._need_decode[:] = True
-            self._logits = self._ref_logits = None
-            alive = alive & (a != eos_id)
-            steps = t + 1
-            if steps % check_every == 0 and not bool(alive.any()):
-                break
-        tokens, mask, logp = tokens[:, :steps], mask[:, :steps], logp[:, :steps]
-        ref_logp = ref_logp[:, :steps] if ref_logp is not None else None
+            return values, a == eos_id
+
+        record, mask = record_episodes(one_token, self.num_rows, self.max_new_tokens, self.device)
+        return self._end_play(record["action"], mask, record["logp"], record.get("ref_logp"), eos_id)
+
+    def _end_play(
+        self, tokens: torch.Tensor, mask: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor | None, eos_id: int
+    ) -> Episodes:
+        """Set the final states (prompt + response, right-aligned) after :meth:`play`, score the episodes once and
+        return them."""
+        n, dev = self.num_rows, self.device
         lengths = mask.sum(1)
         terminated = ((tokens == eos_id) & mask).any(1)
-        # The final states: prompt + response right-aligned (ended rows' idle columns moved to the left padding).
-        width = L - steps
+        # Ended rows' idle columns move to the left padding.
+        width = self.L - mask.shape[1]
         state_tok = torch.cat([self.tokens[:, :width], tokens.where(mask, self.pad_id)], dim=1)
         state_msk = torch.cat([self.mask[:, :width], mask.long()], dim=1)
         order = torch.sort(state_msk.to(torch.int8), dim=1, stable=True).indices
@@ -393,6 +424,14 @@ class GenerationEngine:
             scores,
             self.kl_sum.double().cpu().numpy(),
         )
+
+    def _append(self, a: torch.Tensor) -> None:
+        """``s_{t+1} = [s_t, a_t]`` in every row: shift the state left by one column and write ``a`` (N,) into the
+        last; the cached logits are stale afterwards."""
+        self.tokens = torch.cat([self.tokens[:, 1:], a[:, None]], dim=1)
+        self.mask = torch.cat([self.mask[:, 1:], self._ones], dim=1)
+        self.pos = self.pos + 1
+        self._logits = self._ref_logits = None
 
     # -------------------------------------------------------------------------------------------------- internals
 

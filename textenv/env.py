@@ -10,9 +10,10 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from textenv.default_lm import default_prompts
 from textenv.engine import ActionTypeError, GenerationEngine
 from textenv.models import REF_COPY, load_policy, load_reference, resolve_device
-from textenv.prompts import PromptError, PromptSource, read_prompts
+from textenv.prompts import PromptSource, read_prompts
 from textenv.rewards import RewardFunctionError
 
 
@@ -49,10 +50,6 @@ def build_engine(
     dev = resolve_device(device, policy)
     ref = load_reference(ref_model, policy, dev) if kl_coef != 0 else None
     if prompts is None:
-        try:
-            from textenv.default_lm import default_prompts
-        except ImportError as exc:
-            raise PromptError("no prompts given and the default prompt set is unavailable: pass prompts=[...]") from exc
         prompts = default_prompts()
     source = PromptSource(read_prompts(prompts, prompt_field), tokenizer, max_prompt_tokens)
     engine = GenerationEngine(
@@ -81,7 +78,31 @@ def observation_space(engine: GenerationEngine) -> spaces.Dict:
     )
 
 
-class TextGenEnv(gym.Env):
+class EngineViews:
+    """What ``TextGenEnv`` and ``TextGenVectorEnv`` share: views of the engine that :func:`build_engine` made from
+    the env arguments (the same object behind both; only the number of rows differs)."""
+
+    engine: GenerationEngine
+
+    @property
+    def policy(self) -> torch.nn.Module:
+        """The causal LM that acts (agents train this object)."""
+        return self.engine.policy
+
+    @property
+    def ref_model(self) -> torch.nn.Module | None:
+        return self.engine.ref_model
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.engine.tokenizer
+
+    def refresh(self) -> None:
+        """Recompute the KV caches on the next forward: call after updating the policy weights mid-episode."""
+        self.engine.refresh()
+
+
+class TextGenEnv(EngineViews, gym.Env):
     """
     ## Description
     Text generation as the token-level MDP of RLHF (Ziegler et al. 2019, "Fine-Tuning Language Models from Human
@@ -163,44 +184,16 @@ class TextGenEnv(gym.Env):
             raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
         self.render_mode = render_mode
         self.engine, self.prompt_source = build_engine(
-            1,
-            model,
-            tokenizer,
-            prompts,
-            reward_fn,
-            ref_model,
-            kl_coef,
-            max_new_tokens,
-            max_prompt_tokens,
-            temperature,
-            device,
-            prompt_field,
-            use_cache,
-        )
+            1, model, tokenizer, prompts, reward_fn, ref_model, kl_coef, max_new_tokens, max_prompt_tokens,
+            temperature, device, prompt_field, use_cache,
+        )  # fmt: skip
         self.observation_space = observation_space(self.engine)
         self.action_space = spaces.Discrete(self.engine.vocab_size)
         self._ended = True
 
-    @property
-    def policy(self) -> torch.nn.Module:
-        """The causal LM that acts (agents train this object)."""
-        return self.engine.policy
-
-    @property
-    def ref_model(self) -> torch.nn.Module | None:
-        return self.engine.ref_model
-
-    @property
-    def tokenizer(self) -> Any:
-        return self.engine.tokenizer
-
     def next_token_logits(self) -> torch.Tensor:
         """``(V,)`` float32 policy logits at the current state, divided by the temperature, on the model's device."""
         return self.engine.next_token_logits()[0]
-
-    def refresh(self) -> None:
-        """Recompute the KV caches on the next forward: call after updating the policy weights mid-episode."""
-        self.engine.refresh()
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)

@@ -7,8 +7,8 @@ This module holds the only code that touches transformers' cache internals, chec
 those two tensors (a narrower view, or a copy with rows rewritten) is all it takes.
 
 Appending stays transformers' own ``torch.cat`` (what ``generate`` does): a preallocated buffer with a sliding view
-was tried and measured slower on CPU, where the SDPA kernel runs about 2x slower on a strided K/V window than the
-cat's copy costs.
+was tried and was slower on CPU, where the SDPA kernel loses more time on a strided K/V window than the cat's copy
+costs.
 """
 
 from __future__ import annotations

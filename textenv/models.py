@@ -2,7 +2,7 @@
 
 A model argument may be a Hugging Face model id, a local directory in Hugging Face format, or a model object
 (anything with the ``PreTrainedModel`` causal-LM interface). ``None`` means the offline default LM
-(``textenv.default_lm``), imported lazily so that tests which bring their own tiny model never touch it.
+(``textenv.default_lm``), loaded only then.
 """
 
 from __future__ import annotations
@@ -13,6 +13,9 @@ import os
 from typing import Any
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from textenv.default_lm import load_default_lm
 
 logger = logging.getLogger(__name__)
 
@@ -49,13 +52,9 @@ def load_policy(model: Any, tokenizer: Any, device: str | torch.device | None = 
     * ``model`` an object: used as is (moved to ``device`` if one is given); ``tokenizer`` is required.
     """
     if model is None:
-        from textenv.default_lm import load_default_lm  # lazy: heavy, and absent in minimal installs
-
         model, default_tok = load_default_lm(device=device)
         tokenizer = default_tok if tokenizer is None else _load_tokenizer(tokenizer)
     elif isinstance(model, (str, os.PathLike)):
-        from transformers import AutoModelForCausalLM
-
         name = os.fspath(model)
         try:
             loaded = AutoModelForCausalLM.from_pretrained(name)
@@ -85,8 +84,6 @@ def load_policy(model: Any, tokenizer: Any, device: str | torch.device | None = 
 
 def _load_tokenizer(tokenizer: Any) -> Any:
     if isinstance(tokenizer, (str, os.PathLike)):
-        from transformers import AutoTokenizer
-
         try:
             return AutoTokenizer.from_pretrained(os.fspath(tokenizer))
         except (OSError, ValueError) as exc:
@@ -104,8 +101,6 @@ def load_reference(ref_model: Any, policy: torch.nn.Module, device: torch.device
     if isinstance(ref_model, str) and ref_model == REF_COPY:
         return frozen_copy(policy)
     if isinstance(ref_model, (str, os.PathLike)):
-        from transformers import AutoModelForCausalLM
-
         ref_model = AutoModelForCausalLM.from_pretrained(os.fspath(ref_model))
     if not isinstance(ref_model, torch.nn.Module):
         raise ModelLoadError(f"ref_model must be a model, an id/path, 'copy' or None; got {type(ref_model).__name__}")

@@ -50,7 +50,7 @@ class SentimentReward:
     """VADER compound sentiment of the response, in [-1, 1] (Hutto & Gilbert 2014; needs ``vaderSentiment``)."""
 
     def __init__(self):
-        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer  # lazy: only this reward needs it
 
         self._analyzer = SentimentIntensityAnalyzer()
 

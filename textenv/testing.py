@@ -7,6 +7,8 @@ word-level vocabulary, so everything that works on them works on any causal LM f
 from __future__ import annotations
 
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 DEFAULT_WORDS = (
     "the a movie film book phone was is it and but very really quite good great bad awful fine "
@@ -16,9 +18,6 @@ DEFAULT_WORDS = (
 
 def make_tiny_tokenizer(words: list[str] | tuple[str, ...] = DEFAULT_WORDS):
     """A word-level fast tokenizer: ids 0..2 are <pad>, <eos>, <unk>; then ``words`` in order."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2}
     for w in words:
         vocab.setdefault(w, len(vocab))
@@ -40,8 +39,6 @@ def make_tiny_lm(
     device: str | torch.device = "cpu",
 ):
     """A randomly initialised GPT-2 of a few thousand parameters and its word-level tokenizer."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     tokenizer = make_tiny_tokenizer(words)
     config = GPT2Config(
         vocab_size=len(tokenizer),

@@ -12,14 +12,14 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from textenv.engine import Episodes, sample_tokens
-from textenv.env import EpisodeEndedError, build_engine, observation_space
+from textenv.env import EngineViews, EpisodeEndedError, build_engine, observation_space
 from textenv.models import REF_COPY
 from textenv.rewards import RewardFunctionError
 
 BACKENDS = ("numpy", "torch")
 
 
-class TextGenVectorEnv(VectorEnv):
+class TextGenVectorEnv(EngineViews, VectorEnv):
     """
     ## Description
     ``num_envs`` independent TextGen-v0 episodes (see ``TextGenEnv`` for the MDP) advanced together: one batched,
@@ -100,39 +100,15 @@ class TextGenVectorEnv(VectorEnv):
         self.num_envs = int(num_envs)
         self.array_backend = array_backend
         self.engine, self.prompt_source = build_engine(
-            self.num_envs,
-            model,
-            tokenizer,
-            prompts,
-            reward_fn,
-            ref_model,
-            kl_coef,
-            max_new_tokens,
-            max_prompt_tokens,
-            temperature,
-            device,
-            prompt_field,
-            use_cache,
-        )
+            self.num_envs, model, tokenizer, prompts, reward_fn, ref_model, kl_coef, max_new_tokens,
+            max_prompt_tokens, temperature, device, prompt_field, use_cache,
+        )  # fmt: skip
         self.single_observation_space = observation_space(self.engine)
         self.single_action_space = spaces.Discrete(self.engine.vocab_size)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self._autoreset = np.zeros(self.num_envs, dtype=bool)
         self._started = False
-
-    @property
-    def policy(self) -> torch.nn.Module:
-        """The causal LM that acts (agents train this object)."""
-        return self.engine.policy
-
-    @property
-    def ref_model(self) -> torch.nn.Module | None:
-        return self.engine.ref_model
-
-    @property
-    def tokenizer(self) -> Any:
-        return self.engine.tokenizer
 
     @property
     def device(self) -> torch.device:
@@ -142,10 +118,6 @@ class TextGenVectorEnv(VectorEnv):
         """``(N, V)`` float32 policy logits at the current states, divided by the temperature (computed once per
         step, then cached; ``step`` reuses them). Rows in their pending reset step have meaningless logits."""
         return self.engine.next_token_logits()
-
-    def refresh(self) -> None:
-        """Recompute the KV caches on the next forward: call after updating the policy weights mid-episode."""
-        self.engine.refresh()
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)

@@ -13,6 +13,9 @@ import os
 import signal
 from pathlib import Path
 
+from rewardmodels.feedback.label_store import LabelStore, clip_dir, store_path
+from rewardmodels.feedback.webapp import InsecureBindError, check_bind, create_app, server_url, start_server
+
 logger = logging.getLogger(__name__)
 
 TOKEN_ENV = "RLHF_GYM_LABEL_TOKEN"
@@ -41,9 +44,6 @@ def _stop(signum, frame):  # SIGTERM -> the same clean shutdown as Ctrl-C
 
 
 def run(args: argparse.Namespace) -> int:
-    from rewardmodels.feedback.label_store import LabelStore, clip_dir, store_path
-    from rewardmodels.feedback.webapp import InsecureBindError, check_bind, create_app, server_url, start_server
-
     if not (0 <= args.port <= 65535):
         logger.error("--port must be 0..65535, got %d", args.port)
         return 2

@@ -4,18 +4,19 @@ Sample completion pairs on training prompts -> label them with the sentiment tea
 model -> improve the policy (PPO / GRPO / RLOO on TextGen-v0 with the KL penalty and the learned reward, or DPO on the
 labelled pairs) -> report oracle scores before/after, KL to the reference and the win rate, in ``--out``.
 
-Algorithms come from the registry ``agents.loop.text_rlhf.IMPROVERS`` (name -> "module:function"); other engineers add
-theirs there (e.g. ``sb3-ppo``, ``sb3-a2c``) without touching this file.
+Algorithms come from the registry ``agents.loop.text_rlhf.IMPROVERS`` (name -> improvement step).
 """
 
 from __future__ import annotations
 
 import argparse
 
+import torch
+
+from agents.loop.text_rlhf import IMPROVERS, TextRLHFConfig, print_samples, run_text_rlhf
+
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
-    from agents.loop.text_rlhf import IMPROVERS
-
     parser.add_argument("--algo", required=True, choices=sorted(IMPROVERS), help="how to improve the policy")
     parser.add_argument("--out", required=True, help="run directory (summary.json, curves.png, checkpoints/, ...)")
     parser.add_argument("--seed", type=int, default=0, help="seed of sampling, labelling and training")
@@ -36,10 +37,6 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from agents.loop.text_rlhf import TextRLHFConfig, print_samples, run_text_rlhf
-
     if args.threads < 1:
         raise SystemExit(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)

@@ -6,6 +6,7 @@
 - ``math`` / ``losses``: pure functions with shapes and paper references (GAE, whitening, KL estimators; PPO, GRPO,
   RLOO, DPO family and KTO losses).
 - ``group``: the group baseline shared by GRPO and RLOO (several completions per prompt).
+- ``offline``: what the offline trainers (DPO, KTO) share: pair parsing, encoding, sequence log-probs, the learn loop.
 - ``ppo`` (value head, Ouyang et al. 2022), ``grpo`` (Shao et al. 2024), ``rloo`` (Ahmadian et al. 2024),
   ``dpo`` (Rafailov et al. 2023, with IPO and hinge losses), ``kto`` (Ethayarajh et al. 2024).
 """
@@ -13,11 +14,13 @@
 from agents.llm.base import LMAgent, LMAgentConfig
 from agents.llm.dpo import DPOConfig, DPOTrainer
 from agents.llm.grpo import GRPOAgent, GRPOConfig
+from agents.llm.kto import KTOConfig, KTOTrainer
 from agents.llm.ppo import PPOAgent, PPOConfig
 from agents.llm.rloo import RLOOAgent, RLOOConfig
 from agents.llm.rollout import EnvCapabilityError, RolloutBatch, collect_rollout, sequence_forward
 
 __all__ = [
-    "DPOConfig", "DPOTrainer", "EnvCapabilityError", "GRPOAgent", "GRPOConfig", "LMAgent", "LMAgentConfig",
-    "PPOAgent", "PPOConfig", "RLOOAgent", "RLOOConfig", "RolloutBatch", "collect_rollout", "sequence_forward",
+    "DPOConfig", "DPOTrainer", "EnvCapabilityError", "GRPOAgent", "GRPOConfig", "KTOConfig", "KTOTrainer", "LMAgent",
+    "LMAgentConfig", "PPOAgent", "PPOConfig", "RLOOAgent", "RLOOConfig", "RolloutBatch", "collect_rollout",
+    "sequence_forward",
 ]

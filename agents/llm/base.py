@@ -1,23 +1,23 @@
 """Shared plumbing of the LLM agents (PPO, GRPO, RLOO) that drive the ``TextGen-v0`` vector env.
 
-:class:`LMAgent` owns the ``learn()`` loop (collect a rollout with :func:`agents.llm.rollout.collect_rollout` -> train ->
-log -> checkpoint), the optimizer, namespaced logging through :class:`agents.rundir.RunDir` (``env/score_mean``,
-``env/kl_to_ref``, ``losses/approx_kl``, ``losses/clipfrac``, ``losses/entropy``, ``charts/tokens_per_s``, ...), and
-checkpoints via ``save_pretrained``. A non-finite loss or gradient stops training with :class:`NonFiniteLossError`
-before the optimizer step, so the weights and the last good checkpoint are never overwritten with NaNs.
-Subclasses implement :meth:`LMAgent.train_on` (and may override :meth:`LMAgent.collect`).
+:class:`LMAgent` owns the ``learn()`` loop (collect a rollout with :func:`agents.llm.rollout.collect_rollout` ->
+train -> log -> checkpoint), the minibatch update loop every algorithm trains with
+(:meth:`LMAgent.minibatch_updates`), the optimizer, namespaced logging through :class:`agents.rundir.RunDir`
+(``env/score_mean``, ``env/kl_to_ref``, ``losses/approx_kl``, ``losses/clipfrac``, ``losses/entropy``,
+``charts/tokens_per_s``, ...), and checkpoints via ``save_pretrained``. A non-finite loss or gradient stops training
+with :class:`NonFiniteLossError` before the optimizer step, so the weights and the last good checkpoint are never
+overwritten with NaNs. Subclasses implement :meth:`LMAgent.train_on` (and may override :meth:`LMAgent.collect`).
+:func:`optimizer_step` and :func:`save_checkpoint` serve the offline trainers (``agents.llm.offline``) too.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 import os
-import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +35,14 @@ from agents.llm.rollout import (  # noqa: F401 - re-exported: the agents' public
 )
 from agents.rundir import RunDir
 from rewardmodels.lm_reward import NonFiniteLossError  # one exception for every trainer of the toolkit
+from textenv.files import atomic_directory, write_json
 
 logger = logging.getLogger(__name__)
 
 # A callback gets the agent, the iteration just finished (1-based) and its metrics; returning False stops learn().
 Callback = Callable[["LMAgent", int, dict[str, float]], "bool | None"]
+# The loss of one minibatch: (minibatch, its rows of the whole batch as a 1-D long tensor) -> (loss, metrics).
+MinibatchLoss = Callable[[RolloutBatch, torch.Tensor], "tuple[torch.Tensor, dict[str, Any]]"]
 
 
 @dataclasses.dataclass
@@ -94,23 +97,49 @@ def check_finite(loss: torch.Tensor, iteration: int, where: str, last_checkpoint
         )
 
 
+def optimizer_step(
+    optimizer: torch.optim.Optimizer,
+    params: Iterable[nn.Parameter],
+    loss: torch.Tensor,
+    max_grad_norm: float,
+    where: str,
+    step: int,
+    last_checkpoint: Path | None,
+) -> torch.Tensor:
+    """Backward + global-norm clip + step, refusing a non-finite loss or gradient (:class:`NonFiniteLossError`, the
+    weights left as they were); returns the gradient norm before clipping. ``where`` names the loss in the error,
+    ``step`` is the trainer's iteration / step count."""
+    check_finite(loss, step, where, last_checkpoint)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = nn.utils.clip_grad_norm_(params, max_grad_norm)
+    check_finite(grad_norm, step, "the gradient norm", last_checkpoint)
+    optimizer.step()
+    return grad_norm.detach()
+
+
+def shaped_scores(batch: RolloutBatch, score_clip: float | None, missing_eos_penalty: float | None) -> torch.Tensor:
+    """(B,) scores after optional clipping and the missing-EOS penalty (N details, "EOS trick")."""
+    scores = batch.scores.float()
+    if score_clip is not None:
+        scores = scores.clamp(-score_clip, score_clip)
+    if missing_eos_penalty is not None:
+        scores = scores - missing_eos_penalty * (~batch.ended_with_eos).float()
+    return scores
+
+
 def save_checkpoint(directory: Path, model: nn.Module, tokenizer, extra: dict[str, nn.Module], state: dict) -> Path:
-    """Write ``directory`` atomically: build it beside, then swap, so a crash leaves the previous one whole."""
+    """Write ``directory`` atomically (``textenv.files.atomic_directory``): a crash leaves the previous one
+    whole. It holds ``save_pretrained`` of the model and tokenizer, ``<name>.pt`` per extra module and
+    ``trainer_state.json``."""
     directory = Path(directory)
-    tmp = directory.with_name(f".{directory.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-    for name, module in extra.items():
-        torch.save(module.state_dict(), tmp / f"{name}.pt")
-    (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2, default=str) + "\n", encoding="utf-8")
-    old = directory.with_name(f".{directory.name}.old")
-    if directory.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(directory, old)
-    os.replace(tmp, directory)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_directory(directory) as tmp:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        for name, module in extra.items():
+            torch.save(module.state_dict(), tmp / f"{name}.pt")
+        write_json(tmp / "trainer_state.json", state)
     return directory
 
 
@@ -120,9 +149,10 @@ class LMAgent:
     ``env`` is a ``TextGenVectorEnv`` built with ``array_backend="torch"``; the agent trains ``env.policy`` in place
     (the env samples with it) against a frozen reference: ``env.ref_model`` if the env has one (it then computes the
     reference log-probs token by token), else ``ref_model``, else a frozen copy of the initial policy, whose
-    log-probs the agent computes in one batched forward per rollout (build the env with ``kl_coef=0`` for that: it
-    is the faster path for small models). Subclasses set ``self.config`` before calling ``super().__init__`` and
-    implement :meth:`train_on`; extra trainable modules go in :meth:`extra_modules`.
+    log-probs the agent computes in one batched forward per rollout (build the env with ``kl_coef=0`` for that: one
+    call instead of one per token, which pays when per-call overhead dominates, as with small models). Subclasses
+    set ``self.config`` before calling ``super().__init__`` and implement :meth:`train_on`; extra trainable modules
+    go in :meth:`extra_modules`.
     """
 
     config: LMAgentConfig
@@ -161,10 +191,8 @@ class LMAgent:
         # Dropout off in rollouts and training alike, so old and new log-probs come from the same function
         # ("disable dropout", The N Implementation Details of RLHF with PPO, Huang et al. 2024).
         self.policy.eval()
-        # foreach: one multi-tensor kernel per update step instead of a loop over parameters (3x faster on CPU too).
-        self.optimizer = torch.optim.Adam(
-            self.parameters(), lr=config.learning_rate, eps=config.adam_eps, foreach=True
-        )
+        # foreach: one multi-tensor kernel per update step instead of a loop over parameters.
+        self.optimizer = torch.optim.Adam(self.parameters(), lr=config.learning_rate, eps=config.adam_eps, foreach=True)
         if self.run_dir is not None:
             self.run_dir.write_config({"algo": self.algo, "config": config})
 
@@ -200,13 +228,31 @@ class LMAgent:
 
     def step_optimizer(self, loss: torch.Tensor, where: str = "loss") -> torch.Tensor:
         """Backward + clip + step, refusing non-finite losses/gradients (the weights stay as they were)."""
-        check_finite(loss, self.iteration, where, self.last_checkpoint)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(self.parameters(), self.config.max_grad_norm)
-        check_finite(grad_norm, self.iteration, "the gradient norm", self.last_checkpoint)
-        self.optimizer.step()
-        return grad_norm.detach()
+        cfg = self.config
+        return optimizer_step(
+            self.optimizer, self.parameters(), loss, cfg.max_grad_norm, where, self.iteration, self.last_checkpoint
+        )
+
+    def minibatch_updates(
+        self, batch: RolloutBatch, epochs: int, num_minibatches: int, minibatch_loss: MinibatchLoss
+    ) -> dict[str, float]:
+        """``epochs`` passes over ``batch``, each in ``num_minibatches`` minibatches of rows drawn without replacement
+        (37 details #6), one optimizer step per minibatch on ``minibatch_loss(minibatch, rows)``. Returns the
+        metrics averaged over the steps (bare names under ``losses/``), with ``losses/loss`` and
+        ``losses/grad_norm``."""
+        n = batch.response_mask.shape[0]
+        size = n // num_minibatches
+        totals: dict[str, float] = {}
+        count = 0
+        for _ in range(epochs):
+            order = torch.randperm(n, generator=self.generator, device=self.device)
+            for start in range(0, n, size):
+                rows = order[start : start + size]
+                loss, metrics = minibatch_loss(batch.select(rows), rows)
+                grad_norm = self.step_optimizer(loss, f"the {self.algo.upper()} loss")
+                accumulate(totals, {**metrics, "loss": loss, "grad_norm": grad_norm})
+                count += 1
+        return {k: v / count for k, v in totals.items()}
 
     def rollout_metrics(self, batch: RolloutBatch, seconds: float) -> dict[str, float]:
         tokens = int(batch.response_mask.sum())

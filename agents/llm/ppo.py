@@ -18,11 +18,12 @@ import os
 import torch
 from torch import nn
 
-from agents.llm.base import LMAgent, LMAgentConfig, _check, accumulate
+from agents.llm.base import LMAgent, LMAgentConfig, _check, shaped_scores
 from agents.llm.losses import ppo_policy_loss, ppo_value_loss
 from agents.llm.math import AdaptiveKLController, FixedKLController, gae, masked_mean, whiten
 from agents.llm.rollout import RolloutBatch
 from agents.rundir import RunDir
+from rewardmodels.lm_reward import TokenizerMismatchError, tokenizers_match
 
 VALUE_INITS = ("zero", "reward_model")
 
@@ -114,8 +115,6 @@ class RewardModelCritic(nn.Module):
                 f"value_init='reward_model' needs a reward model with backbone/head/tokenizer (an LMRewardModel); "
                 f"{type(reward_model).__name__} lacks {missing}. Use value_init='zero' otherwise."
             )
-        from rewardmodels.lm_reward import TokenizerMismatchError, tokenizers_match
-
         if not tokenizers_match(reward_model.tokenizer, policy_tokenizer):
             raise TokenizerMismatchError(
                 "value_init='reward_model' reads the policy's token ids with the reward model's backbone, but their "
@@ -144,16 +143,6 @@ class ValueHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (B, T, H) -> (B, T)
         return self.linear(hidden.float()).squeeze(-1)
-
-
-def shaped_scores(batch: RolloutBatch, score_clip: float | None, missing_eos_penalty: float | None) -> torch.Tensor:
-    """(B,) scores after optional clipping and the missing-EOS penalty (N details, "EOS trick")."""
-    scores = batch.scores.float()
-    if score_clip is not None:
-        scores = scores.clamp(-score_clip, score_clip)
-    if missing_eos_penalty is not None:
-        scores = scores - missing_eos_penalty * (~batch.ended_with_eos).float()
-    return scores
 
 
 def token_rewards(batch: RolloutBatch, scores: torch.Tensor, kl_coef: float) -> torch.Tensor:
@@ -245,32 +234,22 @@ class PPOAgent(LMAgent):
             advantages, returns = gae(rewards, old_values, mask, gamma=cfg.gamma, lam=cfg.lam)
             if cfg.whiten_advantages:  # 37 details #7
                 advantages = whiten(advantages, mask) * mask
-        n = mask.shape[0]
-        size = n // cfg.num_minibatches
-        totals: dict[str, float] = {}
-        count = 0
-        for _ in range(cfg.ppo_epochs):
-            order = torch.randperm(n, generator=self.generator, device=self.device)
-            for start in range(0, n, size):
-                idx = order[start : start + size]
-                mb = batch.select(idx)
-                logprobs, entropy, values = self._forward(mb)
-                m = mb.response_mask
-                pg_loss, pg_metrics = ppo_policy_loss(
-                    logprobs, mb.old_logprobs, advantages[idx], m, clip_eps=cfg.clip_range
-                )
-                vf_loss, vf_metrics = ppo_value_loss(
-                    values, old_values[idx], returns[idx], m, clip_eps=cfg.clip_range_value
-                )
-                ent = masked_mean(entropy, m)
-                loss = pg_loss + cfg.vf_coef * vf_loss - cfg.entropy_coef * ent
-                grad_norm = self.step_optimizer(loss, "the PPO loss")
-                accumulate(totals, {**pg_metrics, **vf_metrics})
-                accumulate(totals, {"policy": pg_loss, "value": vf_loss, "entropy": ent, "grad_norm": grad_norm})
-                count += 1
-        metrics = {k: v / count for k, v in totals.items()}
-        mean_kl = float(batch.kl_sum.mean())
-        self.kl_controller.update(mean_kl, n)
+
+        def minibatch_loss(mb: RolloutBatch, rows: torch.Tensor) -> tuple[torch.Tensor, dict]:
+            logprobs, entropy, values = self._forward(mb)
+            m = mb.response_mask
+            pg_loss, pg_metrics = ppo_policy_loss(
+                logprobs, mb.old_logprobs, advantages[rows], m, clip_eps=cfg.clip_range
+            )
+            vf_loss, vf_metrics = ppo_value_loss(
+                values, old_values[rows], returns[rows], m, clip_eps=cfg.clip_range_value
+            )
+            ent = masked_mean(entropy, m)
+            loss = pg_loss + cfg.vf_coef * vf_loss - cfg.entropy_coef * ent
+            return loss, {**pg_metrics, **vf_metrics, "policy": pg_loss, "value": vf_loss, "entropy": ent}
+
+        metrics = self.minibatch_updates(batch, cfg.ppo_epochs, cfg.num_minibatches, minibatch_loss)
+        self.kl_controller.update(float(batch.kl_sum.mean()), mask.shape[0])
         metrics.update(
             {
                 "train/kl_coef": kl_coef,

@@ -11,36 +11,26 @@ update reuses the rollout through the PPO-clipped ratio (as TRL's RLOO trainer d
 from __future__ import annotations
 
 import dataclasses
-import os
-from collections.abc import Sequence
 
 import torch
 
-from agents.llm.base import _check, accumulate
-from agents.llm.grpo import GroupAgent, GroupConfig
+from agents.llm.base import _check, shaped_scores
+from agents.llm.group import GroupAgent, GroupConfig
 from agents.llm.losses import ppo_policy_loss, rloo_advantages
 from agents.llm.math import masked_mean, whiten
-from agents.llm.ppo import shaped_scores
 from agents.llm.rollout import RolloutBatch
-from agents.rundir import RunDir
 
 
 @dataclasses.dataclass
 class RLOOConfig(GroupConfig):
     """RLOO settings."""
 
-    learning_rate: float = 1e-5
-    """Adam learning rate."""
     group_size: int = 4
     """k, responses per prompt (the paper's k=2..4); >= 2 for a leave-one-out baseline to exist."""
     kl_coef: float = 0.05
     """beta of the sequence-level KL penalty in the reward ``R = score - beta * KL``."""
-    clip_range: float = 0.2
-    """Clip epsilon of the ratio when a rollout is reused (``ppo_epochs > 1``)."""
     ppo_epochs: int = 1
-    """Passes over each rollout; 1 is plain REINFORCE (the ratio is 1)."""
-    num_minibatches: int = 1
-    """Minibatches per pass; must divide ``batch_size``."""
+    """Passes over each rollout; 1 (with one minibatch) is plain REINFORCE: the ratio is 1."""
     normalize_advantages: bool = False
     """Whiten the leave-one-out advantages over the batch (TRL's option; the paper does not)."""
     missing_eos_penalty: float | None = None
@@ -49,12 +39,7 @@ class RLOOConfig(GroupConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(self.kl_coef >= 0, f"kl_coef must be >= 0, got {self.kl_coef}")
-        _check(self.clip_range > 0, f"clip_range must be > 0, got {self.clip_range}")
         _check(self.ppo_epochs >= 1, f"ppo_epochs must be >= 1, got {self.ppo_epochs}")
-        _check(
-            self.num_minibatches >= 1 and self.batch_size % self.num_minibatches == 0,
-            f"num_minibatches={self.num_minibatches} must divide prompts_per_step * group_size = {self.batch_size}",
-        )
         _check(
             self.missing_eos_penalty is None or self.missing_eos_penalty >= 0,
             "missing_eos_penalty is subtracted from the score: give a value >= 0, or None",
@@ -66,43 +51,31 @@ class RLOOAgent(GroupAgent):
 
     algo = "rloo"
     config: RLOOConfig
+    config_class = RLOOConfig
 
-    def __init__(
-        self,
-        env,
-        config: RLOOConfig | None = None,
-        run_dir: RunDir | str | os.PathLike | None = None,
-        prompts: Sequence[str] | None = None,
-        ref_model: torch.nn.Module | None = None,
-    ):
-        super().__init__(env, config or RLOOConfig(), run_dir, prompts, ref_model)
+    def sequence_advantages(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,) sequence rewards ``R = score - beta * KL`` (score after the missing-EOS penalty) and their (B,)
+        leave-one-out advantages (whitened over the batch with ``normalize_advantages``)."""
+        cfg = self.config
+        rewards = shaped_scores(batch, None, cfg.missing_eos_penalty) - cfg.kl_coef * batch.kl_sum
+        advantages = rloo_advantages(rewards, cfg.group_size)
+        if cfg.normalize_advantages:
+            advantages = whiten(advantages, torch.ones_like(advantages, dtype=torch.bool))
+        return rewards, advantages
 
     def train_on(self, batch: RolloutBatch) -> dict[str, float]:
         cfg = self.config
-        scores = shaped_scores(batch, None, cfg.missing_eos_penalty)
-        rewards = scores - cfg.kl_coef * batch.kl_sum  # (B,) sequence rewards
-        advantages = rloo_advantages(rewards, cfg.group_size)  # (B,)
-        if cfg.normalize_advantages:
-            advantages = whiten(advantages, torch.ones_like(advantages, dtype=torch.bool))
-        n = batch.response_mask.shape[0]
-        size = n // cfg.num_minibatches
-        totals: dict[str, float] = {}
-        count = 0
-        for _ in range(cfg.ppo_epochs):
-            order = torch.randperm(n, generator=self.generator, device=self.device)
-            for start in range(0, n, size):
-                idx = order[start : start + size]
-                mb = batch.select(idx)
-                logprobs, entropy, _ = self.policy_forward(mb)
-                m = mb.response_mask
-                # A sequence's advantage on each of its tokens: REINFORCE on log pi(y|x) = sum_t log pi(y_t|...).
-                token_adv = advantages[idx, None].expand_as(logprobs) * m
-                loss, metrics = ppo_policy_loss(logprobs, mb.old_logprobs, token_adv, m, clip_eps=cfg.clip_range)
-                grad_norm = self.step_optimizer(loss, "the RLOO loss")
-                metrics = {**metrics, "loss": loss, "grad_norm": grad_norm, "entropy": masked_mean(entropy, m)}
-                accumulate(totals, metrics)
-                count += 1
-        out = {k: v / count for k, v in totals.items()}
+        rewards, advantages = self.sequence_advantages(batch)
+
+        def minibatch_loss(mb: RolloutBatch, rows: torch.Tensor) -> tuple[torch.Tensor, dict]:
+            logprobs, entropy, _ = self.policy_forward(mb)
+            m = mb.response_mask
+            # A sequence's advantage on each of its tokens: REINFORCE on log pi(y|x) = sum_t log pi(y_t|...).
+            token_adv = advantages[rows, None].expand_as(logprobs) * m
+            loss, metrics = ppo_policy_loss(logprobs, mb.old_logprobs, token_adv, m, clip_eps=cfg.clip_range)
+            return loss, {**metrics, "entropy": masked_mean(entropy, m)}
+
+        out = self.minibatch_updates(batch, cfg.ppo_epochs, cfg.num_minibatches, minibatch_loss)
         out.update(self.group_metrics(rewards))
         out["train/reward_mean"] = float(rewards.mean())
         return out

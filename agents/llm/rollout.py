@@ -19,6 +19,7 @@ from torch import nn
 from agents.llm.losses import sequence_logprobs
 from agents.llm.math import entropy_from_logits
 from textenv.decoders import fast_decoder
+from textenv.engine import record_episodes
 
 
 class EnvCapabilityError(TypeError):
@@ -163,58 +164,48 @@ def collect_rollout(
 
 def _step_episodes(env, generator, query_ids: torch.Tensor, query_mask: torch.Tensor) -> tuple:
     """:func:`collect_rollout` for an env without ``play()``: step it token by token until every row's first episode
-    ended. Returns tokens, mask, log-probs, reference log-probs (None if the env reports none), scores, EOS flags,
-    prompts and responses."""
+    ended (the per-token loop is ``textenv.engine.record_episodes``, the one ``play()`` uses; only the step differs:
+    here it goes through ``env.step`` and its info). Returns tokens, mask, log-probs, reference log-probs (None if
+    the env reports none), scores, EOS flags, prompts and responses."""
     device = query_ids.device
-    n, horizon = env.num_envs, int(env_setting(env, "max_new_tokens"))
-    tokens = torch.zeros(n, horizon, dtype=torch.long, device=device)
-    logp = torch.zeros(n, horizon, device=device)
-    ref_logp = torch.zeros(n, horizon, device=device)
-    mask = torch.zeros(n, horizon, dtype=torch.bool, device=device)
-    alive = torch.ones(n, dtype=torch.bool, device=device)
-    eos = torch.zeros(n, dtype=torch.bool, device=device)
+    n = env.num_envs
     scores = torch.zeros(n, device=device)
+    eos = torch.zeros(n, dtype=torch.bool, device=device)
     prompt_text: list[str | None] = [None] * n
     response_text: list[str | None] = [None] * n
-    # A host sync per token costs nothing on CPU; on an accelerator, check for the end only every few tokens.
-    check_every = 1 if device.type == "cpu" else 8
-    steps = 0
-    for t in range(horizon):
+
+    def one_token(alive: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         actions = draw_tokens(env.next_token_logits(), generator)  # (N,)
         _, _, terminated, truncated, info = env.step(actions)
         terminated = torch.as_tensor(terminated, device=device).bool()
         done = terminated | torch.as_tensor(truncated, device=device).bool()
-        tokens[:, t] = actions
-        mask[:, t] = alive
-        logp[:, t] = torch.as_tensor(info["policy_logprob"], device=device).float() * alive
-        if "ref_logprob" in info:
-            ref_logp[:, t] = torch.as_tensor(info["ref_logprob"], device=device).float() * alive
-        ended = alive & done
+        ended = alive & done  # rows whose FIRST episode ends now; later episodes are discarded
         score = _vector_info(info, "score", device)
         if score is not None:
-            scores = torch.where(ended & score[1], score[0].float(), scores)
-        eos |= ended & terminated
-        alive = alive & ~done
-        steps = t + 1
+            scores.copy_(torch.where(ended & score[1], score[0].float(), scores))
+        eos.logical_or_(ended & terminated)
         if "prompt" in info or "response" in info:
             _record_text(info, ended, prompt_text, response_text)
-        if steps % check_every == 0 and not bool(alive.any()):
-            break
-    tokens, mask, logp, ref_logp = tokens[:, :steps], mask[:, :steps], logp[:, :steps], ref_logp[:, :steps]
-    tokens = tokens.masked_fill(~mask, 0)
-    if "ref_logprob" not in info:
-        ref_logp = None
-    if any(r is None for r in response_text):  # an env that does not report text: decode it ourselves
-        decoded = env.tokenizer.batch_decode(
-            [row[m].tolist() for row, m in zip(tokens, mask, strict=True)], skip_special_tokens=True
-        )
-        response_text = [r if r is not None else d for r, d in zip(response_text, decoded, strict=True)]
-    if any(p is None for p in prompt_text):
-        decoded = env.tokenizer.batch_decode(
-            [row[m].tolist() for row, m in zip(query_ids, query_mask, strict=True)], skip_special_tokens=True
-        )
-        prompt_text = [p if p is not None else d for p, d in zip(prompt_text, decoded, strict=True)]
-    return tokens, mask, logp, ref_logp, scores, eos, prompt_text, response_text
+        values = {"action": actions, "logp": torch.as_tensor(info["policy_logprob"], device=device).float()}
+        if "ref_logprob" in info:
+            values["ref_logp"] = torch.as_tensor(info["ref_logprob"], device=device).float()
+        return values, done
+
+    record, mask = record_episodes(one_token, n, int(env_setting(env, "max_new_tokens")), device)
+    tokens = record["action"]  # 0 after each row's end
+    prompts = _decoded_where_missing(prompt_text, query_ids, query_mask, env.tokenizer)
+    responses = _decoded_where_missing(response_text, tokens, mask, env.tokenizer)
+    return tokens, mask, record["logp"], record.get("ref_logp"), scores, eos, prompts, responses
+
+
+def _decoded_where_missing(texts: list, ids: torch.Tensor, mask: torch.Tensor, tokenizer) -> list[str]:
+    """``texts`` with each None (an env that does not report the text) replaced by its row's decoded ``ids[mask]``."""
+    if all(t is not None for t in texts):
+        return texts
+    decoded = tokenizer.batch_decode(
+        [row[m].tolist() for row, m in zip(ids, mask, strict=True)], skip_special_tokens=True
+    )
+    return [t if t is not None else d for t, d in zip(texts, decoded, strict=True)]
 
 
 def _record_text(info: dict, ended: torch.Tensor, prompts: list, responses: list) -> None:

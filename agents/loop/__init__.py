@@ -8,7 +8,8 @@
 - ``presets``: the one preset registry (``tuned`` per-env settings; the paper's MuJoCo and Atari protocols).
 - ``prefs``: ``build_loop`` / ``run_prefs``: a ``PrefsConfig`` wired into a running loop.
 - ``atari``: the paper's Atari preprocessing as registered env ids.
-- ``text_rlhf``: RLHF for an LM (pairs -> LM reward model -> PPO / GRPO / RLOO / DPO).
+- ``text_rlhf``: RLHF for an LM (pairs -> LM reward model -> PPO / GRPO / RLOO / DPO / KTO / SB3), with its settings
+  and context in ``text_context`` and its improvement steps in ``text_improvers``.
 """
 
 from agents.loop.config import PrefsConfig, RunConfigError

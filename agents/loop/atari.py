@@ -92,7 +92,7 @@ class AreaResizeAtariPreprocessing(gym.wrappers.AtariPreprocessing):
 
 
 def _register_ale() -> None:
-    import ale_py
+    import ale_py  # lazy: the optional [control] extra, needed only for Atari envs
 
     gym.register_envs(ale_py)
 

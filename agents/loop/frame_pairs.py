@@ -22,11 +22,11 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
-from agents.loop.segment_pairs import RecordedPairSource
+from agents.loop.segment_pairs import RecordedPairSource, Recorder
 from rewardmodels.cnn import image_layout
 from rewardmodels.image_segments import FrameStore, ImagePairs, Rollout, cut_segments
+from textenv.files import atomic_write
 
 STATE_FILE = "image_experience.npz"
 
@@ -110,13 +110,8 @@ class FrameExperience:
             dataset.start_a, dataset.start_b = new[-2], new[-1]
 
 
-class FrameRecorder(VecEnvWrapper):
+class FrameRecorder(Recorder):
     """Records every step of an SB3 vec env of stacked frames into a ``FrameExperience``."""
-
-    def __init__(self, venv: VecEnv, experience: FrameExperience, source: int = 0):
-        super().__init__(venv)
-        self.experience, self.source = experience, source
-        self._acts: Any = None
 
     def reset(self):
         obs = self.venv.reset()
@@ -125,10 +120,6 @@ class FrameRecorder(VecEnvWrapper):
             self.experience.open.pop((self.source, env), None)
             self.experience.begin((self.source, env), obs[env])
         return obs
-
-    def step_async(self, actions: np.ndarray) -> None:
-        self._acts = np.asarray(actions)
-        self.venv.step_async(actions)
 
     def step_wait(self):
         obs, rews, dones, infos = self.venv.step_wait()
@@ -167,16 +158,8 @@ class ImageSegmentPairSource(RecordedPairSource):
                           seg["true_rew"][a], seg["true_rew"][b], seg["mask"][a], seg["mask"][b],
                           np.full(n_pairs, np.nan, np.float32), channels_last=self.experience.channels_last)
 
-    def label(self, labeller: Any, pairs: ImagePairs) -> ImagePairs:
-        labels = labeller.label(pairs.true_rew_a, pairs.true_rew_b, pairs.mask_a, pairs.mask_b)
-        return pairs.with_labels(np.asarray(labels, dtype=np.float32))
-
-    def true_preferences(self, pairs: ImagePairs) -> np.ndarray:
-        ra, rb = pairs.true_returns()
-        return np.where(np.isclose(ra, rb), 0.5, (ra > rb).astype(np.float64))
-
     def merge(self, dataset: ImagePairs | None, pairs: ImagePairs) -> ImagePairs:
-        self._dataset = pairs.subset(slice(None)) if dataset is None else dataset.append(pairs)
+        self._dataset = super().merge(dataset, pairs)  # kept: compaction must keep the frames labelled pairs use
         return self._dataset
 
     def _maybe_compact(self) -> None:
@@ -187,8 +170,6 @@ class ImageSegmentPairSource(RecordedPairSource):
 
     def save(self, directory: Path, dataset: ImagePairs | None) -> None:
         """Frames, experience pieces and labelled pairs in one ``.npz`` (written atomically)."""
-        from rewardmodels.preferences import atomic_write
-
         for key in list(self.experience.open):
             self.experience.close(key)
         pieces = list(self.experience.pieces)

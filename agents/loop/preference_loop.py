@@ -43,10 +43,11 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from agents.rundir import RunDir
-from rewardmodels.files import atomic_write, write_json
 from rewardmodels.schedules import make_schedule
+from textenv.files import atomic_write, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -398,6 +399,4 @@ class PreferenceLoop:
             show = sys.stderr.isatty()
         if not show:
             return None
-        from tqdm.auto import tqdm
-
         return tqdm(total=self.config.steps, initial=self.state.env_steps, unit="step", desc="prefs")

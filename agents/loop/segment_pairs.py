@@ -18,8 +18,10 @@ import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
+from agents.sb3.control import make_vec_env
 from rewardmodels.preferences import PreferenceDataset
 from rewardmodels.segments import Trajectory, cut_segments
+from textenv.files import atomic_write
 
 EXPERIENCE_FILE = "experience.npz"
 DATASET_FILE = "preferences.npz"
@@ -92,14 +94,25 @@ class Experience:
                 self._stored += int(arrays["lengths"][i])
 
 
-class ExperienceRecorder(VecEnvWrapper):
+class Recorder(VecEnvWrapper):
+    """Base of the recording wrappers: keeps the actions of the step in flight for ``step_wait`` to record."""
+
+    def __init__(self, venv: VecEnv, experience: Any, source: int = 0):
+        super().__init__(venv)
+        self.experience, self.source = experience, source
+        self._acts: Any = None
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._acts = np.asarray(actions)
+        self.venv.step_async(actions)
+
+
+class ExperienceRecorder(Recorder):
     """Records every step of an SB3 vec env (observation before the action, action, the env's own reward)."""
 
     def __init__(self, venv: VecEnv, experience: Experience, source: int = 0):
-        super().__init__(venv)
-        self.experience, self.source = experience, source
+        super().__init__(venv, experience, source)
         self._obs: Any = None
-        self._acts: Any = None
 
     def reset(self):
         if self._obs is not None:  # a reset mid-episode: what was recorded so far is a truncated stretch
@@ -107,10 +120,6 @@ class ExperienceRecorder(VecEnvWrapper):
                 self.experience._close(self.source, env, terminated=False)
         self._obs = self.venv.reset()
         return self._obs
-
-    def step_async(self, actions: np.ndarray) -> None:
-        self._acts = np.asarray(actions)
-        self.venv.step_async(actions)
 
     def step_wait(self):
         obs, rews, dones, infos = self.venv.step_wait()
@@ -165,13 +174,28 @@ class RecordedPairSource:
     def _drive_collection(self, agent: Any | None, n_steps: int) -> VecEnv:
         """Run ``agent.act`` (or uniform random actions when ``agent`` is None) for ``n_steps`` steps of the recorded
         collection env; return it."""
-        from agents.sb3.control import make_vec_env
-
         if self._collect_venv is None:
             venv = make_vec_env(self.env_id, self.n_collect_envs, self.seed + 7_919)
             self._collect_venv = self.recorder(venv, self.experience, source=1)
         drive(self._collect_venv, agent, self.act_space, n_steps)
         return self._collect_venv
+
+    def label(self, labeller: Any, pairs: Any) -> Any:
+        """Ask ``labeller`` (teacher-compatible) about ``pairs``; a person (``needs_media``) gets the observations,
+        from which ``StateRenderer`` draws the clips."""
+        media = {}
+        if getattr(labeller, "needs_media", False):
+            media = {"obs_a": pairs.obs_a, "obs_b": pairs.obs_b}
+        labels = labeller.label(pairs.true_rew_a, pairs.true_rew_b, pairs.mask_a, pairs.mask_b, **media)
+        return pairs.with_labels(np.asarray(labels, dtype=np.float32))
+
+    def true_preferences(self, pairs: Any) -> np.ndarray:
+        """P(a > b) under the TRUE reward: 1, 0, or 0.5 for equal returns."""
+        ret_a, ret_b = pairs.true_returns()
+        return np.where(np.isclose(ret_a, ret_b), 0.5, (ret_a > ret_b).astype(np.float64))
+
+    def merge(self, dataset: Any | None, pairs: Any) -> Any:
+        return pairs.subset(slice(None)) if dataset is None else dataset.append(pairs)
 
 
 class SegmentPairSource(RecordedPairSource):
@@ -205,23 +229,7 @@ class SegmentPairSource(RecordedPairSource):
         return PreferenceDataset.from_segments(segs[:n_pairs], segs[n_pairs:], obs_space=self.obs_space,
                                                act_space=self.act_space)
 
-    def label(self, labeller: Any, pairs: PreferenceDataset) -> PreferenceDataset:
-        media = {}
-        if getattr(labeller, "needs_media", False):  # a person: clips drawn from the observations (StateRenderer)
-            media = {"obs_a": pairs.obs_a, "obs_b": pairs.obs_b}
-        labels = labeller.label(pairs.true_rew_a, pairs.true_rew_b, pairs.mask_a, pairs.mask_b, **media)
-        return pairs.with_labels(np.asarray(labels, dtype=np.float32))
-
-    def true_preferences(self, pairs: PreferenceDataset) -> np.ndarray:
-        ret_a, ret_b = pairs.true_returns()
-        return np.where(np.isclose(ret_a, ret_b), 0.5, (ret_a > ret_b).astype(np.float64))
-
-    def merge(self, dataset: PreferenceDataset | None, pairs: PreferenceDataset) -> PreferenceDataset:
-        return pairs.subset(slice(None)) if dataset is None else dataset.append(pairs)
-
     def save(self, directory: Path, dataset: PreferenceDataset | None) -> None:
-        from rewardmodels.preferences import atomic_write
-
         if dataset is not None:
             dataset.save(Path(directory) / DATASET_FILE)
         arrays = self.experience.state_arrays()

@@ -3,8 +3,8 @@
 - ``control``: ``SB3Agent`` (any SB3 algorithm on a Gymnasium env whose reward is the learned one; off-policy
   replay buffers relabelled after each refit), the tuned hyperparameters, env and algorithm checks.
 - ``text_policy``: ``CausalLMPolicy`` (the env's LM as SB3's actor, a value head as critic), ``LMHandle``,
-  ``SyncTextEnvCallback``, ``make_sb3_text_model``: SB3 algorithms on ``TextGen-v0``.
-- ``text``: SB3 PPO / A2C as the policy-improvement step of the text RLHF run.
+  ``SyncTextEnvCallback``, ``make_sb3_text_model``: SB3 algorithms on ``TextGen-v0`` (the text RLHF run uses them
+  as its ``sb3-ppo`` / ``sb3-a2c`` improvement steps: ``agents.loop.text_improvers``).
 """
 
 from agents.sb3.control import (

@@ -26,14 +26,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import gymnasium as gym
 import torch
 from gymnasium import spaces
+from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.distributions import CategoricalDistribution
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
+from transformers import AutoModelForCausalLM
 
+from textenv.default_lm import load_default_lm
 from textenv.models import VocabularyMismatchError
 
 OBS_KEYS = ("input_ids", "attention_mask")
@@ -45,12 +51,8 @@ class ObservationSpaceError(ValueError):
 
 def _resolve_lm(lm: Any) -> nn.Module:
     if lm is None:
-        from textenv.default_lm import load_default_lm
-
         return load_default_lm()[0]
     if isinstance(lm, str):
-        from transformers import AutoModelForCausalLM
-
         return AutoModelForCausalLM.from_pretrained(lm)
     if isinstance(lm, nn.Module):
         return lm
@@ -245,15 +247,15 @@ class SyncTextEnvCallback(BaseCallback):
 SB3_TEXT_ALGOS = ("ppo", "a2c")
 
 
-def make_sb3_text_model(algo: str, env, temperature: float | None = None, **algo_kwargs: Any):
+def make_sb3_text_model(
+    algo: str, env: gym.Env | VecEnv, temperature: float | None = None, **algo_kwargs: Any
+) -> OnPolicyAlgorithm:
     """``PPO`` / ``A2C`` from SB3 with a ``CausalLMPolicy`` that shares the env's acting LM.
 
     ``env`` is a TextGen-v0 env (or an SB3 VecEnv of them in this process). Keyword arguments go to the algorithm
     (``n_steps``, ``batch_size``, ``learning_rate``, ...). Returns the SB3 model; call ``model.learn(n, callback=
     SyncTextEnvCallback())`` so the env's KV caches follow the updated weights.
     """
-    import stable_baselines3 as sb3
-
     name = algo.lower()
     if name not in SB3_TEXT_ALGOS:
         raise ValueError(f"unknown SB3 algorithm {algo!r} for text envs; choose one of {SB3_TEXT_ALGOS}")
@@ -268,7 +270,7 @@ def make_sb3_text_model(algo: str, env, temperature: float | None = None, **algo
     policy_kwargs = dict(algo_kwargs.pop("policy_kwargs", None) or {})
     policy_kwargs.setdefault("lm", LMHandle(inner.policy))
     policy_kwargs.setdefault("temperature", temp)
-    cls = {"ppo": sb3.PPO, "a2c": sb3.A2C}[name]
+    cls: type[OnPolicyAlgorithm] = {"ppo": PPO, "a2c": A2C}[name]
     return cls(CausalLMPolicy, env, policy_kwargs=policy_kwargs, device=engine.device, **algo_kwargs)
 
 

@@ -14,27 +14,30 @@ Layout of every frame (sizes are predictable, see ``ClipStyle.frame_shape``)::
     |=========>                     |   progress bar (``bar`` px)
     +-------------------------------+
 
-* The clip has ``max(T_a, T_b)`` frames. A shorter segment holds its last frame. Steps where the segment's ``mask`` is
-  False (padding after a terminal state) are shown dimmed, so a person sees that an episode ended in the clip.
+* The clip has ``max(T_a, T_b)`` frames (``pad_and_dim``). Steps where the segment's ``mask`` is False (padding after
+  a terminal state) show its last real frame, dimmed, so a person sees that an episode ended in the clip; a shorter
+  segment holds its last frame, dimmed too.
 * The frame counter makes every frame differ from the previous one: GIF writers (Pillow) merge identical consecutive
   frames, which would make the frame count of a clip of a still scene unpredictable.
 * Height and width are rounded up to even numbers (H.264 with yuv420p needs them; the MP4 writer is told not to
   resize).
 
-``save_pair_clip`` writes a GIF (always; Pillow) and an MP4 when ``imageio-ffmpeg`` is installed. Files are written
-atomically (temporary file + ``os.replace``), so a labelling web app never serves half a clip.
+``save_pair_clip`` writes a GIF (always; Pillow) and an MP4 when ``imageio-ffmpeg`` is installed; ``render_gif`` writes
+one segment's GIF (what ``rewardmodels.feedback.human`` shows, two side by side in the web page). Files are written
+atomically (``textenv.files.atomic_path``), so a labelling web app never serves half a clip.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from textenv.files import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -42,13 +45,16 @@ __all__ = [
     "ClipStyle",
     "ClipError",
     "compose_pair",
+    "hold_and_dim",
+    "pad_and_dim",
+    "render_gif",
     "save_pair_clip",
     "obs_to_rgb",
     "mp4_available",
     "fps_for_env",
 ]
 
-_DIM = 0.35  # brightness of frames after the segment's terminal state
+_DIM = 0.35  # brightness of frames after the segment's terminal state (or its end, beside a longer one)
 
 
 class ClipError(ValueError):
@@ -132,11 +138,31 @@ def _as_frames(frames: np.ndarray, name: str) -> np.ndarray:
 
 
 def _text(img: np.ndarray, xy: tuple[int, int], text: str) -> None:
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw  # Pillow: imported where frames are drawn, not with the module
 
     pil = Image.fromarray(img)
     ImageDraw.Draw(pil).text(xy, text, fill=(255, 255, 255))
     img[...] = np.asarray(pil)
+
+
+def hold_and_dim(frames: np.ndarray, mask: np.ndarray | None, n: int) -> np.ndarray:
+    """``n`` frames of one segment, to play in step with a segment of ``n`` steps: step ``t`` shows the last real
+    frame (``mask`` True) at or before ``t``; steps that are padding after a terminal state (``mask`` False) or lie
+    past the segment's end (it is shorter) are dimmed. ``mask=None``: every step is real."""
+    frames = np.asarray(frames)
+    valid = np.ones(len(frames), bool) if mask is None else np.asarray(mask, bool).reshape(-1)[: len(frames)]
+    last_real = np.maximum.accumulate(np.where(valid, np.arange(len(frames)), 0))
+    idx = last_real[np.minimum(np.arange(n), len(frames) - 1)]
+    dim = ~np.concatenate([valid, np.zeros(n - len(frames), bool)])
+    held = frames[idx]
+    return np.where(dim[:, None, None, None], (held * _DIM).astype(np.uint8), held)
+
+
+def pad_and_dim(frames_a: np.ndarray, frames_b: np.ndarray, mask_a=None, mask_b=None) -> tuple[np.ndarray, ...]:
+    """Give both clips the same length (``hold_and_dim``), so that two clips shown side by side stay in step and a
+    person sees where an episode ended."""
+    n = max(len(frames_a), len(frames_b))
+    return hold_and_dim(frames_a, mask_a, n), hold_and_dim(frames_b, mask_b, n)
 
 
 def compose_pair(
@@ -149,21 +175,17 @@ def compose_pair(
     """Side-by-side frames of a segment pair: ``(max(T_a, T_b), *style.frame_shape(...))`` uint8, a on the left."""
     style = style or ClipStyle()
     fa, fb = _as_frames(frames_a, "frames_a"), _as_frames(frames_b, "frames_b")
+    for key, frames, mask in (("a", fa, mask_a), ("b", fb, mask_b)):
+        if mask is not None and np.size(mask) != len(frames):
+            raise ClipError(f"mask_{key} has {np.size(mask)} steps but frames_{key} has {len(frames)}")
     n = max(len(fa), len(fb))
     h, w, _ = style.frame_shape(fa.shape[1:], fb.shape[1:])
     out = np.full((n, h, w, 3), 64, dtype=np.uint8)
     out[:, : style.header] = 0
     x0 = {"a": 0, "b": fa.shape[2] * style.scale + style.gap}
-    for key, frames, mask in (("a", fa, mask_a), ("b", fb, mask_b)):
-        valid = np.ones(len(frames), bool) if mask is None else np.asarray(mask, bool).reshape(-1)
-        if len(valid) != len(frames):
-            raise ClipError(f"mask_{key} has {len(valid)} steps but frames_{key} has {len(frames)}")
-        idx = np.minimum(np.arange(n), len(frames) - 1)  # the shorter segment holds its last frame
-        panel = frames[idx]
+    for key, panel in zip("ab", pad_and_dim(fa, fb, mask_a, mask_b), strict=True):
         if style.scale > 1:
             panel = panel.repeat(style.scale, axis=1).repeat(style.scale, axis=2)
-        dim = ~valid[idx]
-        panel = np.where(dim[:, None, None, None], (panel * _DIM).astype(np.uint8), panel)
         out[:, style.header : style.header + panel.shape[1], x0[key] : x0[key] + panel.shape[2]] = panel
     for t in range(n):
         if style.header:
@@ -191,17 +213,30 @@ def fps_for_env(env) -> float:
     return float(env.metadata.get("render_fps") or 15.0)
 
 
-def _write_atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def _write_gif(path: Path, frames: np.ndarray, fps: float) -> Path:
+    """A looping GIF, atomically. GIF frame delays are whole units of 10 ms, so the played fps is
+    ``1000 / (10 * round(100 / fps))``."""
+    import imageio.v3 as iio  # imageio: imported where clips are written, not with the module
+
+    with atomic_path(path) as tmp:
+        iio.imwrite(tmp, frames, extension=".gif", duration=10 * max(1, round(100.0 / fps)), loop=0)
+    return path
+
+
+def render_gif(frames: np.ndarray, path: str | os.PathLike, fps: float = 15.0, max_side: int | None = 160) -> Path:
+    """Write one segment's ``frames`` (T, H, W, 3) uint8 as a looping GIF, downscaled so that max(H, W) <=
+    ``max_side``; atomic."""
+    from PIL import Image  # Pillow: imported where frames are resized, not with the module
+
+    if np.ndim(frames) != 4:
+        raise ClipError(f"frames must be (T, H, W, 3) (env.render() rgb_array), got shape {np.shape(frames)}")
+    frames = _as_frames(frames, "frames")
+    h, w = frames.shape[1:3]
+    if max_side is not None and max(h, w) > max_side:
+        scale = max_side / max(h, w)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        frames = np.stack([np.asarray(Image.fromarray(f).resize(size, Image.BILINEAR)) for f in frames])
+    return _write_gif(Path(path), frames, fps)
 
 
 def save_pair_clip(
@@ -220,8 +255,7 @@ def save_pair_clip(
     when imageio-ffmpeg is not installed; GIF always works. GIF frame delays are stored in units of 10 ms, so the
     played fps is ``1000 / (10 * round(100 / fps))``.
     """
-    import imageio.v2 as iio2
-    import imageio.v3 as iio
+    import imageio.v2 as iio2  # imageio: imported where clips are written, not with the module
 
     style = style or ClipStyle()
     unknown = set(formats) - {"gif", "mp4"}
@@ -231,17 +265,13 @@ def save_pair_clip(
     stem = Path(path).with_suffix("")
     written: dict[str, Path] = {}
     if "gif" in formats:
-        out = stem.with_suffix(".gif")
-        duration_ms = 10 * max(1, round(100.0 / style.fps))
-        _write_atomic(out, lambda p: iio.imwrite(p, frames, extension=".gif", duration=duration_ms, loop=0))
-        written["gif"] = out
+        written["gif"] = _write_gif(stem.with_suffix(".gif"), frames, style.fps)
     if "mp4" in formats:
         if mp4_available():
             out = stem.with_suffix(".mp4")
-            # macro_block_size=2: the frame is already even-sized; the default (16) would resize it.
-            _write_atomic(
-                out, lambda p: iio2.mimwrite(p, list(frames), format="FFMPEG", fps=style.fps, macro_block_size=2)
-            )
+            with atomic_path(out) as tmp:
+                # macro_block_size=2: the frame is already even-sized; the default (16) would resize it.
+                iio2.mimwrite(tmp, list(frames), format="FFMPEG", fps=style.fps, macro_block_size=2)
             written["mp4"] = out
         else:
             logger.info("imageio-ffmpeg is not installed: writing %s as GIF only (pip install imageio-ffmpeg)", stem)

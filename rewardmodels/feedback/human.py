@@ -18,46 +18,18 @@ import hashlib
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 
-from rewardmodels.feedback.label_store import LabelStore, Query, clip_dir, store_path
+from rewardmodels.feedback.clips import hold_and_dim, pad_and_dim, render_gif
+from rewardmodels.feedback.label_store import LabelStore, LabelTimeoutError, Query, clip_dir, store_path
+from textenv.files import atomic_path
 
 logger = logging.getLogger(__name__)
 
-
-def render_gif(frames: np.ndarray, path: str | os.PathLike, fps: float = 15.0, max_side: int | None = 160) -> Path:
-    """Write ``frames`` (T, H, W, 3) uint8 as a looping GIF, downscaled so that max(H, W) <= ``max_side``; atomic."""
-    import imageio.v3 as iio
-    from PIL import Image
-
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] not in (3, 4) or frames.shape[0] == 0:
-        raise ValueError(f"frames must be (T, H, W, 3) with T >= 1 (env.render() rgb_array), got {frames.shape}")
-    if frames.dtype != np.uint8:
-        raise ValueError(f"frames must be uint8 RGB, got {frames.dtype}; convert with (x * 255).astype(np.uint8)")
-    h, w = frames.shape[1:3]
-    if max_side is not None and max(h, w) > max_side:
-        scale = max_side / max(h, w)
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        frames = np.stack([np.asarray(Image.fromarray(f).resize(size, Image.BILINEAR)) for f in frames])
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".gif")
-    os.close(fd)
-    try:
-        iio.imwrite(tmp, frames, extension=".gif", duration=1000.0 / fps, loop=0)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-_DIM = 0.35  # brightness of steps after a terminal state (as rewardmodels.feedback.clips does)
 
 # obs -> the env's internal state that render() draws, for envs whose observation determines it.
 _STATE_FROM_OBS = {
@@ -71,8 +43,6 @@ _STATE_FROM_OBS = {
 
 def check_renderable(env_id: str) -> None:
     """Raise ValueError unless :class:`StateRenderer` can draw ``env_id``'s segments from their observations."""
-    import gymnasium as gym
-
     name = gym.spec(env_id).name
     if name not in _STATE_FROM_OBS:
         raise ValueError(f"no state-from-observation rule for {env_id!r} (known: {sorted(_STATE_FROM_OBS)}): people "
@@ -89,8 +59,6 @@ class StateRenderer:
     """
 
     def __init__(self, env_id: str):
-        import gymnasium as gym
-
         check_renderable(env_id)
         self.env = gym.make(env_id, render_mode="rgb_array")
         self._to_state = _STATE_FROM_OBS[gym.spec(env_id).name]
@@ -107,22 +75,6 @@ class StateRenderer:
 
     def close(self) -> None:
         self.env.close()
-
-
-def pad_and_dim(frames_a: np.ndarray, frames_b: np.ndarray, mask_a=None, mask_b=None) -> tuple[np.ndarray, ...]:
-    """Give both clips the same length (a shorter one holds its last frame) and show steps after a terminal state
-    (``mask`` False) as the last real frame, dimmed, so that two GIFs shown side by side stay in step and a person
-    sees where an episode ended."""
-    out = []
-    n = max(len(frames_a), len(frames_b))
-    for frames, mask in ((np.asarray(frames_a), mask_a), (np.asarray(frames_b), mask_b)):
-        valid = np.ones(len(frames), bool) if mask is None else np.asarray(mask, bool).reshape(-1)[: len(frames)]
-        last_real = np.maximum.accumulate(np.where(valid, np.arange(len(frames)), 0))
-        idx = last_real[np.minimum(np.arange(n), len(frames) - 1)]
-        dim = ~np.concatenate([valid, np.zeros(n - len(frames), bool)])
-        clip = frames[idx]
-        out.append(np.where(dim[:, None, None, None], (clip * _DIM).astype(np.uint8), clip))
-    return tuple(out)
 
 
 def _digest(*parts: bytes) -> str:
@@ -213,8 +165,6 @@ class HumanLabeller:
 
     def wait(self, ids: Sequence[str]) -> np.ndarray:
         """Block until ``ids`` are labelled (see ``LabelStore.wait_for_labels``); (B,) float32, NaN = skipped."""
-        from rewardmodels.feedback.label_store import LabelTimeoutError
-
         logger.info("queued %d pair(s) for human labelling; label them with `rlhf-gym label --run %s`",
                     len(ids), self.run_dir)
         try:
@@ -290,11 +240,7 @@ class HumanLabeller:
         if not (self.clip_dir / name).exists():
             valid = np.flatnonzero(mask)  # padding comes only at the end of a segment
             n_real = int(valid[-1]) + 1 if valid.size else 1
-            real = self.renderer(obs[:n_real])
-            if not valid.size:
-                real = (real * _DIM).astype(np.uint8)
-            tail = np.repeat((real[-1:] * _DIM).astype(np.uint8), len(obs) - n_real, axis=0)
-            frames = np.concatenate([real, tail])
+            frames = hold_and_dim(self.renderer(obs[:n_real]), mask[:n_real], len(obs))
             render_gif(frames, self.clip_dir / name, fps=self.fps, max_side=self.max_side)
         return name
 
@@ -309,10 +255,8 @@ class HumanLabeller:
             return src.relative_to(root).as_posix()
         name = f"{_digest(src.read_bytes())}{src.suffix.lower()}"
         if not (root / name).exists():
-            fd, tmp = tempfile.mkstemp(dir=root, prefix=".adopt.", suffix=src.suffix)
-            os.close(fd)
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, root / name)
+            with atomic_path(root / name) as tmp:
+                shutil.copyfile(src, tmp)
         return name
 
     def close(self) -> None:

@@ -35,8 +35,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from agents.rundir import atomic_write_text
+from textenv.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -123,8 +124,8 @@ class Query:
     """One pair to be labelled.
 
     Segment payload: ``{"clip_a": rel_path, "clip_b": rel_path}`` (paths relative to the run's clip directory; shown
-    side by side) or ``{"clip": rel_path}`` (one side-by-side clip, as rendered by ``rewardmodels.feedback.clips``), plus any
-    JSON metadata. Text payload: ``{"prompt": str, "response_a": str, "response_b": str}``.
+    side by side) or ``{"clip": rel_path}`` (one side-by-side clip, as rendered by ``rewardmodels.feedback.clips``),
+    plus any JSON metadata. Text payload: ``{"prompt": str, "response_a": str, "response_b": str}``.
     """
 
     kind: Literal["segment", "text"]
@@ -391,8 +392,6 @@ class LabelStore:
         Shows a tqdm bar (``progress=None``: only on a terminal) and logs progress every 30 s. Raises
         LabelTimeoutError after ``timeout`` seconds (None = wait forever); labels given later stay in the store.
         """
-        from tqdm.auto import tqdm
-
         ids = list(ids)
         self.labels_array(ids, missing="nan")  # raises UnknownPairError early
         unique = list(dict.fromkeys(ids))

@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from agents.rundir import RunDir, write_json
 
 
@@ -26,9 +28,7 @@ def test_write_json_is_atomic_and_keeps_old_file_on_failure(tmp_path):
         def __repr__(self):
             raise RuntimeError("boom")
 
-    try:
+    with pytest.raises(RuntimeError, match="boom"):
         write_json(target, {"a": Unserialisable()})
-    except RuntimeError:
-        pass
     assert json.loads(target.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["s.json"]

@@ -102,7 +102,7 @@ def test_failed_save_keeps_the_old_file(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("rewardmodels.text_preferences.os.replace", boom)
+    monkeypatch.setattr("textenv.files.os.replace", boom)  # the one rename of every atomic write
     with pytest.raises(OSError, match="disk full"):
         TextPreferencePairs(["x"], ["y"], ["z"], [0.0]).save(path)
     assert path.read_text() == before

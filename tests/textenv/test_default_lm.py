@@ -134,4 +134,4 @@ def test_build_end_to_end_through_the_cli(tmp_path):
     assert model.config.n_layer == 1 and model.config.vocab_size == len(tokenizer)
     card = json.loads((out / "build_info.json").read_text())
     assert card["config"]["steps"] == 3 and card["samples"]["n"] == 8
-    assert not list(tmp_path.glob(".lm-*"))  # the temporary build folder is gone
+    assert not list(tmp_path.glob(".lm*"))  # the temporary build folder (and any old one) is gone

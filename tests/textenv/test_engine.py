@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from textenv.engine import GenerationEngine, sample_tokens
+from textenv.engine import GenerationEngine, record_episodes, sample_tokens
 from textenv.prompts import PromptSource
 from textenv.testing import make_tiny_lm
 
@@ -189,3 +189,31 @@ def test_unsupported_cache_layout_falls_back_to_full_recomputation(lm, monkeypat
     assert not engine.use_cache and "recomputing every step" in caplog.text
     for (le, re_, *_), (lg, rg, *_) in zip(expected, got, strict=True):
         assert torch.allclose(le, lg, atol=1e-5) and torch.allclose(re_, rg, atol=1e-5)
+
+
+@pytest.mark.parametrize(("check_every", "steps"), [(1, 5), (8, 8), (3, 6)])
+def test_record_episodes_masks_each_row_after_its_end_and_stops_once_all_ended(check_every, steps):
+    ends = [2, 5, 3]  # row i's episode ends with its ends[i]-th token
+    seen_alive = []
+
+    def step(alive):
+        t = len(seen_alive)
+        seen_alive.append(alive.tolist())
+        values = {"action": torch.tensor([10, 20, 30]) + t, "logp": torch.full((3,), -0.5 - t)}
+        return values, torch.tensor([t + 1 == e for e in ends])
+
+    record, mask = record_episodes(step, 3, horizon=12, device="cpu", check_every=check_every)
+    # the end is checked every check_every tokens: the steps past the last end are recorded, all masked out
+    assert mask.shape == (3, steps) and len(seen_alive) == steps
+    assert mask.tolist() == [[t < e for t in range(steps)] for e in ends]
+    assert seen_alive == [[t < e for e in ends] for t in range(steps)]
+    assert record["action"].tolist() == [
+        [(10 * (i + 1) + t) * (t < e) for t in range(steps)] for i, e in enumerate(ends)
+    ]
+    assert record["logp"].tolist() == [[(-0.5 - t) * (t < e) for t in range(steps)] for e in ends]
+    assert record["action"].dtype == torch.long and record["logp"].dtype == torch.float32
+
+
+def test_record_episodes_stops_at_the_horizon():
+    record, mask = record_episodes(lambda alive: ({"a": torch.ones(2)}, torch.zeros(2, dtype=torch.bool)), 2, 4, "cpu")
+    assert mask.all() and mask.shape == (2, 4) and record["a"].shape == (2, 4)

@@ -14,6 +14,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.activations import NewGELUActivation
+from transformers.cache_utils import DynamicCache
+from transformers.models.gpt2.modeling_gpt2 import GPT2MLP, GPT2Attention, GPT2Block, GPT2LMHeadModel
+from transformers.pytorch_utils import Conv1D
 
 from textenv.decoders.base import fingerprint, register_decoder
 
@@ -30,10 +34,6 @@ def _attention_scaling(cfg: Any, head_dim: int, layer: int) -> float:
 def _fused_activation(act: nn.Module):
     """The activation as one kernel where transformers spells it as several (its tanh-approximated GELU is
     ``F.gelu(approximate="tanh")`` up to float rounding, ~1e-7); any other activation module is called as is."""
-    try:
-        from transformers.activations import NewGELUActivation
-    except ImportError:  # pragma: no cover
-        return act
     if type(act) is NewGELUActivation:
         return lambda x: F.gelu(x, approximate="tanh")
     return act
@@ -74,11 +74,6 @@ class GPT2Decoder:
     @staticmethod
     def supports(model: Any) -> bool:
         """True if ``model`` is a plain GPT-2 LM whose forward this class reproduces (to float rounding)."""
-        try:
-            from transformers.models.gpt2.modeling_gpt2 import GPT2MLP, GPT2Attention, GPT2Block, GPT2LMHeadModel
-            from transformers.pytorch_utils import Conv1D
-        except ImportError:  # pragma: no cover - transformers without GPT-2
-            return False
         if type(model) is not GPT2LMHeadModel:
             return False
         cfg = model.config
@@ -115,8 +110,6 @@ class GPT2Decoder:
     ) -> tuple[torch.Tensor, Any]:
         """Logits ``(N, V)`` at the last column of left-padded ``input_ids`` ``(N, S)`` and a new ``DynamicCache``
         holding their K/V (what ``model(..., use_cache=True)`` returns)."""
-        from transformers.cache_utils import DynamicCache
-
         cache = DynamicCache()
         x = self._blocks(input_ids, position_ids, self.prefill_mask(attention_mask), cache)
         x = x.view(input_ids.shape[0], input_ids.shape[1], -1)[:, -1]

@@ -10,9 +10,8 @@ The tokenizer is word-level and keeps case: one token per word or punctuation ma
 ``▁The ▁movie ▁was ▁great .``), ``<pad>`` = 0, ``<eos>`` = 1, ``<unk>`` = 2, prompts padded on the left. Words outside
 the corpus vocabulary become ``<unk>``; every prompt of :func:`default_prompts` is inside it.
 
-Sampled at temperature 1, a completion of a default prompt is about 15 tokens long and ends with ``<eos>`` well within
-48 tokens; about as many completions are positive as negative (``assets/build_info.json`` has the measured numbers).
-The saved generation config samples from the full softmax (``do_sample=True, top_k=0, max_new_tokens=48``).
+``assets/build_info.json`` records how long its samples are and how their sentiment spreads, as measured by the
+build. The saved generation config samples from the full softmax (``do_sample=True, top_k=0, max_new_tokens=48``).
 """
 
 from __future__ import annotations
@@ -20,6 +19,10 @@ from __future__ import annotations
 import functools
 import random
 from pathlib import Path
+
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from textenv.default_lm.corpus import DOMAINS, opener_groups
 
 DEFAULT_LM_PATH: Path = Path(__file__).resolve().parent / "assets"
 """Directory holding the default LM's config.json, model.safetensors and tokenizer files."""
@@ -43,8 +46,6 @@ def load_default_lm(device=None, dtype=None):
         device: where to put the model (``"cpu"``, ``"cuda"``, a ``torch.device``); default: CPU.
         dtype: parameter dtype (e.g. ``torch.bfloat16``); default: float32 as stored.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     if not (DEFAULT_LM_PATH / "model.safetensors").is_file():
         raise FileNotFoundError(
             f"the default LM is missing from {DEFAULT_LM_PATH}; rebuild it with `python -m textenv.default_lm.build` "
@@ -59,8 +60,6 @@ def load_default_lm(device=None, dtype=None):
 
 @functools.cache
 def _prompt_split() -> dict[str, tuple[str, ...]]:
-    from textenv.default_lm.corpus import DOMAINS, opener_groups
-
     rng = random.Random(_PROMPT_SEED)
     per_domain, n_test = (_N_TRAIN + _N_TEST) // len(DOMAINS), _N_TEST // len(DOMAINS)
     taken = set(_CANONICAL.values())

@@ -4,27 +4,31 @@ in Hugging Face format.
     python -m textenv.default_lm.build [--out DIR] [--steps N] [--seed S]
     rlhf-gym build-default-lm [--out DIR] [--steps N] [--seed S]
 
-With the defaults this takes a few minutes on two CPU cores and rewrites ``textenv/default_lm/assets``.
+With the defaults it rewrites ``textenv/default_lm/assets``.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import inspect
 import json
 import logging
 import math
-import os
 import random
-import tempfile
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from textenv.default_lm import DEFAULT_LM_PATH
+from textenv.default_lm import DEFAULT_LM_PATH, default_prompts
 from textenv.default_lm.corpus import generate_corpus
+from textenv.files import atomic_directory
 
 logger = logging.getLogger(__name__)
 
@@ -94,9 +98,6 @@ def train_tokenizer(texts: list[str], max_length: int):
     Case is kept ("The" and "the" are two tokens). ``decode(encode(text)) == text`` for text with single spaces and no
     space before punctuation, which is how the corpus is written.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     tok = Tokenizer(models.WordLevel(unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
@@ -118,8 +119,6 @@ def train_tokenizer(texts: list[str], max_length: int):
 
 
 def make_model(cfg: BuildConfig, tokenizer):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     config = GPT2Config(
         vocab_size=len(tokenizer),
         n_positions=cfg.n_positions,
@@ -129,7 +128,7 @@ def make_model(cfg: BuildConfig, tokenizer):
         bos_token_id=tokenizer.eos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        # A template corpus is easy to fit; dropout only slows a budget of a few minutes down.
+        # A template corpus is easy to fit; within a short training budget dropout only slows learning down.
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,
@@ -261,9 +260,7 @@ def _generate(model, tokenizer, prompts: list[str], max_new_tokens: int, seed: i
 
 def sample_report(model, tokenizer, n: int = 200, max_new_tokens: int = 48, seed: int = 0) -> dict:
     """VADER compound statistics of ``n`` sampled completions of the default training prompts (cycled)."""
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
-    from textenv.default_lm import default_prompts
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer  # lazy: only the build's report needs it
 
     prompts = default_prompts("train")
     prompts = [prompts[i % len(prompts)] for i in range(n)]
@@ -286,10 +283,9 @@ def sample_report(model, tokenizer, n: int = 200, max_new_tokens: int = 48, seed
 
 
 def save(model, tokenizer, out: Path, card: dict) -> None:
-    """Write model, tokenizer and card into ``out`` via a temporary directory, so readers never see a half-written
-    model (other processes may be loading the default LM while it is rebuilt)."""
-    out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-") as tmp:
+    """Write model, tokenizer and card into ``out`` as one directory swap, so readers never see a half-written model
+    (other processes may be loading the default LM while it is rebuilt)."""
+    with atomic_directory(out) as tmp:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.generation_config.eos_token_id = tokenizer.eos_token_id
         model.generation_config.bos_token_id = tokenizer.eos_token_id
@@ -299,12 +295,12 @@ def save(model, tokenizer, out: Path, card: dict) -> None:
         model.generation_config.max_new_tokens = card["config"]["max_new_tokens"]
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        _portable_tokenizer_files(Path(tmp), tokenizer)
-        Path(tmp, "build_info.json").write_text(json.dumps(card, indent=2) + "\n")
-        Path(tmp, "README.md").write_text(model_card(card))
-        for name in os.listdir(tmp):
-            os.chmod(os.path.join(tmp, name), 0o644)  # mkdtemp-style private modes would reach the repo
-            os.replace(os.path.join(tmp, name), out / name)
+        _portable_tokenizer_files(tmp, tokenizer)
+        (tmp / "build_info.json").write_text(json.dumps(card, indent=2) + "\n")
+        (tmp / "README.md").write_text(model_card(card))
+        for path in tmp.iterdir():
+            path.chmod(0o644)  # mkdtemp-style private modes would reach the repo
+        tmp.chmod(0o755)
 
 
 def model_card(card: dict) -> str:
@@ -381,10 +377,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _field_docs() -> dict[str, str]:
     """Field docstrings of :class:`BuildConfig` (the attribute docstrings below each field) for ``--help``."""
-    import ast
-    import inspect
-    import textwrap
-
     tree = ast.parse(textwrap.dedent(inspect.getsource(BuildConfig)))
     body = tree.body[0].body  # type: ignore[attr-defined]
     docs = {}

@@ -398,9 +398,3 @@ def opener_groups(domain: str) -> list[list[str]]:
         combos = itertools.product(*[ex.alternatives(slot, "0")[1] for slot in slots])
         groups.append(sorted({_fill(prefix_t, values) for values in combos}))
     return groups
-
-
-def opener_prompts(domain: str | None = None) -> list[str]:
-    """Every neutral review opener the grammar can start with (of one domain, or of all), sorted, de-duplicated."""
-    domains = (domain,) if domain else DOMAINS
-    return sorted({p for d in domains for group in opener_groups(d) for p in group})

@@ -125,48 +125,56 @@ def create_app(run_dir: str | os.PathLike | None = None, *, store: LabelStore | 
     if root is None:
         raise ValueError("give clip_root= (the only directory clips are served from)")
     root.mkdir(parents=True, exist_ok=True)
-    token_bytes = token.encode() if token else None
-    loopback = is_loopback(host)
 
     app = Flask(__name__)
     app.config.update(MAX_CONTENT_LENGTH=max_body)
     app.url_map.merge_slashes = False  # '/clips//etc/passwd' reaches the clip check (-> 404), not a redirect
     app.extensions["label_store"] = store
+    _add_guards(app, is_loopback(host), token.encode() if token else None)
+    _add_routes(app, store, root, run_tag)
+    return app
 
-    def presented_token() -> str | None:
-        auth = request.headers.get("Authorization", "")
-        if auth.startswith("Bearer "):
-            return auth[7:]
-        return request.headers.get(TOKEN_HEADER) or request.cookies.get(TOKEN_COOKIE)
+
+def _refuse(status: int, message: str):
+    """An error answer: JSON for the API, plain text for pages and clips."""
+    if request.path.startswith("/api/"):
+        return _error(status, message)
+    return message + "\n", status, {"Content-Type": "text/plain; charset=utf-8"}
+
+
+def _presented_token() -> str | None:
+    auth = request.headers.get("Authorization", "")
+    if auth.startswith("Bearer "):
+        return auth[7:]
+    return request.headers.get(TOKEN_HEADER) or request.cookies.get(TOKEN_COOKIE)
+
+
+def _add_guards(app: Flask, loopback: bool, token_bytes: bytes | None) -> None:
+    """The security rules of the module docstring: Host header, cross-site requests, token; response headers."""
 
     def token_ok(value: str | None) -> bool:
         return value is not None and hmac.compare_digest(value.encode(), token_bytes)
 
-    def refuse(status: int, message: str):
-        if request.path.startswith("/api/"):
-            return _error(status, message)
-        return message + "\n", status, {"Content-Type": "text/plain; charset=utf-8"}
-
     @app.before_request
     def guard():
         if loopback and not is_loopback(_host_name(request.host or "")):
-            return refuse(403, "this labelling server only answers to localhost / 127.0.0.1")
+            return _refuse(403, "this labelling server only answers to localhost / 127.0.0.1")
         if request.path != "/" and request.headers.get("Sec-Fetch-Site", "same-origin") not in (
                 "same-origin", "none"):  # browsers say when another site makes the request; scripts send nothing
-            return refuse(403, "cross-site requests are not allowed")
+            return _refuse(403, "cross-site requests are not allowed")
         if token_bytes is None:
             return None
         if "token" in request.args:
             if not token_ok(request.args["token"]):
-                return refuse(403, "wrong access token")
+                return _refuse(403, "wrong access token")
             response = redirect(request.path)  # drop the token from the address bar and history
             response.set_cookie(TOKEN_COOKIE, request.args["token"], httponly=True, samesite="Lax")
             return response
-        presented = presented_token()
+        presented = _presented_token()
         if presented is None:
-            return refuse(401, "an access token is required: open the URL with ?token=... once")
+            return _refuse(401, "an access token is required: open the URL with ?token=... once")
         if not token_ok(presented):
-            return refuse(403, "wrong access token")
+            return _refuse(403, "wrong access token")
         return None
 
     @app.after_request
@@ -187,15 +195,21 @@ def create_app(run_dir: str | os.PathLike | None = None, *, store: LabelStore | 
             return _error(exc.code or 500, exc.description or exc.name)
         return exc
 
-    def pair_json(pair: dict[str, Any]) -> dict[str, Any]:
-        payload, out = pair["payload"], {"pair_id": pair["pair_id"], "kind": pair["kind"]}
-        if pair["kind"] == "text":
-            out.update({k: payload[k] for k in ("prompt", "response_a", "response_b")})
-        elif "clip_a" in payload:
-            out.update(clip_a="/clips/" + quote(payload["clip_a"]), clip_b="/clips/" + quote(payload["clip_b"]))
-        else:
-            out.update(clip="/clips/" + quote(payload["clip"]))
-        return out
+
+def _pair_json(pair: dict[str, Any]) -> dict[str, Any]:
+    """A reserved pair as the page shows it: texts, or clip URLs under ``/clips/``."""
+    payload, out = pair["payload"], {"pair_id": pair["pair_id"], "kind": pair["kind"]}
+    if pair["kind"] == "text":
+        out.update({k: payload[k] for k in ("prompt", "response_a", "response_b")})
+    elif "clip_a" in payload:
+        out.update(clip_a="/clips/" + quote(payload["clip_a"]), clip_b="/clips/" + quote(payload["clip_b"]))
+    else:
+        out.update(clip="/clips/" + quote(payload["clip"]))
+    return out
+
+
+def _add_routes(app: Flask, store: LabelStore, root: Path, run_tag: str | None) -> None:
+    """The page, the JSON API and the clip files (routes in the module docstring)."""
 
     @app.get("/")
     def index():
@@ -212,7 +226,7 @@ def create_app(run_dir: str | os.PathLike | None = None, *, store: LabelStore | 
         except InvalidLabelError as exc:
             return _error(400, str(exc))
         pair = store.next_pair(labeller, run=run_tag)
-        return jsonify({"pair": pair_json(pair) if pair else None, "progress": store.progress(run_tag)})
+        return jsonify({"pair": _pair_json(pair) if pair else None, "progress": store.progress(run_tag)})
 
     @app.post("/api/label")
     def label():
@@ -243,5 +257,3 @@ def create_app(run_dir: str | os.PathLike | None = None, *, store: LabelStore | 
             abort(404)
         mimetype = MEDIA_TYPES.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0]
         return send_file(path, mimetype=mimetype, conditional=True, max_age=3600)
-
-    return app

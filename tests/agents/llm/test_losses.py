@@ -17,6 +17,7 @@ from agents.llm.losses import (
     rloo_advantages,
     sequence_logprobs,
 )
+from tests.agents.lm_fixtures import naive_grpo_loss
 
 LOG15 = math.log(1.5)
 LOG05 = math.log(0.5)
@@ -179,28 +180,6 @@ def test_grpo_loss_ratio_weighted_kl_value_and_gradient():
     torch.testing.assert_close(grads[True], beta * (logp0 - ref) * m / n, rtol=1e-12, atol=1e-15)
 
 
-def _grpo_naive(logp, old, ref, adv, mask, eps, beta, agg, max_tokens):
-    B, T = len(logp), len(logp[0])
-    per_seq, total, count = [], 0.0, 0
-    for i in range(B):
-        s, n = 0.0, 0
-        for t in range(T):
-            if not mask[i][t]:
-                continue
-            rho = math.exp(logp[i][t] - old[i][t])
-            surr = min(rho * adv[i], min(max(rho, 1 - eps), 1 + eps) * adv[i])
-            d = ref[i][t] - logp[i][t]
-            l_t = -surr + beta * (math.exp(d) - d - 1)
-            s, n = s + l_t, n + 1
-        per_seq.append(s / max(n, 1))
-        total, count = total + s, count + n
-    if agg == "token-mean":
-        return total / count
-    if agg == "sequence-mean":
-        return sum(per_seq) / B
-    return total / (B * max_tokens)
-
-
 @pytest.mark.parametrize("agg", ["token-mean", "sequence-mean", "dr-grpo"])
 def test_grpo_loss_matches_naive_loop(agg):
     g = torch.Generator().manual_seed(3)
@@ -212,7 +191,7 @@ def test_grpo_loss_matches_naive_loop(agg):
     lengths = torch.tensor([5, 1, 3, 4, 2, 5])
     mask = torch.arange(T)[None] < lengths[:, None]
     loss, _ = grpo_loss(logp, old, ref, adv, mask, clip_eps=0.2, beta=0.1, aggregation=agg, max_tokens=7)
-    expected = _grpo_naive(logp.tolist(), old.tolist(), ref.tolist(), adv.tolist(), mask.tolist(), 0.2, 0.1, agg, 7)
+    expected = naive_grpo_loss(logp.tolist(), old.tolist(), ref.tolist(), adv.tolist(), mask.tolist(), 0.2, 0.1, agg, 7)
     assert loss.item() == pytest.approx(expected, rel=1e-12)
 
 

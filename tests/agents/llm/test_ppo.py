@@ -5,9 +5,10 @@ import pytest
 import torch
 
 import agents.llm.ppo as ppo_module
-from agents.llm.base import NonFiniteLossError, collect_rollout
-from agents.llm.ppo import PPOAgent, PPOConfig, ValueHead, shaped_scores, token_rewards
+from agents.llm.base import NonFiniteLossError, collect_rollout, shaped_scores
+from agents.llm.ppo import PPOAgent, PPOConfig, ValueHead, token_rewards
 from agents.rundir import RunDir
+from rewardmodels.lm_reward import LMRewardModel, TokenizerMismatchError
 from tests.agents.lm_fixtures import PROMPTS, changed, make_env, score_curve, snapshot
 from textenv.testing import make_tiny_lm
 
@@ -116,8 +117,6 @@ def test_reward_model_value_init_needs_a_reward_model():
 
 
 def test_reward_model_critic_starts_from_the_reward_models_scores(tmp_path):
-    from rewardmodels.lm_reward import LMRewardModel
-
     env = make_env(num_envs=4)
     rm = LMRewardModel(copy.deepcopy(env.ref_model), env.tokenizer)
     agent = PPOAgent(env, PPOConfig(value_init="reward_model", learning_rate=1e-3), reward_model=rm)
@@ -135,8 +134,6 @@ def test_reward_model_critic_starts_from_the_reward_models_scores(tmp_path):
 
 
 def test_reward_model_with_another_tokenizer_is_refused():
-    from rewardmodels.lm_reward import LMRewardModel, TokenizerMismatchError
-
     env = make_env(num_envs=2)
     other_model, other_tokenizer = make_tiny_lm(words=("x", "y", "z"))
     rm = LMRewardModel(other_model, other_tokenizer)

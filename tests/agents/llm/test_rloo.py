@@ -5,7 +5,7 @@ import agents.llm.rloo as rloo_module
 from agents.llm.base import NonFiniteLossError
 from agents.llm.losses import GroupSizeError
 from agents.llm.rloo import RLOOAgent, RLOOConfig
-from tests.agents.lm_fixtures import changed, make_env, score_curve, snapshot
+from tests.agents.lm_fixtures import changed, make_env, record_minibatch_rows, score_curve, snapshot
 
 
 def test_group_size_below_two_says_how_to_fix():
@@ -37,18 +37,42 @@ def test_rloo_learns_the_keyword_task_and_changes_weights():
     assert "train/reward_mean" in agent.last_metrics and "losses/approx_kl" in agent.last_metrics
 
 
-def test_leave_one_out_advantages_sum_to_zero_per_group(monkeypatch):
-    seen = {}
-    real = rloo_module.rloo_advantages
-
-    def spy(rewards, group_size):
-        seen["adv"] = real(rewards, group_size)
-        return seen["adv"]
-
-    monkeypatch.setattr(rloo_module, "rloo_advantages", spy)
+def test_advantages_match_leave_one_out_values_worked_by_hand_and_reach_the_loss(monkeypatch):
     env = make_env(num_envs=8)
-    RLOOAgent(env, RLOOConfig(learning_rate=1e-3, group_size=4, prompts_per_step=2, ppo_epochs=2)).learn(1)
-    torch.testing.assert_close(seen["adv"].view(2, 4).sum(1), torch.zeros(2), atol=1e-5, rtol=0)
+    shape = {"group_size": 4, "prompts_per_step": 2, "ppo_epochs": 2, "num_minibatches": 2}
+    agent = RLOOAgent(env, RLOOConfig(learning_rate=1e-3, kl_coef=0.5, missing_eos_penalty=1.0, **shape))
+    batch = agent.collect()
+    kl = torch.tensor([0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+    ref = batch.old_logprobs.clone()
+    ref[:, 0] -= kl  # a sequence KL of kl[i], all of it on the first token (every row has one)
+    batch = batch._replace(
+        scores=torch.tensor([1.0, 0.0, 0.0, 3.0, 2.0, 2.0, 2.0, 2.0]),
+        ended_with_eos=torch.tensor([True, False, True, True, True, True, True, True]),
+        ref_logprobs=ref,
+    )
+    # Group 0: scores 1, 0, 0, 3, the second truncated (-1): 1, -1, 0, 3; minus 0.5 KL: R = 1, -2, 0, 3.
+    #   Leave-one-out baselines (others' mean): 1/3, 4/3, 2/3, -1/3 -> A = 2/3, -10/3, -2/3, 10/3.
+    # Group 1: R = 2, 2, 2 - 0.5, 2; baselines 11/6, 11/6, 2, 11/6 -> A = 1/6, 1/6, -1/2, 1/6.
+    rewards, advantages = agent.sequence_advantages(batch)
+    torch.testing.assert_close(rewards, torch.tensor([1.0, -2.0, 0.0, 3.0, 2.0, 2.0, 1.5, 2.0]))
+    hand = torch.tensor([2 / 3, -10 / 3, -2 / 3, 10 / 3, 1 / 6, 1 / 6, -1 / 2, 1 / 6])
+    torch.testing.assert_close(advantages, hand)
+
+    # Each minibatch's loss gets its rows' advantages on each of their tokens (REINFORCE on the whole sequence).
+    seen_rows = record_minibatch_rows(agent, monkeypatch)
+    seen_adv = []
+    real_loss = rloo_module.ppo_policy_loss
+
+    def spy_loss(logprobs, old_logprobs, token_adv, mask, clip_eps):
+        seen_adv.append((token_adv, mask))
+        return real_loss(logprobs, old_logprobs, token_adv, mask, clip_eps=clip_eps)
+
+    monkeypatch.setattr(rloo_module, "ppo_policy_loss", spy_loss)
+    metrics = agent.train_on(batch)
+    assert len(seen_rows) == 4  # 2 epochs x 2 minibatches
+    for rows, (token_adv, mask) in zip(seen_rows, seen_adv, strict=True):
+        torch.testing.assert_close(token_adv, hand[rows, None] * mask)
+    assert metrics["train/reward_mean"] == pytest.approx(float(rewards.mean()))
 
 
 def test_nan_loss_stops_training(monkeypatch):

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from agents.loop.text_rlhf import IMPROVERS, TextRLHFConfig, run_text_rlhf
+from agents.loop.text_rlhf import ALGO_DEFAULTS, IMPROVERS, TextRLHFConfig, run_text_rlhf
 from rewardmodels.text_teachers import KeywordTeacher
 from tests.agents.lm_fixtures import PROMPTS, TARGET_WORD
 from textenv.testing import make_tiny_lm
@@ -59,16 +59,26 @@ def test_dpo_pipeline_runs_on_the_labelled_pairs(tmp_path):
     assert "rm_loss" not in result.summary  # DPO needs no reward model
 
 
+def test_kto_pipeline_learns_from_the_pairs_as_unpaired_examples(tmp_path):
+    result = tiny_run("kto", tmp_path, iterations=3, learning_rate=3e-3, kl_coef=0.1)
+    s = result.summary
+    assert s["eval/reward_margin"] > 0 and s["eval/rewards_desirable"] > s["eval/rewards_undesirable"]
+    assert s["kto_steps"] > 0 and "rm_loss" not in s  # KTO needs no reward model
+    assert s["oracle_score_after"] > s["oracle_score_before"], s
+
+
 def test_config_validation_and_registry():
-    assert {"ppo", "grpo", "rloo", "dpo"} <= set(IMPROVERS)
+    assert {"ppo", "grpo", "rloo", "dpo", "kto"} <= set(IMPROVERS)
     with pytest.raises(ValueError, match="algo must be one of"):
         TextRLHFConfig(algo="trpo")
     with pytest.raises(ValueError, match="num_pairs must be >= 1"):
         TextRLHFConfig(num_pairs=0)
     assert TextRLHFConfig.for_algo("grpo").group_size >= 2
+    assert set(IMPROVERS) == set(ALGO_DEFAULTS)  # every algorithm the config accepts has an improvement step
 
 
 def test_cli_text_builds_the_config_from_flags(tmp_path, monkeypatch, capsys):
+    import agents.cli.text as text_cli
     import agents.loop.text_rlhf as text_rlhf
     from agents.cli import main
 
@@ -87,7 +97,7 @@ def test_cli_text_builds_the_config_from_flags(tmp_path, monkeypatch, capsys):
         }
         return text_rlhf.TextRLHFResult(summary, ev, ev, None)
 
-    monkeypatch.setattr(text_rlhf, "run_text_rlhf", fake_run)
+    monkeypatch.setattr(text_cli, "run_text_rlhf", fake_run)
     assert main(["text", "--algo", "grpo", "--out", str(tmp_path), "--iterations", "3", "--lr", "0.01"]) == 0
     config = seen["config"]
     assert (config.algo, config.iterations, config.learning_rate, config.group_size) == ("grpo", 3, 0.01, 8)

@@ -11,6 +11,8 @@ from rewardmodels.feedback.clips import (
     fps_for_env,
     mp4_available,
     obs_to_rgb,
+    pad_and_dim,
+    render_gif,
     save_pair_clip,
 )
 
@@ -47,6 +49,38 @@ def test_segment_a_is_on_the_left_and_padding_is_dimmed():
     left, right = out[:, 16:36, :30], out[:, 16:36, 34:64]
     assert np.all(left == 200)
     assert np.all(right[:3] == 100) and np.all(right[3:] < 100)
+
+
+def test_padding_shows_the_last_real_frame_dimmed_and_a_shorter_segment_holds_its_last():
+    style = ClipStyle(scale=2, gap=4, header=0, bar=0)
+    a = np.stack([np.full((4, 5, 3), 10 * (t + 1), np.uint8) for t in range(6)])  # step t has value 10 (t + 1)
+    b = _frames(4, 4, 5, value=100)
+    out = compose_pair(a, b, mask_a=[1, 1, 1, 1, 0, 0], style=style)
+    left, right = out[:, :8, :10, 0], out[:, :8, 14:24, 0]
+    assert [int(left[t].mean()) for t in range(6)] == [10, 20, 30, 40, int(40 * 0.35), int(40 * 0.35)]
+    assert [int(right[t].mean()) for t in range(6)] == [100] * 4 + [int(100 * 0.35)] * 2
+
+
+def test_render_gif_downscales_and_keeps_every_frame(tmp_path):
+    frames = np.random.default_rng(0).integers(0, 255, (7, 400, 600, 3), dtype=np.uint8)
+    path = render_gif(frames, tmp_path / "c.gif", fps=10, max_side=120)
+    assert iio.improps(path).shape == (7, 80, 120, 3)
+    assert iio.immeta(path, index=0)["duration"] == 100  # 10 fps, as for pair clips
+    with pytest.raises(ValueError, match="uint8"):
+        render_gif(frames.astype(np.float32), tmp_path / "d.gif")
+    with pytest.raises(ValueError, match="T, H, W, 3"):
+        render_gif(frames[0], tmp_path / "d.gif")
+    assert [p.name for p in tmp_path.iterdir()] == ["c.gif"]  # nothing half-written
+
+
+def test_pad_and_dim_equalises_lengths_and_dims_steps_after_termination():
+    a = np.full((4, 2, 2, 3), 200, np.uint8)
+    a[1] = 100
+    b = np.full((2, 2, 2, 3), 50, np.uint8)
+    pa, pb = pad_and_dim(a, b, mask_a=[True, True, False, False], mask_b=None)
+    assert pa.shape == pb.shape == (4, 2, 2, 3)
+    assert pa[1, 0, 0, 0] == 100 and pa[2, 0, 0, 0] == pa[3, 0, 0, 0] == int(100 * 0.35)  # last real frame, dimmed
+    assert pb[1, 0, 0, 0] == 50 and pb[3, 0, 0, 0] == int(50 * 0.35)  # shorter clip holds its last frame, dimmed
 
 
 def test_observations_become_rgb_frames():

@@ -7,7 +7,8 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from rewardmodels.feedback.human import HumanLabeller, StateRenderer, pad_and_dim, render_gif
+from rewardmodels.feedback.clips import render_gif
+from rewardmodels.feedback.human import HumanLabeller, StateRenderer
 from rewardmodels.feedback.label_store import LabelStore, LabelTimeoutError, store_path
 
 
@@ -41,16 +42,6 @@ def test_label_texts_waits_for_people_and_returns_the_convention(tmp_path):
     t.join()
     assert labels.dtype == np.float32 and labels.shape == (4,)
     np.testing.assert_array_equal(labels, [1.0, 0.0, 0.5, np.nan])
-
-
-def test_render_gif_downscales_and_keeps_every_frame(tmp_path):
-    frames = np.random.default_rng(0).integers(0, 255, (7, 400, 600, 3), dtype=np.uint8)
-    path = render_gif(frames, tmp_path / "c.gif", fps=10, max_side=120)
-    assert iio.improps(path).shape == (7, 80, 120, 3)
-    with pytest.raises(ValueError, match="uint8"):
-        render_gif(frames.astype(np.float32), tmp_path / "d.gif")
-    with pytest.raises(ValueError, match="T, H, W, 3"):
-        render_gif(frames[0], tmp_path / "d.gif")
 
 
 def test_frames_are_rendered_into_the_clip_dir_and_resume_reuses_labels(tmp_path):
@@ -113,16 +104,6 @@ def test_label_needs_exactly_one_kind_of_media(tmp_path):
         labeller.enqueue_texts(["p"], ["a", "a2"], ["b"])
     with pytest.raises(ValueError, match="on_timeout"):
         HumanLabeller(tmp_path, on_timeout="ignore")
-
-
-def test_pad_and_dim_equalises_lengths_and_dims_steps_after_termination():
-    a = np.full((4, 2, 2, 3), 200, np.uint8)
-    a[1] = 100
-    b = np.full((2, 2, 2, 3), 50, np.uint8)
-    pa, pb = pad_and_dim(a, b, mask_a=[True, True, False, False], mask_b=None)
-    assert pa.shape == pb.shape == (4, 2, 2, 3)
-    assert pa[1, 0, 0, 0] == 100 and pa[2, 0, 0, 0] == pa[3, 0, 0, 0] == int(100 * 0.35)  # last real frame, dimmed
-    assert pb[1, 0, 0, 0] == 50 and pb[3, 0, 0, 0] == int(50 * 0.35)  # shorter clip holds its last frame, dimmed
 
 
 def test_state_renderer_draws_cartpole_from_observations():

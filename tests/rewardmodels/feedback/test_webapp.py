@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from agents.cli import label as label_cmd
-from rewardmodels.feedback.human import HumanLabeller, render_gif
+from rewardmodels.feedback.clips import render_gif
+from rewardmodels.feedback.human import HumanLabeller
 from rewardmodels.feedback.label_store import LabelStore, Query, store_path
 from rewardmodels.feedback.webapp import InsecureBindError, ServerThread, create_app, start_server
 

@@ -11,7 +11,8 @@ import threading
 import numpy as np
 import pytest
 
-from rewardmodels.feedback.human import HumanLabeller, render_gif
+from rewardmodels.feedback.clips import render_gif
+from rewardmodels.feedback.human import HumanLabeller
 from rewardmodels.feedback.label_store import LabelStore, Query, store_path
 from rewardmodels.feedback.webapp import ServerThread, create_app
 

@@ -4,7 +4,7 @@ Every file the toolkit writes that someone else may read while it is written (la
 metadata) goes through here: the content is written to a temporary name in the same directory, flushed to disk,
 then renamed onto the target (``os.replace`` is atomic on POSIX and Windows within one filesystem). If the writer
 raises, the target is untouched and the temporary file is removed. This is the lowest layer that writes such files
-(``rewardmodels``); ``agents`` uses the same helpers.
+(``textenv``: the default LM's build); ``rewardmodels`` and ``agents`` use the same helpers.
 """
 
 from __future__ import annotations
