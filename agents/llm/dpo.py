@@ -55,6 +55,9 @@ class DPOTrainer(OfflineTrainer):
     config: DPOConfig
     config_class = DPOConfig
 
+    def __init__(self, model, tokenizer, pairs, config: DPOConfig | None = None, ref_model=None, run_dir=None):
+        super().__init__(model, tokenizer, pairs, config, ref_model, run_dir)  # ``pairs=``, as in rlhf-gym 0.1
+
     def read_data(self, data) -> int:
         self.triples = preference_triples(data)
         return len(self.triples)
