@@ -105,19 +105,24 @@ class RewardNet(nn.Module):
     def fit_normalizer(self, obs: Any, acts: Any, mask: Any, chunk: int = 4096) -> None:
         """Set ``norm_shift`` / ``norm_scale`` from segments (B, T, ...) with mask (B, T).
 
-        scale = standard deviation of the per-step rewards of the segments, padded steps counting r_absorb (so the
-        size of the survive-vs-terminate gap is part of the scale). shift = r_absorb: the agent's reward is then
-        0 in the absorbing state and a step is worth more than terminating exactly when r(s, a) > r_absorb.
+        shift = r_absorb: the agent's reward is then 0 in the absorbing state and a step is worth more than
+        terminating exactly when r(s, a) > r_absorb. scale = the root mean square of r(s, a) - shift over the real
+        (unpadded) steps: the reward the agent sees has magnitude 1 on the states the labels cover (Christiano et
+        al. 2017 normalise to standard deviation 1; without termination the two are the same).
 
         Why not shift the mean to 0 (the usual normalisation)? On CartPole the true reward is +1 for every step
         alive and 0 after the pole falls. A learned reward centred on the visited states is negative on the
         below-average half of them; an agent that collects negative reward per step learns to end the episode as
         early as possible, the opposite of the task. Anchoring the absorbing state at 0 keeps "staying alive beats
-        terminating" exactly as learned. Measured (one reward ensemble fitted to 150 oracle labels on random-policy
-        CartPole-v1 segments, then SB3 PPO for 50k steps on it alone): true return 458 with this shift, 9.6 with the
-        shift set to the mean of r(s, a). When the data holds no padded step, r_absorb was never trained and says
+        terminating" exactly as learned. When the data holds no padded step, r_absorb was never trained and says
         nothing; then the shift falls back to the mean of r(s, a) (a constant offset does not change the optimal
         policy of a task without termination).
+
+        Why not the standard deviation over all steps, padded ones counting r_absorb? Then the survival reward of a
+        task like CartPole comes out as 1 / sqrt(p (1 - p)), p the share of padded steps in the labelled segments:
+        a property of the segment length and of how early the labelled episodes ended, not of the task. It was 2 to
+        3 per step here, it moved with every refit, and PPO tuned for unit rewards stalled at that scale
+        (benchmarks/RESULTS.md, "Preference learning on CartPole: why runs stalled").
         """
         was_training = self.training
         self.eval()
@@ -131,11 +136,11 @@ class RewardNet(nn.Module):
             return
         r = torch.cat(rewards).float()  # (B, T)
         absorb = self.absorbing_reward.detach().float()
-        values = torch.where(mask, r, absorb)
-        scale = values.std(unbiased=False) if values.numel() > 1 else torch.ones(())
-        if not torch.isfinite(scale) or scale <= 1e-8 * max(1.0, float(values.abs().max())):
+        real = r[mask]
+        shift = absorb if bool((~mask).any()) else real.mean()
+        scale = (real - shift).pow(2).mean().sqrt() if real.numel() > 1 else torch.ones(())
+        if not torch.isfinite(scale) or scale <= 1e-8 * max(1.0, float(real.abs().max())):
             scale = torch.ones(())  # constant rewards: nothing to rescale
-        shift = absorb if bool((~mask).any()) else r[mask].mean()
         self.norm_shift.copy_(shift)
         self.norm_scale.copy_(scale)
 

@@ -18,11 +18,12 @@ Nothing here knows about control envs: the four parts are protocols (``Agent``, 
 segment pair sources (``segment_pairs``, ``frame_pairs``) and the reward ensemble (``reward_model``); a text env with
 an LLM agent plugs in by implementing the same four.
 
-Logged every round (``RunDir.log`` with the labels used as the step: TensorBoard, metrics.jsonl, console):
+Logged every round (``RunDir.log`` with the env steps as the step: TensorBoard, metrics.jsonl, console):
 ``eval/true_return`` (the policy on the TRUE reward), ``agent/true_ep_return`` (training episodes, true reward),
 ``reward_model/accuracy`` (fit on all labels), ``reward_model/heldout_accuracy`` (the new labels, before the model
 is fitted on them), ``reward_model/true_agreement`` (unlabelled candidates, against the true returns),
-``labels/used``, ``env/steps``, ``time/wall_s``; ``curves.png`` plots the first five against labels used.
+``labels/used``, ``env/steps``, ``time/wall_s``; ``curves.png`` plots the first five and the labels used
+against env steps (labels stop early by design; the training after them stays visible).
 
 Checkpoints (``RunDir.checkpoints/round-NNNN/`` + ``latest.json`` written last, atomically, so a crash mid-save leaves
 the previous checkpoint in force) hold the labelled pairs, the reward model, the agent, the collector's experience,
@@ -344,7 +345,7 @@ class PreferenceLoop:
                     metrics["eval/true_return"] = float(np.mean(self.agent.evaluate(cfg.round_eval_episodes)))
                 metrics.update({"labels/used": self.state.labels_used, "env/steps": self.state.env_steps,
                                 "time/wall_s": self.state.wall_s})
-                self.run_dir.log(self.state.labels_used, metrics)  # x axis: labels used (the paper's axis)
+                self.run_dir.log(self.state.env_steps, metrics)  # x: env steps; labels used is a curve
                 self._console(metrics)
                 for cb in self.callbacks:
                     if cb.on_round_end(self, metrics) is False:
@@ -374,10 +375,11 @@ class PreferenceLoop:
             "finished": finished,
         }
         self.run_dir.write_summary(summary)
-        self.run_dir.plot([("true return (eval)", ["eval/true_return", "agent/true_ep_return"]),
-                       ("reward model", ["reward_model/accuracy", "reward_model/heldout_accuracy",
-                                         "reward_model/true_agreement"])],
-                      x_key="labels/used", title=str(self.extra_config.get("title", "")) or None)
+        self.run_dir.plot([("true return", ["eval/true_return", "agent/true_ep_return"]),
+                           ("reward model", ["reward_model/accuracy", "reward_model/heldout_accuracy",
+                                             "reward_model/true_agreement"]),
+                           ("labels used", ["labels/used"])],
+                          x_key="env/steps", title=str(self.extra_config.get("title", "")) or None)
         self.run_dir.close()
         for cb in self.callbacks:
             cb.on_end(self, summary)

@@ -86,7 +86,7 @@ ATARI_PPO = dict(n_envs=8, n_steps=128, n_epochs=4, batch_size=256, learning_rat
 TUNED: dict[str, dict[str, Any]] = {
     "CartPole-v1": dict(algo="ppo", labels=150, steps=50_000, segment_len=50, rounds=24, initial_steps=2_000,
                         initial_label_fraction=0.4, label_until=0.6, schedule_c=0.15, reward_epochs=40),
-    "Pendulum-v1": dict(algo="sac", labels=200, steps=40_000, segment_len=50, rounds=20, initial_steps=2_000,
+    "Pendulum-v1": dict(algo="sac", labels=100, steps=20_000, segment_len=50, rounds=20, initial_steps=2_000,
                         initial_label_fraction=0.25, reward_epochs=40),
 }
 

@@ -65,7 +65,7 @@ def test_absorbing_reward_is_learned_so_failing_segments_rank_lower():
     assert segment_returns(net, obs, acts, mask)[0] > segment_returns(net, obs, acts, mask)[1] + 2
 
 
-def test_normalizer_anchors_absorbing_reward_at_zero_with_unit_std():
+def test_normalizer_anchors_absorbing_reward_at_zero_with_unit_rms_on_real_steps():
     net = MLPRewardNet(BOX, gym.spaces.Discrete(2), hidden=(8,))
     with torch.no_grad():
         net.absorbing_reward.fill_(-2.0)
@@ -75,8 +75,14 @@ def test_normalizer_anchors_absorbing_reward_at_zero_with_unit_std():
     net.fit_normalizer(obs, acts, mask)
     assert net.norm_shift.item() == pytest.approx(-2.0)
     r = net.normalized_reward(obs, acts)
-    values = torch.where(mask, r, torch.zeros(()))  # padded steps map to exactly 0
-    assert values.std(unbiased=False).item() == pytest.approx(1.0, rel=1e-4)
+    absorbing = (net.absorbing_reward - net.norm_shift) / net.norm_scale
+    assert absorbing.item() == pytest.approx(0.0)  # the absorbing state maps to exactly 0
+    assert r[mask].pow(2).mean().sqrt().item() == pytest.approx(1.0, rel=1e-4)  # unit magnitude where the data is
+    # the scale is a property of the reward on real steps, not of how many padded steps the segments hold
+    scale = net.norm_scale.item()
+    padded_obs, padded_acts = torch.cat([obs, torch.randn(30, 10, 3)]), torch.cat([acts, torch.randint(0, 2, (30, 10))])
+    net.fit_normalizer(padded_obs, padded_acts, torch.cat([mask, torch.zeros(30, 10, dtype=torch.bool)]))
+    assert net.norm_scale.item() == pytest.approx(scale, rel=1e-6)
     # with no padding anywhere the absorbing reward is untrained: fall back to centring on the mean
     net.fit_normalizer(obs, acts, torch.ones(20, 10, dtype=torch.bool))
     r = net.normalized_reward(obs, acts)
