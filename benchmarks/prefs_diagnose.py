@@ -11,7 +11,12 @@ For each run directory (its last checkpoint: the final reward ensemble, the labe
   (|x| > 2.0 at the last step) and how many by the pole falling: whether the labeller ever saw the failure that ends
   the stalled agent's episodes.
 
+* ``--constant C ...``: the preset's PPO on CartPole-v1 with a CONSTANT reward of C per step (the true reward is
+  C = 1) for 48k steps, per seed (``--vecnormalize``: with SB3's return normalisation on top). Same task, same optimal
+  policy: whatever changes with C is the agent's sensitivity to the reward's scale.
+
     python benchmarks/prefs_diagnose.py benchmarks/out/prefs_control/CartPole-v1-seed1-threads-1 ...
+    python benchmarks/prefs_diagnose.py --constant 1 2 --seeds 0 1 2 3 4
 """
 
 from __future__ import annotations
@@ -27,10 +32,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from stable_baselines3.common.vec_env import VecNormalize  # noqa: E402
+
 from agents.loop.config import PrefsConfig  # noqa: E402
 from agents.loop.reward_model import REWARD_MODEL_FILE  # noqa: E402
 from agents.loop.segment_pairs import DATASET_FILE  # noqa: E402
-from agents.sb3.control import SB3Agent  # noqa: E402
+from agents.sb3.control import SB3Agent, default_hyperparams  # noqa: E402
 from rewardmodels.ensemble import RewardEnsemble  # noqa: E402
 from rewardmodels.preferences import PreferenceDataset  # noqa: E402
 
@@ -78,14 +85,36 @@ def frozen_reward_agent(cfg: PrefsConfig, ensemble: RewardEnsemble, steps: int, 
         agent.close()
 
 
+def constant_reward_agent(scale: float, seed: int, vecnormalize: bool, steps: int = 48_000) -> float:
+    torch.manual_seed(seed)
+    hyper = default_hyperparams("ppo", "CartPole-v1")
+    agent = SB3Agent("ppo", "CartPole-v1", lambda o, a: np.full(len(o), scale, np.float32), total_steps=steps,
+                     seed=seed, device="cpu", hyperparams=hyper)
+    try:
+        if vecnormalize:
+            agent.model.set_env(VecNormalize(agent.venv, norm_obs=False, norm_reward=True, gamma=hyper["gamma"]))
+        agent.learn(steps, max_steps=steps)
+        return float(np.mean(agent.evaluate(20)))
+    finally:
+        agent.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", type=Path, nargs="+")
+    parser.add_argument("runs", type=Path, nargs="*")
+    parser.add_argument("--constant", type=float, nargs="+", default=[], help="constant rewards to train PPO on")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds of --constant")
+    parser.add_argument("--vecnormalize", action="store_true", help="--constant with SB3's VecNormalize(rewards)")
     parser.add_argument("--frozen-steps", type=int, default=None, help="default: the run's env-step budget")
     parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    rows = []
+    rows: list[dict] = []
+    for scale in args.constant:
+        returns = [constant_reward_agent(scale, seed, args.vecnormalize) for seed in args.seeds]
+        rows.append({"constant_reward": scale, "vecnormalize": args.vecnormalize, "seeds": args.seeds,
+                     "true_returns": returns})
+        print(json.dumps(rows[-1]), flush=True)
     for run in args.runs:
         cfg = PrefsConfig.load(run)
         ckpt = last_checkpoint(run)

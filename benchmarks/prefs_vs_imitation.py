@@ -126,7 +126,7 @@ trajectory_generator = preference_comparisons.AgentTrainer(
     algorithm=agent, reward_fn=reward_net, venv=venv, exploration_frac=0.05, rng=rng)
 pref_comparisons = preference_comparisons.PreferenceComparisons(
     trajectory_generator, reward_net, num_iterations=24, fragmenter=fragmenter, preference_gatherer=gatherer,
-    reward_trainer=reward_trainer, fragment_length=50, transition_oversampling=5, initial_comparison_frac=0.4,
+    reward_trainer=reward_trainer, fragment_length=20, transition_oversampling=5, initial_comparison_frac=0.4,
     allow_variable_horizon=True, initial_epoch_multiplier=4, query_schedule="hyperbolic")
 pref_comparisons.train(total_timesteps=steps, total_comparisons=labels)
 returns, _ = evaluate_policy(agent.policy, make_vec_env("CartPole-v1", n_envs=1, rng=np.random.default_rng(10_000)),
@@ -155,7 +155,8 @@ def _result(proc: subprocess.CompletedProcess, what: str) -> dict:
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
     sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
-    raise RuntimeError(f"{what} printed no RESULT line (exit code {proc.returncode})")
+    last = next((line for line in reversed(proc.stderr.splitlines()) if "Error" in line), "")
+    raise RuntimeError(f"{what} printed no RESULT line (exit code {proc.returncode}): {last.strip()}")
 
 
 def run_imitation(python: Path, seed: int, args) -> dict:
@@ -242,19 +243,28 @@ def main() -> int:
         for name, fn in (("imitation 1.0.1", lambda s=seed: cached_imitation(python, s, args)),
                          ("rlhf-gym", lambda s=seed: run_ours(args.env, s, args.labels, args.steps, args.episodes,
                                                               args.rounds, args.hyperparams))):
-            res = fn()
+            try:
+                res = fn()
+            except RuntimeError as err:  # imitation stops on some seeds at CartPole's budget: report, go on
+                rows.append((name, seed, {"error": str(err)}))
+                print(f"{name:16s} seed {seed}: FAILED: {err}", flush=True)
+                continue
             rows.append((name, seed, res))
             print(f"{name:16s} seed {seed}: return {res['true_return_mean']:8.1f} +- {res['true_return_std']:6.1f}"
                   f"  labels {res['labels_used']:4d}  steps {res['env_steps']:7d}  wall {res['wall_s']:7.1f} s"
                   f"  cpu {res['cpu_s']:7.1f} s", flush=True)
     mean = {}
     for name in ("imitation 1.0.1", "rlhf-gym"):
-        sel = [r for n, _, r in rows if n == name]
+        sel = [r for n, _, r in rows if n == name and "error" not in r]
+        if not sel:
+            print(f"{name}: no run finished")
+            return 1
         mean[name] = {k: sum(r[k] for r in sel) / len(sel) for k in ("true_return_mean", "wall_s", "cpu_s")}
+        mean[name]["finished"] = f"{len(sel)} of {args.seeds}"
     imi, ours = mean["imitation 1.0.1"], mean["rlhf-gym"]
-    print("\n| library | true return (mean over seeds) | wall s | cpu s |\n|---|---|---|---|")
+    print("\n| library | runs finished | true return (mean over them) | wall s | cpu s |\n|---|---|---|---|---|")
     for name, m in mean.items():
-        print(f"| {name} | {m['true_return_mean']:.1f} | {m['wall_s']:.1f} | {m['cpu_s']:.1f} |")
+        print(f"| {name} | {m['finished']} | {m['true_return_mean']:.1f} | {m['wall_s']:.1f} | {m['cpu_s']:.1f} |")
     print(f"\nwall-clock ratio rlhf-gym / imitation: {ours['wall_s'] / imi['wall_s']:.3f}  "
           f"(cpu ratio {ours['cpu_s'] / imi['cpu_s']:.3f}); return difference "
           f"{ours['true_return_mean'] - imi['true_return_mean']:+.1f}")

@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from agents.loop.config import PrefsConfig
 from agents.loop.prefs import run_prefs
 from agents.loop.presets import PRESETS
@@ -53,6 +55,9 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--hyperparams", type=json.loads, default=None,
                    help="SB3 constructor kwargs as JSON, replacing the preset, e.g. "
                         "'{\"n_envs\": 4, \"n_epochs\": 10}'")
+    g.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: the reward nets and SB3's policies are tiny, and more threads "
+                        "mostly contend; 0 = torch's own default)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (it is off anyway without a TTY)")
     h = parser.add_argument_group("labeller")
     h.add_argument("--labeller", default=None, choices=("teacher", "human", "mixed"),
@@ -114,6 +119,10 @@ def _fail(message: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.threads < 0:
+        return _fail(f"--threads must be >= 0 (0 = torch's default), got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         if args.resume:
             out = Path(args.out) if args.out else None

@@ -47,6 +47,7 @@ def test_cli_writes_summary_with_the_required_keys_on_a_tiny_budget(tmp_path, ca
     (["--teacher", "psychic"], "unknown teacher"),
     (["--selection", "best"], "selection"),
     (["--labels", "0"], "labels must be >= 1"),
+    (["--threads", "-1"], "--threads must be >= 0"),
     (["--labeller", "mixed", "--human-fraction", "1.5"], "human_fraction must be in [0, 1]"),
     (["--labeller", "human", "--label-timeout", "0"], "label_timeout must be > 0"),
     (["--labeller", "human", "--env", "Hopper-v5"], "no state-from-observation rule"),

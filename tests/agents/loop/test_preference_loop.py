@@ -116,7 +116,7 @@ def test_small_run_learns_a_reward_that_agrees_with_the_truth(tmp_path):
     assert all(k in metrics[-1] for k in ("eval/true_return", "env/steps", "time/wall_s"))
     # the x axis of the curves is env steps: every round at its own x, the rounds after the last label included
     steps = [m["step"] for m in metrics]
-    assert steps == [m["env/steps"] for m in metrics] and all(a < b for a, b in zip(steps, steps[1:]))
+    assert steps == [m["env/steps"] for m in metrics] and all(a < b for a, b in zip(steps, steps[1:], strict=False))
     files = {p.name for p in (tmp_path / "run").iterdir()}
     assert {"config.json", "summary.json", "metrics.jsonl", "curves.png", "tb", "checkpoints"} <= files
 

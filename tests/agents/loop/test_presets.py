@@ -127,7 +127,7 @@ def test_bad_presets_raise_preset_errors():
 def test_one_registry_holds_every_preset_and_unset_overrides_keep_its_values():
     assert set(PRESETS) == {"tuned", "christiano-mujoco", "christiano-atari"}
     tuned = PrefsConfig.for_env("CartPole-v1", labels=None, seed=4)  # None = "keep the preset's"
-    assert tuned.labels == TUNED["CartPole-v1"]["labels"] and tuned.label_until == TUNED["CartPole-v1"]["label_until"]
+    assert tuned.labels == TUNED["CartPole-v1"]["labels"] and tuned.segment_len == TUNED["CartPole-v1"]["segment_len"]
     assert tuned.seed == 4 and tuned.preset is None
     assert PrefsConfig.for_env("MountainCar-v0").rounds == PrefsConfig().rounds  # no tuned entry: the defaults
     budget = PrefsConfig.from_preset("christiano-mujoco", "Swimmer-v5", steps=200_000)
