@@ -21,7 +21,7 @@ import torch
 from agents.loop.config import PrefsConfig
 from agents.loop.frame_pairs import ImageSegmentPairSource
 from agents.loop.preference_loop import LoopCallback, PreferenceLoop
-from agents.loop.reward_model import EnsembleRewardModel, build_reward_ensemble, resolve_hyperparams
+from agents.loop.reward_model import EnsembleRewardModel, build_reward_ensemble
 from agents.loop.segment_pairs import SegmentPairSource
 from agents.sb3.control import SB3Agent, default_hyperparams
 from rewardmodels.feedback.human import HumanLabeller, MixedLabeller, StateRenderer
@@ -66,7 +66,7 @@ def build_loop(cfg: PrefsConfig, out: str | os.PathLike, callbacks: Sequence[Loo
     reward_model = EnsembleRewardModel(ensemble, ensemble.fit_config, cfg.pretrain_epochs, cfg.label_buffer,
                                        cfg.fit_rate, lambda: source.env_steps)
     agent = SB3Agent(cfg.algo, cfg.env_id, ensemble.predict_reward, total_steps=cfg.steps, seed=cfg.seed,
-                     device=cfg.device, hyperparams=resolve_hyperparams(hyper), wrap_venv=source.wrap)
+                     device=cfg.device, hyperparams=hyper, wrap_venv=source.wrap)
     title = " ".join(str(x) for x in (cfg.preset, cfg.env, cfg.algo, f"seed {cfg.seed}") if x)
     return PreferenceLoop(cfg, agent, source, reward_model, make_labeller(cfg, out), out,
                           callbacks=[*callbacks, _RunInfo(cfg)], extra_config={"title": title})

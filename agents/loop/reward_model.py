@@ -16,7 +16,6 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from stable_baselines3.common import torch_layers
 
 from agents.loop.config import PrefsConfig
 from rewardmodels.cnn import CNNRewardNet
@@ -92,13 +91,3 @@ def build_reward_ensemble(cfg: PrefsConfig, obs_space: gym.Space, act_space: gym
                                       fit_config=fit)
     ens.net_config = {"class": "CNNRewardNet", "kwargs": dict(cfg.reward_net_kwargs)}
     return ens
-
-
-def resolve_hyperparams(hyper: dict[str, Any]) -> dict[str, Any]:
-    """``policy_kwargs.features_extractor_class`` may name an SB3 extractor ("NatureCNN"): configs stay JSON."""
-    hyper = dict(hyper)
-    pk = dict(hyper.get("policy_kwargs") or {})
-    if isinstance(pk.get("features_extractor_class"), str):
-        pk["features_extractor_class"] = getattr(torch_layers, pk["features_extractor_class"])
-        hyper["policy_kwargs"] = pk
-    return hyper

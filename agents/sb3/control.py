@@ -24,6 +24,7 @@ import gymnasium as gym
 import numpy as np
 import stable_baselines3
 from gymnasium import spaces
+from stable_baselines3.common import torch_layers
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.evaluation import evaluate_policy
@@ -127,6 +128,17 @@ def default_hyperparams(algo: str, env_id: str) -> dict[str, Any]:
     return dict(PRESETS.get((check_algorithm(algo), env_id), {}))
 
 
+def resolve_hyperparams(hyper: Mapping[str, Any]) -> dict[str, Any]:
+    """``policy_kwargs.features_extractor_class`` may name an SB3 extractor (``"NatureCNN"``), so that configs and
+    config.json stay JSON; this returns the kwargs with the class itself."""
+    hyper = dict(hyper)
+    pk = dict(hyper.get("policy_kwargs") or {})
+    if isinstance(pk.get("features_extractor_class"), str):
+        pk["features_extractor_class"] = getattr(torch_layers, pk["features_extractor_class"])
+        hyper["policy_kwargs"] = pk
+    return hyper
+
+
 class Progress:
     """Fraction of the run's step budget still ahead (1 -> 0); the annealed hyperparameters read it."""
 
@@ -191,7 +203,8 @@ class SB3Agent:
         env_id: a registered Gymnasium id.
         reward_fn: the learned reward ``(obs (B,*), acts (B,*)) -> (B,)``; replace it with ``set_reward_fn``.
         total_steps: the run's env-step budget (what ``lin_`` schedules decay over).
-        hyperparams: SB3 constructor kwargs (``n_envs`` too); ``None`` = ``default_hyperparams(algo, env_id)``.
+        hyperparams: SB3 constructor kwargs (``n_envs`` too; an extractor may be named, see ``resolve_hyperparams``);
+            ``None`` = ``default_hyperparams(algo, env_id)``.
         wrap_venv: applied to the (Monitor-wrapped, true-reward) vec env before the learned reward goes on top; the
             control collector uses it to record the agent's experience.
     """
@@ -211,7 +224,7 @@ class SB3Agent:
         self.env_id = check_env_id(env_id)
         self.seed = seed
         self.device = device
-        params = dict(default_hyperparams(algo, env_id) if hyperparams is None else hyperparams)
+        params = resolve_hyperparams(default_hyperparams(algo, env_id) if hyperparams is None else hyperparams)
         self.n_envs = int(params.pop("n_envs", 1))
         self.progress = Progress(total_steps)
         self._annealed = {k: _linear_start(params.pop(k)) for k in ("learning_rate", "clip_range")
