@@ -191,13 +191,14 @@ def cached_imitation(python: Path, seed: int, args) -> dict:
 
 
 def run_ours(env_id: str, seed: int, labels: int, steps: int, episodes: int, rounds: int | None,
-             hyperparams: dict | None) -> dict:
+             hyperparams: dict | None, round_evals: bool = False) -> dict:
     out = OUT / f"ours-{env_id}-seed{seed}"
     code = (
         "import json, time, torch; t0, c0 = time.perf_counter(), time.process_time(); torch.set_num_threads(1)\n"
         "from agents.loop import PrefsConfig, run_prefs\n"
         f"s = run_prefs(PrefsConfig.for_env({env_id!r}, seed={seed}, labels={labels}, steps={steps}, "
-        f"rounds={rounds!r}, hyperparams={hyperparams!r}, eval_episodes={episodes}, progress_bar=False), "
+        f"rounds={rounds!r}, hyperparams={hyperparams!r}, eval_episodes={episodes}, progress_bar=False"
+        f"{'' if round_evals else ', eval_every=0'}), "
         f"{str(out)!r})\n"
         "s.update(wall_s=time.perf_counter() - t0, cpu_s=time.process_time() - c0)\n"
         "print('RESULT ' + json.dumps(s))\n"
@@ -228,6 +229,10 @@ def main() -> int:
     parser.add_argument("--reuse-imitation", action="store_true",
                         help="reuse imitation's result for a seed from an earlier run of this script on this machine "
                              f"({CACHE.relative_to(ROOT)}/), instead of re-running its ~10 CPU minutes")
+    parser.add_argument("--round-evals", action="store_true",
+                        help="keep our loop's evaluations during training (5 episodes every 4 rounds, for the "
+                             "curves); off by default because imitation evaluates only at the end, so both sides "
+                             "do the same work: train, then evaluate on --episodes")
     parser.add_argument("--imitation-as-is", action="store_true",
                         help="imitation's literal smoke-test settings (5 iterations, 1000 learner steps)")
     args = parser.parse_args()
@@ -242,7 +247,8 @@ def main() -> int:
     for seed in range(args.seeds):
         for name, fn in (("imitation 1.0.1", lambda s=seed: cached_imitation(python, s, args)),
                          ("rlhf-gym", lambda s=seed: run_ours(args.env, s, args.labels, args.steps, args.episodes,
-                                                              args.rounds, args.hyperparams))):
+                                                              args.rounds, args.hyperparams,
+                                                              args.round_evals))):
             try:
                 res = fn()
             except RuntimeError as err:  # imitation stops on some seeds at CartPole's budget: report, go on

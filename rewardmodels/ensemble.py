@@ -82,6 +82,11 @@ class FitConfig:
     """Clip the global gradient norm to this value (None = off)."""
     normalizer_steps: int = 50_000
     """At most this many steps (whole segments) of the dataset are used to fit each member's output normaliser."""
+    stop_accuracy: float | None = None
+    """End a fit early, after the first epoch in which the members order at least this share of their (non-tie)
+    training pairs right, on average (Lee et al. 2021, PEBBLE, arXiv:2106.05091: 0.97). A warm-started refit then
+    costs about one epoch when the new labels agree with the reward already learned, and ``epochs`` only when they
+    do not. None = always run ``epochs`` (or ``steps``)."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1 and self.steps is None:
@@ -94,6 +99,8 @@ class FitConfig:
             raise ValueError(f"noise must be in [0, 1], got {self.noise}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), e.g. 1/e = 0.368; got {self.val_fraction}")
+        if self.stop_accuracy is not None and not 0.0 < self.stop_accuracy <= 1.0:
+            raise ValueError(f"stop_accuracy must be in (0, 1] or None (PEBBLE: 0.97), got {self.stop_accuracy}")
         if self.adaptive_l2 and self.val_fraction <= 0:
             raise ValueError("adaptive_l2 needs held-out pairs: set val_fraction > 0 (Christiano: 1/e)")
         lo, hi = self.l2_target
@@ -213,11 +220,15 @@ class RewardEnsemble(nn.Module):
             torch.manual_seed(int(rng.integers(2**31)))
             while step < total_steps:
                 perms = [torch.from_numpy(rng.permutation(b)).to(self.device) for b in boots]
+                hits = torch.zeros(2, device=self.device)  # (right, counted) over the epoch, all members
                 for b in range(per_epoch):
                     if step >= total_steps:
                         break
-                    loss = sum(self._batch_loss(net, data, p[b * cfg.batch_size:(b + 1) * cfg.batch_size], cfg)
-                               for net, p in zip(self.members, perms, strict=True))
+                    loss = 0.0
+                    for net, p in zip(self.members, perms, strict=True):
+                        member_loss, member_hits = self._batch_loss(
+                            net, data, p[b * cfg.batch_size:(b + 1) * cfg.batch_size], cfg, count=True)
+                        loss, hits = loss + member_loss, hits + member_hits
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     if cfg.grad_clip is not None:
@@ -226,6 +237,8 @@ class RewardEnsemble(nn.Module):
                     step += 1
                 if cfg.adaptive_l2 and len(val_idx):
                     self._adapt_l2(opt, data, train_idx, val_idx, cfg)
+                if cfg.stop_accuracy is not None and float(hits[0]) >= cfg.stop_accuracy * float(hits[1]):
+                    break
         self.eval()
         self.fit_count += 1
         metrics = self._fit_metrics(data, train_idx, val_idx, cfg)
@@ -246,9 +259,18 @@ class RewardEnsemble(nn.Module):
         return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
     def _batch_loss(self, net: RewardNet, data: dict[str, torch.Tensor], idx: torch.Tensor,
-                    cfg: FitConfig) -> torch.Tensor:
+                    cfg: FitConfig, count: bool = False) -> Any:
+        """The member's BT loss on pairs ``idx``; with ``count``, also (2,) = (pairs ordered right, non-tie
+        labelled pairs), the training accuracy's parts (equal returns count as wrong)."""
         ret_a, ret_b = _pair_returns(net, data, idx)
-        return bradley_terry_loss(ret_a, ret_b, data["labels"][idx], noise=cfg.noise)[0]
+        y = data["labels"][idx]
+        loss = bradley_terry_loss(ret_a, ret_b, y, noise=cfg.noise)[0]
+        if not count:
+            return loss
+        with torch.no_grad():
+            decided = ~torch.isnan(y) & (y != 0.5)
+            right = decided & torch.where(y > 0.5, ret_a > ret_b, ret_b > ret_a)
+            return loss, torch.stack([right.sum(), decided.sum()]).float()
 
     def _init_l2(self, cfg: FitConfig) -> None:
         if not cfg.adaptive_l2 or bool(torch.isnan(self.l2).any()):

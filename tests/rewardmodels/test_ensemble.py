@@ -41,6 +41,25 @@ def test_fit_learns_the_true_preferences_and_changes_weights():
     assert all(not torch.equal(a, b) for a, b in zip(before, ens.parameters(), strict=True) if a.ndim == 2)
 
 
+def test_stop_accuracy_ends_a_fit_once_the_training_pairs_are_ordered_right():
+    train = toy_pairs(200, seed=0)
+    full = small_ensemble().fit(train, FitConfig(epochs=15, lr=3e-3))
+    ens = small_ensemble()
+    first = ens.fit(train, FitConfig(epochs=15, lr=3e-3, stop_accuracy=0.9))
+    assert 4 <= first["steps"] < full["steps"] == 15 * 4 and first["steps"] % 4 == 0  # whole epochs only
+    assert first["train_accuracy"] >= 0.85
+    # A warm-started refit on labels the reward already orders right costs one epoch, not fifteen.
+    assert ens.fit(train, FitConfig(epochs=15, lr=3e-3, stop_accuracy=0.9))["steps"] == 4
+    # An unreachable threshold runs every epoch, as without it.
+    assert small_ensemble().fit(train, FitConfig(epochs=3, stop_accuracy=1.0))["steps"] == 3 * 4
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.5, 1.5])
+def test_stop_accuracy_out_of_range_is_refused(bad):
+    with pytest.raises(ValueError, match="stop_accuracy"):
+        FitConfig(stop_accuracy=bad)
+
+
 def test_members_are_bootstrapped_and_initialised_differently():
     ens = small_ensemble()
     ens.fit(toy_pairs(50), epochs=2)
