@@ -2,7 +2,8 @@
 
 Preference data (``preferences``, ``segments``, ``errors``), Bradley-Terry losses
 (``losses``), reward nets (``nets``), ensembles (``ensemble``), query selection (``selection``), simulated B-Pref
-teachers (``teachers``) and label schedules (``schedules``). Label convention everywhere: 1.0 = first segment
+teachers (``teachers``) and label schedules (``schedules``); text preference data in any format
+(``text_preferences.load_text_preferences``). Label convention everywhere: 1.0 = first segment
 preferred, 0.0 = second, 0.5 = tie, NaN = skipped.
 """
 
@@ -28,15 +29,17 @@ from rewardmodels.schedules import ConstantSchedule, InverseTimeSchedule, LabelS
 from rewardmodels.segments import Segments, Trajectory, cut_segments, segment_windows, trajectories_from_rollout
 from rewardmodels.selection import CANDIDATE_OVERSAMPLING, random_pairs, select_pairs, selection_scores
 from rewardmodels.teachers import PRESETS, PreferenceLabeller, Teacher, bpref_return_scale, make_teacher
+from rewardmodels.text_preferences import TextPreferencePairs, load_text_preferences
 from textenv.files import atomic_write
 
 __all__ = [
     "CANDIDATE_OVERSAMPLING", "PRESETS", "ConstantSchedule", "EmptyDatasetError", "FitConfig", "InverseTimeSchedule",
     "LabelSchedule", "LabelValueError", "MLPRewardNet", "NonFiniteValueError", "PreferenceDataError",
     "PreferenceDataset", "PreferenceFileError", "PreferenceLabeller", "RewardEnsemble", "RewardModelFileError",
-    "RewardNet", "SegmentShapeError", "Segments", "SpaceMismatchError", "Teacher", "Trajectory",
+    "RewardNet", "SegmentShapeError", "Segments", "SpaceMismatchError", "Teacher", "TextPreferencePairs", "Trajectory",
     "UnsupportedSpaceError", "atomic_write", "bpref_return_scale", "bradley_terry_loss", "check_labels",
-    "concatenate", "cut_segments", "make_schedule", "make_teacher", "preference_log_probs", "preference_probability",
+    "concatenate", "cut_segments", "load_text_preferences", "make_schedule", "make_teacher", "preference_log_probs",
+    "preference_probability",
     "random_pairs", "segment_returns", "segment_windows", "select_pairs", "selection_scores", "space_from_json",
     "space_to_json", "trajectories_from_rollout",
 ]

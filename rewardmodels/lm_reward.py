@@ -6,6 +6,12 @@ Bradley-Terry loss (Stiennon et al. 2020, arXiv:2009.01325; Ouyang et al. 2022, 
 margin (Touvron et al. 2023, Llama 2, arXiv:2307.09288, eq. 2) and reward centering (Eisenstein et al. 2023,
 "Helping or Herding?", arXiv:2312.09244).
 
+Portable checkpoints: :meth:`LMRewardModel.save_pretrained` writes a Hugging Face sequence-classification checkpoint
+(``config.architectures = ["<Family>ForSequenceClassification"]``, ``num_labels = 1``, ``pad_token_id`` set, the head as
+``score.weight``) that ``AutoModelForSequenceClassification.from_pretrained`` loads with the same scores, and
+:meth:`LMRewardModel.from_pretrained` loads such checkpoints back, including ones trained by TRL's ``RewardTrainer``.
+Both read the score at the rightmost token whose id is not ``pad_token_id``, as Hugging Face does.
+
 Tokenizers: the reward model reads text with its own tokenizer. When it is combined with a policy whose tokenizer is
 different, scoring the policy's token ids needs an explicit mapping: ``retokenize=True`` says "decode the policy's
 ids to text and re-encode them with my tokenizer". Without it, giving a different ``policy_tokenizer`` raises
@@ -14,6 +20,7 @@ ids to text and re-encode them with my tokenizer". Without it, giving a differen
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import logging
@@ -27,25 +34,34 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModel, AutoTokenizer
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSequenceClassification,
+)
+from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
 
 from rewardmodels.losses import bradley_terry_loss
-from rewardmodels.text_preferences import TextPreferencePairs
+from rewardmodels.text_preferences import TextPreferencePairs, load_text_preferences
 from textenv.files import atomic_directory
+from textenv.models import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "LMRewardModel",
     "NonFiniteLossError",
+    "RewardCheckpointError",
     "TokenizerMismatchError",
+    "load_tokenizer",
     "pairwise_accuracy",
     "tokenizers_match",
     "train_reward_model",
 ]
 
-HEAD_FILE = "reward_head.safetensors"
+HEAD_FILE = "reward_head.safetensors"  # the head of encoder backbones, and of every checkpoint before format 2
 CONFIG_FILE = "reward_config.json"
+FORMAT_VERSION = 2  # 1: backbone + reward_head.safetensors; 2: a Hugging Face sequence-classification checkpoint
 
 
 class TokenizerMismatchError(ValueError):
@@ -54,6 +70,10 @@ class TokenizerMismatchError(ValueError):
 
 class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN/inf loss; the step was not applied."""
+
+
+class RewardCheckpointError(ValueError):
+    """A checkpoint cannot be read as a reward model (e.g. a classifier with several labels)."""
 
 
 def tokenizers_match(a: Any, b: Any) -> bool:
@@ -94,7 +114,13 @@ class LMRewardModel(nn.Module):
 
     ``h_last`` is the final hidden state at the last non-pad token of ``prompt + response``, so a causal backbone has
     read the whole text there (InstructGPT / Stiennon et al. reward models). Left and right padding give the same score
-    (position ids are computed from the attention mask).
+    (position ids are computed from the attention mask). "Non-pad" means inside the attention mask and not the pad id,
+    the rule of Hugging Face's ``*ForSequenceClassification`` (which looks at the ids alone), so that a text ending
+    in a pad-valued token (an EOS that doubles as pad) is scored at the same place by both.
+
+    The head is ``w^T h`` in effect: its bias stays frozen at 0, because a Hugging Face ``score`` layer has none (the
+    saved checkpoint must score identically) and the Bradley-Terry loss is blind to a shared offset anyway. It exists
+    so that value heads initialised from the reward model (``agents.llm.ppo``) have a bias to train.
 
     Args:
         backbone: a Hugging Face model. A causal LM (``*ForCausalLM``) or any ``*For...`` wrapper is reduced to its
@@ -147,6 +173,7 @@ class LMRewardModel(nn.Module):
         self.head = nn.Linear(hidden, 1)
         nn.init.normal_(self.head.weight, std=head_init_std if head_init_std is not None else 1 / math.sqrt(hidden + 1))
         nn.init.zeros_(self.head.bias)
+        self.head.bias.requires_grad_(False)  # see the class docstring
         self.head.to(device=next(self.backbone.parameters()).device)
         self._takes_positions = "position_ids" in inspect.signature(self.backbone.forward).parameters
         self._pad_id = next(
@@ -177,8 +204,10 @@ class LMRewardModel(nn.Module):
             kwargs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         hidden = self.backbone(**kwargs).last_hidden_state  # (B, L, H)
         L = input_ids.shape[1]
-        # index of the last 1 in each mask row (works for left and right padding, and for holes)
-        last = (attention_mask * torch.arange(L, device=input_ids.device)).argmax(-1)  # (B,)
+        # index of the last real token of each row (left or right padding, holes); a pad-valued id does not count,
+        # as in Hugging Face's *ForSequenceClassification, so a saved checkpoint reads the same position
+        real = attention_mask * (input_ids != self._pad_id)  # (B, L)
+        last = (real * torch.arange(L, device=input_ids.device)).argmax(-1)  # (B,)
         h_last = hidden[torch.arange(input_ids.shape[0], device=input_ids.device), last]  # (B, H)
         return self.head(h_last.to(self.head.weight.dtype)).squeeze(-1).float()
 
@@ -236,18 +265,55 @@ class LMRewardModel(nn.Module):
         return self.score_ids(*self.collate(rows))
 
     # ------------------------------------------------------------------ persistence
-    def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Save backbone (Hugging Face format), tokenizer, head (safetensors) and settings into directory ``path``.
+    def sequence_classifier(self) -> nn.Module | None:
+        """The Hugging Face ``*ForSequenceClassification`` model of this backbone's family, sharing this model's
+        backbone and head weights (no copy), with ``num_labels = 1`` and ``pad_token_id`` set; None for families
+        whose classifier reads something else than the last token through a ``score`` layer (BERT's [CLS] pooler)."""
+        config = copy.deepcopy(self.backbone.config)
+        try:
+            seq_class = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[type(config)]
+        except (KeyError, ValueError):
+            return None
+        config.num_labels, config.pad_token_id = 1, self._pad_id
+        with torch.device("meta"):  # no memory and no random init: every weight is replaced below
+            seq = seq_class(config)
+        prefix = getattr(seq_class, "base_model_prefix", "")
+        score = getattr(seq, "score", None)
+        if not prefix or not isinstance(getattr(seq, prefix, None), nn.Module) or not isinstance(score, nn.Linear):
+            return None
+        setattr(seq, prefix, self.backbone)
+        score.weight = self.head.weight
+        if score.bias is not None:
+            score.bias = self.head.bias
+        return seq
 
-        The directory is written next to its destination and swapped in at the end
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Save the reward model as a Hugging Face sequence-classification checkpoint, with the tokenizer and
+        ``reward_config.json`` (this class's settings), into directory ``path``.
+
+        ``AutoModelForSequenceClassification.from_pretrained(path)`` loads it and gives the same scores. Encoder
+        backbones, whose HF classifiers pool differently, are saved as backbone + ``reward_head.safetensors`` (loadable
+        by :meth:`from_pretrained` only). The directory is written next to its destination and swapped in at the end
         (``textenv.files.atomic_directory``), so an interrupted save leaves the previous checkpoint intact.
         """
+        seq = self.sequence_classifier()
+        bias = float(self.head.bias.detach().abs().max())
+        if seq is not None and getattr(seq.score, "bias", None) is None and bias != 0.0:
+            logger.warning("the reward head's bias (%g) was changed from 0; a Hugging Face score layer has none, so "
+                           "the saved checkpoint's scores are shifted by -bias (preferences are unchanged)", bias)
         with atomic_directory(path) as tmp:
-            self.backbone.save_pretrained(tmp)
+            if seq is not None:
+                seq.save_pretrained(tmp)
+            else:
+                logger.warning("%s has no last-token sequence classifier in transformers; saving backbone + %s, "
+                               "which only LMRewardModel.from_pretrained reads",
+                               type(self.backbone).__name__, HEAD_FILE)
+                self.backbone.save_pretrained(tmp)
+                head = {k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}
+                save_file(head, str(tmp / HEAD_FILE))
             self.tokenizer.save_pretrained(tmp)
-            head = {k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}
-            save_file(head, str(tmp / HEAD_FILE))
-            settings = {"format_version": 1, "max_length": self.max_length, "score_batch_size": self.score_batch_size}
+            settings = {"format_version": FORMAT_VERSION, "max_length": self.max_length,
+                        "score_batch_size": self.score_batch_size}
             (tmp / CONFIG_FILE).write_text(json.dumps(settings, indent=2))
 
     @classmethod
@@ -260,26 +326,60 @@ class LMRewardModel(nn.Module):
         retokenize: bool = False,
         **kwargs: Any,
     ) -> LMRewardModel:
-        """Load a reward model saved by :meth:`save_pretrained`, or start one from any Hugging Face model directory
-        or hub id (then the head is freshly initialised; an LM head in the checkpoint is ignored)."""
+        """Load a reward model: a Hugging Face sequence-classification checkpoint (what :meth:`save_pretrained`
+        writes, or TRL's ``RewardTrainer``: ``num_labels = 1``, a ``score`` head), a checkpoint of the earlier layout
+        (backbone + ``reward_head.safetensors``), or any other Hugging Face model directory or hub id (then the head is
+        freshly initialised; an LM head in the checkpoint is ignored). The result is a ``reward_fn`` for TextGen-v0.
+
+        Raises:
+            RewardCheckpointError: a classifier with ``num_labels != 1``, or one that does not score the last token.
+        """
         path_str = os.fspath(path)
-        backbone = AutoModel.from_pretrained(path_str)
-        tokenizer = AutoTokenizer.from_pretrained(path_str)
+        tokenizer = load_tokenizer(path_str)
         settings: dict[str, Any] = {}
         config_file = Path(path_str) / CONFIG_FILE
         if config_file.is_file():
             settings = json.loads(config_file.read_text())
         settings.pop("format_version", None)
         settings.update(kwargs)
-        model = cls(backbone, tokenizer, policy_tokenizer=policy_tokenizer, retokenize=retokenize, **settings)
-        head_file = Path(path_str) / HEAD_FILE
-        if head_file.is_file():
-            model.head.load_state_dict(load_file(str(head_file)))
+        options = {"policy_tokenizer": policy_tokenizer, "retokenize": retokenize, **settings}
+        architectures = getattr(AutoConfig.from_pretrained(path_str), "architectures", None) or []
+        if any(a.endswith("ForSequenceClassification") for a in architectures):
+            model = cls._from_sequence_classifier(path_str, tokenizer, options)
         else:
-            logger.info("no %s in %s: the reward head is freshly initialised", HEAD_FILE, path_str)
+            model = cls(AutoModel.from_pretrained(path_str), tokenizer, **options)
+            head_file = Path(path_str) / HEAD_FILE
+            if head_file.is_file():
+                model.head.load_state_dict(load_file(str(head_file)))  # copies values: the bias stays frozen
+            else:
+                logger.info("no %s in %s: the reward head is freshly initialised", HEAD_FILE, path_str)
         if device is not None:
             model.to(device)
         return model.eval()
+
+    @classmethod
+    def _from_sequence_classifier(cls, path: str, tokenizer: Any, options: dict[str, Any]) -> LMRewardModel:
+        seq = AutoModelForSequenceClassification.from_pretrained(path)
+        if seq.config.num_labels != 1:
+            raise RewardCheckpointError(
+                f"{path} is a {type(seq).__name__} with num_labels={seq.config.num_labels}; a reward model has one "
+                "output (num_labels=1, as TRL's RewardTrainer trains). Load a reward-model checkpoint instead."
+            )
+        score = getattr(seq, "score", None)
+        if not isinstance(score, nn.Linear):
+            raise RewardCheckpointError(
+                f"{path} is a {type(seq).__name__}, which has no last-token 'score' head (its classifier pools "
+                "differently); LMRewardModel reads decoder models' sequence-classification checkpoints. To start a "
+                "reward model from this backbone, load it with AutoModel and pass it to LMRewardModel."
+            )
+        model = cls(getattr(seq, seq.base_model_prefix), tokenizer, **options)
+        with torch.no_grad():
+            model.head.weight.copy_(score.weight)
+            if score.bias is not None:
+                model.head.bias.copy_(score.bias)
+        if seq.config.pad_token_id is not None:  # the position HF reads is set by the checkpoint's pad id
+            model._pad_id = int(seq.config.pad_token_id)
+        return model
 
 
 # ---------------------------------------------------------------------- training
@@ -354,7 +454,7 @@ def _batch_loss(
 
 def train_reward_model(
     model: LMRewardModel,
-    pairs: TextPreferencePairs,
+    pairs: TextPreferencePairs | Any,
     tokenizer: Any = None,
     epochs: int = 1,
     lr: float = 5e-5,
@@ -365,7 +465,7 @@ def train_reward_model(
     weight_decay: float = 0.0,
     max_grad_norm: float | None = 1.0,
     seed: int = 0,
-    eval_pairs: TextPreferencePairs | None = None,
+    eval_pairs: TextPreferencePairs | Any = None,
     log_fn: Callable[[int, dict[str, float]], Any] | None = None,
 ) -> dict[str, float]:
     """Fit ``model`` to text preference pairs with the pairwise Bradley-Terry loss (AdamW, gradient clipping).
@@ -377,7 +477,9 @@ def train_reward_model(
 
     Args:
         model: the reward model (trained in place; left in the train/eval mode it had).
-        pairs: the training pairs.
+        pairs: the training pairs: anything ``rewardmodels.text_preferences.load_text_preferences`` reads (a
+            JSONL path, a ``datasets.Dataset``, records in this toolkit's or TRL's standard/conversational formats,
+            explicit or implicit prompt, or ``TextPreferencePairs``), read with the model's tokenizer and context.
         tokenizer: must be the model's tokenizer (checked); default ``model.tokenizer``.
         epochs, lr, batch_size: optimisation settings.
         margin: None, one margin for all strict pairs, or one per pair of ``pairs`` (e.g. from rating gaps).
@@ -385,7 +487,7 @@ def train_reward_model(
         weight_decay: AdamW weight decay.
         max_grad_norm: gradient-norm clip, or None.
         seed: shuffling seed.
-        eval_pairs: held-out pairs; their accuracy is reported as ``eval_accuracy``.
+        eval_pairs: held-out pairs (any source, as ``pairs``); their accuracy is reported as ``eval_accuracy``.
         log_fn: called as ``log_fn(step, {"rm/loss": ..., "rm/accuracy": ..., ...})`` after every step
             (``RunDir.log`` fits).
 
@@ -397,6 +499,8 @@ def train_reward_model(
         TokenizerMismatchError: ``tokenizer`` is not the model's tokenizer.
         NonFiniteLossError: the loss became NaN/inf; that step is not applied (weights keep their last finite values).
         ValueError: bad settings, or no labelled pair.
+        TextPreferenceError: bad data (``rewardmodels.text_preferences``; the message names the file and line), e.g.
+            a prompt that fills the model's whole context.
     """
     _check_train_args(epochs, lr, batch_size, center_coef, max_grad_norm)
     if tokenizer is not None and not tokenizers_match(tokenizer, model.tokenizer):
@@ -404,6 +508,9 @@ def train_reward_model(
             "train_reward_model got a tokenizer that differs from the reward model's own; the model can only read "
             "ids from its own tokenizer (leave tokenizer=None to use model.tokenizer)"
         )
+    pairs = load_text_preferences(pairs, model.tokenizer, max_length=model.max_length)
+    if eval_pairs is not None:
+        eval_pairs = load_text_preferences(eval_pairs, model.tokenizer, max_length=model.max_length)
     margins_all = _margins(margin, len(pairs))
     keep = np.flatnonzero(~np.isnan(pairs.labels))
     if keep.size == 0:
@@ -456,10 +563,12 @@ def train_reward_model(
     return result
 
 
-def pairwise_accuracy(model: Callable[[list[str], list[str]], Any], pairs: TextPreferencePairs) -> float:
+def pairwise_accuracy(model: Callable[[list[str], list[str]], Any], pairs: TextPreferencePairs | Any) -> float:
     """Fraction of strict pairs (labels 0/1) on which ``model`` scores the preferred response higher (a zero gap
-    counts half). ``model`` is any ``(prompts, responses) -> (B,)`` scorer. NaN if there is no strict pair."""
-    strict = pairs.strict()
+    counts half). ``model`` is any ``(prompts, responses) -> (B,)`` scorer; ``pairs`` any source
+    ``load_text_preferences`` reads (conversations rendered with ``model.tokenizer``). NaN if there is no strict
+    pair."""
+    strict = load_text_preferences(pairs, getattr(model, "tokenizer", None)).strict()
     if len(strict) == 0:
         return float("nan")
     r_c = torch.as_tensor(model(strict.prompts, strict.chosen), dtype=torch.float64).cpu()

@@ -1,15 +1,26 @@
-"""Preference data over text completions: pairs, rankings -> pairs, JSONL files and Elo ratings.
+"""Preference data over text completions: pairs, rankings -> pairs, files and datasets in common formats, Elo.
 
 One label convention everywhere: ``label`` is the probability that the FIRST response (``response_a``, shown on the
 left) is preferred: 1.0 = a preferred, 0.0 = b preferred, 0.5 = tie, NaN = skipped ("can't tell"; kept in files,
 never used for training).
 
-File format (JSONL, one pair per line; what :meth:`TextPreferencePairs.save` writes)::
+:func:`load_text_preferences` is the one entry point that every consumer (the LM reward model's training, DPO, KTO,
+the text loop) reads preference data through. It takes a JSONL/JSON path, a ``datasets.Dataset``, a list of records
+or a :class:`TextPreferencePairs`, and reads these record formats:
 
-    {"prompt": "...", "response_a": "...", "response_b": "...", "label": 1.0}     # label null = skipped
+- ours (what :meth:`TextPreferencePairs.save` writes; ``label`` null = skipped)::
 
-:meth:`TextPreferencePairs.load` also reads chosen/rejected records (``{"prompt", "chosen", "rejected"}``, the layout
-of Anthropic HH-RLHF and TRL datasets) as label 1.0.
+    {"prompt": "...", "response_a": "...", "response_b": "...", "label": 1.0}
+
+- TRL's standard preference format, explicit prompt: ``{"prompt": str, "chosen": str, "rejected": str}`` (label 1);
+- implicit prompt (Anthropic HH-RLHF): ``{"chosen": str, "rejected": str}``, the prompt being their shared start
+  (:func:`split_implicit_prompt`);
+- TRL's conversational format, explicit or implicit prompt: the same keys holding lists of ``{"role", "content"}``
+  messages. The prompt messages are rendered with the tokenizer's chat template and ``add_generation_prompt=True``;
+  the responses (the assistant turns) are the rest of the rendered conversation, as TRL's
+  ``maybe_apply_chat_template`` renders them.
+
+Errors name the record (``file.jsonl:LINE``, ``dataset row I``, ``record #I``) and the field, and are raised at load.
 """
 
 from __future__ import annotations
@@ -17,22 +28,29 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from textenv.files import atomic_write_text
+from textenv.prompts import PromptError, check_chat, render_chat
 
 __all__ = [
     "EmptyResponseError",
     "IdenticalResponsesError",
+    "PreferencePromptTooLongError",
+    "PreferenceRow",
     "TextPair",
     "TextPreferenceError",
     "TextPreferenceFileError",
     "TextPreferencePairs",
     "elo_ratings",
+    "load_text_preferences",
+    "read_preference_rows",
+    "split_implicit_prompt",
 ]
 
 
@@ -49,7 +67,11 @@ class IdenticalResponsesError(TextPreferenceError):
 
 
 class TextPreferenceFileError(TextPreferenceError):
-    """A preference JSONL file is corrupted or not in the expected format."""
+    """A preference file, dataset or record is corrupted or not in a known format."""
+
+
+class PreferencePromptTooLongError(TextPreferenceError):
+    """A prompt fills the model's whole context, leaving no room for the response."""
 
 
 class TextPair(NamedTuple):
@@ -98,7 +120,7 @@ class TextPreferencePairs:
             )
         columns = zip(self.prompts, self.responses_a, self.responses_b, self.labels.tolist(), strict=True)
         for i, (p, a, b, y) in enumerate(columns):
-            _check_pair(i, p, a, b, y)
+            _check_pair(f"pair #{i}", p, a, b, y)
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -220,81 +242,272 @@ class TextPreferencePairs:
         atomic_write_text(path, "".join(line + "\n" for line in lines))
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> TextPreferencePairs:
-        """Read a JSONL file written by :meth:`save` (or chosen/rejected records).
-
-        Raises:
-            FileNotFoundError: no such file.
-            TextPreferenceFileError: a line is not JSON or lacks the fields (the message names the line).
-            EmptyResponseError / IdenticalResponsesError: invalid pairs (the message names the line).
-        """
-        prompts, resp_a, resp_b, labels = [], [], [], []
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{lineno}"
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise TextPreferenceFileError(
-                        f"{where}: not valid JSON ({exc.msg}); the file may be truncated or corrupted"
-                    ) from exc
-                p, a, b, y = _parse_record(rec, where)
-                try:
-                    _check_pair(lineno, p, a, b, y)
-                except TextPreferenceError as exc:
-                    raise type(exc)(f"{where}: {exc}") from None
-                prompts.append(p)
-                resp_a.append(a)
-                resp_b.append(b)
-                labels.append(y)
-        return cls(prompts, resp_a, resp_b, np.asarray(labels, dtype=np.float32))
+    def load(cls, path: str | os.PathLike, tokenizer: Any = None) -> TextPreferencePairs:
+        """Read a preference file in any format :func:`load_text_preferences` reads (what :meth:`save` writes,
+        TRL's standard and conversational formats, implicit prompts); the same as ``load_text_preferences(path)``."""
+        return load_text_preferences(path, tokenizer)
 
 
-def _parse_record(rec: object, where: str) -> tuple[str, str, str, float]:
-    if not isinstance(rec, dict):
-        raise TextPreferenceFileError(f"{where}: expected a JSON object per line, got {type(rec).__name__}")
-    prompt = rec.get("prompt", "")
-    if "response_a" in rec and "response_b" in rec:
-        a, b = rec["response_a"], rec["response_b"]
-        if "label" not in rec:
-            raise TextPreferenceFileError(f"{where}: record has response_a/response_b but no 'label' (null = skipped)")
-        label = rec["label"]
-        y = float("nan") if label is None else label
-    elif "chosen" in rec and "rejected" in rec:
-        a, b, y = rec["chosen"], rec["rejected"], 1.0
-    else:
-        raise TextPreferenceFileError(
-            f"{where}: expected keys prompt, response_a, response_b, label (or prompt, chosen, rejected); "
-            f"got {sorted(rec)}"
-        )
+def _check_pair(where: str, prompt: object, a: object, b: object, label: float) -> None:
     if not all(isinstance(s, str) for s in (prompt, a, b)):
-        raise TextPreferenceFileError(f"{where}: prompt and responses must be strings")
-    if not isinstance(y, (int, float)) or isinstance(y, bool):
-        raise TextPreferenceFileError(f"{where}: label must be a number in {{0, 0.5, 1}} or null, got {y!r}")
-    return prompt, a, b, float(y)
-
-
-def _check_pair(i: int, prompt: object, a: object, b: object, label: float) -> None:
-    if not all(isinstance(s, str) for s in (prompt, a, b)):
-        raise TextPreferenceError(f"pair #{i}: prompt and responses must be str, got "
+        raise TextPreferenceError(f"{where}: prompt and responses must be str, got "
                                   f"{type(prompt).__name__}, {type(a).__name__}, {type(b).__name__}")
     for side, r in (("response_a", a), ("response_b", b)):
         if not r.strip():
             raise EmptyResponseError(
-                f"pair #{i}: {side} is empty; an empty completion cannot be compared, drop the pair (or represent "
+                f"{where}: {side} is empty; an empty completion cannot be compared, drop the pair (or represent "
                 "'no answer' with explicit text)"
             )
     if a.strip() == b.strip():
         raise IdenticalResponsesError(
-            f"pair #{i}: response_a and response_b are identical ({a[:60]!r}); such a pair carries no preference "
+            f"{where}: response_a and response_b are identical ({a[:60]!r}); such a pair carries no preference "
             "information, drop it (or resample one of the responses)"
         )
     if not _valid_label(label):
         raise TextPreferenceError(
-            f"pair #{i}: label {label!r} is not one of 0 (b preferred), 0.5 (tie), 1 (a preferred), NaN (skipped)"
+            f"{where}: label {label!r} is not one of 0 (b preferred), 0.5 (tie), 1 (a preferred), NaN (skipped)"
         )
+
+
+# ---------------------------------------------------------------------- reading any source, any format
+
+
+class PreferenceRow(NamedTuple):
+    """One record read as text, before it is checked as a pair; ``where`` names it in errors."""
+
+    prompt: str
+    response_a: str
+    response_b: str
+    label: float
+    where: str
+
+
+def load_text_preferences(source: Any, tokenizer: Any = None, *, max_length: int | None = None) -> TextPreferencePairs:
+    """Preference data from any source and format, as :class:`TextPreferencePairs` (see the module docstring).
+
+    Args:
+        source: a path (``.jsonl``, or ``.json`` holding a list or JSON lines), a ``datasets.Dataset``, a list of
+            records (dicts in any format, ``(prompt, chosen, rejected)`` or ``(prompt, a, b, label)`` tuples), or
+            :class:`TextPreferencePairs` (returned after the length check).
+        tokenizer: renders conversational records with its chat template (required for them), and measures prompts.
+        max_length: the model's context in tokens (prompt + response); with ``tokenizer``, a prompt of that many
+            tokens or more raises :class:`PreferencePromptTooLongError`, since the model could not read a response.
+
+    Raises:
+        FileNotFoundError: no such file.
+        TextPreferenceFileError: unreadable JSON, an unknown format, a missing field, a wrong type, a conversational
+            record without a chat template to render it.
+        EmptyResponseError / IdenticalResponsesError / TextPreferenceError: an invalid pair or label.
+        PreferencePromptTooLongError: a prompt longer than ``max_length``.
+        Every message names the record (``path:line``, ``dataset row i``, ``record #i`` or ``pair #i``).
+    """
+    check_lengths = tokenizer is not None and max_length is not None
+    if isinstance(source, TextPreferencePairs):  # already checked pair by pair at construction
+        if check_lengths:
+            _check_prompt_lengths(read_preference_rows(source), tokenizer, max_length)
+        return source
+    rows = read_preference_rows(source, tokenizer)
+    for row in rows:
+        _check_pair(row.where, *row[:4])
+    if check_lengths:
+        _check_prompt_lengths(rows, tokenizer, max_length)
+    return TextPreferencePairs([r.prompt for r in rows], [r.response_a for r in rows], [r.response_b for r in rows],
+                               np.asarray([r.label for r in rows], dtype=np.float32))
+
+
+def read_preference_rows(source: Any, tokenizer: Any = None) -> list[PreferenceRow]:
+    """Every record of ``source`` (as for :func:`load_text_preferences`) parsed into text, labels not yet checked
+    against {0, 0.5, 1, NaN} (DPO reads any label in [0, 1]); conversational records are rendered with
+    ``tokenizer``'s chat template."""
+    if isinstance(source, TextPreferencePairs):
+        return [PreferenceRow(*pair, f"pair #{i}") for i, pair in enumerate(source)]
+    return [_parse_record(rec, where, tokenizer) for rec, where in _records(source)]
+
+
+def _records(source: Any) -> Iterator[tuple[Any, str]]:
+    if isinstance(source, (str, os.PathLike)):
+        yield from _file_records(Path(source))
+    elif isinstance(source, dict):
+        if all(hasattr(v, "column_names") for v in source.values()) and source:
+            raise TextPreferenceFileError(
+                f"got a DatasetDict with splits {sorted(source)}; pass one split, e.g. dataset[{next(iter(source))!r}]"
+            )
+        raise TextPreferenceFileError("got a single dict; pass a list of records (or a path, or a datasets.Dataset)")
+    elif isinstance(source, Iterable) and not isinstance(source, bytes):
+        name = "dataset row {}" if hasattr(source, "column_names") else "record #{}"  # a datasets.Dataset
+        yield from ((rec, name.format(i)) for i, rec in enumerate(source))
+    else:
+        raise TextPreferenceFileError(
+            f"preference data must be a .jsonl/.json path, a datasets.Dataset, a list of records or "
+            f"TextPreferencePairs; got {type(source).__name__}"
+        )
+
+
+def _file_records(path: Path) -> Iterator[tuple[Any, str]]:
+    if path.suffix.lower() in (".csv", ".tsv", ".parquet", ".arrow"):
+        raise TextPreferenceFileError(
+            f"{path}: {path.suffix} files are not read directly; write JSON lines, or load it with "
+            f"datasets.load_dataset({path.suffix[1:]!r}, data_files=...)['train'] and pass the Dataset"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"preference file {str(path)!r} does not exist")
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):  # a .json file holding one list of records
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise TextPreferenceFileError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from exc
+        yield from ((rec, f"{path} item #{i}") for i, rec in enumerate(records))
+        return
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise TextPreferenceFileError(
+                f"{path}:{lineno}: not valid JSON ({exc.msg}); the file may be truncated or corrupted"
+            ) from exc
+        yield rec, f"{path}:{lineno}"
+
+
+_FORMATS = (
+    "expected keys prompt, response_a, response_b, label (this toolkit's format); prompt, chosen, rejected (TRL's "
+    "explicit-prompt format); or chosen, rejected (implicit prompt: their shared start, as in Anthropic HH)"
+)
+
+
+def _parse_record(rec: Any, where: str, tokenizer: Any) -> PreferenceRow:
+    if isinstance(rec, (tuple, list)) and len(rec) in (3, 4) and not any(isinstance(x, dict) for x in rec):
+        # (prompt, chosen, rejected), or (prompt, response_a, response_b, label) as a TextPair is
+        keys = ("prompt", "chosen", "rejected") if len(rec) == 3 else ("prompt", "response_a", "response_b", "label")
+        rec = dict(zip(keys, rec, strict=True))
+    if not isinstance(rec, dict):
+        raise TextPreferenceFileError(f"{where}: expected a JSON object (dict) per record, got {type(rec).__name__}")
+    if "response_a" in rec or "response_b" in rec:
+        names = ("response_a", "response_b")
+        _require(rec, (*names, "label"), where, "(label null = skipped)")
+        label = float("nan") if rec["label"] is None else rec["label"]
+        prompt = rec.get("prompt", "")  # no prompt: unconditional generation
+    elif "chosen" in rec or "rejected" in rec:
+        names, label = ("chosen", "rejected"), 1.0
+        _require(rec, names, where, "(a preference record needs both)")
+        prompt = rec.get("prompt")  # None: implicit prompt
+    elif "completion" in rec:
+        raise TextPreferenceFileError(
+            f"{where}: this is an unpaired record (prompt, completion, label: TRL's KTO format), not a preference "
+            "pair; preference data needs 'chosen' and 'rejected' (KTOTrainer reads unpaired records)"
+        )
+    else:
+        raise TextPreferenceFileError(f"{where}: {_FORMATS}; got {sorted(rec)}")
+    if not isinstance(label, (int, float)) or isinstance(label, bool):
+        raise TextPreferenceFileError(f"{where}: label must be a number in {{0, 0.5, 1}} or null, got {label!r}")
+    p, a, b = _record_text(prompt, rec[names[0]], rec[names[1]], names, where, tokenizer)
+    return PreferenceRow(p, a, b, float(label), where)
+
+
+def _require(rec: dict, fields: Sequence[str], where: str, why: str) -> None:
+    missing = [f for f in fields if f not in rec]
+    if missing:
+        raise TextPreferenceFileError(
+            f"{where}: field {missing[0]!r} is missing {why}; the record has {sorted(rec)}. {_FORMATS}"
+        )
+
+
+def _record_text(prompt: Any, a: Any, b: Any, names: Sequence[str], where: str, tokenizer: Any) -> tuple[str, ...]:
+    """Plain-text ``(prompt, a, b)`` of one record: implicit prompts split off, conversations rendered."""
+    fields = {"prompt": prompt, names[0]: a, names[1]: b} if prompt is not None else {names[0]: a, names[1]: b}
+    if all(isinstance(v, str) for v in fields.values()):
+        if prompt is None:
+            return split_implicit_prompt(a, b, where)
+        return prompt, a, b
+    if not all(isinstance(v, (list, tuple)) for v in fields.values()):
+        kinds = ", ".join(f"{k}: {type(v).__name__}" for k, v in fields.items())
+        raise TextPreferenceFileError(
+            f"{where}: fields must all be strings (standard format) or all lists of {{'role', 'content'}} messages "
+            f"(conversational format); got {kinds}"
+        )
+    try:
+        msgs = {k: check_chat(v, f"{where}: field {k!r}") for k, v in fields.items()}
+    except PromptError as exc:
+        raise TextPreferenceFileError(str(exc)) from None
+    if prompt is None:
+        prompt_msgs, a_msgs, b_msgs = split_implicit_prompt(msgs[names[0]], msgs[names[1]], where)
+    else:
+        prompt_msgs, a_msgs, b_msgs = msgs["prompt"], msgs[names[0]], msgs[names[1]]
+    for name, resp in zip(names, (a_msgs, b_msgs), strict=True):
+        if resp[0]["role"] != "assistant":
+            raise TextPreferenceFileError(
+                f"{where}: field {name!r}: the response must be the assistant's turn(s), but it starts with a "
+                f"{resp[0]['role']!r} message"
+            )
+    return _render_conversation(prompt_msgs, a_msgs, b_msgs, tokenizer, where)
+
+
+def _render_conversation(prompt: list, a: list, b: list, tokenizer: Any, where: str) -> tuple[str, str, str]:
+    if tokenizer is None:
+        raise TextPreferenceFileError(
+            f"{where}: a conversational record (lists of role/content messages) is rendered with a tokenizer's chat "
+            "template; pass the model's tokenizer (load_text_preferences(source, tokenizer))"
+        )
+    try:
+        prompt_text = render_chat(prompt, tokenizer, where=f"{where}: the prompt")
+        full_a = render_chat(prompt + a, tokenizer, add_generation_prompt=False)
+        full_b = render_chat(prompt + b, tokenizer, add_generation_prompt=False)
+    except PromptError as exc:
+        raise TextPreferenceFileError(str(exc)) from None
+    # The prompt is what the three renderings share: some templates (DeepSeek-R1's) render the generation prompt
+    # differently from the same turn inside a conversation (TRL's maybe_apply_chat_template does the same).
+    shared = os.path.commonprefix([prompt_text, full_a, full_b])
+    return shared, full_a[len(shared) :], full_b[len(shared) :]
+
+
+def split_implicit_prompt(chosen: Any, rejected: Any, where: str = "record") -> tuple[Any, Any, Any]:
+    """``(prompt, chosen_rest, rejected_rest)`` of an implicit-prompt record: the prompt is the shared start.
+
+    Conversations (message lists) share whole messages. Text shares characters, cut back to a word boundary so that
+    no word is split between prompt and response, and the response keeps its leading whitespace (the HH format
+    ``"...\n\nAssistant: Sure"`` gives the prompt ``"...\n\nAssistant:"`` and the response ``" Sure"``, as TRL's
+    ``extract_prompt`` does; TRL would split a word whose first letters agree, this does not).
+
+    Raises:
+        TextPreferenceFileError: nothing is shared, so there is no prompt to infer (``where`` names the record).
+    """
+    if isinstance(chosen, str) and isinstance(rejected, str):
+        j = len(os.path.commonprefix([chosen, rejected]))
+        while j > 0 and not _word_boundary(chosen, rejected, j):
+            j -= 1
+        while j > 0 and chosen[j - 1].isspace():
+            j -= 1
+    else:
+        j = 0
+        while j < min(len(chosen), len(rejected)) and chosen[j] == rejected[j]:
+            j += 1
+    if j == 0:
+        raise TextPreferenceFileError(
+            f"{where}: the record has 'chosen' and 'rejected' but no 'prompt', and they share no leading "
+            f"{'text' if isinstance(chosen, str) else 'message'}, so the prompt cannot be inferred; add a 'prompt' "
+            "field (or give both responses with the prompt at their start)"
+        )
+    return chosen[:j], chosen[j:], rejected[j:]
+
+
+def _word_boundary(a: str, b: str, j: int) -> bool:
+    """Whether cutting both strings at ``j`` splits no word: after whitespace, or before whitespace/end in both."""
+    return a[j - 1].isspace() or all(j == len(x) or x[j].isspace() for x in (a, b))
+
+
+def _check_prompt_lengths(rows: Sequence[PreferenceRow], tokenizer: Any, max_length: int) -> None:
+    if not rows:
+        return
+    lengths = [len(ids) for ids in tokenizer([r.prompt for r in rows], add_special_tokens=False)["input_ids"]]
+    for n, row in zip(lengths, rows, strict=True):
+        if n >= max_length:
+            raise PreferencePromptTooLongError(
+                f"{row.where}: the prompt has {n} tokens but the model reads at most {max_length} tokens of prompt "
+                "and response together, so no response would fit; drop or shorten this record, or use a model with "
+                "a longer context (nothing is truncated silently)"
+            )
 
 
 def elo_ratings(

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from rewardmodels.teachers import Teacher
-from rewardmodels.text_preferences import TextPreferencePairs
+from rewardmodels.text_preferences import TextPreferencePairs, load_text_preferences
 from textenv.rewards import KeywordReward, LengthReward, SentimentReward, validate_scores
 
 __all__ = ["KeywordTeacher", "LengthTeacher", "SentimentTeacher", "TextTeacher"]
@@ -81,8 +81,11 @@ class TextTeacher:
         s_b = self.score(prompts, responses_b)[:, None]
         return self.teacher.label(s_a, s_b)
 
-    def label_text_pairs(self, pairs: TextPreferencePairs) -> TextPreferencePairs:
-        """A copy of ``pairs`` with labels from this teacher (existing labels are ignored)."""
+    def label_text_pairs(self, pairs: TextPreferencePairs | Any, tokenizer: Any = None) -> TextPreferencePairs:
+        """A copy of ``pairs`` with labels from this teacher (existing labels are ignored). ``pairs`` is any source
+        :func:`rewardmodels.text_preferences.load_text_preferences` reads (conversations are rendered with
+        ``tokenizer``'s chat template), e.g. a preference dataset to measure the teacher's agreement with."""
+        pairs = load_text_preferences(pairs, tokenizer)
         labels = self.label(pairs.prompts, pairs.responses_a, pairs.responses_b)
         return TextPreferencePairs(pairs.prompts, pairs.responses_a, pairs.responses_b, labels)
 

@@ -8,12 +8,14 @@ A model argument may be a Hugging Face model id, a local directory in Hugging Fa
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from textenv.default_lm import load_default_lm
 
@@ -82,10 +84,25 @@ def load_policy(model: Any, tokenizer: Any, device: str | torch.device | None = 
     return model, tokenizer
 
 
+def load_tokenizer(path: str | os.PathLike) -> Any:
+    """The tokenizer saved in directory (or hub id) ``path``, as saved.
+
+    A tokenizer saved under the generic class (``TokenizersBackend`` / ``PreTrainedTokenizerFast``: one built from a
+    ``tokenizers.Tokenizer``) is loaded from its ``tokenizer.json`` directly: given a ``config.json`` that names a
+    model family, transformers 5's ``AutoTokenizer`` substitutes that family's class (e.g. a word-level tokenizer on a
+    Qwen2 model comes back as a BPE ``Qwen2Tokenizer``), which maps text to other ids.
+    """
+    config = Path(path) / "tokenizer_config.json"
+    if config.is_file() and (Path(path) / "tokenizer.json").is_file():
+        if json.loads(config.read_text()).get("tokenizer_class") in ("TokenizersBackend", "PreTrainedTokenizerFast"):
+            return PreTrainedTokenizerFast.from_pretrained(os.fspath(path))
+    return AutoTokenizer.from_pretrained(os.fspath(path))
+
+
 def _load_tokenizer(tokenizer: Any) -> Any:
     if isinstance(tokenizer, (str, os.PathLike)):
         try:
-            return AutoTokenizer.from_pretrained(os.fspath(tokenizer))
+            return load_tokenizer(tokenizer)
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"could not load a tokenizer from {os.fspath(tokenizer)!r} ({exc})") from exc
     if not callable(tokenizer) or not hasattr(tokenizer, "decode"):

@@ -7,6 +7,12 @@
 * a path to a ``.jsonl`` file (one JSON object per line; the prompt is ``obj[field]``, default field ``"prompt"``);
 * a ``datasets.Dataset`` (the column ``field``), if the ``datasets`` package is installed.
 
+A prompt is a string or, in the conversational format of TRL datasets, a list of chat messages
+(``[{"role": "user", "content": "..."}]``). Message lists are rendered to text with the tokenizer's chat template and
+``add_generation_prompt=True`` (:func:`render_chat`), so the policy continues as the assistant; the template's text
+already holds its special tokens, so it is tokenized without adding more (no second BOS). A tokenizer without a chat
+template raises :class:`ChatTemplateError`.
+
 Prompts are tokenized once, up front, so that a prompt longer than ``max_prompt_tokens`` is reported when the env is
 built, not hours into a run. Sampling uses the env's ``np_random`` only, so seeded resets are reproducible.
 """
@@ -34,8 +40,56 @@ class PromptTooLongError(PromptError):
     """A prompt has more tokens than ``max_prompt_tokens`` (it is never truncated silently)."""
 
 
-def read_prompts(source: Any, field: str = "prompt") -> list[str]:
-    """The list of prompt strings in ``source`` (see the module docstring for the accepted kinds)."""
+class ChatTemplateError(PromptError):
+    """Chat messages were given but the tokenizer has no chat template to render them."""
+
+
+Prompt = str | list[dict[str, Any]]
+"""A prompt: plain text, or a conversation (a list of ``{"role", "content"}`` messages)."""
+
+
+def is_chat(obj: Any) -> bool:
+    """True if ``obj`` is a conversation: a non-empty list of dicts that all have a ``role`` (TRL's
+    conversational format). Only the shape is looked at; :func:`check_chat` validates the messages."""
+    return isinstance(obj, (list, tuple)) and len(obj) > 0 and all(isinstance(m, dict) and "role" in m for m in obj)
+
+
+def check_chat(messages: Any, where: str) -> list[dict[str, Any]]:
+    """``messages`` as a list after checking that each is a dict with string ``role`` and ``content``; raises
+    :class:`PromptError` naming ``where`` (e.g. ``"prompts.jsonl:3"``) and the message otherwise."""
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise PromptError(f"{where}: a conversation must be a non-empty list of {{'role', 'content'}} messages")
+    for j, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise PromptError(
+                f"{where}: message #{j} must be a dict with string 'role' and 'content' (TRL's conversational format, "
+                f"e.g. {{'role': 'user', 'content': 'Hi'}}), got {m!r:.80}"
+            )
+    return list(messages)
+
+
+def render_chat(messages: list[dict[str, Any]], tokenizer: Any, *, add_generation_prompt: bool = True,
+                where: str = "chat prompt") -> str:
+    """The text of ``messages`` under ``tokenizer``'s chat template (``apply_chat_template(..., tokenize=False)``).
+
+    ``add_generation_prompt=True`` appends the template's opening of an assistant turn (what a policy continues);
+    pass False to render a whole conversation, assistant turns included.
+
+    Raises:
+        ChatTemplateError: the tokenizer has no chat template.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise ChatTemplateError(
+            f"{where} is a list of chat messages, but the tokenizer ({type(tokenizer).__name__}) has no chat template "
+            "to render it: use a tokenizer that has one (an instruct/chat model's), set tokenizer.chat_template to a "
+            "Jinja template, or give the prompt as plain text"
+        )
+    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def read_prompts(source: Any, field: str = "prompt") -> list[Prompt]:
+    """The prompts in ``source`` (see the module docstring for the accepted kinds): strings, or conversations (lists
+    of ``{"role", "content"}`` messages, checked here and rendered by :class:`PromptSource`)."""
     if isinstance(source, (str, os.PathLike)):
         prompts = _read_file(Path(source), field)
     elif _is_dataset(source):
@@ -48,9 +102,14 @@ def read_prompts(source: Any, field: str = "prompt") -> list[str]:
         raise PromptError(
             f"prompts must be a list of strings, a .txt/.jsonl path or a datasets.Dataset; got {type(source).__name__}"
         )
-    bad = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
-    if bad:
-        raise PromptError(f"prompt #{bad[0]} is a {type(prompts[bad[0]]).__name__}, not a string")
+    for i, p in enumerate(prompts):
+        if isinstance(p, (list, tuple)):
+            prompts[i] = check_chat(p, f"prompt #{i}")
+        elif not isinstance(p, str):
+            raise PromptError(
+                f"prompt #{i} is a {type(p).__name__}, not a string or a list of chat messages "
+                "([{'role': 'user', 'content': '...'}])"
+            )
     if not prompts:
         raise EmptyPromptSourceError(
             f"the prompt source {_describe(source)} is empty: give at least one prompt "
@@ -86,7 +145,15 @@ def _read_file(path: Path, field: str) -> list[str]:
                 raise PromptError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
             if not isinstance(obj, dict) or field not in obj:
                 raise PromptError(f"{path}:{lineno}: no field {field!r} in this line; pass prompt_field=<its name>")
-            prompts.append(obj[field])
+            value = obj[field]
+            if isinstance(value, list):
+                value = check_chat(value, f"{path}:{lineno}: field {field!r}")
+            elif not isinstance(value, str):
+                raise PromptError(
+                    f"{path}:{lineno}: field {field!r} is a {type(value).__name__}; a prompt is a string or a list of "
+                    "chat messages"
+                )
+            prompts.append(value)
         return prompts
     if path.suffix not in (".txt", ""):
         raise PromptError(f"unsupported prompt file type {path.suffix!r}: use .txt (one per line) or .jsonl")
@@ -97,22 +164,38 @@ class PromptSource:
     """A tokenized list of prompts, sampled with a NumPy generator.
 
     Args:
-        prompts: the prompt strings.
-        tokenizer: a Hugging Face tokenizer (special tokens such as a BOS are added as the tokenizer does by default).
+        prompts: the prompts: strings, or conversations (lists of ``{"role", "content"}`` messages), which are
+            rendered with the tokenizer's chat template (:func:`render_chat`); ``self.prompts`` holds the text.
+        tokenizer: a Hugging Face tokenizer (special tokens such as a BOS are added as the tokenizer does by default;
+            not to rendered conversations, whose template text carries its own).
         max_prompt_tokens: the longest allowed prompt, in tokens.
     """
 
-    def __init__(self, prompts: list[str], tokenizer: Any, max_prompt_tokens: int):
+    def __init__(self, prompts: list[Prompt], tokenizer: Any, max_prompt_tokens: int):
         if not prompts:
             raise EmptyPromptSourceError("the prompt source is empty: give at least one prompt")
-        self.prompts = list(prompts)
+        chat = [isinstance(p, (list, tuple)) for p in prompts]
         self.tokenizer = tokenizer
+        self.prompts: list[str] = [
+            render_chat(check_chat(p, f"prompt #{i}"), tokenizer, where=f"prompt #{i}") if c else p
+            for i, (p, c) in enumerate(zip(prompts, chat, strict=True))
+        ]
         self.max_prompt_tokens = int(max_prompt_tokens)
-        self.token_ids: list[list[int]] = self.encode(self.prompts)
+        self.token_ids: list[list[int]] = self.encode(self.prompts, templated=chat)
 
-    def encode(self, texts: list[str]) -> list[list[int]]:
-        """Token ids of ``texts``; raises ``PromptTooLongError`` naming the first prompt that does not fit."""
-        encoded = self.tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+    def encode(self, texts: list[str], templated: Sequence[bool] | None = None) -> list[list[int]]:
+        """Token ids of ``texts``; raises ``PromptTooLongError`` naming the first prompt that does not fit.
+
+        ``templated[i]`` marks a text rendered by a chat template: it is tokenized without adding special tokens.
+        """
+        templated = [False] * len(texts) if templated is None else list(templated)
+        encoded: list[list[int]] = [[] for _ in texts]
+        for flag in (False, True):  # one batched call per kind
+            rows = [i for i, c in enumerate(templated) if c == flag]
+            if rows:
+                ids = self.tokenizer([texts[i] for i in rows], add_special_tokens=not flag)["input_ids"]
+                for i, row in zip(rows, ids, strict=True):
+                    encoded[i] = row
         # An empty prompt conditions on a start token, as HF generate does for unconditional sampling.
         start = self.tokenizer.bos_token_id
         start = self.tokenizer.eos_token_id if start is None else start

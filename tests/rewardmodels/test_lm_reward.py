@@ -1,6 +1,8 @@
-"""rewardmodels.lm_reward: the LM reward model, its training, persistence and the tokenizer-mismatch check."""
+"""rewardmodels.lm_reward: the LM reward model, its training (from any preference source), portable persistence
+and the tokenizer-mismatch check."""
 
 import copy
+import json
 import math
 
 import numpy as np
@@ -8,15 +10,18 @@ import pytest
 import torch
 
 from rewardmodels.lm_reward import (
+    HEAD_FILE,
     LMRewardModel,
     NonFiniteLossError,
+    RewardCheckpointError,
     TokenizerMismatchError,
     pairwise_accuracy,
     pairwise_bt_loss,
     tokenizers_match,
     train_reward_model,
 )
-from rewardmodels.text_preferences import TextPreferencePairs
+from rewardmodels.text_preferences import PreferencePromptTooLongError, TextPreferencePairs
+from tests.chat_fixtures import make_chat_lm, make_decoder
 from textenv.rewards import validate_scores
 from textenv.testing import DEFAULT_WORDS, make_tiny_lm, make_tiny_tokenizer
 
@@ -63,6 +68,11 @@ def test_plugs_into_textgen_as_reward_fn():
     rm = LMRewardModel(copy.deepcopy(model), tok, policy_tokenizer=tok)
     env = TextGenEnv(model=model, tokenizer=tok, prompts=["the movie was", "i loved it"], reward_fn=rm,
                      max_new_tokens=4)
+    _assert_episode_scored_by(env, rm)
+
+
+def _assert_episode_scored_by(env, rm: LMRewardModel) -> None:
+    """Run one random episode of ``env`` and check that its final score is ``rm``'s score of the text."""
     env.reset(seed=0)
     env.action_space.seed(0)
     done = False
@@ -203,3 +213,176 @@ def test_tokenizer_mismatch_needs_explicit_retokenize():
     torch.testing.assert_close(via_policy, direct)
     with pytest.raises(TokenizerMismatchError, match="own"):
         train_reward_model(rm, _good_rule_pairs(4, seed=0), tokenizer=other)
+
+
+# ---------------------------------------------------------------------- portable checkpoints
+
+PROMPTS, RESPONSES = ["the movie", "it", "a"], ["was good", "was awful very bad", "fun <eos>"]
+
+
+def _family_rm(family: str) -> LMRewardModel:
+    tok = make_tiny_tokenizer()
+    lm = make_tiny_lm()[0] if family == "gpt2" else make_decoder(family, tok)
+    torch.manual_seed(0)
+    return LMRewardModel(lm, tok)
+
+
+def _hf_scores(seq_model, tok, prompts, responses) -> torch.Tensor:
+    """Scores as a transformers user computes them: prompt + response, padded on the right."""
+    batch = tok([p + " " + r for p, r in zip(prompts, responses, strict=True)], padding=True, padding_side="right",
+                return_tensors="pt")
+    with torch.no_grad():
+        return seq_model(**batch).logits.squeeze(-1)
+
+
+@pytest.mark.parametrize(("family", "arch"), [("gpt2", "GPT2ForSequenceClassification"),
+                                              ("qwen2", "Qwen2ForSequenceClassification"),
+                                              ("llama", "LlamaForSequenceClassification")])
+def test_checkpoint_loads_in_transformers_with_identical_scores(tmp_path, family, arch):
+    from transformers import AutoModelForSequenceClassification
+
+    rm = _family_rm(family)
+    train_reward_model(rm, _good_rule_pairs(16, seed=3), lr=3e-3, batch_size=8)  # a trained model, not the init
+    assert rm.head.bias.item() == 0.0  # frozen: a HF score layer has no bias
+    rm.save_pretrained(tmp_path / "rm")
+    config = json.loads((tmp_path / "rm" / "config.json").read_text())
+    assert config["architectures"] == [arch] and config["pad_token_id"] == rm.tokenizer.pad_token_id
+    assert not (tmp_path / "rm" / HEAD_FILE).exists()
+    hf = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
+    assert hf.config.num_labels == 1 and hf.score.bias is None
+    torch.testing.assert_close(hf.score.weight, rm.head.weight)
+    expected = rm(PROMPTS, RESPONSES)
+    assert expected.std() > 0
+    torch.testing.assert_close(_hf_scores(hf, rm.tokenizer, PROMPTS, RESPONSES), expected, atol=1e-5, rtol=0)
+    back = LMRewardModel.from_pretrained(tmp_path / "rm")
+    torch.testing.assert_close(back(PROMPTS, RESPONSES), expected, atol=1e-5, rtol=0)
+
+
+def test_score_position_matches_transformers_on_a_pad_valued_last_token(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    rm = _family_rm("gpt2").eval()
+    rm.save_pretrained(tmp_path / "rm")
+    hf = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
+    pad = rm.tokenizer.pad_token_id
+    ids = torch.tensor([[5, 6, 7, pad], [5, 6, 7, 8]])  # row 0 ends in a real (unmasked) token whose id is the pad id
+    with torch.no_grad():
+        ours = rm.score_ids(ids, torch.ones_like(ids))
+        torch.testing.assert_close(ours, hf(input_ids=ids).logits.squeeze(-1), atol=1e-5, rtol=0)
+        torch.testing.assert_close(ours[:1], rm.score_ids(ids[:1, :3]))  # both read the token before it
+
+
+def test_saving_draws_no_random_numbers_and_warns_about_a_changed_bias(tmp_path, caplog):
+    rm = _family_rm("gpt2")
+    state = torch.random.get_rng_state()
+    rm.save_pretrained(tmp_path / "rm")
+    assert torch.equal(state, torch.random.get_rng_state())  # a mid-run checkpoint does not change the run
+    with torch.no_grad():
+        rm.head.bias.fill_(0.5)
+    rm.save_pretrained(tmp_path / "rm")
+    assert "shifted by -bias" in caplog.text
+    torch.testing.assert_close(LMRewardModel.from_pretrained(tmp_path / "rm")(PROMPTS, RESPONSES),
+                               rm(PROMPTS, RESPONSES) - 0.5)
+
+
+def test_loads_a_trl_reward_trainer_checkpoint_as_a_textgen_reward_fn(tmp_path):
+    from transformers import Qwen2ForSequenceClassification
+
+    from textenv import TextGenEnv
+
+    policy, tok = make_tiny_lm(seed=1)
+    config = make_decoder("qwen2", tok).config
+    config.num_labels = 1
+    torch.manual_seed(3)
+    trained = Qwen2ForSequenceClassification(config).eval()  # what TRL's RewardTrainer saves: model + tokenizer
+    trained.save_pretrained(tmp_path / "trl")
+    tok.save_pretrained(tmp_path / "trl")
+    rm = LMRewardModel.from_pretrained(tmp_path / "trl", policy_tokenizer=tok)
+    torch.testing.assert_close(rm(PROMPTS, RESPONSES), _hf_scores(trained, tok, PROMPTS, RESPONSES), atol=1e-5, rtol=0)
+    _assert_episode_scored_by(
+        TextGenEnv(model=policy, tokenizer=tok, prompts=["the movie was"], reward_fn=rm, max_new_tokens=4), rm
+    )
+
+
+def test_checkpoints_that_are_not_reward_models_are_refused(tmp_path):
+    from transformers import BertConfig, BertForSequenceClassification, GPT2ForSequenceClassification
+
+    lm, tok = make_tiny_lm()
+    two = GPT2ForSequenceClassification(lm.config.__class__(**{**lm.config.to_dict(), "num_labels": 2}))
+    two.save_pretrained(tmp_path / "two")
+    tok.save_pretrained(tmp_path / "two")
+    with pytest.raises(RewardCheckpointError, match="num_labels=2"):
+        LMRewardModel.from_pretrained(tmp_path / "two")
+    bert = BertForSequenceClassification(BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1,
+                                                    num_attention_heads=2, intermediate_size=32, num_labels=1))
+    bert.save_pretrained(tmp_path / "bert")
+    tok.save_pretrained(tmp_path / "bert")
+    with pytest.raises(RewardCheckpointError, match="no last-token 'score' head"):
+        LMRewardModel.from_pretrained(tmp_path / "bert")
+
+
+def test_encoder_and_format_1_checkpoints_load_back(tmp_path):
+    from safetensors.torch import save_file
+    from transformers import BertConfig, BertModel
+
+    tok = make_tiny_tokenizer()
+    config = BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64, pad_token_id=0)
+    encoder = LMRewardModel(BertModel(config), tok).eval()
+    encoder.save_pretrained(tmp_path / "bert")  # no last-token HF classifier for BERT: backbone + head file
+    assert (tmp_path / "bert" / HEAD_FILE).exists()
+    torch.testing.assert_close(LMRewardModel.from_pretrained(tmp_path / "bert")(PROMPTS, RESPONSES),
+                               encoder(PROMPTS, RESPONSES))
+    old = _family_rm("gpt2").eval()  # a checkpoint as rlhf-gym 0.1 wrote it
+    with torch.no_grad():
+        old.head.weight.normal_()
+    old.backbone.save_pretrained(tmp_path / "old")
+    tok.save_pretrained(tmp_path / "old")
+    save_file({k: v.contiguous() for k, v in old.head.state_dict().items()}, str(tmp_path / "old" / HEAD_FILE))
+    loaded = LMRewardModel.from_pretrained(tmp_path / "old")
+    torch.testing.assert_close(loaded(PROMPTS, RESPONSES), old(PROMPTS, RESPONSES))
+    assert not loaded.head.bias.requires_grad
+
+
+# ---------------------------------------------------------------------- any preference source
+
+
+def test_training_reads_datasets_and_files_like_pairs(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    pairs = _good_rule_pairs(16, seed=4).strict()
+    records = [{"prompt": p, "chosen": c, "rejected": r}
+               for p, c, r in zip(pairs.prompts, pairs.chosen, pairs.rejected, strict=True)]
+    trained = {}
+    for name, source in [("pairs", TextPreferencePairs.from_chosen_rejected(pairs.prompts, pairs.chosen,
+                                                                             pairs.rejected)),
+                         ("dataset", datasets.Dataset.from_list(records)),
+                         ("file", tmp_path / "prefs.jsonl")]:
+        if name == "file":
+            source.write_text("".join(json.dumps(r) + "\n" for r in records))
+        rm = _rm()
+        result = train_reward_model(rm, source, lr=3e-3, batch_size=8, eval_pairs=source)
+        assert result["pairs_used"] == 16
+        trained[name] = rm.state_dict()
+    for name in ("dataset", "file"):  # the same data in another container trains the same weights
+        for key, value in trained["pairs"].items():
+            assert torch.equal(value, trained[name][key]), (name, key)
+
+
+def test_training_reads_conversational_records_and_refuses_prompts_too_long(tmp_path):
+    model, tok = make_chat_lm()
+    torch.manual_seed(0)
+    rm = LMRewardModel(model, tok, max_length=16)
+    user = [{"role": "user", "content": "the movie was"}]
+    path = tmp_path / "conv.jsonl"
+    rows = [{"prompt": user, "chosen": [{"role": "assistant", "content": "good " + w}],
+             "rejected": [{"role": "assistant", "content": "bad " + w}]} for w in ("fun", "music", "plot", "story")]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    before = pairwise_accuracy(rm, path)
+    result = train_reward_model(rm, path, epochs=20, lr=3e-3, batch_size=4)
+    assert result["pairs_used"] == 4 and pairwise_accuracy(rm, path) == 1.0 > before
+    long_user = [{"role": "user", "content": "the movie was really very good and the music was great"}]
+    path.write_text(json.dumps(rows[0]) + "\n" + json.dumps({**rows[1], "prompt": long_user}) + "\n")
+    weights = copy.deepcopy(rm.state_dict())
+    with pytest.raises(PreferencePromptTooLongError, match=r"conv.jsonl:2: the prompt has 1[6-9] tokens .* at most 16"):
+        train_reward_model(rm, path)
+    assert all(torch.equal(v, rm.state_dict()[k]) for k, v in weights.items())  # refused before any step

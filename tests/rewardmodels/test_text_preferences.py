@@ -1,4 +1,4 @@
-"""rewardmodels.text_preferences: pairs, validation, rankings -> pairs, JSONL files, Elo."""
+"""rewardmodels.text_preferences: pairs, validation, rankings -> pairs, files and datasets in TRL's formats, Elo."""
 
 import json
 import math
@@ -9,12 +9,17 @@ import pytest
 from rewardmodels.text_preferences import (
     EmptyResponseError,
     IdenticalResponsesError,
+    PreferencePromptTooLongError,
     TextPair,
     TextPreferenceError,
     TextPreferenceFileError,
     TextPreferencePairs,
     elo_ratings,
+    load_text_preferences,
+    split_implicit_prompt,
 )
+from tests.chat_fixtures import make_chat_tokenizer
+from textenv.testing import make_tiny_tokenizer
 
 NAN = float("nan")
 
@@ -158,3 +163,149 @@ def test_elo_from_rankings_matches_sequential_games():
     assert r["x"] > r["y"] and math.isfinite(r["z"])
     with pytest.raises(TypeError, match="string"):
         elo_ratings(["xyz"])
+
+
+# ---------------------------------------------------------------------- TRL formats, datasets, errors at load
+
+HH_CHOSEN = "\n\nHuman: was the movie good?\n\nAssistant: Yes it was great"
+HH_REJECTED = "\n\nHuman: was the movie good?\n\nAssistant: No"
+
+
+def _jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def _user(text):
+    return [{"role": "user", "content": text}]
+
+
+def _assistant(text):
+    return [{"role": "assistant", "content": text}]
+
+
+def test_standard_format_explicit_and_implicit_prompt(tmp_path):
+    path = _jsonl(tmp_path / "hh.jsonl", [
+        {"prompt": "q", "chosen": "good answer", "rejected": "bad answer"},
+        {"chosen": HH_CHOSEN, "rejected": HH_REJECTED},  # Anthropic HH: no prompt field
+        {"prompt": "p", "response_a": "x", "response_b": "y", "label": 0.0},
+    ])
+    pairs = load_text_preferences(path)
+    assert pairs.prompts == ["q", "\n\nHuman: was the movie good?\n\nAssistant:", "p"]
+    assert pairs.responses_a == ["good answer", " Yes it was great", "x"]
+    assert pairs.responses_b == ["bad answer", " No", "y"]
+    assert pairs.labels.tolist() == [1.0, 1.0, 0.0]
+    # prompt + response gives back the original texts of the implicit record
+    assert pairs.prompts[1] + pairs.responses_a[1] == HH_CHOSEN
+    assert pairs.prompts[1] + pairs.responses_b[1] == HH_REJECTED
+    assert TextPreferencePairs.load(path).prompts == pairs.prompts  # the old entry point reads the same
+
+
+def test_implicit_prompt_never_splits_a_word():
+    assert split_implicit_prompt("I like cats a lot", "I like cars") == ("I like", " cats a lot", " cars")
+    assert split_implicit_prompt("A:\n\nfoo", "A: foo") == ("A:", "\n\nfoo", " foo")  # differing whitespace
+    with pytest.raises(TextPreferenceFileError, match=r"x.jsonl:7: .*no 'prompt'.*share no leading text"):
+        split_implicit_prompt("cats", "dogs", "x.jsonl:7")
+    with pytest.raises(TextPreferenceFileError, match="share no leading message"):
+        split_implicit_prompt(_user("a") + _assistant("b"), _user("c") + _assistant("b"), "r")
+
+
+def test_conversational_format_is_rendered_with_the_chat_template(tmp_path):
+    tok = make_chat_tokenizer()
+    conv = [
+        {"prompt": _user("was the movie good"), "chosen": _assistant("it was great"), "rejected": _assistant("no")},
+        {"chosen": _user("the plot") + _assistant("fun story"), "rejected": _user("the plot") + _assistant("boring")},
+    ]
+    path = _jsonl(tmp_path / "conv.jsonl", conv)
+    pairs = load_text_preferences(path, tok)
+    # the prompt is rendered with add_generation_prompt=True; prompt + response is the whole rendered conversation
+    assert pairs.prompts[0] == tok.apply_chat_template(conv[0]["prompt"], tokenize=False, add_generation_prompt=True)
+    assert pairs.prompts[0] == "user : was the movie good <eos> assistant : "
+    assert pairs.responses_a[0] == "it was great <eos> " and pairs.responses_b[0] == "no <eos> "
+    full = tok.apply_chat_template(conv[1]["chosen"], tokenize=False)
+    assert pairs.prompts[1] == "user : the plot <eos> assistant : " and pairs.prompts[1] + pairs.responses_a[1] == full
+    with pytest.raises(TextPreferenceFileError, match=r"conv.jsonl:1: .*pass the model's tokenizer"):
+        load_text_preferences(path)
+    with pytest.raises(TextPreferenceFileError, match=r"conv.jsonl:1: .*no chat template"):
+        load_text_preferences(path, make_tiny_tokenizer())
+
+
+def test_datasets_dataset_and_list_sources_read_alike():
+    datasets = pytest.importorskip("datasets")
+    records = [{"prompt": "q", "chosen": "good answer", "rejected": "bad answer"},
+               {"prompt": "r", "chosen": "fun", "rejected": "boring"}]
+    from_list = load_text_preferences(records)
+    from_dataset = load_text_preferences(datasets.Dataset.from_list(records))
+    assert from_dataset.prompts == from_list.prompts == ["q", "r"] and from_dataset.chosen == ["good answer", "fun"]
+    conv = datasets.Dataset.from_list([{"chosen": _user("hi") + _assistant("fun"),
+                                        "rejected": _user("hi") + _assistant("boring")}])
+    assert load_text_preferences(conv, make_chat_tokenizer()).responses_b == ["boring <eos> "]
+    broken = datasets.Dataset.from_list([records[0], {"prompt": "r", "chosen": "same", "rejected": "same"}])
+    with pytest.raises(IdenticalResponsesError, match="dataset row 1"):
+        load_text_preferences(broken)
+    with pytest.raises(TextPreferenceFileError, match=r"DatasetDict.*dataset\['train'\]"):
+        load_text_preferences(datasets.DatasetDict({"train": broken}))
+    # the existing internal type and (prompt, chosen, rejected) triples go through unchanged
+    assert load_text_preferences(from_list) is from_list
+    assert load_text_preferences([("q", "a", "b")]).labels.tolist() == [1.0]
+
+
+@pytest.mark.parametrize(
+    ("record", "error", "message"),
+    [
+        ({"prompt": "q", "chosen": "a"}, TextPreferenceFileError, r"bad.jsonl:2: field 'rejected' is missing"),
+        ({"prompt": "q", "text": "a"}, TextPreferenceFileError,
+         r"bad.jsonl:2: expected keys .*got \['prompt', 'text'\]"),
+        ({"prompt": "q", "completion": "a", "label": True}, TextPreferenceFileError, r"bad.jsonl:2: .*unpaired"),
+        ({"prompt": "q", "chosen": _assistant("a"), "rejected": "b"}, TextPreferenceFileError,
+         r"bad.jsonl:2: fields must all be strings .*chosen: list, rejected: str"),
+        ({"prompt": _user("q"), "chosen": [{"role": "assistant"}], "rejected": _assistant("b")},
+         TextPreferenceFileError, r"bad.jsonl:2: field 'chosen': message #0 must be a dict with string 'role' and"),
+        ({"prompt": _user("q"), "chosen": _user("a"), "rejected": _assistant("b")}, TextPreferenceFileError,
+         r"bad.jsonl:2: field 'chosen': the response must be the assistant's turn"),
+        ({"prompt": "q", "chosen": "  ", "rejected": "b"}, EmptyResponseError, r"bad.jsonl:2: response_a is empty"),
+        ({"prompt": "q", "response_a": "a", "response_b": "b", "label": 0.3}, TextPreferenceError, r"bad.jsonl:2:"),
+    ],
+)
+def test_bad_records_name_the_file_line_and_field(tmp_path, record, error, message):
+    path = _jsonl(tmp_path / "bad.jsonl", [{"prompt": "q", "chosen": "good", "rejected": "bad"}, record])
+    with pytest.raises(error, match=message):
+        load_text_preferences(path, make_chat_tokenizer())
+
+
+def test_prompt_longer_than_the_context_fails_at_load(tmp_path):
+    tok = make_tiny_tokenizer()
+    path = _jsonl(tmp_path / "long.jsonl", [{"prompt": "the movie", "chosen": "good", "rejected": "bad"},
+                                            {"prompt": "the movie was really very good", "chosen": "a",
+                                             "rejected": "b"}])
+    assert len(load_text_preferences(path, tok, max_length=7)) == 2
+    with pytest.raises(PreferencePromptTooLongError, match=r"long.jsonl:2: the prompt has 6 tokens .* at most 6"):
+        load_text_preferences(path, tok, max_length=6)  # no room left for a response
+    with pytest.raises(PreferencePromptTooLongError, match=r"pair #1"):
+        load_text_preferences(load_text_preferences(path), tok, max_length=6)
+
+
+def test_unsupported_sources_say_what_to_do(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_text_preferences(tmp_path / "missing.jsonl")
+    with pytest.raises(TextPreferenceFileError, match="load_dataset"):
+        load_text_preferences(tmp_path / "prefs.parquet")
+    with pytest.raises(TextPreferenceFileError, match="list of records"):
+        load_text_preferences({"prompt": "q", "chosen": "a", "rejected": "b"})
+    with pytest.raises(TextPreferenceFileError, match="got int"):
+        load_text_preferences(3)
+    as_json = tmp_path / "prefs.json"  # a .json file holding one list
+    as_json.write_text(json.dumps([{"prompt": "q", "chosen": "a", "rejected": "b"},
+                                   {"chosen": "x y", "rejected": "z"}]))
+    with pytest.raises(TextPreferenceFileError, match=r"prefs.json item #1: .*no 'prompt'"):
+        load_text_preferences(as_json)
+
+
+def test_a_teacher_relabels_any_source(tmp_path):
+    from rewardmodels.text_teachers import KeywordTeacher
+
+    path = _jsonl(tmp_path / "prefs.jsonl", [{"prompt": "q", "chosen": "bad movie", "rejected": "good movie"},
+                                             {"chosen": HH_CHOSEN, "rejected": HH_REJECTED}])
+    labelled = KeywordTeacher(["good", "great"]).label_text_pairs(path)
+    assert labelled.labels.tolist() == [0.0, 1.0]  # the teacher disagrees with the file's first label
+    assert labelled.prompts[1].endswith("Assistant:")

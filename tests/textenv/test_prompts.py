@@ -1,11 +1,20 @@
-"""Prompt sources: lists, .txt, .jsonl, datasets.Dataset; empty and too-long prompts; seeded sampling."""
+"""Prompt sources: lists, .txt, .jsonl, datasets.Dataset; chat-message prompts; empty and too-long prompts; seeded
+sampling."""
 
 import json
 
 import numpy as np
 import pytest
 
-from textenv.prompts import EmptyPromptSourceError, PromptError, PromptSource, PromptTooLongError, read_prompts
+from tests.chat_fixtures import make_chat_lm, make_chat_tokenizer
+from textenv.prompts import (
+    ChatTemplateError,
+    EmptyPromptSourceError,
+    PromptError,
+    PromptSource,
+    PromptTooLongError,
+    read_prompts,
+)
 from textenv.testing import make_tiny_tokenizer
 
 
@@ -87,3 +96,50 @@ def test_sampling_is_seeded_by_the_generator(tok):
     a = src.sample(np.random.default_rng(3), 20)
     b = src.sample(np.random.default_rng(3), 20)
     assert np.array_equal(a, b) and a.min() >= 0 and a.max() < 5 and len(set(a.tolist())) > 1
+
+
+CHAT = [{"role": "system", "content": "so fun"}, {"role": "user", "content": "the movie was"}]
+
+
+def test_message_list_prompts_are_rendered_with_the_chat_template(tmp_path):
+    tok = make_chat_tokenizer()
+    src = PromptSource(["the movie", CHAT], tok, max_prompt_tokens=16)
+    rendered = tok.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True)
+    assert src.prompts == ["the movie", rendered]
+    assert rendered == "system : so fun <eos> user : the movie was <eos> assistant : "
+    # the template's text is tokenized as is: its <eos> markers become the EOS id, nothing is added
+    assert src.token_ids[1] == tok(rendered, add_special_tokens=False)["input_ids"]
+    assert src.token_ids[1].count(tok.eos_token_id) == 2 and tok.unk_token_id not in src.token_ids[1]
+    with pytest.raises(PromptTooLongError, match="prompt #1"):
+        PromptSource(["the movie", CHAT], tok, max_prompt_tokens=12)
+    # conversations from a .jsonl file and a datasets.Dataset column
+    jl = tmp_path / "chat.jsonl"
+    jl.write_text(json.dumps({"prompt": CHAT}) + "\n" + json.dumps({"prompt": "plain"}) + "\n", encoding="utf-8")
+    assert read_prompts(jl) == [CHAT, "plain"]
+    datasets = pytest.importorskip("datasets")
+    assert read_prompts(datasets.Dataset.from_dict({"prompt": [CHAT]})) == [CHAT]
+
+
+def test_chat_prompts_need_a_chat_template_and_valid_messages(tmp_path):
+    with pytest.raises(ChatTemplateError, match=r"prompt #0 .*no chat template.*tokenizer.chat_template"):
+        PromptSource([CHAT], make_tiny_tokenizer(), max_prompt_tokens=32)
+    with pytest.raises(PromptError, match=r"prompt #1: message #0 must be a dict with string 'role' and 'content'"):
+        read_prompts(["ok", [{"role": "user"}]])
+    jl = tmp_path / "bad.jsonl"
+    jl.write_text(json.dumps({"prompt": "ok"}) + "\n" + json.dumps({"prompt": [{"content": "hi"}]}) + "\n")
+    with pytest.raises(PromptError, match=r"bad.jsonl:2: field 'prompt': message #0"):
+        read_prompts(jl)
+    jl.write_text(json.dumps({"prompt": 3}) + "\n")
+    with pytest.raises(PromptError, match=r"bad.jsonl:1: field 'prompt' is a int"):
+        read_prompts(jl)
+
+
+def test_textgen_env_accepts_chat_prompts():
+    from textenv import TextGenEnv
+
+    model, tok = make_chat_lm()
+    env = TextGenEnv(model=model, tokenizer=tok, prompts=[CHAT], max_new_tokens=3, max_prompt_tokens=16)
+    obs, info = env.reset(seed=0)
+    assert info["prompt"] == "system : so fun <eos> user : the movie was <eos> assistant : "
+    ids = obs["input_ids"][obs["attention_mask"].astype(bool)].tolist()
+    assert ids == tok(info["prompt"], add_special_tokens=False)["input_ids"]
