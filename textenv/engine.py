@@ -50,6 +50,10 @@ class ActionTypeError(InvalidActionError, TypeError):
     """An action has the wrong type (a float, a bool, a string ...) instead of an integer token id."""
 
 
+class EpisodeEndedError(RuntimeError):
+    """``step()`` was called before ``reset()``, after the episode ended, or after a step that raised midway."""
+
+
 def sample_tokens(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One token per row drawn from ``softmax(logits)``: ``(N, V)`` -> ``(N,)`` int64, by inverse-CDF sampling.
 
@@ -241,6 +245,7 @@ class GenerationEngine:
         self._logits: torch.Tensor | None = None
         self._ref_logits: torch.Tensor | None = None
         self._caches: dict[int, Any] = {}
+        self.failure: str | None = None  # why the rows cannot go on (a step raised midway), until all are reset
 
     # ------------------------------------------------------------------------------------------------ state changes
 
@@ -266,6 +271,8 @@ class GenerationEngine:
             self.prompt_text[r] = text
         self._need_prefill[rows], self._need_decode[rows] = True, False
         self._logits = self._ref_logits = None
+        if self.failure is not None and np.isin(np.arange(self.num_rows), rows).all():
+            self.failure = None  # every row starts afresh: nothing of the interrupted step is left
 
     def refresh(self) -> None:
         """Recompute the KV caches from the token state on the next forward. Call this after changing the policy's
@@ -275,9 +282,28 @@ class GenerationEngine:
 
     def next_token_logits(self) -> torch.Tensor:
         """``(N, V)`` float32 policy logits at the current states, divided by the temperature (cached)."""
-        self._ensure_logits()
+        with self._failure_ends_episodes("next_token_logits()"):  # a forward that raised may have half-updated caches
+            self._ensure_logits()
         assert self._logits is not None
         return self._logits
+
+    def ensure_usable(self) -> None:
+        """Raise ``EpisodeEndedError`` if an earlier call raised midway (see :meth:`step`): new prompts are needed."""
+        if self.failure is not None:
+            raise EpisodeEndedError(f"{self.failure}, which ended the episodes in progress: call reset() before step()")
+
+    @contextlib.contextmanager
+    def _failure_ends_episodes(self, call: str):
+        """Check :meth:`ensure_usable`, then run the block: any exception from it (``reward_fn``, a model, Ctrl-C)
+        propagates, with a note, and ends every row's episode: the state may hold the step's action, so going on
+        would lengthen the episode or score it twice."""
+        self.ensure_usable()
+        try:
+            yield
+        except BaseException as exc:
+            self.failure = f"an earlier {call} raised {type(exc).__name__}: {exc}"
+            exc.add_note(f"TextGen-v0: {call} did not complete; the episodes in progress ended unscored: call reset()")
+            raise
 
     def step(
         self,
@@ -287,12 +313,25 @@ class GenerationEngine:
         reset_texts: list[str] | None = None,
     ) -> StepResult:
         """Append ``actions`` (N,) to the rows not in ``reset_rows``; start new episodes in ``reset_rows`` (their
-        actions are ignored: Gymnasium's next-step autoreset). Returns rewards and which episodes ended."""
-        n = self.num_rows
-        active = np.ones(n, dtype=bool)
+        actions are ignored: Gymnasium's next-step autoreset). Returns rewards and which episodes ended.
+
+        Invalid actions raise ``InvalidActionError`` before anything changes. Any later exception (``reward_fn``, e.g.
+        a reward server's ``ConnectionError``; a model; Ctrl-C) propagates and ends every row's episode: ``step``,
+        ``play`` and ``next_token_logits`` raise ``EpisodeEndedError`` until :meth:`load_prompts` filled every row.
+        """
+        active = np.ones(self.num_rows, dtype=bool)
         if reset_rows is not None and len(reset_rows):
             active[reset_rows] = False
         a, eos_hit, eos_t = self._check_actions(actions, active)
+        with self._failure_ends_episodes("step()"):
+            res = self._advance(a, active, eos_hit, eos_t)
+            if not active.all():
+                self.load_prompts(reset_rows, reset_ids, reset_texts)
+        return res
+
+    def _advance(self, a: torch.Tensor, active: np.ndarray, eos_hit: np.ndarray, eos_t: torch.Tensor | None):
+        """:meth:`step` after the action checks: append ``a`` to the active rows, reward them, score ended episodes."""
+        n = self.num_rows
         any_active = bool(active.any())
         act_t = None if active.all() else torch.as_tensor(active, device=self.device)
         if any_active:
@@ -314,7 +353,7 @@ class GenerationEngine:
         else:
             reward = lp = torch.zeros(n, dtype=torch.float32, device=self.device)
             rlp = torch.zeros_like(lp) if self.ref_model is not None else None
-        # The oldest column is padding or, for rows being reset, irrelevant: load_prompts below overwrites it.
+        # The oldest column is padding or, for rows being reset, irrelevant: step()'s load_prompts overwrites it.
         self._append(a)
         self.t[active] += 1
         self.t_dev = self.t_dev + (1 if act_t is None else act_t.long())
@@ -327,9 +366,7 @@ class GenerationEngine:
             term_t = eos_t if act_t is None else eos_t & act_t
             trunc_t = (self.t_dev >= self.max_new_tokens) & ~term_t
             trunc_t = trunc_t if act_t is None else trunc_t & act_t
-        prompts: list[str] = []
-        responses: list[str] = []
-        scores = kl_sums = np.zeros(0)
+        prompts, responses, scores, kl_sums = [], [], np.zeros(0), np.zeros(0)
         if len(ended):
             prompts, responses = self._decode_episodes(ended, terminated)
             scores = np.zeros(len(ended))
@@ -338,8 +375,6 @@ class GenerationEngine:
                 idx = torch.as_tensor(ended, device=self.device)
                 reward = reward.index_add(0, idx, torch.as_tensor(scores, dtype=reward.dtype, device=self.device))
             kl_sums = self.kl_sum[torch.as_tensor(ended, device=self.device)].double().cpu().numpy()
-        if not active.all():
-            self.load_prompts(reset_rows, reset_ids, reset_texts)
         return StepResult(
             reward, lp, rlp, active, terminated, truncated, term_t, trunc_t, ended, prompts, responses, scores, kl_sums
         )
@@ -363,6 +398,7 @@ class GenerationEngine:
         Afterwards every row holds its final state (prompt + response, right-aligned); the caches are rebuilt on the
         next forward.
         """
+        self.ensure_usable()
         if (self.t != 0).any():
             raise RuntimeError("play() plays episodes from their start: load new prompts (reset) first")
         eos_id = -1 if self.eos_id is None else self.eos_id
@@ -380,8 +416,9 @@ class GenerationEngine:
             self._need_decode[:] = True
             return values, a == eos_id
 
-        record, mask = record_episodes(one_token, self.num_rows, self.max_new_tokens, self.device)
-        return self._end_play(record["action"], mask, record["logp"], record.get("ref_logp"), eos_id)
+        with self._failure_ends_episodes("play()"):
+            record, mask = record_episodes(one_token, self.num_rows, self.max_new_tokens, self.device)
+            return self._end_play(record["action"], mask, record["logp"], record.get("ref_logp"), eos_id)
 
     def _end_play(
         self, tokens: torch.Tensor, mask: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor | None, eos_id: int
@@ -491,15 +528,9 @@ class GenerationEngine:
     def _forward(self, model, input_ids, attention_mask, position_ids, cache=None, use_cache=True):
         kwargs = {"logits_to_keep": 1} if self._keep_arg.get(id(model), False) else {}
         cache_arg = self._cache_arg.get(id(model), "past_key_values")
-        kwargs[cache_arg] = cache
+        kwargs.update({cache_arg: cache, "attention_mask": attention_mask, "position_ids": position_ids})
         with torch.no_grad(), eval_mode(model):
-            out = model(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                use_cache=use_cache,
-                **kwargs,
-            )
+            out = model(input_ids=input_ids, use_cache=use_cache, **kwargs)
         return self._scaled(out.logits[:, -1].float()), (out[cache_arg] if use_cache else None)
 
     def _scaled(self, logits: torch.Tensor) -> torch.Tensor:

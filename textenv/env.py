@@ -11,14 +11,9 @@ import torch
 from gymnasium import spaces
 
 from textenv.default_lm import default_prompts
-from textenv.engine import ActionTypeError, GenerationEngine
+from textenv.engine import ActionTypeError, EpisodeEndedError, GenerationEngine
 from textenv.models import REF_COPY, load_policy, load_reference, resolve_device
 from textenv.prompts import PromptSource, read_prompts
-from textenv.rewards import RewardFunctionError
-
-
-class EpisodeEndedError(RuntimeError):
-    """``step()`` was called before ``reset()`` or after the episode ended."""
 
 
 def build_engine(
@@ -140,6 +135,13 @@ class TextGenEnv(EngineViews, gym.Env):
     Terminated when the action is the tokenizer's EOS; truncated after ``max_new_tokens`` actions. Calling ``step``
     after the end (or before ``reset``) raises ``EpisodeEndedError``.
 
+    A ``step`` that raises after accepting its action (``reward_fn`` failed, e.g. a reward server's
+    ``ConnectionError`` or a ``RewardFunctionError`` for bad scores; the model failed; Ctrl-C) ends the episode,
+    unscored: the exception propagates unchanged (with a note saying to reset) and every later ``step`` raises
+    ``EpisodeEndedError``, naming it, until ``reset``. So an episode never holds more than ``max_new_tokens``
+    generated tokens and no response is scored twice. Invalid actions are refused before anything changes
+    (``InvalidActionError``): the episode goes on.
+
     ## Arguments
     * ``model``: HF model id, local path or causal-LM object; ``None`` = the offline default LM.
     * ``tokenizer``: tokenizer object, id or path (required with a model object).
@@ -154,9 +156,10 @@ class TextGenEnv(EngineViews, gym.Env):
     * ``render_mode``: ``None`` or ``"ansi"``.
 
     ## Info
-    Every step: ``policy_logprob`` and (with a reference) ``ref_logprob`` of the taken token. At episode end also
-    ``prompt``, ``response`` (decoded, without the final EOS), ``score`` (reward_fn) and ``kl_sum`` (sum over the
-    episode of ``log pi - log pi_ref``). ``reset`` returns ``{"prompt": text}``.
+    Every step: ``policy_logprob`` and (with a reference) ``ref_logprob`` of the taken token (``np.float32``). At
+    episode end also ``prompt``, ``response`` (``str``; decoded, without the final EOS), ``score`` (reward_fn) and
+    ``kl_sum`` (sum over the episode of ``log pi - log pi_ref``), both ``np.float64``. ``reset`` returns
+    ``{"prompt": text}``.
 
     ## Version History
     * v0: initial version (Gymnasium 1.x).
@@ -212,24 +215,17 @@ class TextGenEnv(EngineViews, gym.Env):
             raise EpisodeEndedError(
                 "step() called before reset() or after the episode ended (terminated/truncated): call reset() first"
             )
-        action = _as_single_action(action)
-        try:
-            res = self.engine.step(action)
-        except RewardFunctionError:
-            self._ended = True  # the episode ended but could not be scored: a reset is needed
-            raise
-        info: dict[str, Any] = {"policy_logprob": float(res.policy_logprob[0])}
+        # An exception after the action was accepted (reward_fn, the model) ends the episode in the engine: the
+        # next step() raises EpisodeEndedError there, naming it.
+        res = self.engine.step(_as_single_action(action))
+        # NumPy scalars, as Gymnasium's vector envs batch them and TorchRL's info readers expect (they need .dtype).
+        info: dict[str, Any] = {"policy_logprob": res.policy_logprob.cpu().numpy()[0]}
         if res.ref_logprob is not None:
-            info["ref_logprob"] = float(res.ref_logprob[0])
+            info["ref_logprob"] = res.ref_logprob.cpu().numpy()[0]
         terminated, truncated = bool(res.terminated[0]), bool(res.truncated[0])
         if len(res.ended):
             self._ended = True
-            info.update(
-                prompt=res.prompts[0],
-                response=res.responses[0],
-                score=float(res.scores[0]),
-                kl_sum=float(res.kl_sums[0]),
-            )
+            info.update(prompt=res.prompts[0], response=res.responses[0], score=res.scores[0], kl_sum=res.kl_sums[0])
         return self._obs(), float(res.reward[0]), terminated, truncated, info
 
     def render(self) -> str | None:

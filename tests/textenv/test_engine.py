@@ -217,3 +217,42 @@ def test_record_episodes_masks_each_row_after_its_end_and_stops_once_all_ended(c
 def test_record_episodes_stops_at_the_horizon():
     record, mask = record_episodes(lambda alive: ({"a": torch.ones(2)}, torch.zeros(2, dtype=torch.bool)), 2, 4, "cpu")
     assert mask.all() and mask.shape == (2, 4) and record["a"].shape == (2, 4)
+
+
+def test_a_forward_that_raises_midway_ends_the_episodes_and_reset_recovers(lm):
+    """The reference forward fails after the policy's cache took the new token (an out-of-memory error on a GPU,
+    say): the engine refuses to go on from half-updated caches, and new prompts in every row give exactly the
+    logits of a fresh engine."""
+    from textenv.engine import EpisodeEndedError
+
+    engine, source = make_engine(lm)
+    armed = []
+
+    def fail_when_armed(module, args, kwargs):
+        if armed:
+            raise RuntimeError("CUDA out of memory (simulated)")
+
+    handle = engine.ref_model.register_forward_pre_hook(fail_when_armed, with_kwargs=True)
+    try:
+        start(engine, source, range(4), [0, 1, 2, 3])
+        engine.step(np.array([5, 6, 7, 8]))
+        armed.append(True)
+        with pytest.raises(RuntimeError, match="out of memory") as raised:
+            engine.step(np.array([9, 10, 11, 12]))
+        assert "reset()" in raised.value.__notes__[0]
+        armed.clear()
+        for call in (engine.next_token_logits, lambda: engine.step(np.array([9, 10, 11, 12])), engine.play):
+            with pytest.raises(EpisodeEndedError, match="RuntimeError: CUDA out of memory"):
+                call()
+        start(engine, source, [0, 1], [3, 2])  # some rows only: still not usable
+        with pytest.raises(EpisodeEndedError):
+            engine.next_token_logits()
+        start(engine, source, range(4), [3, 2, 1, 0])
+        engine.step(np.array([5, 6, 7, 8]))
+        logits = engine.next_token_logits()
+    finally:
+        handle.remove()
+    fresh, _ = make_engine(lm)
+    start(fresh, source, range(4), [3, 2, 1, 0])
+    fresh.step(np.array([5, 6, 7, 8]))
+    torch.testing.assert_close(logits, fresh.next_token_logits(), atol=1e-5, rtol=0)

@@ -277,3 +277,79 @@ def test_cuda_env_matches_cpu():
         actions = torch.distributions.Categorical(logits=venv.next_token_logits()).sample()
         obs, reward, term, trunc, info = venv.step(actions)
         assert obs["input_ids"].is_cuda and reward.is_cuda and term.is_cuda and trunc.is_cuda
+
+
+class FlakyRewardServer:
+    """A remote scorer that fails the way servers do: calls listed in ``fail_calls`` raise ``error`` (default a
+    ``ConnectionError``); the others score each response by its number of words and remember what they scored."""
+
+    def __init__(self, fail_calls, error=None):
+        self.fail_calls, self.error, self.calls, self.scored = set(fail_calls), error, 0, []
+
+    def __call__(self, prompts, responses):
+        self.calls += 1
+        if self.calls in self.fail_calls:
+            raise self.error or ConnectionError("reward server unreachable")
+        self.scored += list(responses)
+        return np.array([len(r.split()) for r in responses], dtype=np.float64)
+
+
+@pytest.mark.parametrize(
+    "error", [ConnectionError("reward server unreachable"), TimeoutError("read timed out"), KeyboardInterrupt()]
+)
+def test_a_reward_function_that_raises_ends_the_episode(lm, error):
+    """Regression (issue 15): a ConnectionError used to leave the failed step's token in the state; the next step()
+    appended a 4th token to a max_new_tokens=3 episode and scored it (truncated=True, reward 4.0)."""
+    server = FlakyRewardServer(fail_calls={1}, error=error)
+    env = make(lm, max_new_tokens=3, kl_coef=0.0, reward_fn=server)
+    env.reset(seed=0)
+    env.step(5)
+    env.step(6)
+    with pytest.raises(type(error)) as raised:
+        env.step(7)  # the last step: the score is requested, the server fails
+    assert any("reset()" in note for note in getattr(raised.value, "__notes__", []))  # says what to do
+    with pytest.raises(EpisodeEndedError, match=rf"{type(error).__name__}.*reset\(\)"):
+        env.step(8)  # the episode is over: no 4th token, nothing scored
+    assert server.scored == [] and int(env.engine.t[0]) == 3
+    obs, info = env.reset(seed=0)
+    for a in (5, 6, 7):
+        obs, reward, terminated, truncated, info = env.step(a)
+    assert truncated and not terminated and reward == 3.0 and info["score"] == 3.0
+    assert server.scored == [info["response"]] and len(info["response"].split()) == 3
+    assert int(obs["attention_mask"].sum()) == len(lm[1](info["prompt"])["input_ids"]) + 3
+
+
+def test_flaky_reward_server_never_scores_a_response_past_max_new_tokens(lm):
+    """A driver that retries a failed step (as one retries a request) is told to reset; it never extends the
+    episode. Before issue 15's fix the retry appended a 4th token and the server scored it."""
+    server = FlakyRewardServer(fail_calls=range(1, 40, 2))  # every other request fails
+    env = make(lm, max_new_tokens=3, kl_coef=0.0, reward_fn=server)
+    rng = np.random.default_rng(0)
+    failures = episodes = 0
+    env.reset(seed=0)
+    for _ in range(80):
+        action = int(rng.integers(3, 39))
+        try:
+            obs, reward, terminated, truncated, info = env.step(action)
+        except ConnectionError:
+            failures += 1
+            with pytest.raises(EpisodeEndedError, match="ConnectionError"):
+                env.step(action)  # the retry
+            env.reset()
+            continue
+        assert int(obs["attention_mask"].sum()) <= 6 + 3
+        if terminated or truncated:
+            episodes += 1
+            assert truncated and info["score"] == 3.0 == reward
+            env.reset()
+    assert failures >= 5 and episodes >= 5
+    assert all(len(r.split()) == 3 for r in server.scored)
+
+
+def test_info_values_are_numpy(lm):
+    """TorchRL's info readers (and SyncVectorEnv's batching) need NumPy values, not Python floats."""
+    env = make(lm, max_new_tokens=1, ref_model=make_tiny_lm(seed=2)[0], reward_fn=textenv.KeywordReward(["good"]))
+    env.reset(seed=0)
+    *_, info = env.step(5)
+    assert isinstance(info["policy_logprob"], np.float32) and isinstance(info["ref_logprob"], np.float32)
+    assert isinstance(info["score"], np.float64) and isinstance(info["kl_sum"], np.float64)

@@ -1,5 +1,6 @@
 """TextGenVectorEnv: same trajectories as the single env, NEXT_STEP autoreset, backends, vector info, bad input."""
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -135,9 +136,11 @@ def test_seeded_vector_env_is_deterministic(lm, ref):
         assert np.array_equal(np.asarray(x), np.asarray(y))
 
 
-def test_torch_backend_returns_device_tensors_and_matches_numpy(lm, ref):
-    envs = [TextGenVectorEnv(3, array_backend=b, **kwargs(lm, ref)) for b in ("numpy", "torch")]
+@pytest.mark.parametrize("mode", [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP])
+def test_torch_backend_returns_device_tensors_and_matches_numpy(lm, ref, mode):
+    envs = [TextGenVectorEnv(3, array_backend=b, autoreset_mode=mode, **kwargs(lm, ref)) for b in ("numpy", "torch")]
     (obs_n, _), (obs_t, _) = (e.reset(seed=2) for e in envs)
+    finals = 0
     assert isinstance(obs_t["input_ids"], torch.Tensor) and obs_t["input_ids"].dtype == torch.long
     assert envs[0].observation_space.contains(obs_n)
     for a in action_schedule(8, 3, lm[1].eos_token_id, seed=4):
@@ -151,6 +154,18 @@ def test_torch_backend_returns_device_tensors_and_matches_numpy(lm, ref):
         assert np.allclose(out_n[1], out_t[1].numpy()) and np.array_equal(out_n[2], out_t[2].numpy())
         assert np.array_equal(out_n[3], out_t[3].numpy())
         assert envs[0].observation_space.contains(out_n[0])
+        for info_n, info_t in ((out_n[4], out_t[4]), (out_n[4].get("final_info"), out_t[4].get("final_info"))):
+            assert (info_n is None) == (info_t is None)
+            if info_n is not None:  # the same keys and masks; log-probs as tensors, the rest as NumPy
+                assert info_n.keys() == info_t.keys() and torch.is_tensor(info_t["policy_logprob"])
+                assert np.allclose(info_n["policy_logprob"], info_t["policy_logprob"].numpy(), atol=1e-6)
+                assert all(np.array_equal(info_n[k], info_t[k]) for k in info_n if k.startswith("_"))
+        if "final_obs" in out_t[4]:
+            finals += 1
+            row = int(np.flatnonzero(out_t[4]["_final_obs"])[0])
+            assert torch.is_tensor(out_t[4]["final_obs"][row]["input_ids"])
+            assert np.array_equal(out_n[4]["final_obs"][row]["input_ids"], out_t[4]["final_obs"][row]["input_ids"])
+    assert (finals > 0) == (mode == AutoresetMode.SAME_STEP)
 
 
 def test_returned_torch_observations_are_not_modified_later(lm, ref):
@@ -205,3 +220,136 @@ def test_torch_backend_step_makes_one_device_to_host_transfer(lm, ref, monkeypat
         env.step(sample_tokens(logits, gen))
     monkeypatch.undo()
     assert calls == ["cpu"] * 6
+
+
+# ---------------------------------------------------------------------- Gymnasium 1.x vector API, against SyncVectorEnv
+
+
+def assert_same_vector_info(ours, ref, where="info"):
+    """``ours`` holds what ``SyncVectorEnv`` gives (keys, masks, dtypes, values); a key only ours has must be
+    masked out everywhere (we report the log-prob keys at every step, so their presence does not vary)."""
+    for key in ours.keys() - ref.keys():
+        assert key.startswith("_") or not ours["_" + key].any(), f"{where}[{key!r}] is not in SyncVectorEnv's info"
+    for key, expected in ref.items():
+        assert key in ours, f"{where}[{key!r}] missing"
+        got = ours[key]
+        if isinstance(expected, dict):
+            assert_same_vector_info(got, expected, f"{where}[{key!r}]")
+        elif key == "final_obs":
+            assert got.dtype == object and [x is None for x in got] == [x is None for x in expected]
+            for g, e in zip(got, expected, strict=True):
+                assert e is None or all(np.array_equal(g[k], e[k]) for k in e), f"{where}[{key!r}]"
+        else:
+            assert isinstance(got, np.ndarray) and got.dtype == expected.dtype, (where, key, got, expected)
+            if expected.dtype.kind == "f":
+                np.testing.assert_allclose(got, expected, atol=1e-5, err_msg=f"{where}[{key!r}]")
+            else:
+                assert got.tolist() == expected.tolist(), (where, key, got, expected)
+
+
+def drive(venv, actions, reset_ended):
+    """Reset, then step through ``actions``; with ``reset_ended`` (DISABLED mode) reset the rows that ended."""
+    trace = [venv.reset(seed=0)]
+    for a in actions:
+        trace.append(venv.step(a))
+        done = trace[-1][2] | trace[-1][3]
+        if reset_ended and done.any():
+            trace.append(venv.reset(options={"reset_mask": done}))
+    return trace
+
+
+@pytest.mark.parametrize("mode", list(AutoresetMode))
+def test_vector_env_matches_gymnasium_sync_vector_env(lm, ref, mode):
+    """Observations, rewards, flags and info (keys, ``_key`` masks, dtypes, values, final_obs / final_info) equal
+    what gymnasium's own SyncVectorEnv gives over single TextGenEnvs, in every autoreset mode. One prompt, so that
+    the prompt draws (one generator here, one per sub-env there) agree."""
+    from gymnasium.vector import SyncVectorEnv
+
+    settings = kwargs(lm, ref, prompts=[PROMPTS[1]])
+    ours = TextGenVectorEnv(3, autoreset_mode=mode, **settings)
+    theirs = SyncVectorEnv([lambda: TextGenEnv(**settings)] * 3, autoreset_mode=mode)
+    assert ours.autoreset_mode == theirs.autoreset_mode == ours.metadata["autoreset_mode"] == mode
+    actions = action_schedule(16, 3, lm[1].eos_token_id, seed=2)
+    disabled = mode == AutoresetMode.DISABLED
+    trace_ours, trace_theirs = drive(ours, actions, disabled), drive(theirs, actions, disabled)
+    assert len(trace_ours) == len(trace_theirs)
+    ended = 0
+    for step, (a, b) in enumerate(zip(trace_ours, trace_theirs, strict=True)):
+        (obs_a, *rest_a, info_a), (obs_b, *rest_b, info_b) = a, b
+        assert all(np.array_equal(obs_a[k], obs_b[k]) for k in obs_b), step
+        for x, y in zip(rest_a, rest_b, strict=True):  # reward, terminated, truncated
+            assert x.dtype == y.dtype and np.allclose(x, y, atol=1e-5), step
+        assert_same_vector_info(info_a, info_b, f"step {step}: info")
+        ended += int(np.sum(rest_a[1] | rest_a[2])) if rest_a else 0
+    assert ended >= 6  # episodes ended at different steps in different rows
+
+
+def test_autoreset_mode_is_chosen_by_name_or_enum_and_bad_ones_are_refused(lm, ref):
+    for given in ("SameStep", "same_step", AutoresetMode.SAME_STEP):
+        assert TextGenVectorEnv(1, autoreset_mode=given, **kwargs(lm, ref)).autoreset_mode == AutoresetMode.SAME_STEP
+    with pytest.raises(ValueError, match=r"autoreset_mode must be one of .*NEXT_STEP.*got 'sometimes'"):
+        TextGenVectorEnv(1, autoreset_mode="sometimes", **kwargs(lm, ref))
+    venv = gym.make_vec("TextGen-v0", num_envs=2, autoreset_mode="Disabled", **kwargs(lm, ref))
+    assert venv.autoreset_mode == AutoresetMode.DISABLED == venv.metadata["autoreset_mode"]
+    assert TextGenVectorEnv.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP  # the class default is untouched
+
+
+def test_disabled_autoreset_needs_a_masked_reset_of_the_rows_that_ended(lm, ref):
+    env = TextGenVectorEnv(3, autoreset_mode="Disabled", **kwargs(lm, ref))
+    obs, _ = env.reset(seed=0, options={"prompts": PROMPTS[:3]})
+    eos = lm[1].eos_token_id
+    obs, *_ = env.step(np.array([5, eos, 6]))
+    with pytest.raises(EpisodeEndedError, match=r"rows \[1\].*reset_mask"):
+        env.step(np.array([5, 5, 5]))
+    before = obs["input_ids"].copy()
+    mask = np.array([False, True, False])
+    obs, info = env.reset(options={"reset_mask": mask, "prompts": ["x", PROMPTS[3], "y"]})
+    assert info["_prompt"].tolist() == [False, True, False] and info["prompt"][1] == PROMPTS[3]
+    assert np.array_equal(obs["input_ids"][[0, 2]], before[[0, 2]])  # the other rows went on untouched
+    obs, r, term, trunc, info = env.step(np.array([7, 8, 9]))
+    assert info["_policy_logprob"].all() and obs["attention_mask"][1].sum() == len(PROMPTS[3].split()) + 1
+    for bad, error in (
+        (np.array([1, 0, 0]), TypeError),
+        (np.array([True, False]), ValueError),
+        (np.zeros(3, dtype=bool), ValueError),
+    ):
+        with pytest.raises(error, match="reset_mask"):
+            env.reset(options={"reset_mask": bad})
+
+
+def test_a_reward_function_that_raises_ends_every_episode(lm, ref):
+    """Regression (issue 15): a reward server's ConnectionError used to leave the step's tokens in the state; the
+    next step() went on and scored responses longer than max_new_tokens. Now the episodes end and reset() is
+    required (the rows that did not end lose their episode too: the step's results never reached the caller)."""
+    calls, scored = [], []
+
+    def flaky_server(prompts, responses):  # every other request fails, as an overloaded server's do
+        calls.append(len(responses))
+        if len(calls) % 2 == 1:
+            raise ConnectionError("reward server unreachable")
+        scored.extend(responses)
+        return np.array([len(r.split()) for r in responses], dtype=np.float64)
+
+    env = TextGenVectorEnv(3, **kwargs(lm, ref, reward_fn=flaky_server, max_new_tokens=3, kl_coef=0.0))
+    rng = np.random.default_rng(0)
+    failures = episodes = 0
+    env.reset(seed=0)
+    for _ in range(60):
+        actions = rng.integers(3, 39, size=3)
+        try:
+            obs, reward, terminated, truncated, info = env.step(actions)
+        except ConnectionError as exc:
+            failures += 1
+            assert any("reset()" in note for note in exc.__notes__)
+            with pytest.raises(EpisodeEndedError, match="ConnectionError"):
+                env.step(actions)  # a retry does not extend the episodes
+            with pytest.raises(EpisodeEndedError, match="ConnectionError"):
+                env.play()
+            env.reset()
+            continue
+        assert (obs["attention_mask"].sum(1) <= 6 + 3).all()
+        if "score" in info:
+            episodes += int(info["_score"].sum())
+            assert (info["score"][info["_score"]] == 3.0).all() and truncated[info["_score"]].all()
+    assert failures >= 3 and episodes >= 6
+    assert all(len(r.split()) == 3 for r in scored)
