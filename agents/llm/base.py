@@ -12,8 +12,8 @@ overwritten with NaNs. Subclasses implement :meth:`LMAgent.train_on` (and may ov
 
 from __future__ import annotations
 
-import copy
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from agents.llm.distributed import data_parallel
 from agents.llm.rollout import (  # noqa: F401 - re-exported: the agents' public vocabulary
     EnvCapabilityError,
     RolloutBatch,
@@ -32,6 +33,15 @@ from agents.llm.rollout import (  # noqa: F401 - re-exported: the agents' public
     env_setting,
     left_pack,
     sequence_forward,
+)
+from agents.llm.training import (
+    TrainingSettings,
+    backward_chunks,
+    check_bf16,
+    chunk_weights,
+    frozen_reference,
+    prepare_policy,
+    split_rows,
 )
 from agents.rundir import RunDir
 from rewardmodels.lm_reward import NonFiniteLossError  # one exception for every trainer of the toolkit
@@ -46,8 +56,10 @@ MinibatchLoss = Callable[[RolloutBatch, torch.Tensor], "tuple[torch.Tensor, dict
 
 
 @dataclasses.dataclass
-class LMAgentConfig:
-    """Settings shared by the LLM agents."""
+class LMAgentConfig(TrainingSettings):
+    """Settings shared by the LLM agents (and, keyword-only, the memory settings of
+    :class:`agents.llm.training.TrainingSettings`: ``lora``, ``gradient_checkpointing``, ``bf16``,
+    ``gradient_accumulation_steps``)."""
 
     learning_rate: float = 1e-5
     """Adam learning rate of the policy (and value head)."""
@@ -65,6 +77,7 @@ class LMAgentConfig:
     """Save a checkpoint every this many iterations (0: only at the end of ``learn()``, when a run dir is given)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
         _check(self.adam_eps > 0, f"adam_eps must be > 0, got {self.adam_eps}")
         _check(self.max_grad_norm > 0, f"max_grad_norm must be > 0 (use math.inf to disable), got {self.max_grad_norm}")
@@ -112,10 +125,30 @@ def optimizer_step(
     check_finite(loss, step, where, last_checkpoint)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    return clip_and_step(optimizer, params, max_grad_norm, step, last_checkpoint)
+
+
+def clip_and_step(
+    optimizer: torch.optim.Optimizer,
+    params: Iterable[nn.Parameter],
+    max_grad_norm: float,
+    step: int,
+    last_checkpoint: Path | None,
+) -> torch.Tensor:
+    """Global-norm clip of the gradients in ``params`` and an optimizer step, refusing a non-finite gradient (the
+    weights left as they were); returns the gradient norm before clipping."""
     grad_norm = nn.utils.clip_grad_norm_(params, max_grad_norm)
     check_finite(grad_norm, step, "the gradient norm", last_checkpoint)
     optimizer.step()
     return grad_norm.detach()
+
+
+def weighted_mean(values: list[dict[str, Any]], weights: list[float]) -> dict[str, Any]:
+    """The metrics of accumulation chunks averaged with ``weights`` (each chunk's share of the minibatch)."""
+    if len(values) == 1:
+        return values[0]
+    total = sum(weights)
+    return {k: sum(w * v[k] for v, w in zip(values, weights, strict=True)) / total for k in values[0]}
 
 
 def shaped_scores(batch: RolloutBatch, score_clip: float | None, missing_eos_penalty: float | None) -> torch.Tensor:
@@ -148,7 +181,8 @@ class LMAgent:
 
     ``env`` is a ``TextGenVectorEnv`` built with ``array_backend="torch"``; the agent trains ``env.policy`` in place
     (the env samples with it) against a frozen reference: ``env.ref_model`` if the env has one (it then computes the
-    reference log-probs token by token), else ``ref_model``, else a frozen copy of the initial policy, whose
+    reference log-probs token by token), else ``ref_model``, else a frozen copy of the initial policy (for a LoRA
+    policy, ``config.lora`` or a ``peft`` model in the env, its base with the adapters disabled: no copy), whose
     log-probs the agent computes in one batched forward per rollout (build the env with ``kl_coef=0`` for that: one
     call instead of one per token, which pays when per-call overhead dominates, as with small models). Subclasses
     set ``self.config`` before calling ``super().__init__`` and implement :meth:`train_on`; extra trainable modules
@@ -172,19 +206,30 @@ class LMAgent:
             )
         self.env = env
         self.config = config
-        self.policy: nn.Module = env.policy
+        self.parallel = data_parallel()
+        # With LoRA the adapters are injected into env.policy in place: the env samples with them too.
+        self.policy: nn.Module = prepare_policy(env.policy, config)
         env_ref = getattr(env, "ref_model", None)
         if env_ref is not None:
             self.ref_model: nn.Module = env_ref
+            if config.lora is not None and env_ref is not self.policy and any(True for _ in env_ref.parameters()):
+                logger.warning(
+                    "lora is set but the env holds a full copy of the model as its reference; build the env with "
+                    "kl_coef=0 (the agent then scores the base with adapters disabled, no copy) or with "
+                    "ref_model=textenv.lora.reference_view(policy)"
+                )
         else:
-            self.ref_model = ref_model if ref_model is not None else copy.deepcopy(self.policy)
-            self.ref_model.eval().requires_grad_(False)
+            self.ref_model = frozen_reference(self.policy, ref_model)
         self._batched_ref = self.ref_model if env_ref is None else None
         self.tokenizer = env.tokenizer
         self.device = next(self.policy.parameters()).device
+        check_bf16(config, self.device)
         self.temperature = float(env_setting(env, "temperature", 1.0))
+        if not self.parallel.is_main:  # one writer per run: the main process
+            run_dir = None
         self.run_dir = run_dir if isinstance(run_dir, RunDir) or run_dir is None else RunDir(run_dir)
-        self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        # Each process samples its own share of the batch: its own random stream (rank 0 = the one-process stream).
+        self.generator = torch.Generator(device=self.device).manual_seed(config.seed + self.parallel.rank)
         self.iteration = 0
         self.tokens_seen = 0
         self.last_checkpoint: Path | None = None
@@ -193,6 +238,8 @@ class LMAgent:
         self.policy.eval()
         # foreach: one multi-tensor kernel per update step instead of a loop over parameters.
         self.optimizer = torch.optim.Adam(self.parameters(), lr=config.learning_rate, eps=config.adam_eps, foreach=True)
+        # The modules whose training forwards need DDP's gradient averaging (themselves in one process).
+        self._wrapped = {id(m): self.parallel.wrap(m) for m in (self.policy, *self.extra_modules().values())}
         if self.run_dir is not None:
             self.run_dir.write_config({"algo": self.algo, "config": config})
 
@@ -216,15 +263,25 @@ class LMAgent:
             params += [p for p in module.parameters() if p.requires_grad]
         return params
 
+    def trained(self, module: nn.Module) -> nn.Module:
+        """``module`` as its training forwards call it: DDP-wrapped under a multi-process launch, else itself."""
+        return self._wrapped.get(id(module), module)
+
     def policy_forward(self, batch: RolloutBatch, output_hidden: bool = False, entropy_grad: bool = False):
         """:func:`sequence_forward` of the policy over ``batch`` at the env's sampling temperature."""
         return sequence_forward(
-            self.policy, *batch[:4], self.temperature, output_hidden=output_hidden, entropy_grad=entropy_grad
+            self.trained(self.policy), *batch[:4], self.temperature, output_hidden=output_hidden,
+            entropy_grad=entropy_grad,
         )
+
+    def loss_units(self, batch: RolloutBatch) -> torch.Tensor:
+        """What the loss averages over in ``batch``: its response tokens (a token-mean loss). A loss that averages
+        over rows says so by overriding this; gradient accumulation and data parallelism weight by it."""
+        return batch.response_mask.sum()
 
     def _reset_seed(self) -> int | None:
         # Seed only the first reset: later resets continue the env's own np_random stream (Gymnasium convention).
-        return self.config.seed if self.iteration == 0 else None
+        return self.config.seed + self.parallel.rank if self.iteration == 0 else None
 
     def step_optimizer(self, loss: torch.Tensor, where: str = "loss") -> torch.Tensor:
         """Backward + clip + step, refusing non-finite losses/gradients (the weights stay as they were)."""
@@ -247,12 +304,37 @@ class LMAgent:
         for _ in range(epochs):
             order = torch.randperm(n, generator=self.generator, device=self.device)
             for start in range(0, n, size):
-                rows = order[start : start + size]
-                loss, metrics = minibatch_loss(batch.select(rows), rows)
-                grad_norm = self.step_optimizer(loss, f"the {self.algo.upper()} loss")
+                loss, metrics, grad_norm = self.update(batch, order[start : start + size], minibatch_loss)
                 accumulate(totals, {**metrics, "loss": loss, "grad_norm": grad_norm})
                 count += 1
         return {k: v / count for k, v in totals.items()}
+
+    def update(
+        self, batch: RolloutBatch, rows: torch.Tensor, minibatch_loss: MinibatchLoss
+    ) -> tuple[torch.Tensor, dict[str, Any], torch.Tensor]:
+        """One optimizer step on the minibatch ``rows`` of ``batch``: ``gradient_accumulation_steps`` chunks, each
+        a forward/backward (under bf16 autocast if set) with its loss weighted by its share of the minibatch's
+        :meth:`loss_units` across all processes (``agents.llm.training.chunk_weights``), then one clipped step.
+        Returns the minibatch's loss, metrics and gradient norm."""
+        cfg, where = self.config, f"the {self.algo.upper()} loss"
+        chunks = split_rows(rows, cfg.gradient_accumulation_steps)
+        mbs = [batch.select(c) for c in chunks]
+        units = [self.loss_units(mb) for mb in mbs]
+        exact = len(chunks) == 1 and not self.parallel.active  # the plain step: no weights, the same numbers
+        weights = None if exact else chunk_weights(units, self.parallel.sum(sum(units)), self.parallel.world_size)
+        self.optimizer.zero_grad(set_to_none=True)
+        outs = backward_chunks(
+            [functools.partial(minibatch_loss, mb, chunk) for mb, chunk in zip(mbs, chunks, strict=True)],
+            weights,
+            cfg,
+            self.device,
+            lambda loss: check_finite(loss, self.iteration, where, self.last_checkpoint),
+            lambda skip: self.parallel.no_sync(self._wrapped.values(), skip),
+        )
+        grad_norm = clip_and_step(self.optimizer, self.parameters(), cfg.max_grad_norm, self.iteration,
+                                  self.last_checkpoint)
+        metrics = outs[0] if len(outs) == 1 else weighted_mean(outs, [float(u) for u in units])
+        return metrics.pop(""), metrics, grad_norm
 
     def rollout_metrics(self, batch: RolloutBatch, seconds: float) -> dict[str, float]:
         tokens = int(batch.response_mask.sum())

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from agents.llm.base import LMAgent, LMAgentConfig, _check
+from agents.llm.distributed import data_parallel
 from agents.llm.losses import GroupSizeError
 from agents.llm.rollout import RolloutBatch, collect_rollout, env_prompts
 from agents.rundir import RunDir
@@ -88,7 +89,8 @@ class GroupAgent(LMAgent):
         if not prompts:
             raise ValueError("no prompts: pass prompts=[...] or build the env with prompts")
         self.prompts = prompts
-        self.prompt_rng = np.random.default_rng(config.seed)
+        # Under a multi-process launch each process draws its own groups (rank 0: the one-process stream).
+        self.prompt_rng = np.random.default_rng(config.seed + data_parallel().rank)
         super().__init__(env, config, run_dir, ref_model)
 
     def collect(self) -> RolloutBatch:

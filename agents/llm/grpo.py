@@ -80,3 +80,9 @@ class GRPOAgent(GroupAgent):
         out = self.minibatch_updates(batch, cfg.num_updates, cfg.num_minibatches, minibatch_loss)
         out.update(self.group_metrics(batch.scores))
         return out
+
+    def loss_units(self, batch: RolloutBatch) -> torch.Tensor:
+        # token-mean averages over tokens; sequence-mean and Dr. GRPO over rows (see grpo_loss).
+        if self.config.loss_aggregation == "token-mean":
+            return batch.response_mask.sum()
+        return torch.tensor(batch.response_mask.shape[0], device=batch.response_mask.device)

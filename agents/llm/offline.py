@@ -1,7 +1,7 @@
 """What the offline trainers (DPO, KTO) share: labelled text in, no env and no reward model, a frozen reference.
 
-- :func:`preference_triples` reads labelled pairs (``rewardmodels.text_preferences.TextPreferencePairs``, triples or
-  dicts) into ``(prompt, chosen, rejected)``.
+- :func:`preference_triples` reads labelled pairs (``rewardmodels.text_preferences.TextPreferencePairs``, a JSONL
+  path, a ``datasets.Dataset``, triples or dicts in TRL's formats) into ``(prompt, chosen, rejected)``.
 - :func:`encode_pairs` / :func:`sequence_logps` turn (prompt, response) text into token ids and score
   ``log pi(response | prompt)``.
 - :class:`OfflineConfig` holds the optimiser and batching settings; :class:`OfflineTrainer` the frozen reference,
@@ -11,26 +11,43 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
+import functools
 import math
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from agents.llm.base import _check, optimizer_step, save_checkpoint
+from agents.llm.base import _check, check_finite, clip_and_step, save_checkpoint, weighted_mean
+from agents.llm.distributed import data_parallel
 from agents.llm.rollout import sequence_forward
+from agents.llm.training import (
+    TrainingSettings,
+    backward_chunks,
+    check_bf16,
+    chunk_weights,
+    frozen_reference,
+    prepare_policy,
+    split_rows,
+)
 from agents.rundir import RunDir
-from rewardmodels.text_preferences import EmptyResponseError, IdenticalResponsesError, TextPreferenceError
+from rewardmodels.text_preferences import (
+    EmptyResponseError,
+    IdenticalResponsesError,
+    TextPreferenceError,
+    read_preference_rows,
+)
 
 
 @dataclasses.dataclass(kw_only=True)
-class OfflineConfig:
-    """Optimiser and batching settings of the offline trainers (keyword-only)."""
+class OfflineConfig(TrainingSettings):
+    """Optimiser and batching settings of the offline trainers (keyword-only), with the memory settings of
+    :class:`agents.llm.training.TrainingSettings` (``lora``, ``gradient_checkpointing``, ``bf16``,
+    ``gradient_accumulation_steps``)."""
 
     learning_rate: float = 5e-6
     """Adam learning rate."""
@@ -48,50 +65,44 @@ class OfflineConfig:
     """Seed of the shuffling."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check(self.learning_rate > 0 and self.adam_eps > 0, "learning_rate and adam_eps must be > 0")
         _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}")
 
 
-def preference_triples(pairs) -> list[tuple[str, str, str]]:
-    """``(prompt, chosen, rejected)`` triples from ``TextPreferencePairs`` or an iterable of triples.
+def preference_triples(pairs, tokenizer=None) -> list[tuple[str, str, str]]:
+    """``(prompt, chosen, rejected)`` triples from any preference source.
+
+    ``pairs`` is anything ``rewardmodels.text_preferences.read_preference_rows`` reads: ``TextPreferencePairs``, a
+    JSONL/JSON path, a ``datasets.Dataset``, or a list of records (dicts in this toolkit's format or TRL's standard
+    and conversational formats, explicit or implicit prompt; ``(prompt, chosen, rejected)`` triples;
+    ``(prompt, a, b, label)`` tuples). Conversational records are rendered with ``tokenizer``'s chat template.
 
     A ``label`` follows the project convention (1 = first response preferred, 0 = second, 0.5 = tie, NaN = skipped);
     ties and skipped pairs carry no direction and are dropped. Raises ``EmptyResponseError`` /
     ``IdenticalResponsesError`` (``rewardmodels.text_preferences``) for an empty or identical response,
-    ``TextPreferenceError`` for a label outside [0, 1] or when no strict preference is left.
+    ``TextPreferenceFileError`` for a record in no known format, ``TextPreferenceError`` for a label outside [0, 1]
+    or when no strict preference is left; each names the record (``path:line``, ``dataset row i``, ``record #i``).
     """
     triples: list[tuple[str, str, str]] = []
-    for i, (prompt, a, b, label) in enumerate(_rows(pairs)):
+    for prompt, a, b, label, where in read_preference_rows(pairs, tokenizer):
         if not str(a).strip() or not str(b).strip():
-            raise EmptyResponseError(f"pair {i} has an empty response ({a!r} vs {b!r}); drop or regenerate it")
+            raise EmptyResponseError(f"{where} has an empty response ({a!r} vs {b!r}); drop or regenerate it")
         if a.strip() == b.strip():
             raise IdenticalResponsesError(
-                f"pair {i} compares a response with itself ({a!r}); a preference between identical responses carries "
+                f"{where} compares a response with itself ({a!r}); a preference between identical responses carries "
                 "no signal, drop it"
             )
         if label is None or math.isnan(label) or label == 0.5:
             continue
         if not 0.0 <= label <= 1.0:
-            raise TextPreferenceError(f"pair {i} has label {label}; labels are in [0, 1] (1 = first preferred)")
+            raise TextPreferenceError(f"{where} has label {label}; labels are in [0, 1] (1 = first preferred)")
         triples.append((prompt, a, b) if label > 0.5 else (prompt, b, a))
     if not triples:
         raise TextPreferenceError("no pair with a strict preference (every label is a tie or skipped)")
     return triples
-
-
-def _rows(pairs) -> Iterable[tuple[str, str, str, float | None]]:
-    for row in pairs:  # TextPreferencePairs iterates TextPair(prompt, response_a, response_b, label)
-        if isinstance(row, dict):
-            if "chosen" in row:
-                yield row["prompt"], row["chosen"], row["rejected"], 1.0
-            else:
-                yield row["prompt"], row["response_a"], row["response_b"], float(row["label"])
-        elif len(row) == 3:
-            yield row[0], row[1], row[2], 1.0
-        else:
-            yield row[0], row[1], row[2], float(row[3])
 
 
 def encode_pairs(tokenizer, prompts: Sequence[str], responses: Sequence[str], append_eos: bool, device):
@@ -136,8 +147,10 @@ class OfflineTrainer:
     """Base of the offline trainers: ``learn()`` trains ``model`` in place against a frozen reference.
 
     ``data`` is what the trainer reads (:meth:`read_data`); ``config`` defaults to ``config_class()``; ``ref_model``
-    defaults to a frozen copy of ``model`` as it is at construction. A trainer implements :meth:`read_data`,
-    :meth:`compute_reference` (what it needs from the reference, computed once) and :meth:`batch_loss`.
+    defaults to a frozen copy of ``model`` as it is at construction (for a LoRA model, ``config.lora`` or a ``peft``
+    model passed in, the base with the adapters disabled: no copy). A trainer implements :meth:`read_data`,
+    :meth:`compute_reference` (what it needs from the reference, computed once) and :meth:`batch_loss`. Under a
+    multi-process launch (``agents.llm.distributed``) each process trains on every N-th row of each minibatch.
     """
 
     algo = "offline"
@@ -158,16 +171,19 @@ class OfflineTrainer:
         run_dir: RunDir | str | os.PathLike | None = None,
     ):
         self.config = config = config if config is not None else self.config_class()
-        self.model = model
+        self.parallel = data_parallel()
+        self.model = model = prepare_policy(model, config)
         self.tokenizer = tokenizer
         self.num_rows = self.read_data(data)
         self.device = next(model.parameters()).device
-        self.ref_model = ref_model if ref_model is not None else copy.deepcopy(model)
-        self.ref_model.eval().requires_grad_(False)
+        check_bf16(config, self.device)
+        self.ref_model = frozen_reference(model, ref_model)
         self.model.eval()  # dropout off: the losses compare deterministic log-probs of policy and reference
+        run_dir = run_dir if self.parallel.is_main else None  # one writer per run: the main process
         self.run_dir = run_dir if isinstance(run_dir, RunDir) or run_dir is None else RunDir(run_dir)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.params, lr=config.learning_rate, eps=config.adam_eps, foreach=True)
+        self.train_model = self.parallel.wrap(model)  # DDP under a multi-process launch, else the model itself
         self.step = 0
         self.last_checkpoint: Path | None = None
         self.last_metrics: dict[str, float] = {}
@@ -192,6 +208,7 @@ class OfflineTrainer:
     # ----------------------------------------------------------------- shared
     def logps(self, model: nn.Module, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
         """(B,) ``log model(response | prompt)`` (:func:`sequence_logps`, with the config's ``append_eos``)."""
+        model = self.train_model if model is self.model and torch.is_grad_enabled() else model
         return sequence_logps(model, self.tokenizer, prompts, responses, self.config.append_eos, self.device)
 
     def chunks(self) -> Iterator[torch.Tensor]:
@@ -215,13 +232,10 @@ class OfflineTrainer:
         epochs = cfg.epochs if epochs is None else int(epochs)
         for _ in range(epochs):
             order = torch.randperm(self.num_rows, generator=self.generator)
-            for rows in minibatches(order, cfg.batch_size, self.min_batch):
+            # Every process needs rows of each minibatch: a remainder too small to share joins the one before.
+            for rows in minibatches(order, cfg.batch_size, self.min_batch * self.parallel.world_size):
                 t0 = time.perf_counter()
-                loss, metrics = self.batch_loss(rows)
-                where = f"the {self.algo.upper()} loss"
-                grad_norm = optimizer_step(
-                    self.optimizer, self.params, loss, cfg.max_grad_norm, where, self.step, self.last_checkpoint
-                )
+                loss, metrics, grad_norm = self.update(rows)
                 self.step += 1
                 out = {f"losses/{k}": float(v) for k, v in metrics.items()}  # losses/rewards/margin, ...
                 out["losses/loss"] = float(loss.detach())
@@ -235,6 +249,28 @@ class OfflineTrainer:
         if self.run_dir is not None:
             self.save(self.run_dir.checkpoints / "last")
         return self
+
+    def update(self, rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """One optimizer step on the minibatch ``rows``: this process's share of it (all of it in one process) in
+        ``gradient_accumulation_steps`` chunks, each loss weighted by its share of the minibatch's rows, so that the
+        accumulated, process-averaged gradient is the whole minibatch's. Returns loss, metrics and gradient norm."""
+        cfg, where = self.config, f"the {self.algo.upper()} loss"
+        chunks = split_rows(self.parallel.shard(rows), cfg.gradient_accumulation_steps)
+        exact = len(chunks) == 1 and not self.parallel.active  # the plain step: no weights, the same numbers
+        sizes = [torch.tensor(float(len(c))) for c in chunks]
+        weights = None if exact else chunk_weights(sizes, torch.tensor(float(len(rows))), self.parallel.world_size)
+        self.optimizer.zero_grad(set_to_none=True)
+        outs = backward_chunks(
+            [functools.partial(self.batch_loss, chunk) for chunk in chunks],
+            weights,
+            cfg,
+            self.device,
+            lambda loss: check_finite(loss, self.step, where, self.last_checkpoint),
+            lambda skip: self.parallel.no_sync([self.train_model], skip),
+        )
+        grad_norm = clip_and_step(self.optimizer, self.params, cfg.max_grad_norm, self.step, self.last_checkpoint)
+        metrics = weighted_mean(outs, [len(c) for c in chunks])
+        return metrics.pop(""), metrics, grad_norm
 
     def save(self, directory: str | os.PathLike) -> Path:
         """``save_pretrained`` of the model and tokenizer into ``directory`` (an atomic swap)."""

@@ -209,10 +209,10 @@ class PPOAgent(LMAgent):
             batch, output_hidden=shared, entropy_grad=self.config.entropy_coef > 0
         )
         if shared:
-            return logprobs, entropy, self.value_head(hidden)
+            return logprobs, entropy, self.trained(self.value_head)(hidden)
         ids = torch.cat([batch.query_ids, batch.response_ids], 1)
         attention = torch.cat([batch.query_mask, batch.response_mask], 1).long()
-        values = self.critic(ids, attention)  # (B, Lq+T)
+        values = self.trained(self.critic)(ids, attention)  # (B, Lq+T)
         lq = batch.query_ids.shape[1]
         return logprobs, entropy, values[:, lq - 1 : -1].float()
 

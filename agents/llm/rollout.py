@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -18,6 +19,7 @@ from torch import nn
 
 from agents.llm.losses import sequence_logprobs
 from agents.llm.math import entropy_from_logits
+from agents.llm.training import checkpointing_active, is_checkpointing
 from textenv.decoders import fast_decoder
 from textenv.engine import record_episodes
 
@@ -243,18 +245,22 @@ def sequence_forward(
     attention = torch.cat([query_mask, response_mask], dim=1).long()
     position_ids = (attention.cumsum(1) - 1).clamp(min=0)
     lq = query_ids.shape[1]
-    decoder = fast_decoder(model) if not _dropout_active(model) else None
+    # Gradient checkpointing is transformers' (the fast decoders keep every activation): a checkpointed model with
+    # gradients on runs its own forward, its checkpointed layers in training mode (agents.llm.training).
+    checkpointed = torch.is_grad_enabled() and is_checkpointing(model)
+    decoder = fast_decoder(model) if not (_dropout_active(model) or checkpointed) else None
     if decoder is not None:  # the same function without the Hugging Face module stack (textenv.decoders)
         states = decoder.hidden_states(input_ids, attention, position_ids)[:, lq - 1 : -1]
         logits = decoder.logits(states)
     else:
-        out = model(
-            input_ids=input_ids,
-            attention_mask=attention,
-            position_ids=position_ids,
-            use_cache=False,
-            output_hidden_states=output_hidden,
-        )
+        with checkpointing_active(model) if checkpointed else contextlib.nullcontext():
+            out = model(
+                input_ids=input_ids,
+                attention_mask=attention,
+                position_ids=position_ids,
+                use_cache=False,
+                output_hidden_states=output_hidden,
+            )
         logits = out.logits[:, lq - 1 : -1]
         states = out.hidden_states[-1][:, lq - 1 : -1] if output_hidden else None
     logits = logits.float() / temperature  # (B, T, V): position i predicts token i+1

@@ -1,0 +1,57 @@
+"""The training run of ``test_distributed.py``: launched with ``accelerate launch --num_processes 2 --cpu`` (each
+process trains on its share) or called in one process (the whole batch); writes the parameters it ends with.
+
+``python -m tests.agents.llm.ddp_worker OUT`` (or through accelerate) reads ``OUT/batch.pt`` (a GRPO rollout of
+``GROUPS`` groups) and writes ``OUT/<run>_rank<r>.pt`` for the runs ``dpo``, ``grpo`` and ``grpo_learn``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from agents.llm import DPOConfig, DPOTrainer, GRPOAgent, GRPOConfig, RolloutBatch
+from agents.llm.distributed import data_parallel
+from tests.agents.llm.test_dpo import pairs
+from tests.agents.lm_fixtures import make_env
+from textenv.testing import make_tiny_lm
+
+GROUPS, GROUP_SIZE = 4, 4
+
+
+def params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+
+
+def run(out: Path) -> None:
+    dp = data_parallel()
+    rank, world = dp.rank, dp.world_size
+    # Accumulation in the multi-process run only: it must give the same update too.
+    steps = 2 if dp.active else 1
+    model, tokenizer = make_tiny_lm()
+    # adam_eps well above the rounding noise of near-zero gradients, which Adam's g / sqrt(v) would blow up to
+    # full-size steps in opposite directions between the split and the whole batch.
+    config = DPOConfig(learning_rate=1e-2, adam_eps=1e-4, batch_size=8, gradient_accumulation_steps=steps)
+    DPOTrainer(model, tokenizer, pairs(24), config).learn()  # 3 steps of 8 pairs, each split over the processes
+    torch.save(params(model), out / f"dpo_rank{rank}.pt")
+
+    full = RolloutBatch(*torch.load(out / "batch.pt", weights_only=False))
+    local_groups = GROUPS // world
+    rows = torch.arange(rank * local_groups * GROUP_SIZE, (rank + 1) * local_groups * GROUP_SIZE)
+    env = make_env(num_envs=len(rows), kl_coef=0.0)
+    grpo = GRPOConfig(group_size=GROUP_SIZE, prompts_per_step=local_groups, num_updates=2, learning_rate=1e-2,
+                      kl_coef=0.1, gradient_accumulation_steps=steps)
+    agent = GRPOAgent(env, grpo)
+    for _ in range(2):  # 2 rollouts' worth of updates (old log-probs stale on the second: the ratio clips)
+        agent.train_on(full.select(rows))
+    torch.save(params(agent.policy), out / f"grpo_rank{rank}.pt")
+
+    agent.learn(2)  # each process rolls out its own groups; DDP keeps the replicas equal
+    torch.save(params(agent.policy), out / f"grpo_learn_rank{rank}.pt")
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    run(Path(sys.argv[1]))
