@@ -321,10 +321,12 @@ def read_preference_rows(source: Any, tokenizer: Any = None) -> list[PreferenceR
     ``tokenizer``'s chat template."""
     if isinstance(source, TextPreferencePairs):
         return [PreferenceRow(*pair, f"pair #{i}") for i, pair in enumerate(source)]
-    return [_parse_record(rec, where, tokenizer) for rec, where in _records(source)]
+    return [_parse_record(rec, where, tokenizer) for rec, where in iter_records(source)]
 
 
-def _records(source: Any) -> Iterator[tuple[Any, str]]:
+def iter_records(source: Any) -> Iterator[tuple[Any, str]]:
+    """``(record, where)`` for every raw record of a .jsonl/.json path, a ``datasets.Dataset`` or a list, ``where``
+    naming it for errors (``path:line``, ``dataset row i``, ``record #i``); records are not parsed."""
     if isinstance(source, (str, os.PathLike)):
         yield from _file_records(Path(source))
     elif isinstance(source, dict):
@@ -441,10 +443,12 @@ def _record_text(prompt: Any, a: Any, b: Any, names: Sequence[str], where: str, 
                 f"{where}: field {name!r}: the response must be the assistant's turn(s), but it starts with a "
                 f"{resp[0]['role']!r} message"
             )
-    return _render_conversation(prompt_msgs, a_msgs, b_msgs, tokenizer, where)
+    return render_conversation(prompt_msgs, a_msgs, b_msgs, tokenizer, where)
 
 
-def _render_conversation(prompt: list, a: list, b: list, tokenizer: Any, where: str) -> tuple[str, str, str]:
+def render_conversation(prompt: list, a: list, b: list, tokenizer: Any, where: str) -> tuple[str, str, str]:
+    """Prompt and two responses as text: the chat template applied to ``prompt`` (+ generation prompt) and to
+    ``prompt + a`` / ``prompt + b``; the responses are what follows the shared rendered prompt."""
     if tokenizer is None:
         raise TextPreferenceFileError(
             f"{where}: a conversational record (lists of role/content messages) is rendered with a tokenizer's chat "

@@ -59,7 +59,7 @@ class DPOTrainer(OfflineTrainer):
         super().__init__(model, tokenizer, pairs, config, ref_model, run_dir)  # ``pairs=``, as in rlhf-gym 0.1
 
     def read_data(self, data) -> int:
-        self.triples = preference_triples(data)
+        self.triples = preference_triples(data, self.tokenizer)
         return len(self.triples)
 
     def compute_reference(self) -> None:

@@ -23,7 +23,13 @@ from agents.llm.base import _check
 from agents.llm.losses import kto_kl_ref_point, kto_loss
 from agents.llm.math import masked_mean
 from agents.llm.offline import OfflineConfig, OfflineTrainer, preference_triples
-from rewardmodels.text_preferences import EmptyResponseError, TextPreferenceError
+from rewardmodels.text_preferences import (
+    EmptyResponseError,
+    TextPreferenceError,
+    TextPreferencePairs,
+    iter_records,
+    render_conversation,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,39 +64,49 @@ class KTOConfig(OfflineConfig):
         )
 
 
-def kto_examples(data) -> list[tuple[str, str, bool]]:
+def kto_examples(data, tokenizer=None) -> list[tuple[str, str, bool]]:
     """``(prompt, completion, desirable)`` rows from unpaired examples and/or preference pairs.
 
-    Unpaired rows are ``(prompt, completion, desirable)`` tuples whose third item is a bool, or dicts with
-    ``prompt``, ``completion`` and ``label`` (TRL's unpaired format) or ``desirable``. Any other row is a preference
-    pair as :func:`agents.llm.offline.preference_triples` reads it (``TextPreferencePairs``, ``(prompt, chosen,
-    rejected)`` triples, dicts with ``chosen``/``rejected``); each gives its chosen response as desirable and its
-    rejected one as undesirable (ties and skipped pairs are dropped).
+    ``data`` is a list, a .jsonl/.json path or a ``datasets.Dataset`` of rows. Unpaired rows are ``(prompt,
+    completion, desirable)`` tuples whose third item is a bool, or dicts with ``prompt``, ``completion`` and ``label``
+    (TRL's unpaired format, also conversational: message lists rendered with ``tokenizer``'s chat template) or
+    ``desirable``. Any other row is a preference pair as :func:`agents.llm.offline.preference_triples` reads it
+    (``TextPreferencePairs``, ``(prompt, chosen, rejected)`` triples, dicts with ``chosen``/``rejected``); each gives
+    its chosen response as desirable and its rejected one as undesirable (ties and skipped pairs are dropped).
 
     Raises:
-        TextPreferenceError: a label that is not True/False, or no example at all.
+        TextPreferenceError: a label that is not True/False, or no example at all; the message names the row.
         EmptyResponseError: an empty completion.
     """
+    if isinstance(data, TextPreferencePairs):
+        return _pair_examples(data, tokenizer)
     examples: list[tuple[str, str, bool]] = []
     pairs = []
-    for i, row in enumerate(data):
+    for row, where in iter_records(data):
         unpaired = _unpaired(row)
         if unpaired is None:
             pairs.append(row)
             continue
         prompt, completion, label = unpaired
         if not isinstance(label, (bool, np.bool_)):
-            raise TextPreferenceError(
-                f"example {i} has desirable={label!r}; give True (desirable) or False (undesirable)"
-            )
+            raise TextPreferenceError(f"{where} has desirable={label!r}; give True (desirable) or False (undesirable)")
+        if isinstance(prompt, list) or isinstance(completion, list):
+            prompt, completion, _ = render_conversation(list(prompt), list(completion), list(completion), tokenizer,
+                                                        where)
         if not str(completion).strip():
-            raise EmptyResponseError(f"example {i} has an empty completion; drop or regenerate it")
+            raise EmptyResponseError(f"{where} has an empty completion; drop or regenerate it")
         examples.append((prompt, completion, bool(label)))
     if pairs:
-        for prompt, chosen, rejected in preference_triples(pairs):
-            examples += [(prompt, chosen, True), (prompt, rejected, False)]
+        examples += _pair_examples(pairs, tokenizer)
     if not examples:
         raise TextPreferenceError("no examples: give (prompt, completion, desirable) rows or preference pairs")
+    return examples
+
+
+def _pair_examples(pairs, tokenizer) -> list[tuple[str, str, bool]]:
+    examples = []
+    for prompt, chosen, rejected in preference_triples(pairs, tokenizer):
+        examples += [(prompt, chosen, True), (prompt, rejected, False)]
     return examples
 
 
@@ -116,7 +132,7 @@ class KTOTrainer(OfflineTrainer):
     config_class = KTOConfig
 
     def read_data(self, data) -> int:
-        self.examples = kto_examples(data)
+        self.examples = kto_examples(data, self.tokenizer)
         if len(self.examples) < 2:
             raise TextPreferenceError(
                 "KTO needs at least 2 examples: the reference point pairs each prompt with another completion"

@@ -8,7 +8,7 @@ import pytest
 from agents.llm.dpo import DPOConfig, DPOTrainer
 from agents.llm.kto import KTOTrainer
 from agents.llm.offline import preference_triples
-from rewardmodels.text_preferences import TextPreferenceFileError, load_text_preferences
+from rewardmodels.text_preferences import TextPreferenceError, TextPreferenceFileError, load_text_preferences
 from tests.agents.lm_fixtures import changed, snapshot
 from tests.chat_fixtures import make_chat_lm
 from textenv.testing import make_tiny_lm
@@ -62,6 +62,10 @@ def test_conversational_records_are_rendered_with_the_chat_template(tmp_path):
         preference_triples(path)  # rendering needs the tokenizer's template
     trainer = DPOTrainer(model, tok, load_text_preferences(path, tok), DPOConfig(batch_size=2))
     assert trainer.num_rows == 2 and trainer.ref_chosen.shape == (2,)
+    direct = DPOTrainer(model, tok, path, DPOConfig(batch_size=2))  # the trainer renders with its own tokenizer
+    assert direct.triples == preference_triples(path, tok)
+    kto = KTOTrainer(model, tok, path)
+    assert kto.examples[:2] == [(prompt, "good <eos> ", True), (prompt, "bad <eos> ", False)]
 
 
 def test_kto_reads_pairs_from_a_dataset():
@@ -70,6 +74,21 @@ def test_kto_reads_pairs_from_a_dataset():
     trainer = KTOTrainer(model, tok, datasets.Dataset.from_list(HH))
     assert trainer.examples == [("the movie was", " good and fun", True), ("the movie was", " bad", False),
                                 ("it was", " very good", True), ("it was", " awful", False)]
+
+
+def test_kto_reads_unpaired_examples_from_a_file_plain_and_conversational(tmp_path):
+    model, tok = make_chat_lm()
+    user = [{"role": "user", "content": "the movie was"}]
+    rows = [{"prompt": "it was", "completion": "very good", "label": True},
+            {"prompt": user, "completion": [{"role": "assistant", "content": "bad"}], "label": False},
+            STANDARD[0]]  # a pair among unpaired rows gives one desirable and one undesirable example
+    trainer = KTOTrainer(model, tok, _write(tmp_path / "kto.jsonl", rows))
+    assert trainer.examples == [("it was", "very good", True),
+                                ("user : the movie was <eos> assistant : ", "bad <eos> ", False),
+                                ("the movie was", "good and fun", True), ("the movie was", "bad", False)]
+    _write(tmp_path / "kto.jsonl", [rows[0], {"prompt": "p", "completion": "x", "label": "yes"}])
+    with pytest.raises(TextPreferenceError, match=r"kto.jsonl:2 has desirable='yes'"):
+        KTOTrainer(model, tok, tmp_path / "kto.jsonl")
 
 
 def test_bad_files_fail_at_construction_naming_the_line_and_field(tmp_path):
