@@ -44,6 +44,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICA
 from rewardmodels.losses import bradley_terry_loss
 from rewardmodels.text_preferences import TextPreferencePairs, load_text_preferences
 from textenv.files import atomic_directory
+from textenv.lora import LoraSettings, apply_lora, is_peft_model, merged_copy
 from textenv.models import load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -136,6 +137,8 @@ class LMRewardModel(nn.Module):
         score_batch_size: batch size of :meth:`__call__`.
         head_init_std: std of the head's normal init; default ``1 / sqrt(hidden + 1)`` ("N implementation details of
             RLHF with PPO", Huang et al. 2024, following the OpenAI lm-human-preferences code).
+        lora: train LoRA adapters on the backbone instead of all its weights (``textenv.lora``; Hu et al. 2022);
+            the head trains in full. :meth:`save_pretrained` folds the adapters into the saved weights.
     """
 
     def __init__(
@@ -148,10 +151,13 @@ class LMRewardModel(nn.Module):
         max_length: int | None = None,
         score_batch_size: int = 32,
         head_init_std: float | None = None,
+        lora: LoraSettings | None = None,
     ) -> None:
         super().__init__()
         base = getattr(backbone, "base_model", backbone)
         self.backbone = base if isinstance(base, nn.Module) else backbone
+        if lora is not None:  # adapters on the backbone, base frozen; the scalar head trains in full
+            self.backbone = apply_lora(self.backbone, lora, task_type="FEATURE_EXTRACTION")
         self.tokenizer = tokenizer
         self.retokenize = bool(retokenize)
         self.policy_tokenizer = policy_tokenizer
@@ -267,9 +273,11 @@ class LMRewardModel(nn.Module):
     # ------------------------------------------------------------------ persistence
     def sequence_classifier(self) -> nn.Module | None:
         """The Hugging Face ``*ForSequenceClassification`` model of this backbone's family, sharing this model's
-        backbone and head weights (no copy), with ``num_labels = 1`` and ``pad_token_id`` set; None for families
-        whose classifier reads something else than the last token through a ``score`` layer (BERT's [CLS] pooler)."""
-        config = copy.deepcopy(self.backbone.config)
+        backbone and head weights (no copy; a LoRA backbone is merged into a copy), with ``num_labels = 1`` and
+        ``pad_token_id`` set; None for families whose classifier reads something else than the last token through a
+        ``score`` layer (BERT's [CLS] pooler)."""
+        backbone = merged_copy(self.backbone) if is_peft_model(self.backbone) else self.backbone  # LoRA: folded in
+        config = copy.deepcopy(backbone.config)
         try:
             seq_class = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[type(config)]
         except (KeyError, ValueError):
@@ -281,7 +289,7 @@ class LMRewardModel(nn.Module):
         score = getattr(seq, "score", None)
         if not prefix or not isinstance(getattr(seq, prefix, None), nn.Module) or not isinstance(score, nn.Linear):
             return None
-        setattr(seq, prefix, self.backbone)
+        setattr(seq, prefix, backbone)
         score.weight = self.head.weight
         if score.bias is not None:
             score.bias = self.head.bias

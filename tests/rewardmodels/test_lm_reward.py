@@ -258,6 +258,32 @@ def test_checkpoint_loads_in_transformers_with_identical_scores(tmp_path, family
     torch.testing.assert_close(back(PROMPTS, RESPONSES), expected, atol=1e-5, rtol=0)
 
 
+def test_lora_reward_model_trains_adapters_and_saves_a_merged_portable_checkpoint(tmp_path):
+    pytest.importorskip("peft")
+    from transformers import AutoModelForSequenceClassification
+
+    from textenv.lora import LoraSettings, is_peft_model
+
+    model, tok = make_tiny_lm()
+    rm = LMRewardModel(model, tok, lora=LoraSettings(r=4, alpha=8))
+    assert is_peft_model(rm.backbone)
+    trainable = {n for n, p in rm.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or n == "head.weight" for n in trainable)
+    frozen = {n: p.detach().clone() for n, p in rm.named_parameters() if not p.requires_grad}
+    adapters = {n: p.detach().clone() for n, p in rm.named_parameters() if "lora_B" in n}
+    held_out = _good_rule_pairs(100, seed=1)
+    before = pairwise_accuracy(rm, held_out)
+    train_reward_model(rm, _good_rule_pairs(128, seed=0), epochs=2, lr=1e-2, batch_size=32)
+    assert pairwise_accuracy(rm, held_out) > before + 0.1
+    assert all(torch.equal(p, rm.state_dict()[n]) for n, p in frozen.items() if n in rm.state_dict())
+    assert any(not torch.equal(p, dict(rm.named_parameters())[n]) for n, p in adapters.items())
+    rm.save_pretrained(tmp_path / "rm")
+    hf = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
+    expected = rm(PROMPTS, RESPONSES)
+    torch.testing.assert_close(_hf_scores(hf, rm.tokenizer, PROMPTS, RESPONSES), expected, atol=1e-5, rtol=0)
+    assert is_peft_model(rm.backbone)  # saving merged a copy; the model keeps its adapters
+
+
 def test_score_position_matches_transformers_on_a_pad_valued_last_token(tmp_path):
     from transformers import AutoModelForSequenceClassification
 
