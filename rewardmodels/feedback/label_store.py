@@ -6,6 +6,13 @@ Schema (one file, ``<run>/labels.sqlite`` by convention, see :func:`store_path`)
     assignments  (pair_id, labeller) PK, expires REAL   -- who holds a pair, until when (a lease)
     labels       id PK, pair_id, label REAL (NULL = skipped), choice TEXT, labeller TEXT, created REAL
                  UNIQUE (pair_id, labeller); UNIQUE (pair_id) too unless the store was made with labels_per_pair > 1
+    undone       the labels people took back with ``undo_last`` (kept for audit), with the time of the undo
+    people       key TEXT PK, name TEXT, token_sha256 TEXT UNIQUE, created REAL  -- personal invitations
+
+Labeller names (:func:`check_labeller`): 1-64 letters/digits of any script, space, ``_ . @ + -``; no leading or
+trailing space, no control characters (``"alice\n"`` is refused). The name is stored as given (after Unicode NFKC
+normalisation), but a PERSON is its case-folded form (:func:`labeller_key`): ``alice``, ``Alice`` and ``ALICE`` are
+one person everywhere (one label per pair, one reserved pair at a time, one invitation).
 
 Label convention (the toolkit's one convention): ``label`` = probability that the FIRST item ("a", shown on the
 LEFT) is preferred: 1.0 left, 0.0 right, 0.5 equal, NaN skipped ("can't tell", never used for training).
@@ -27,9 +34,11 @@ import logging
 import math
 import os
 import re
+import secrets
 import sqlite3
 import threading
 import time
+import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -49,8 +58,9 @@ SCHEMA_VERSION = 1
 CHOICES: dict[str, float] = {"left": 1.0, "right": 0.0, "equal": 0.5, "skip": math.nan}
 KINDS = ("segment", "text")
 PAIR_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
-# Letters/digits of any script, space and a few separators; no control characters, quotes or markup.
-LABELLER_RE = re.compile(r"^[\w .@+-]{1,64}$")
+# Letters/digits of any script, space and a few separators; no control characters, quotes or markup. Used with
+# fullmatch: `$` would also match before a trailing newline ("alice\n").
+LABELLER_RE = re.compile(r"[\w.@+-](?:[\w .@+-]{0,62}[\w.@+-])?")
 
 
 class LabelStoreError(Exception):
@@ -106,11 +116,32 @@ def parse_label(value: Any) -> tuple[float, str]:
 
 
 def check_labeller(name: Any) -> str:
-    if not isinstance(name, str) or not LABELLER_RE.match(name) or not name.strip():
+    """``name`` in NFKC form if it is a valid labeller name (module docstring), else InvalidLabelError."""
+    normal = unicodedata.normalize("NFKC", name) if isinstance(name, str) else None
+    if normal is None or not LABELLER_RE.fullmatch(normal):
         raise InvalidLabelError(
-            f"labeller name {name!r} must be 1-64 characters: letters, digits, space, '_', '.', '@', '+', '-'"
-        )
-    return name
+            f"labeller name {name!r} must be 1-64 characters: letters, digits, space, '_', '.', '@', '+', '-', "
+            f"not starting or ending with a space")
+    return normal
+
+
+def labeller_key(name: str) -> str:
+    """The person a name stands for: NFKC + case folding, so 'Alice' and 'alice' are one person."""
+    return unicodedata.normalize("NFKC", name).casefold()
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _sql_key(name: Any) -> str | None:
+    return labeller_key(name) if isinstance(name, str) else None
+
+
+def _damaged(path: Path, reason: Any) -> str:
+    return (f"{path} is not a usable label database ({reason}); nothing was changed. If it is damaged, move it "
+            f"aside (`mv {path} {path}.damaged`; `sqlite3 {path}.damaged .recover` may rescue its labels) and start "
+            f"again; if it is unreadable, fix its permissions")
 
 
 def check_pair_id(pair_id: Any) -> str:
@@ -178,6 +209,11 @@ CREATE TABLE IF NOT EXISTS labels (
     choice TEXT NOT NULL CHECK (choice IN ('left', 'right', 'equal', 'skip')),
     labeller TEXT NOT NULL, created REAL NOT NULL, UNIQUE (pair_id, labeller));
 CREATE INDEX IF NOT EXISTS labels_pair ON labels(pair_id);
+CREATE TABLE IF NOT EXISTS undone (
+    id INTEGER PRIMARY KEY, pair_id TEXT NOT NULL, label REAL, choice TEXT NOT NULL, labeller TEXT NOT NULL,
+    created REAL NOT NULL, undone REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS people (
+    key TEXT PRIMARY KEY, name TEXT NOT NULL, token_sha256 TEXT NOT NULL UNIQUE, created REAL NOT NULL);
 """
 
 
@@ -205,6 +241,21 @@ class LabelStore:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        try:
+            stored = self._create(labels_per_pair)
+        except sqlite3.DatabaseError as exc:  # not a database, truncated, unreadable, read-only...
+            self.close()
+            raise LabelStoreError(_damaged(self.path, exc)) from exc
+        if int(stored.get("schema_version", -1)) != SCHEMA_VERSION:
+            raise LabelStoreError(f"{self.path} has schema version {stored['schema_version']}, this code reads "
+                                  f"{SCHEMA_VERSION}; export its labels with the version that wrote it")
+        self.labels_per_pair = int(stored["labels_per_pair"])
+        if labels_per_pair is not None and labels_per_pair != self.labels_per_pair:
+            raise ValueError(f"{self.path} was created with labels_per_pair={self.labels_per_pair}; open it with "
+                             f"that value (or None), or use a new file for {labels_per_pair}")
+
+    def _create(self, labels_per_pair: int | None) -> dict[str, str]:
+        """Create the tables if missing; return the stored meta settings."""
         with self._tx() as db:
             for statement in filter(str.strip, _SCHEMA.split(";")):  # not executescript: it would COMMIT
                 db.execute(statement)
@@ -216,13 +267,16 @@ class LabelStore:
                 if n == 1:  # belt and braces: the database itself refuses a second label for a pair
                     db.execute("CREATE UNIQUE INDEX IF NOT EXISTS labels_one_per_pair ON labels(pair_id)")
                 stored = {"schema_version": str(SCHEMA_VERSION), "labels_per_pair": str(n)}
-        if int(stored["schema_version"]) != SCHEMA_VERSION:
-            raise LabelStoreError(f"{self.path} has schema version {stored['schema_version']}, this code reads "
-                                  f"{SCHEMA_VERSION}; export its labels with the version that wrote it")
-        self.labels_per_pair = int(stored["labels_per_pair"])
-        if labels_per_pair is not None and labels_per_pair != self.labels_per_pair:
-            raise ValueError(f"{self.path} was created with labels_per_pair={self.labels_per_pair}; open it with "
-                             f"that value (or None), or use a new file for {labels_per_pair}")
+        return stored
+
+    def check_integrity(self) -> None:
+        """Raise LabelStoreError unless SQLite's ``quick_check`` finds the file sound (run before serving it)."""
+        try:
+            problems = [r[0] for r in self._conn().execute("PRAGMA quick_check").fetchall()]
+        except sqlite3.DatabaseError as exc:
+            raise LabelStoreError(_damaged(self.path, exc)) from exc
+        if problems != ["ok"]:
+            raise LabelStoreError(_damaged(self.path, "; ".join(problems[:3])))
 
     # -- connections -----------------------------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -235,6 +289,8 @@ class LabelStore:
             # FULL: the WAL is fsynced at every commit, so an acknowledged label survives power loss, not only kill -9.
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
+            # One person, however they type their name: SQL compares lkey(labeller) with labeller_key(name).
+            conn.create_function("lkey", 1, _sql_key, deterministic=True)
             self._local.conn, self._local.pid = conn, os.getpid()
             with self._lock:
                 self._all.append(conn)
@@ -279,53 +335,66 @@ class LabelStore:
     def next_pair(self, labeller: str, run: str | None = None) -> dict[str, Any] | None:
         """Reserve the next pair for ``labeller`` and return it (``{"pair_id", "kind", "run", "payload"}``).
 
-        A labeller who already holds an unexpired lease gets that pair again (a page reload shows the same pair).
-        Otherwise the oldest pair that still needs labels, that this labeller has not labelled, and that is not held
-        by enough others to cover its remaining labels. Returns None when nothing is available.
+        A person holds at most ONE pair at a time (the cap that keeps one person from starving the others): one who
+        already holds an unexpired lease gets that pair again (a page reload shows the same pair), and taking a new
+        pair drops any other lease they hold. Otherwise the oldest pair that still needs labels, that this person has
+        not labelled, and that is not held by enough others to cover its remaining labels. None when nothing is left.
         """
-        check_labeller(labeller)
+        labeller = check_labeller(labeller)
+        key = labeller_key(labeller)
         now = time.time()
         run_sql, run_arg = ("AND q.run = ?", [run]) if run is not None else ("", [])
         with self._tx() as db:
             db.execute("DELETE FROM assignments WHERE expires <= ?", (now,))
             row = db.execute(  # a pair this labeller already holds (it may have been labelled since via the API)
                 f"SELECT q.pair_id, q.kind, q.run, q.payload FROM assignments a JOIN queries q USING (pair_id) "
-                f"WHERE a.labeller = ? {run_sql} "
+                f"WHERE lkey(a.labeller) = ? {run_sql} "
                 f"AND (SELECT COUNT(*) FROM labels l WHERE l.pair_id = q.pair_id) < ? "
-                f"AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.pair_id = q.pair_id AND l.labeller = ?) "
-                f"ORDER BY q.rowid LIMIT 1", [labeller, *run_arg, self.labels_per_pair, labeller]).fetchone()
+                f"AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.pair_id = q.pair_id AND lkey(l.labeller) = ?) "
+                f"ORDER BY q.rowid LIMIT 1", [key, *run_arg, self.labels_per_pair, key]).fetchone()
             if row is None:
                 row = db.execute(
                     f"SELECT q.pair_id, q.kind, q.run, q.payload FROM queries q "
                     f"WHERE (SELECT COUNT(*) FROM labels l WHERE l.pair_id = q.pair_id) "
                     f"    + (SELECT COUNT(*) FROM assignments a WHERE a.pair_id = q.pair_id) < ? "
-                    f"AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.pair_id = q.pair_id AND l.labeller = ?) "
-                    f"{run_sql} ORDER BY q.rowid LIMIT 1", [self.labels_per_pair, labeller, *run_arg]).fetchone()
+                    f"AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.pair_id = q.pair_id AND lkey(l.labeller) = ?) "
+                    f"{run_sql} ORDER BY q.rowid LIMIT 1", [self.labels_per_pair, key, *run_arg]).fetchone()
                 if row is None:
                     return None
-            db.execute("INSERT OR REPLACE INTO assignments VALUES (?, ?, ?)", (row[0], labeller, now + self.lease_s))
+            self._reserve(db, row[0], labeller, now)
         return {"pair_id": row[0], "kind": row[1], "run": row[2], "payload": json.loads(row[3])}
+
+    def _reserve(self, db: sqlite3.Connection, pair_id: str, labeller: str, now: float) -> None:
+        """``labeller``'s one lease becomes ``pair_id`` (any other lease of the same person is dropped)."""
+        db.execute("DELETE FROM assignments WHERE lkey(labeller) = ?", (labeller_key(labeller),))
+        db.execute("INSERT INTO assignments VALUES (?, ?, ?)", (pair_id, labeller, now + self.lease_s))
 
     def release(self, pair_id: str, labeller: str) -> None:
         """Give a reserved pair back to the queue (e.g. the labeller closed the page)."""
         with self._tx() as db:
-            db.execute("DELETE FROM assignments WHERE pair_id = ? AND labeller = ?", (pair_id, labeller))
+            db.execute("DELETE FROM assignments WHERE pair_id = ? AND lkey(labeller) = ?",
+                       (pair_id, labeller_key(labeller)))
 
-    def submit(self, pair_id: str, label: Any, labeller: str) -> float:
+    def submit(self, pair_id: str, label: Any, labeller: str, run: str | None = None) -> float:
         """Record ``labeller``'s label for ``pair_id``; returns the stored label (NaN for skip).
 
-        Raises InvalidLabelError (bad label / name / id), UnknownPairError, AlreadyLabelledError; nothing is written
-        when it raises. Holding the lease is not required: if a lease expired and two people label the same pair,
-        the first submit wins and the second gets AlreadyLabelledError.
+        Raises InvalidLabelError (bad label / name / id), UnknownPairError (never queued, or not queued under
+        ``run`` when it is given), AlreadyLabelledError; nothing is written when it raises. Holding the lease is not
+        required: if a lease expired and two people label the same pair, the first submit wins and the second gets
+        AlreadyLabelledError.
         """
         check_pair_id(pair_id)
-        check_labeller(labeller)
+        labeller = check_labeller(labeller)
         value, choice = parse_label(label)
         with self._tx() as db:
-            if db.execute("SELECT 1 FROM queries WHERE pair_id = ?", (pair_id,)).fetchone() is None:
+            found = db.execute("SELECT run FROM queries WHERE pair_id = ?", (pair_id,)).fetchone()
+            if found is None:
                 raise UnknownPairError(f"no pair with id {pair_id!r} was ever queued")
-            done, mine = db.execute("SELECT COUNT(*), COALESCE(SUM(labeller = ?), 0) FROM labels WHERE pair_id = ?",
-                                    (labeller, pair_id)).fetchone()
+            if run is not None and found[0] != run:
+                raise UnknownPairError(f"pair {pair_id!r} is not queued under run tag {run!r}, the only tag this "
+                                       f"server labels")
+            done, mine = db.execute("SELECT COUNT(*), COALESCE(SUM(lkey(labeller) = ?), 0) FROM labels "
+                                    "WHERE pair_id = ?", (labeller_key(labeller), pair_id)).fetchone()
             if mine:
                 raise AlreadyLabelledError(f"{labeller!r} already labelled pair {pair_id!r}")
             if done >= self.labels_per_pair:
@@ -335,8 +404,58 @@ class LabelStore:
             if done + 1 >= self.labels_per_pair:  # complete: nobody needs to hold it any more
                 db.execute("DELETE FROM assignments WHERE pair_id = ?", (pair_id,))
             else:
-                db.execute("DELETE FROM assignments WHERE pair_id = ? AND labeller = ?", (pair_id, labeller))
+                db.execute("DELETE FROM assignments WHERE pair_id = ? AND lkey(labeller) = ?",
+                           (pair_id, labeller_key(labeller)))
         return value
+
+    def undo_last(self, labeller: str, run: str | None = None, within_s: float | None = None) -> str | None:
+        """Take back ``labeller``'s most recent label (of pairs tagged ``run`` when given) and reserve its pair for
+        them again, so they can label it anew; returns its pair id, or None when they have no label to undo.
+
+        The row moves to the ``undone`` table (kept for audit). Raises LabelStoreError if that label is older than
+        ``within_s`` seconds. A training loop that already read the label keeps the value it read.
+        """
+        labeller = check_labeller(labeller)
+        run_sql, run_arg = ("AND q.run = ?", [run]) if run is not None else ("", [])
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute(f"SELECT l.id, l.pair_id, l.created FROM labels l JOIN queries q USING (pair_id) "
+                             f"WHERE lkey(l.labeller) = ? {run_sql} ORDER BY l.id DESC LIMIT 1",
+                             [labeller_key(labeller), *run_arg]).fetchone()
+            if row is None:
+                return None
+            label_id, pair_id, created = row
+            if within_s is not None and now - created > within_s:
+                raise LabelStoreError(f"your last label (pair {pair_id!r}) is {now - created:.0f} s old; labels "
+                                      f"can be undone for {within_s:g} s only")
+            db.execute("INSERT INTO undone SELECT id, pair_id, label, choice, labeller, created, ? FROM labels "
+                       "WHERE id = ?", (now, label_id))
+            db.execute("DELETE FROM labels WHERE id = ?", (label_id,))
+            self._reserve(db, pair_id, labeller, now)
+        return pair_id
+
+    # -- people (personal invitations) -----------------------------------------------------------------------------
+    def invite(self, name: str) -> str:
+        """A new secret token for the person ``name`` (replacing their previous one: old links stop working).
+
+        Only its SHA-256 is stored; give the token to that person (``rlhf-gym label --invite NAME`` prints a link).
+        """
+        name = check_labeller(name)
+        token = secrets.token_urlsafe(24)
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO people VALUES (?, ?, ?, ?)",
+                       (labeller_key(name), name, _token_hash(token), time.time()))
+        return token
+
+    def revoke(self, name: str) -> bool:
+        """Invalidate ``name``'s invitation; True if there was one. Their labels stay."""
+        with self._tx() as db:
+            return db.execute("DELETE FROM people WHERE key = ?", (labeller_key(check_labeller(name)),)).rowcount > 0
+
+    def person(self, token: str) -> str | None:
+        """The invited person's name for an invitation token, or None."""
+        row = self._conn().execute("SELECT name FROM people WHERE token_sha256 = ?", (_token_hash(token),)).fetchone()
+        return None if row is None else row[0]
 
     # -- reading ---------------------------------------------------------------------------------------------------
     def progress(self, run: str | None = None) -> dict[str, int]:

@@ -149,6 +149,34 @@ def test_token_link_sets_a_cookie_and_the_page_works(page, tmp_path):
         assert [(r["pair_id"], r["choice"]) for r in store.rows()] == [("t-0", "right")]
 
 
+def test_invitation_link_fixes_the_name_and_undo_brings_the_pair_back(page, tmp_path):
+    run = tmp_path / "run"
+    with LabelStore(store_path(run)) as store:
+        store.enqueue([Query.text(f"p{i}", "a", "b", pair_id=f"t-{i}") for i in range(2)])
+        invite = store.invite("Ann")
+    token = "tok-" + "x" * 20
+    # served on loopback here, but configured as a public server: only an invitation may label
+    with ServerThread(create_app(run, host="0.0.0.0", token=token)) as url:
+        page.goto(url + f"?token={token}")  # the operator's token opens the page, not the labelling
+        page.wait_for_function("() => document.getElementById('status').textContent.includes('invitation')")
+        assert page.is_hidden("#who")
+
+        page.goto(url + f"?invite={invite}")
+        assert "invite" not in page.url
+        assert wait_ready_after(page, "") == "t-0"
+        assert page.input_value("#labeller") == "Ann" and page.get_attribute("#labeller", "readonly") is not None
+        assert page.is_hidden("#save-name")
+        act(page, "1")  # left...
+        assert wait_ready_after(page, "t-0") == "t-1"
+        act(page, "u")  # ...oops: undo shows t-0 again
+        assert wait_ready_after(page, "t-1") == "t-0"
+        assert page.inner_text("#status").startswith("Undone")
+        act(page, "#btn-right")
+        assert wait_ready_after(page, "t-0") == "t-1"
+    with LabelStore(store_path(run)) as store:
+        assert [(r["pair_id"], r["choice"], r["labeller"]) for r in store.rows()] == [("t-0", "right", "Ann")]
+
+
 # -- end to end: CartPole clips, a scripted person who prefers the segment with the higher true return -------------
 @pytest.mark.slow
 def test_person_labels_cartpole_clips_like_the_oracle_teacher(page, tmp_path):

@@ -6,12 +6,15 @@ const NAME_KEY = "rlhf-gym.labeller";
 const NAME_RE = /^[\p{L}\p{N}_ .@+\-]{1,64}$/u;  // the server checks again; this only gives early feedback
 const KEYS = { "1": "left", "ArrowLeft": "left", "2": "right", "ArrowRight": "right",
                "0": "equal", "e": "equal", "E": "equal", "s": "skip", "S": "skip" };
+const UNDO_KEYS = new Set(["u", "U"]);
 const VIDEO = /\.(mp4|webm)$/i;
 
 let labeller = null;
+let invited = false;  // true: the server knows who this is (invitation link); the name cannot be changed
 let pair = null;
 let busy = false;
 let pollTimer = null;
+let canUndo = false;
 
 const $ = (id) => document.getElementById(id);
 
@@ -23,6 +26,7 @@ function setStatus(text, isError = false) {
 function setState(state) {  // "idle" | "loading" | "ready" | "saving" | "empty": tests wait on this
   document.body.dataset.state = state;
   for (const b of document.querySelectorAll(".choice")) b.disabled = state !== "ready";
+  $("btn-undo").disabled = !canUndo || !(state === "ready" || state === "empty");
 }
 
 function showProgress(p) {
@@ -125,6 +129,7 @@ async function choose(choice) {
     if (status === 200) {
       showProgress(body.progress);
       setStatus("Saved (" + choice + ").");
+      canUndo = true;
       await fetchNext();
     } else if (status === 409 || status === 404) {
       setStatus(body.error + " - showing the next pair.", true);
@@ -141,14 +146,61 @@ async function choose(choice) {
   }
 }
 
+async function undo() {
+  if (busy || !canUndo || !labeller) return;
+  busy = true;
+  setState("saving");
+  try {
+    const { status, body } = await api("/api/undo", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ labeller }),
+    });
+    canUndo = false;  // one step back; the pair comes back to be labelled again
+    setStatus(status === 200 ? "Undone: label this pair again." : (body.error || "nothing to undo"), status !== 200);
+  } catch (err) {
+    setStatus("Not undone (" + (err.message || err) + ").", true);
+  } finally {
+    busy = false;
+  }
+  const message = $("status").textContent, isError = $("status").classList.contains("error");
+  await fetchNext();
+  setStatus(message, isError);
+}
+
 function start(name) {
-  if (!NAME_RE.test(name) || !name.trim()) {
+  if (!NAME_RE.test(name) || name !== name.trim()) {
     setStatus("Names are 1-64 letters, digits, spaces or _ . @ + -", true);
     return;
   }
   labeller = name;
-  localStorage.setItem(NAME_KEY, name);
+  if (!invited) localStorage.setItem(NAME_KEY, name);
   fetchNext();
+}
+
+async function whoAmI() {  // an invitation fixes the name; without one, only a local server lets people type it
+  try {
+    const { status, body } = await api("/api/me");
+    if (status !== 200) throw new Error(body.error || "could not reach the server");
+    if (body.name) {
+      invited = true;
+      $("labeller").value = body.name;
+      $("labeller").readOnly = true;
+      $("save-name").hidden = true;
+      start(body.name);
+      return;
+    }
+    if (!body.self_declared) {
+      $("who").hidden = true;
+      setStatus("Open your personal invitation link to label here.", true);
+      return;
+    }
+  } catch (err) {
+    setStatus(String(err.message || err), true);
+    return;
+  }
+  const saved = localStorage.getItem(NAME_KEY);
+  if (saved) { $("labeller").value = saved; start(saved); }
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -157,11 +209,12 @@ document.addEventListener("DOMContentLoaded", () => {
   for (const b of document.querySelectorAll(".choice")) {
     b.addEventListener("click", () => choose(b.dataset.choice));
   }
+  $("btn-undo").addEventListener("click", undo);
   document.addEventListener("keydown", (ev) => {
     if (ev.ctrlKey || ev.metaKey || ev.altKey || ev.target.closest("input, textarea")) return;
+    if (UNDO_KEYS.has(ev.key)) { ev.preventDefault(); undo(); return; }
     const choice = KEYS[ev.key];
     if (choice) { ev.preventDefault(); choose(choice); }
   });
-  const saved = localStorage.getItem(NAME_KEY);
-  if (saved) { $("labeller").value = saved; start(saved); }
+  whoAmI();
 });
