@@ -11,22 +11,186 @@ Layout of ``RunDir(path)``::
 
 Writes of JSON files are atomic (``textenv.files.write_json``), so an interrupted run never leaves a half-written
 summary or config behind.
+
+Checkpoints: ``commit_checkpoint(name)`` makes ``checkpoints/<name>/`` the latest (``checkpoints/latest.json``, written
+atomically: the commit point) and keeps the one before it, so that a damaged latest checkpoint has something to fall
+back to (``checkpoint_candidates`` lists them, newest first).
+
+Also here, for every long command: the errors a user can fix (``RunError``: the CLI prints the message on one line
+and exits with 2), the checks of ``--out`` (``prepare_out``) and ``--device`` (``check_device``), and
+``signals_deferred`` (a checkpoint save is never cut in half by Ctrl-C or SIGTERM).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from textenv.files import atomic_write_text, jsonable, write_json
 
-__all__ = ["RunDir", "atomic_write_text", "write_json"]  # the two writers live in textenv.files
+__all__ = ["CheckpointError", "DeviceError", "RUN_FILES", "RunDir", "RunDirError", "RunError", "RunInterrupted",
+           "atomic_write_text", "check_device", "checkpoint_candidates", "earlier_run_files", "prepare_out",
+           "signals_deferred", "write_json"]
 
 logger = logging.getLogger(__name__)
+
+#: What a training run writes into its directory (``prepare_out`` moves these aside for ``overwrite``). People's
+#: labels (labels.sqlite) and clips/ are not among them: they outlive a run and are found again by content hash.
+RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "curves.png", "tb", "checkpoints")
+LATEST = "latest.json"
+
+
+class RunError(Exception):
+    """Bad input, or a run directory in a state the user must decide about. ``rlhf-gym`` prints the message as one
+    line (``rlhf-gym <cmd>: error: <message>``) and exits with status 2; the message says what to do."""
+
+
+class RunDirError(RunError, ValueError):
+    """``--out`` cannot hold the run: not a directory, not writable, or it holds files of another run."""
+
+
+class CheckpointError(RunError):
+    """No checkpoint of the run can be loaded (each one tried is named in the message, with what is wrong)."""
+
+
+class DeviceError(RunError, ValueError):
+    """A torch device this machine does not have (``--device cuda`` on a CPU-only torch, a GPU index too high)."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C or SIGTERM; the message says what was kept and how to resume. A KeyboardInterrupt,
+    so that code which cleans up on Ctrl-C does so here too."""
+
+
+def check_device(device: str | None) -> str | None:
+    """Return ``device`` unchanged if torch can use it here (None and ``auto`` always can), else raise DeviceError."""
+    if device is None or device == "auto":
+        return device
+    import torch  # lazy: the run directory itself needs no torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise DeviceError(f"--device {device!r} is not a torch device ({err}); use cpu, cuda, cuda:N or mps") \
+            from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"--device {device}: this torch ({torch.__version__}) sees no CUDA GPU; use --device cpu "
+                              "or install a CUDA build of torch on a machine with a GPU")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here (cuda:0.."
+                              f"cuda:{torch.cuda.device_count() - 1})")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"--device {device}: MPS (Apple GPU) is not available here; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"--device {device}: rlhf-gym runs on cpu, cuda or mps, not {dev.type}")
+    return device
+
+
+def _check_writable(path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"--out {path} is a file, not a directory; choose another --out")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:  # read-only filesystem, no permission, a file where a parent directory should be
+        raise RunDirError(f"--out {path} cannot be written ({err.strerror or err}); choose a directory you can "
+                          "write to") from None
+
+
+def earlier_run_files(path: str | os.PathLike) -> list[str]:
+    """The ``RUN_FILES`` already in ``path`` (an earlier run, perhaps one that crashed before its first checkpoint)."""
+    path = Path(path)
+    return [name for name in RUN_FILES
+            if (path / name).is_file() or ((path / name).is_dir() and any((path / name).iterdir()))]
+
+
+def prepare_out(path: str | os.PathLike, resume: bool = False, overwrite: bool = False) -> Path:
+    """Check that ``path`` can hold a run and will not mix two runs' files; returns it as a Path.
+
+    Raises RunDirError when ``path`` is not a writable directory, or when a fresh run (not ``resume``) would land on
+    an earlier run's files: those are never appended to. With ``overwrite`` they are moved aside into
+    ``path/superseded-<UTC time>/`` (nothing is deleted) and the run starts afresh; labels.sqlite and clips/ stay.
+    """
+    path = Path(path)
+    _check_writable(path)
+    if resume:
+        return path
+    earlier = earlier_run_files(path)
+    if earlier and not overwrite:
+        has_ckpt = bool(checkpoint_candidates(path))
+        hint = "pass --resume to continue it, " if has_ckpt else ""
+        raise RunDirError(f"{path} already holds {'a run' if has_ckpt else 'files of an earlier run'} "
+                          f"({', '.join(earlier)}); {hint}pass --overwrite to move them aside into "
+                          f"{path}/superseded-<time>/ and start afresh, or choose another --out")
+    if earlier:
+        aside = path / time.strftime("superseded-%Y%m%d-%H%M%S", time.gmtime())
+        while aside.exists():
+            aside = aside.with_name(aside.name + "-1")
+        aside.mkdir()
+        for name in earlier:
+            shutil.move(str(path / name), str(aside / name))
+        logger.warning("moved the earlier run's %s into %s", ", ".join(earlier), aside)
+    return path
+
+
+def checkpoint_candidates(path: str | os.PathLike) -> list[Path]:
+    """Checkpoint directories of the run in ``path`` to resume from, best first: the latest, the one before it,
+    then (if latest.json itself is missing or damaged) every checkpoint directory, newest first. Empty when the run
+    has none. Reads only."""
+    checkpoints = Path(path) / "checkpoints"
+    names: list[str] = []
+    try:
+        latest = json.loads((checkpoints / LATEST).read_text(encoding="utf-8"))
+        names += [n for n in (latest.get("checkpoint"), latest.get("previous")) if isinstance(n, str)]
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, AttributeError) as err:
+        logger.warning("%s is damaged (%s); looking for checkpoints in %s", checkpoints / LATEST, err, checkpoints)
+    found = [checkpoints / n for n in dict.fromkeys(names) if (checkpoints / n).is_dir()]
+    if not found and checkpoints.is_dir():  # no latest.json, a damaged one, or one naming deleted directories
+        dirs = [p for p in checkpoints.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        found = sorted(dirs, key=lambda p: p.stat().st_mtime, reverse=True)
+    return found
+
+
+@contextlib.contextmanager
+def signals_deferred(signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM)) -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM back for the duration of the block (a checkpoint save), then act on them as the
+    handlers in force before would have: a run stops within the moment the save takes, never with half a checkpoint.
+
+    The Python-level handlers are swapped (a signal mask would not do: the kernel hands a process-directed signal
+    to any thread that does not block it, and torch and tensorboard run threads of their own). Only the main thread
+    may set handlers, so elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in signals
+                if signal.getsignal(sig) is not None}  # None: a C library's handler, which Python cannot put back
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(caught):
+            handler = previous[sig]
+            if callable(handler):
+                handler(sig, None)  # e.g. raises KeyboardInterrupt, now that the save is complete
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), sig)
 
 
 class RunDir:
@@ -34,7 +198,7 @@ class RunDir:
 
     def __init__(self, path: str | os.PathLike, tensorboard: bool = True):
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        _check_writable(self.path)  # RunDirError naming the path, not a traceback from deep in a write
         self.checkpoints.mkdir(exist_ok=True)
         self._tensorboard = tensorboard
         self._writer = None
@@ -54,6 +218,31 @@ class RunDir:
     @property
     def plot_path(self) -> Path:
         return self.path / "curves.png"
+
+    # -- checkpoints ---------------------------------------------------------------------------------------------
+    @staticmethod
+    def latest_checkpoint_in(path: str | os.PathLike) -> str | None:
+        """The checkpoint ``path/checkpoints/latest.json`` names, or None (no checkpoint, or latest.json damaged)."""
+        try:
+            name = json.loads((Path(path) / "checkpoints" / LATEST).read_text(encoding="utf-8"))["checkpoint"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return name if isinstance(name, str) else None
+
+    def commit_checkpoint(self, name: str, previous: str | None = None) -> None:
+        """Make ``checkpoints/<name>`` (complete on disk) the latest; keep ``previous`` (default: the latest until now;
+        a run that fell back past a damaged latest passes the checkpoint it resumed from), delete older ones."""
+        previous = previous or self.latest_checkpoint_in(self.path)
+        keep = {name} | ({previous} if previous and previous != name else set())
+        write_json(self.checkpoints / LATEST, {"checkpoint": name, "previous": previous if previous != name else None})
+        for old in self.checkpoints.iterdir():
+            stale_temp = old.name.startswith(".") and (".tmp-" in old.name or ".old-" in old.name)  # a cut save's
+            if old.is_dir() and old.name not in keep and (stale_temp or not old.name.startswith(".")):
+                shutil.rmtree(old, ignore_errors=True)
+
+    def checkpoint_candidates(self) -> list[Path]:
+        """``checkpoint_candidates(self.path)``."""
+        return checkpoint_candidates(self.path)
 
     def write_config(self, config: Any) -> None:
         write_json(self.path / "config.json", config)

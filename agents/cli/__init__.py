@@ -2,6 +2,19 @@
 
 Each sub-command lives in ``agents/cli/<name>.py`` and provides ``add_parser(subparsers)`` and ``run(args)``;
 modules are imported only when their sub-command runs, so ``rlhf-gym --help`` stays fast.
+
+What every sub-command gets from ``main``:
+
+- Bad input: raise ``UsageError`` (or any ``agents.rundir.RunError``: ``RunDirError``, ``CheckpointError``,
+  ``DeviceError``) with a message that says what to do; ``main`` prints ``rlhf-gym <cmd>: error: <message>`` as one
+  line on stderr and returns 2 (``-v`` adds the traceback). Nothing else is caught: a bug keeps its traceback.
+- Ctrl-C and SIGTERM: both raise KeyboardInterrupt in the main thread (SIGTERM through the handler installed here),
+  so a command stops within seconds wherever it is, running its ``finally`` blocks. ``main`` prints one line,
+  ``rlhf-gym <cmd>: interrupted (SIGTERM)[: <message>]``, and returns 128 + the signal number (130, 143), as a shell
+  does. A long command raises ``agents.rundir.RunInterrupted("<what was kept>; resume with: ...")`` from its
+  KeyboardInterrupt to say how to resume (``resume_hint``).
+- Long commands with ``--out``, ``--resume`` and ``--overwrite`` get their settings and run directory from
+  ``run_settings``: the saved settings with ``--resume``, else fresh ones in an ``--out`` that holds no other run.
 """
 
 from __future__ import annotations
@@ -9,7 +22,18 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from agents.rundir import RunError, RunInterrupted, checkpoint_candidates, prepare_out
+
+__all__ = ["COMMANDS", "RunInterrupted", "UsageError", "main", "resume_hint", "run_settings"]
+
+logger = logging.getLogger(__name__)
+C = TypeVar("C")
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -20,7 +44,79 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class UsageError(RunError, ValueError):
+    """A command-line value the user must change: ``main`` prints the message on one line and returns 2."""
+
+
+def run_settings(args: argparse.Namespace, load: Callable[[Path], C], build: Callable[[], C],
+                 default_out: Callable[[C], Path] | None = None) -> tuple[C, Path]:
+    """The settings and run directory of a long command with ``--out``, ``--resume``, ``--overwrite`` (and
+    ``--no-progress``): with ``--resume`` the run's saved settings (``load(out)``), else ``build()`` from the
+    arguments, in an ``--out`` (default ``default_out(settings)``) that holds no other run
+    (``agents.rundir.prepare_out``). A bad value becomes a ``UsageError``; a ``RunError`` passes as it is."""
+    if args.resume and args.overwrite:
+        raise UsageError("--resume continues the run in --out and --overwrite moves it aside: pass one of them")
+    if args.resume:
+        if not args.out or not checkpoint_candidates(args.out):
+            raise UsageError(f"--resume: {args.out} has no checkpoint to resume from (checkpoints/); drop --resume "
+                             "to start a new run")
+        out = prepare_out(args.out, resume=True)
+        try:
+            cfg = load(out)
+        except RunError:  # e.g. config.json and every checkpoint's copy of it damaged
+            raise
+        except (ValueError, TypeError) as err:  # saved settings this version refuses
+            raise UsageError(f"{out}/config.json: {err}") from err
+        if getattr(args, "no_progress", False):
+            cfg.progress_bar = False  # type: ignore[attr-defined]
+        logger.info("resuming %s with its saved settings (command-line settings other than --out are ignored)", out)
+        return cfg, out
+    try:
+        cfg = build()
+    except RunError:
+        raise
+    except (ValueError, TypeError) as err:  # unknown names, config validation: messages that say what to change
+        raise UsageError(str(err)) from err
+    out = args.out or (default_out(cfg) if default_out is not None else None)
+    if out is None:
+        raise UsageError("--out is required: the run directory")
+    return cfg, prepare_out(out, overwrite=args.overwrite)
+
+
+def resume_hint(command: str, out: Path) -> str:
+    """What an interrupted run in ``out`` kept and how to go on, for ``RunInterrupted``."""
+    ckpt = checkpoint_candidates(out)
+    if not ckpt:
+        return (f"stopped before the first checkpoint; start again with --out {out} --overwrite (people's labels in "
+                "labels.sqlite are kept and found again)")
+    return f"checkpoint {ckpt[0].relative_to(out)} kept; resume with: rlhf-gym {command} --out {out} --resume"
+
+
+class _Stop:
+    """SIGTERM -> KeyboardInterrupt, remembering which signal came (for the message and the exit status)."""
+
+    def __init__(self) -> None:
+        self.signum = signal.SIGINT
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+        raise KeyboardInterrupt
+
+    def install(self) -> Any:
+        """Install for SIGTERM (and SIGINT, which Python maps to KeyboardInterrupt already); returns the previous
+        handlers. Only the main thread may install signal handlers: elsewhere (a test's thread) this does nothing."""
+        previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                if signal.getsignal(sig) is not signal.SIG_IGN:  # `nohup`, `cmd &`: the user chose to ignore it
+                    previous[sig] = signal.signal(sig, self)
+            except ValueError:  # not the main thread
+                break
+        return previous
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run ``rlhf-gym`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status (module docstring)."""
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="rlhf-gym", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -37,6 +133,25 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    result = importlib.import_module(args._module).run(args)
+    stop = _Stop()
+    previous = stop.install()
+    try:
+        result = importlib.import_module(args._module).run(args)
+    except RunError as err:
+        logger.debug("%s failed", args.command, exc_info=True)  # -v: the traceback too
+        print(f"rlhf-gym {args.command}: error: {_one_line(err)}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt as err:
+        name = "SIGTERM" if stop.signum == signal.SIGTERM else "Ctrl-C"
+        detail = f": {_one_line(err)}" if isinstance(err, RunInterrupted) and str(err) else ""
+        print(f"rlhf-gym {args.command}: interrupted ({name}){detail}", file=sys.stderr, flush=True)
+        return 128 + int(stop.signum)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: a C handler, not restorable
     return int(result or 0)
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
 

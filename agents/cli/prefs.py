@@ -3,13 +3,15 @@
     rlhf-gym prefs --out runs/cartpole                      # the embedded default: CartPole-v1, PPO, 150 labels
     rlhf-gym prefs --env Pendulum-v1 --algo sac --labels 200 --steps 40000 --out runs/pendulum
     rlhf-gym prefs --out runs/cartpole --resume             # continue an interrupted run to the same budgets
+    rlhf-gym prefs --out runs/cartpole --overwrite          # start afresh; the old run is moved aside, not deleted
     rlhf-gym prefs --labeller human --labels 60 --out runs/cartpole-people   # then: rlhf-gym label --run ...
     rlhf-gym prefs --preset christiano-mujoco --env Hopper-v5 --labels 700 --steps 1000000 --out runs/hopper
     rlhf-gym prefs --preset christiano-atari --env ALE/Pong-v5 --labels 3300 --steps 10000000 --out runs/pong
 
 Every unset option takes the preset's value (``--preset``, else the env's tuned settings: ``agents.loop.presets``),
 else ``PrefsConfig``'s default. The run directory gets config.json, summary.json, metrics.jsonl, tb/, curves.png
-and checkpoints/.
+and checkpoints/ (the last two). Ctrl-C or SIGTERM stop a run within seconds and print how to resume it; a run
+waiting for people saves a checkpoint before it waits, so no label given meanwhile is lost.
 """
 
 from __future__ import annotations
@@ -17,15 +19,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from agents.cli import UsageError, resume_hint, run_settings
 from agents.loop.config import PrefsConfig
 from agents.loop.prefs import run_prefs
 from agents.loop.presets import PRESETS
+from agents.rundir import RunInterrupted
 from agents.sb3.control import IncompatibleSpaceError
 
 logger = logging.getLogger(__name__)
@@ -50,7 +53,11 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", default=None, help="run directory (default: runs/<env>-<algo>-seed<seed>)")
     g.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its latest checkpoint, with its saved settings")
+                   help="continue the run in --out from its latest checkpoint (or the one before it, if the latest "
+                        "is damaged), with its saved settings")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an --out that holds an earlier run: its files are moved into "
+                        "--out/superseded-<time>/ (labels.sqlite and clips/ stay)")
     g.add_argument("--device", default=None, help="torch device (default: cpu; tiny MLPs are fastest there)")
     g.add_argument("--hyperparams", type=json.loads, default=None,
                    help="SB3 constructor kwargs as JSON, replacing the preset, e.g. "
@@ -113,38 +120,18 @@ def default_out(cfg: PrefsConfig) -> Path:
     return Path("runs") / f"{safe_env}-{cfg.algo}-seed{cfg.seed}"
 
 
-def _fail(message: str) -> int:
-    print(f"rlhf-gym prefs: error: {message}", file=sys.stderr)
-    return 2
-
-
 def run(args: argparse.Namespace) -> int:
     if args.threads < 0:
-        return _fail(f"--threads must be >= 0 (0 = torch's default), got {args.threads}")
+        raise UsageError(f"--threads must be >= 0 (0 = torch's default), got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        if args.resume:
-            out = Path(args.out) if args.out else None
-            if out is None or not (out / "checkpoints" / "latest.json").exists():
-                return _fail(f"--resume: {out} has no checkpoint to resume from (checkpoints/latest.json); drop "
-                             "--resume to start a new run")
-            cfg = PrefsConfig.load(out)
-            if args.no_progress:
-                cfg.progress_bar = False
-            logger.info("resuming %s with its saved settings (command-line settings other than --out are ignored)",
-                        out)
-        else:
-            cfg = config_from_args(args)
-            out = Path(args.out) if args.out else default_out(cfg)
-            if (out / "checkpoints" / "latest.json").exists():
-                return _fail(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
-    except (ValueError, TypeError) as err:  # UnknownEnvError, PresetError, RunConfigError, config validation
-        return _fail(str(err))
+    cfg, out = run_settings(args, PrefsConfig.load, lambda: config_from_args(args), default_out)
     try:
         summary = run_prefs(cfg, out, resume=args.resume)
     except IncompatibleSpaceError as err:
-        return _fail(str(err))
+        raise UsageError(str(err)) from err
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (agents.cli.main): say how to go on
+        raise RunInterrupted(resume_hint("prefs", out)) from err
     keys = ("true_return_mean", "true_return_std", "labels_used", "env_steps", "wall_s", "preset", "env")
     print(json.dumps({k: summary[k] for k in keys if summary.get(k) is not None}, indent=2))
     print(f"run directory: {out} (summary.json, curves.png, tensorboard --logdir {out / 'tb'})")

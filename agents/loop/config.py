@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -24,15 +25,18 @@ from typing import Any
 from agents.loop.atari import atari_env_id
 from agents.loop.preference_loop import LoopConfig
 from agents.loop.presets import apply_preset
-from agents.sb3.control import check_algorithm, check_env_id
+from agents.rundir import RunError, check_device, checkpoint_candidates
+from agents.sb3.control import check_algorithm, check_env_id, check_hyperparams
 from rewardmodels.feedback.human import check_renderable
 from rewardmodels.teachers import PRESETS as TEACHERS
+
+logger = logging.getLogger(__name__)
 
 LABELLERS = ("teacher", "human", "mixed")
 REWARD_NETS = ("mlp", "cnn")
 
 
-class RunConfigError(ValueError):
+class RunConfigError(RunError, ValueError):
     """A run directory whose ``config.json`` cannot be read back into a ``PrefsConfig``."""
 
 
@@ -121,6 +125,9 @@ class PrefsConfig(LoopConfig):
         if not self.reward_scale > 0:
             raise ValueError(f"reward_scale must be > 0, got {self.reward_scale}")
         self.reward_hidden = tuple(int(h) for h in self.reward_hidden)
+        check_device(self.device)  # DeviceError: --device cuda on a machine without CUDA
+        if self.hyperparams is not None:
+            check_hyperparams(self.algo, self.hyperparams)  # UnknownHyperparameterError names the key
 
     @property
     def env_id(self) -> str:
@@ -140,14 +147,25 @@ class PrefsConfig(LoopConfig):
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike) -> PrefsConfig:
-        """The settings ``run_dir`` was started with (its ``config.json``), to resume it."""
+        """The settings ``run_dir`` was started with (its ``config.json``), to resume it. When config.json is
+        damaged, the copy in the newest checkpoint that has one is used (with a warning)."""
         path = Path(run_dir) / "config.json"
-        try:
-            saved = json.loads(path.read_text(encoding="utf-8"))
-            values = dict(saved["config"] if "config" in saved else saved["prefs"])  # "prefs": rlhf-gym 0.1
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise RunConfigError(f"{path} cannot be read as a run's settings ({err}); start a new run instead") \
-                from err
+        copies = [c / "config.json" for c in checkpoint_candidates(run_dir)]
+        first_error = None
+        for candidate in [path, *copies]:
+            try:
+                saved = json.loads(candidate.read_text(encoding="utf-8"))
+                values = dict(saved["config"] if "config" in saved else saved["prefs"])  # "prefs": rlhf-gym 0.1
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                first_error = first_error or f"{type(err).__name__}: {err}"
+                continue
+            if candidate != path:
+                logger.warning("%s cannot be read (%s); using the copy in %s", path, first_error, candidate)
+            break
+        else:
+            copies_note = ", nor can the copies in its checkpoints" if copies else ""
+            raise RunConfigError(f"{path} cannot be read as a run's settings ({first_error}){copies_note}; restore "
+                                 "it from a backup, or start a new run (--overwrite moves this one aside)")
         if isinstance(saved.get("preset"), dict):  # written by rlhf-gym 0.1's preset runs
             values = _from_v01_preset(values, saved["preset"])
         names = {f.name for f in dataclasses.fields(cls)}

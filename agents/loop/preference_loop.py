@@ -25,16 +25,20 @@ is fitted on them), ``reward_model/true_agreement`` (unlabelled candidates, agai
 ``labels/used``, ``env/steps``, ``time/wall_s``; ``curves.png`` plots the first five and the labels used
 against env steps (labels stop early by design; the training after them stays visible).
 
-Checkpoints (``RunDir.checkpoints/round-NNNN/`` + ``latest.json`` written last, atomically, so a crash mid-save leaves
-the previous checkpoint in force) hold the labelled pairs, the reward model, the agent, the collector's experience,
-the loop state and RNG states. ``PreferenceLoop.resume`` continues to the same budgets with every label kept.
+Checkpoints (``RunDir.checkpoints/round-NNNN/``, each written as a whole directory, then committed by ``latest.json``;
+the one before stays, so a damaged latest has a fallback) hold the labelled pairs, the reward model, the agent, the
+collector's experience, the loop state, RNG states and the config. Before it waits for people (a labeller with
+``needs_media``), the loop also saves ``round-NNNN-labelling/`` with the pairs it queued: stopped there (Ctrl-C,
+SIGTERM, even kill -9), a resumed run asks for the same pairs and finds the labels people gave meanwhile.
+``PreferenceLoop.resume`` continues to the same budgets with every label kept.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 import json
 import logging
-import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -46,11 +50,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from agents.rundir import RunDir
+from agents.rundir import CheckpointError, RunDir, signals_deferred
 from rewardmodels.schedules import make_schedule
-from textenv.files import atomic_write, write_json
+from textenv.files import atomic_directory, atomic_write, write_json
 
 logger = logging.getLogger(__name__)
+
+PENDING_FILE = "pending_pairs.npz"  # pairs queued for people, in a round-NNNN-labelling checkpoint
 
 
 # -- the four parts -------------------------------------------------------------------------------------------------
@@ -234,50 +240,90 @@ class PreferenceLoop:
         self.state = LoopState(allocation=label_allocation(config))
         self.dataset: Any = None
         self._stop = False
+        self._pending: tuple[Any, dict[str, float]] | None = None  # pairs (and the round's metrics) awaiting labels
+        self._checkpoint: str | None = None  # the last checkpoint saved or resumed from
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
-    def save_checkpoint(self) -> Path:
-        ckpt = self.run_dir.checkpoints / f"round-{self.state.round:04d}"
-        if ckpt.exists():
-            shutil.rmtree(ckpt)
-        ckpt.mkdir(parents=True)
-        self.source.save(ckpt, self.dataset)
-        self.reward_model.save(ckpt)
-        self.agent.save(ckpt)
-        write_json(ckpt / "state.json", {"loop": asdict(self.state), "rng": self.rng.bit_generator.state})
-        rng_state = {"torch": torch.get_rng_state()}  # SB3 samples actions with torch
-        atomic_write(ckpt / "rng.pt", lambda f: torch.save(rng_state, f))
-        write_json(self.run_dir.checkpoints / "latest.json", {"checkpoint": ckpt.name})  # the commit point
-        for old in self.run_dir.checkpoints.glob("round-*"):
-            if old != ckpt and old.is_dir():
-                shutil.rmtree(old, ignore_errors=True)
+    def _config_record(self) -> dict[str, Any]:
+        return {"config": self.config, **self.extra_config}
+
+    def save_checkpoint(self, pending: tuple[Any, Mapping[str, float]] | None = None) -> Path:
+        """Save ``checkpoints/round-NNNN`` (after round NNNN), or with ``pending`` = (pairs, metrics) queued for
+        labels in round NNNN, ``round-NNNN-labelling``; make it the latest and keep the one before it. The directory
+        appears whole or not at all, and Ctrl-C / SIGTERM wait until it is committed."""
+        name = (f"round-{self.state.round:04d}" if pending is None else f"round-{self.state.round + 1:04d}-labelling")
+        ckpt = self.run_dir.checkpoints / name
+        saved: dict[str, Any] = {"loop": asdict(self.state), "rng": self.rng.bit_generator.state,
+                                 "labeller_rng": {k: g.bit_generator.state for k, g in _rngs(self.labeller).items()}}
+        with signals_deferred(), atomic_directory(ckpt) as tmp:
+            self.source.save(tmp, self.dataset)
+            self.reward_model.save(tmp)
+            self.agent.save(tmp)
+            if pending is not None:
+                pairs, metrics = pending
+                pairs.save(tmp / PENDING_FILE)
+                saved["pending"] = {"class": f"{type(pairs).__module__}:{type(pairs).__qualname__}",
+                                    "metrics": dict(metrics)}
+            write_json(tmp / "state.json", saved)
+            rng_state = {"torch": torch.get_rng_state()}  # SB3 samples actions with torch
+            atomic_write(tmp / "rng.pt", lambda f: torch.save(rng_state, f))
+            write_json(tmp / "config.json", self._config_record())  # a copy: config.json can be restored from it
+        with signals_deferred():
+            self.run_dir.commit_checkpoint(name, previous=self._checkpoint)
+        self._checkpoint = name
         return ckpt
 
     def resume(self) -> bool:
-        """Load the latest checkpoint of ``run_dir``; False when there is none (the run starts from scratch)."""
-        latest = self.run_dir.checkpoints / "latest.json"
-        if not latest.exists():
-            return False
-        ckpt = self.run_dir.checkpoints / json.loads(latest.read_text())["checkpoint"]
-        saved = json.loads((ckpt / "state.json").read_text())
-        self.state = LoopState(**saved["loop"])
-        self.rng.bit_generator.state = saved["rng"]
-        self.dataset = self.source.load(ckpt)
+        """Load the newest checkpoint of ``run_dir`` that loads (a damaged latest one is skipped, with a warning,
+        for the one before it); False when the run has none. Raises ``CheckpointError`` when none loads."""
+        problems = []
+        candidates = self.run_dir.checkpoint_candidates()
+        for i, ckpt in enumerate(candidates):
+            try:
+                self._load_checkpoint(ckpt)
+            except Exception as err:  # noqa: BLE001 - whatever is wrong with its files, an older checkpoint may load
+                reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
+                logger.warning("checkpoint %s cannot be loaded (%s)%s", ckpt, reason,
+                               "; trying an older one" if i + 1 < len(candidates) else "")
+                logger.debug("loading %s failed", ckpt, exc_info=True)
+                problems.append(f"{ckpt.name} ({reason})")
+                continue
+            if problems:
+                logger.warning("resumed from the older checkpoint %s: the work after it is done again", ckpt.name)
+            logger.info("resumed %s after round %d: %d labels, %d env steps%s", self.run_dir.path, self.state.round,
+                        self.state.labels_used, self.state.env_steps,
+                        ", waiting for labels of the next round" if self._pending else "")
+            return True
+        if problems:
+            raise CheckpointError(f"no checkpoint of {self.run_dir.path} can be loaded: {'; '.join(problems)}. "
+                                  "Restore the damaged files, or start a new run (--overwrite moves this one aside)")
+        return False
+
+    def _load_checkpoint(self, ckpt: Path) -> None:
+        saved = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+        state = LoopState(**saved["loop"])
+        rng = torch.load(ckpt / "rng.pt", weights_only=True)["torch"]
+        pending = None
+        if "pending" in saved:
+            pending = (_pairs_class(saved["pending"]["class"]).load(ckpt / PENDING_FILE),
+                       dict(saved["pending"]["metrics"]))
+        dataset = self.source.load(ckpt)
         self.reward_model.load(ckpt)
         self.agent.load(ckpt)
+        self.rng.bit_generator.state = saved["rng"]
+        labeller_rngs = _rngs(self.labeller)  # e.g. which pairs MixedLabeller gives people: the same ones again
+        for key, rng_state in saved.get("labeller_rng", {}).items():
+            if key in labeller_rngs:
+                labeller_rngs[key].bit_generator.state = rng_state
+        self.state, self.dataset, self._pending, self._checkpoint = state, dataset, pending, ckpt.name
         self.agent.set_reward_fn(self.reward_model.reward_fn())
-        rng = torch.load(ckpt / "rng.pt", weights_only=False)
-        torch.set_rng_state(rng["torch"])
-        logger.info("resumed %s after round %d: %d labels, %d env steps", self.run_dir.path, self.state.round,
-                    self.state.labels_used, self.state.env_steps)
-        return True
+        torch.set_rng_state(rng)  # last: whatever the steps above drew, the run continues from the saved state
 
     # -- one labelling step ----------------------------------------------------------------------------------------
-    def _label_and_fit(self, n_labels: int, selection: str) -> dict[str, float]:
+    def _select(self, n_labels: int, selection: str, metrics: dict[str, float]) -> Any:
         cfg = self.config
         n_candidates = n_labels * (cfg.oversample if selection == "disagreement" else 1)
         candidates = self.source.candidates(n_candidates, self.rng)
-        metrics: dict[str, float] = {}
         if self.dataset is not None:  # the current model on pairs it never saw: held-out agreement with the truth
             truth = self.source.true_preferences(candidates)
             if truth is not None:
@@ -286,8 +332,21 @@ class PreferenceLoop:
                     probs = self.reward_model.preference_probs(candidates)
                     agree = (probs[decided] > 0.5) == (truth[decided] > 0.5)
                     metrics["reward_model/true_agreement"] = float(agree.mean())
-        pairs = self.reward_model.select(candidates, n_labels, selection, self.rng)
+        return self.reward_model.select(candidates, n_labels, selection, self.rng)
+
+    def _label_and_fit(self, n_labels: int, selection: str, metrics: dict[str, float]) -> dict[str, float]:
+        """Select pairs, label them, fit the reward model; ``metrics`` (the round's so far) are updated in place."""
+        if self._pending is not None:  # resumed while waiting for people: the same pairs, queued already
+            pairs, saved_metrics = self._pending
+            metrics.update(saved_metrics)
+        else:
+            pairs = self._select(n_labels, selection, metrics)
+            if getattr(self.labeller, "needs_media", False) and hasattr(pairs, "save"):
+                # people label (HumanLabeller, MixedLabeller), maybe for hours: a stop while they do loses nothing
+                self._pending = (pairs, dict(metrics))
+                self.save_checkpoint(pending=self._pending)
         pairs = self.source.label(self.labeller, pairs)
+        self._pending = None
         labels = np.asarray(pairs.labels, dtype=np.float64)
         used = ~np.isnan(labels)
         if self.dataset is not None and used.any():
@@ -311,10 +370,13 @@ class PreferenceLoop:
 
     # -- run -------------------------------------------------------------------------------------------------------
     def run(self, resume: bool = False) -> dict[str, Any]:
-        """Run to the budgets (continuing from the latest checkpoint when ``resume``); returns the summary."""
+        """Run to the budgets (continuing from the latest checkpoint when ``resume``); returns the summary.
+
+        Ctrl-C / SIGTERM (a KeyboardInterrupt) stop it where it is; the last checkpoint (the previous round's, or the
+        one saved before waiting for people) is what ``resume`` continues from."""
         cfg = self.config
-        if not (resume and self.resume()):
-            self.run_dir.write_config({"config": cfg, **self.extra_config})
+        if not (resume and self.resume()) or not _readable_json(self.run_dir.path / "config.json"):
+            self.run_dir.write_config(self._config_record())  # on resume: repairs a damaged config.json
         start = time.perf_counter() - self.state.wall_s
         cpu_start = time.process_time() - self.state.cpu_s
         for cb in self.callbacks:
@@ -323,28 +385,10 @@ class PreferenceLoop:
         bar = self._progress_bar()
         try:
             while self.state.round < cfg.rounds and not self._stop:
-                r = self.state.round + 1
-                metrics: dict[str, float] = {}
-                if r == 0:
-                    if cfg.initial_steps > 0:
-                        self.source.collect(self.agent if cfg.initial_policy == "agent" else None, cfg.initial_steps)
-                else:  # the last round takes whatever budget is left; no round overshoots the budget
-                    left = cfg.steps - self.source.env_steps
-                    n_steps = min(cfg.steps_per_round, left) if r < cfg.rounds else left
-                    if n_steps > 0:
-                        metrics.update(self.agent.learn(n_steps, max_steps=left))
-                n_labels = self.state.allocation[r] if r < len(self.state.allocation) else 0
-                if n_labels > 0:  # round 0 has no model to measure disagreement with
-                    selection = cfg.selection if self.dataset is not None else "random"
-                    metrics.update(self._label_and_fit(n_labels, selection))
-                self.state.round = r
-                self.state.env_steps = self.source.env_steps
+                metrics = self._play_round(self.state.round + 1)
                 self.state.wall_s = time.perf_counter() - start
                 self.state.cpu_s = time.process_time() - cpu_start
-                if r > 0 and cfg.eval_every and (r % cfg.eval_every == 0 or r == cfg.rounds):
-                    metrics["eval/true_return"] = float(np.mean(self.agent.evaluate(cfg.round_eval_episodes)))
-                metrics.update({"labels/used": self.state.labels_used, "env/steps": self.state.env_steps,
-                                "time/wall_s": self.state.wall_s})
+                metrics["time/wall_s"] = self.state.wall_s
                 self.run_dir.log(self.state.env_steps, metrics)  # x: env steps; labels used is a curve
                 self._console(metrics)
                 for cb in self.callbacks:
@@ -354,10 +398,37 @@ class PreferenceLoop:
                 if bar is not None:
                     bar.update(self.state.env_steps - bar.n)
                     bar.set_postfix(labels=self.state.labels_used, ret=metrics.get("eval/true_return"))
+        except BaseException:  # Ctrl-C, SIGTERM, a crash: flush TensorBoard's files and stop its writer thread
+            self.run_dir.close()
+            raise
         finally:
             if bar is not None:
                 bar.close()
         return self._finish(time.perf_counter() - start, time.process_time() - cpu_start)
+
+    def _play_round(self, r: int) -> dict[str, float]:
+        """Round ``r``: learn (round 0: the initial collection), label and fit, evaluate; returns its metrics."""
+        cfg = self.config
+        metrics: dict[str, float] = {}
+        if self._pending is None:  # else resumed while people labelled this round's pairs: it has learned already
+            if r == 0:
+                if cfg.initial_steps > 0:
+                    self.source.collect(self.agent if cfg.initial_policy == "agent" else None, cfg.initial_steps)
+            else:  # the last round takes whatever budget is left; no round overshoots the budget
+                left = cfg.steps - self.source.env_steps
+                n_steps = min(cfg.steps_per_round, left) if r < cfg.rounds else left
+                if n_steps > 0:
+                    metrics.update(self.agent.learn(n_steps, max_steps=left))
+        n_labels = self.state.allocation[r] if r < len(self.state.allocation) else 0
+        if n_labels > 0:  # round 0 has no model to measure disagreement with
+            selection = cfg.selection if self.dataset is not None else "random"
+            self._label_and_fit(n_labels, selection, metrics)
+        self.state.round = r
+        self.state.env_steps = self.source.env_steps
+        if r > 0 and cfg.eval_every and (r % cfg.eval_every == 0 or r == cfg.rounds):
+            metrics["eval/true_return"] = float(np.mean(self.agent.evaluate(cfg.round_eval_episodes)))
+        metrics.update({"labels/used": self.state.labels_used, "env/steps": self.state.env_steps})
+        return metrics
 
     def _finish(self, wall_s: float, cpu_s: float) -> dict[str, Any]:
         cfg = self.config
@@ -402,3 +473,31 @@ class PreferenceLoop:
         if not show:
             return None
         return tqdm(total=self.config.steps, initial=self.state.env_steps, unit="step", desc="prefs")
+
+
+def _readable_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _pairs_class(name: str) -> type:
+    """The class of checkpointed pending pairs, ``module:QualName``; only the toolkit's own modules are imported."""
+    module, _, qualname = name.partition(":")
+    if module.split(".")[0] not in ("rewardmodels", "agents", "textenv"):
+        raise CheckpointError(f"pending pairs of class {name!r}: not an rlhf-gym class")
+    return functools.reduce(getattr, qualname.split("."), importlib.import_module(module))
+
+
+def _rngs(labeller: Any) -> dict[str, np.random.Generator]:
+    """The numpy generators of a labeller and of the labellers inside it (``MixedLabeller``'s teacher), by
+    attribute path, so that a checkpoint can hold them: a resumed run then draws what the uninterrupted one would."""
+    found: dict[str, np.random.Generator] = {}
+    for name, value in vars(labeller).items() if hasattr(labeller, "__dict__") else ():
+        if isinstance(value, np.random.Generator):
+            found[name] = value
+        elif hasattr(value, "__dict__") and not isinstance(value, type):
+            found.update({f"{name}.{k}": v for k, v in vars(value).items() if isinstance(v, np.random.Generator)})
+    return found

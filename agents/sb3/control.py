@@ -14,6 +14,7 @@ round).
 from __future__ import annotations
 
 import difflib
+import inspect
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -80,6 +81,10 @@ class UnknownEnvError(ValueError):
     """An env id that Gymnasium's registry does not know."""
 
 
+class UnknownHyperparameterError(ValueError):
+    """A hyperparameter the SB3 algorithm's constructor does not take (a typo, or one of another algorithm)."""
+
+
 class IncompatibleSpaceError(TypeError):
     """The algorithm cannot act in the env's action space (e.g. DQN on a Box, SAC on a Discrete space)."""
 
@@ -108,6 +113,31 @@ def check_env_id(env_id: str) -> str:
             "an env from another package is addressed as `package.module:EnvId-v0`)"
         ) from None
     return env_id
+
+
+#: Constructor arguments that ``SB3Agent`` sets itself (``--hyperparams`` may not).
+_AGENT_SETS = ("policy", "env", "seed", "device", "verbose", "_init_setup_model")
+
+
+def check_hyperparams(algo: str, hyperparams: Mapping[str, Any]) -> None:
+    """Raise ``UnknownHyperparameterError`` unless every key is a constructor argument of ``algo``'s SB3 class (or
+    ``n_envs``), naming the closest valid keys; before anything is built, so a typo never costs a run."""
+    if not isinstance(hyperparams, Mapping):
+        raise UnknownHyperparameterError(f"hyperparams must be a JSON object of {algo} constructor arguments, e.g. "
+                                         f"'{{\"n_envs\": 4}}', got {type(hyperparams).__name__}: {hyperparams!r}")
+    params = inspect.signature(algorithm_class(algo).__init__).parameters
+    valid = sorted({"n_envs", *params} - {"self", *_AGENT_SETS})
+    for key in hyperparams:
+        if key in _AGENT_SETS:
+            raise UnknownHyperparameterError(f"hyperparameter {key!r} is set by rlhf-gym itself; use --{key} or drop "
+                                             "it from --hyperparams" if key in ("seed", "device") else
+                                             f"hyperparameter {key!r} is set by rlhf-gym itself; drop it from "
+                                             "--hyperparams")
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), valid, n=3, cutoff=0.6)
+            hint = f"did you mean {', '.join(close)}? " if close else ""
+            raise UnknownHyperparameterError(f"unknown {algo} hyperparameter {key!r}; {hint}valid keys: "
+                                             f"{', '.join(valid)}")
 
 
 def algorithm_class(name: str) -> type[BaseAlgorithm]:

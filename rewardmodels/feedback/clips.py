@@ -39,6 +39,13 @@ import numpy as np
 
 from textenv.files import atomic_path
 
+# Frames of classic-control envs are drawn with pygame, whose SDL installs its own SIGINT/SIGTERM handlers when
+# initialised (where the process has none yet): SIGTERM then only queues an SDL quit event that nobody reads, and a
+# job scheduler's `kill` or `docker stop` no longer stops a run waiting for people. This hint (read from the
+# environment by SDL when pygame initialises it, so it must be set before the first frame is drawn) keeps SDL's
+# hands off signals. A user who wants SDL's handlers sets SDL_NO_SIGNAL_HANDLERS=0.
+os.environ.setdefault("SDL_NO_SIGNAL_HANDLERS", "1")
+
 logger = logging.getLogger(__name__)
 
 __all__ = [

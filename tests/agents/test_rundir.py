@@ -1,8 +1,23 @@
 import json
+import os
+import signal
+import time
+from pathlib import Path
 
 import pytest
+import torch
 
-from agents.rundir import RunDir, write_json
+from agents.rundir import (
+    DeviceError,
+    RunDir,
+    RunDirError,
+    check_device,
+    checkpoint_candidates,
+    earlier_run_files,
+    prepare_out,
+    signals_deferred,
+    write_json,
+)
 
 
 def test_rundir_writes_config_metrics_summary_and_png(tmp_path):
@@ -32,3 +47,104 @@ def test_write_json_is_atomic_and_keeps_old_file_on_failure(tmp_path):
         write_json(target, {"a": Unserialisable()})
     assert json.loads(target.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["s.json"]
+
+
+# -- run directories a user can get wrong ---------------------------------------------------------------------------
+def test_out_that_is_a_file_is_refused_with_the_path(tmp_path):
+    target = tmp_path / "not-a-dir"
+    target.write_text("mine")
+    with pytest.raises(RunDirError, match="is a file, not a directory"):
+        prepare_out(target)
+    with pytest.raises(RunDirError, match="cannot be written"):  # a file where a parent directory should be
+        RunDir(target / "run")
+    assert target.read_text() == "mine"
+
+
+def _read_only_dir(tmp_path):
+    if os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        return ro / "run"
+    # root writes through permission bits: use a filesystem root cannot create directories in either
+    probe = Path("/sys/rlhf-gym-test-run")
+    try:
+        probe.mkdir()
+    except OSError:
+        return probe
+    probe.rmdir()
+    pytest.skip("no read-only location for root on this machine")
+
+
+def test_read_only_out_is_refused_before_anything_runs(tmp_path):
+    out = _read_only_dir(tmp_path)
+    with pytest.raises(RunDirError, match=r"cannot be written \(.+\); choose a directory you can write to"):
+        prepare_out(out)
+    assert not out.exists()
+
+
+def test_fresh_run_never_appends_to_an_earlier_runs_files(tmp_path):
+    out = tmp_path / "run"
+    run = RunDir(out, tensorboard=False)  # a run that crashed before its first checkpoint: config and one metrics row
+    run.write_config({"seed": 1})
+    run.log(0, {"a": 1.0})
+    (run.checkpoints / ".round-0000.tmp-x").mkdir()  # and a checkpoint save cut short
+    (out / "labels.sqlite").write_bytes(b"people's labels")
+    with pytest.raises(RunDirError, match=r"files of an earlier run \(config.json, metrics.jsonl, checkpoints\); pass "
+                                          "--overwrite"):
+        prepare_out(out)
+    assert prepare_out(out, resume=True) == out  # --resume decides for itself whether there is a checkpoint
+    prepare_out(out, overwrite=True)
+    (aside,) = out.glob("superseded-*")
+    assert sorted(p.name for p in aside.iterdir()) == ["checkpoints", "config.json", "metrics.jsonl"]
+    assert RunDir(aside).read_metrics() == [{"step": 0, "a": 1.0}]  # moved, not deleted
+    assert (out / "labels.sqlite").read_bytes() == b"people's labels"  # people's work stays where it is
+    assert earlier_run_files(out) == [] and prepare_out(out) == out
+    RunDir(out, tensorboard=False)  # an empty checkpoints/ is no earlier run
+    assert earlier_run_files(out) == []
+
+
+def test_commit_keeps_the_last_two_checkpoints_and_candidates_fall_back(tmp_path):
+    run = RunDir(tmp_path / "run")
+    for r in range(4):
+        (run.checkpoints / f"round-{r:04d}").mkdir()
+        run.commit_checkpoint(f"round-{r:04d}")
+        (run.checkpoints / f".round-{r + 1:04d}.tmp-x{r}").mkdir()  # a save cut short: gone at the next commit
+    assert sorted(p.name for p in run.checkpoints.iterdir()) == [".round-0004.tmp-x3", "latest.json", "round-0002",
+                                                                 "round-0003"]
+    assert [p.name for p in checkpoint_candidates(run.path)] == ["round-0003", "round-0002"]
+    (run.checkpoints / "latest.json").write_text('{"checkpoint": "rou')  # truncated: every directory, newest first
+    os.utime(run.checkpoints / "round-0002", (1, 1))
+    assert [p.name for p in run.checkpoint_candidates()] == ["round-0003", "round-0002"]
+    (run.checkpoints / "round-0004").mkdir()  # a run that fell back to round-0002 keeps it, not the damaged one
+    run.commit_checkpoint("round-0004", previous="round-0002")
+    assert sorted(p.name for p in run.checkpoints.iterdir()) == ["latest.json", "round-0002", "round-0004"]  # no temp
+    assert checkpoint_candidates(tmp_path / "elsewhere") == []
+    write_json(run.checkpoints / "latest.json", {"checkpoint": "round-0009", "previous": None})  # names a lost one
+    assert [p.name for p in run.checkpoint_candidates()][0] == "round-0004"
+
+
+def test_check_device_names_what_is_missing():
+    assert check_device("cpu") == "cpu" and check_device(None) is None and check_device("auto") == "auto"
+    with pytest.raises(DeviceError, match="not a torch device"):
+        check_device("banana")
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="sees no CUDA GPU; use --device cpu"):
+            check_device("cuda")
+    else:
+        with pytest.raises(DeviceError, match="CUDA device"):
+            check_device(f"cuda:{torch.cuda.device_count()}")
+
+
+def test_signals_are_delivered_after_the_deferred_block():
+    got = []
+    old = signal.signal(signal.SIGUSR1, lambda *_: got.append("delivered"))
+    try:
+        with signals_deferred((signal.SIGUSR1,)):
+            os.kill(os.getpid(), signal.SIGUSR1)
+            time.sleep(0.05)
+            got.append("saved")
+        time.sleep(0.05)
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+    assert got == ["saved", "delivered"]

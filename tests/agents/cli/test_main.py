@@ -1,0 +1,60 @@
+"""``agents.cli.main``: the one place that turns a user's mistake into one line and status 2, and Ctrl-C / SIGTERM
+into one line and 128 + the signal, for every sub-command."""
+
+import os
+import signal
+import time
+
+import pytest
+
+from agents import cli
+from agents.rundir import CheckpointError, RunInterrupted
+
+
+def add_parser(parser):  # this module doubles as a sub-command, so that main() is tested on its own
+    parser.add_argument("what")
+
+
+def run(args):
+    if args.what == "usage":
+        raise cli.UsageError("--pairs must be >= 1,\n  got 0")
+    if args.what == "checkpoint":
+        raise CheckpointError("no checkpoint of runs/x can be loaded: round-0002 (EOFError)")
+    if args.what == "sigterm":
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+        return 0
+    if args.what == "interrupted":
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as err:
+            raise RunInterrupted("checkpoint checkpoints/round-0003 kept; resume with: rlhf-gym try --resume") from err
+    if args.what == "bug":
+        raise ZeroDivisionError("a bug keeps its traceback")
+    return 0
+
+
+@pytest.fixture
+def command(monkeypatch):
+    monkeypatch.setitem(cli.COMMANDS, "try", (__name__, "a test command"))
+
+
+@pytest.mark.parametrize("what, rc, line", [
+    ("usage", 2, "rlhf-gym try: error: --pairs must be >= 1, got 0"),
+    ("checkpoint", 2, "rlhf-gym try: error: no checkpoint of runs/x can be loaded: round-0002 (EOFError)"),
+    ("sigterm", 143, "rlhf-gym try: interrupted (SIGTERM)"),
+    ("interrupted", 130, "rlhf-gym try: interrupted (Ctrl-C): checkpoint checkpoints/round-0003 kept; resume with: "
+                         "rlhf-gym try --resume"),
+])
+def test_errors_and_signals_end_in_one_line_and_the_status_a_shell_expects(command, capsys, what, rc, line):
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    start = time.monotonic()
+    assert cli.main(["try", what]) == rc
+    assert time.monotonic() - start < 4  # SIGTERM stopped the sleep at once
+    assert capsys.readouterr().err == line + "\n"
+    assert {sig: signal.getsignal(sig) for sig in handlers} == handlers  # main leaves the handlers as it found them
+
+
+def test_a_bug_is_not_disguised_as_a_user_error(command):
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["try", "bug"])
