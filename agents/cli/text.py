@@ -1,62 +1,156 @@
-"""``rlhf-gym text``: offline RLHF on TextGen-v0 with the default LM, end to end.
+"""``rlhf-gym text``: RLHF on TextGen-v0 through the one preference loop, with your model, prompts, data and people.
 
-Sample completion pairs on training prompts -> label them with the sentiment teacher (VADER) -> train an LM reward
-model -> improve the policy (PPO / GRPO / RLOO on TextGen-v0 with the KL penalty and the learned reward, or DPO on the
-labelled pairs) -> report oracle scores before/after, KL to the reference and the win rate, in ``--out``.
+    rlhf-gym text --algo grpo --out runs/text                          # default LM, VADER teacher, offline (1 round)
+    rlhf-gym text --algo grpo --rounds 4 --out runs/text-online        # labels asked on the current policy's samples
+    rlhf-gym text --model DIR --prompts prompts.txt --preferences prefs.jsonl --algo dpo --out runs/mine
+    rlhf-gym text --model DIR --prompts prompts.txt --preferences prefs.jsonl --algo grpo --out runs/mine-rm
+    rlhf-gym text --labeller human --rounds 2 --pairs 32 --out runs/people   # then: rlhf-gym label --run runs/people
+    rlhf-gym text --out runs/text-online --resume                      # continue a stopped run, no label lost
 
-Algorithms come from the registry ``agents.loop.text_rlhf.IMPROVERS`` (name -> improvement step).
+Each round: completion pairs of the current policy on training prompts -> labels (``--labeller``: the simulated
+teacher, people in the web app, both, or the pairs of ``--preferences``) -> the LM reward model refitted on every label
+so far -> the policy improved (PPO / GRPO / RLOO on TextGen-v0 with the KL penalty and the learned reward, or DPO /
+KTO on the pairs). ``--rounds 1`` (the default) is the offline pipeline. The run directory holds config.json,
+metrics.jsonl, summary.json, curves.png, pairs.jsonl, checkpoints/, the trained ``policy/`` (``save_pretrained`` +
+tokenizer) and the ``reward_model/``. Algorithms: ``agents.loop.text_improvers.IMPROVERS``.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import time
+from pathlib import Path
 
 import torch
 
-from agents.loop.text_rlhf import IMPROVERS, TextRLHFConfig, print_samples, run_text_rlhf
+from agents.cli import UsageError
+from agents.loop.text_rlhf import IMPROVERS, TextRLHFConfig, build_text_loop, print_samples, run_text_loop
+from agents.rundir import RunError, RunInterrupted, checkpoint_candidates, prepare_out
+from rewardmodels.text_preferences import TextPreferenceError
+from textenv.models import ModelLoadError
+from textenv.prompts import PromptError
+
+logger = logging.getLogger(__name__)
+
+#: Flags that set the ``TextRLHFConfig`` field named here (unset flags keep the algorithm's defaults).
+_CONFIG_FIELDS = {"seed": "seed", "pairs": "num_pairs", "iterations": "iterations", "lr": "learning_rate",
+                  "kl_coef": "kl_coef", "max_new_tokens": "max_new_tokens", "max_prompt_tokens": "max_prompt_tokens",
+                  "eval_prompts": "eval_prompts", "device": "device", "rounds": "rounds", "selection": "selection",
+                  "rm_ensemble": "rm_ensemble", "labeller": "labeller", "human_fraction": "human_fraction",
+                  "label_timeout": "label_timeout", "model": "model", "tokenizer": "tokenizer", "prompts": "prompts",
+                  "preferences": "preferences"}
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--algo", required=True, choices=sorted(IMPROVERS), help="how to improve the policy")
-    parser.add_argument("--out", required=True, help="run directory (summary.json, curves.png, checkpoints/, ...)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of sampling, labelling and training")
-    parser.add_argument("--pairs", type=int, default=None, help="labelled completion pairs (the label budget)")
-    parser.add_argument("--iterations", type=int, default=None, help="RL iterations (DPO: epochs over the pairs)")
-    parser.add_argument("--lr", type=float, default=None, help="policy learning rate")
-    parser.add_argument("--kl-coef", type=float, default=None, help="KL coefficient beta (DPO: its beta)")
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="response length limit")
-    parser.add_argument("--eval-prompts", type=int, default=None, help="held-out prompts used for the oracle score")
-    parser.add_argument("--device", default=None, help="torch device (default: cpu, or cuda if available)")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch CPU threads (default 1: the default LM is tiny, and more threads mostly contend on small CPUs)",
-    )
-    parser.add_argument("--samples", type=int, default=3, help="before/after samples to print")
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = __doc__.split("\n\n", 1)[1]
+    g = parser.add_argument_group("run")
+    g.add_argument("--algo", default="grpo", choices=sorted(IMPROVERS), help="how to improve the policy (grpo)")
+    g.add_argument("--out", required=True, help="run directory (summary.json, curves.png, policy/, ...)")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out with its saved settings")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an --out that holds an earlier run (its files are moved aside)")
+    g.add_argument("--seed", type=int, default=None, help="seed of sampling, labelling and training (0)")
+    g.add_argument("--rounds", type=int, default=None, help="improve -> label -> refit rounds (1 = offline)")
+    g.add_argument("--pairs", type=int, default=None, help="labelled completion pairs (the label budget)")
+    g.add_argument("--iterations", type=int, default=None, help="RL iterations (DPO: epochs over the pairs)")
+    g.add_argument("--lr", type=float, default=None, help="policy learning rate")
+    g.add_argument("--kl-coef", type=float, default=None, help="KL coefficient beta (DPO: its beta)")
+    g.add_argument("--max-new-tokens", type=int, default=None, help="response length limit")
+    g.add_argument("--max-prompt-tokens", type=int, default=None, help="longest prompt in tokens (longer: an error)")
+    g.add_argument("--eval-prompts", type=int, default=None, help="held-out prompts used for the oracle score")
+    g.add_argument("--device", default=None, help="torch device (default: cpu, or cuda if available)")
+    g.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: the default LM is tiny, and more threads mostly contend)")
+    g.add_argument("--samples", type=int, default=3, help="before/after samples to print")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar (it is off anyway without a TTY)")
+    d = parser.add_argument_group("your model and data")
+    d.add_argument("--model", default=None, help="Hugging Face causal LM id or local directory (default: the "
+                                                 "offline default LM)")
+    d.add_argument("--tokenizer", default=None, help="tokenizer id or directory (default: the model's)")
+    d.add_argument("--prompts", default=None, help="prompts: .txt (one per line) or .jsonl file, or a dataset "
+                                                   "directory (needed with --model)")
+    d.add_argument("--preferences", default=None,
+                   help="preference pairs: .jsonl (TRL standard / conversational / implicit prompt) or a dataset "
+                        "directory; labelled by --labeller dataset, else added to the labels gathered online")
+    h = parser.add_argument_group("labeller")
+    h.add_argument("--labeller", default=None, choices=("teacher", "human", "mixed", "dataset"),
+                   help="teacher (VADER sentiment, simulated), human (people in `rlhf-gym label --run OUT`; the loop "
+                        "waits), mixed (--human-fraction to people), dataset (the pairs of --preferences); default: "
+                        "dataset with --preferences, else teacher")
+    h.add_argument("--human-fraction", type=float, default=None, help="share of pairs people label with --labeller "
+                                                                      "mixed (0.5)")
+    h.add_argument("--label-timeout", type=float, default=None,
+                   help="seconds to wait for people per batch (default: as long as it takes)")
+    h.add_argument("--selection", default=None, choices=("random", "disagreement"),
+                   help="which candidate pairs to label (disagreement needs --rm-ensemble >= 2)")
+    h.add_argument("--rm-ensemble", type=int, default=None, help="reward models in the ensemble (1)")
+
+
+def config_from_args(args: argparse.Namespace) -> TextRLHFConfig:
+    """A validated ``TextRLHFConfig`` from parsed arguments (unset ones keep the algorithm's defaults)."""
+    overrides = {field: getattr(args, flag) for flag, field in _CONFIG_FIELDS.items()
+                 if getattr(args, flag, None) is not None}
+    if "labeller" not in overrides and args.preferences is not None:
+        overrides["labeller"] = "dataset"
+    if args.no_progress:
+        overrides["progress_bar"] = False
+    return TextRLHFConfig.for_algo(args.algo, **overrides)
+
+
+def _settings(args: argparse.Namespace) -> tuple[TextRLHFConfig, Path]:
+    if args.resume and args.overwrite:
+        raise UsageError("--resume continues the run in --out and --overwrite moves it aside: pass one of them")
+    if args.resume:
+        if not checkpoint_candidates(args.out):
+            raise UsageError(f"--resume: {args.out} has no checkpoint to resume from (checkpoints/); drop --resume "
+                             "to start a new run")
+        out = prepare_out(args.out, resume=True)
+        try:
+            cfg = TextRLHFConfig.load(out)
+        except ValueError as err:
+            raise UsageError(str(err)) from err
+        if args.no_progress:
+            cfg.progress_bar = False
+        logger.info("resuming %s with its saved settings (command-line settings other than --out are ignored)", out)
+        return cfg, out
+    try:
+        cfg = config_from_args(args)
+    except (ValueError, TypeError) as err:
+        raise UsageError(str(err)) from err
+    return cfg, prepare_out(args.out, overwrite=args.overwrite)
+
+
+def _resume_hint(out: Path) -> str:
+    if not checkpoint_candidates(out):
+        return (f"stopped before the first checkpoint; start again with --out {out} --overwrite (people's labels in "
+                "labels.sqlite are kept and found again)")
+    return f"the last checkpoint is kept; resume with: rlhf-gym text --out {out} --resume"
 
 
 def run(args: argparse.Namespace) -> int:
     if args.threads < 1:
-        raise SystemExit(f"--threads must be >= 1, got {args.threads}")
+        raise UsageError(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
-    overrides = {
-        "seed": args.seed,
-        "num_pairs": args.pairs,
-        "iterations": args.iterations,
-        "learning_rate": args.lr,
-        "kl_coef": args.kl_coef,
-        "max_new_tokens": args.max_new_tokens,
-        "eval_prompts": args.eval_prompts,
-        "device": args.device,
-    }
-    config = TextRLHFConfig.for_algo(args.algo, **{k: v for k, v in overrides.items() if v is not None})
-    result = run_text_rlhf(config, args.out)
+    cfg, out = _settings(args)
+    start = time.perf_counter()
+    # Errors of the user's inputs (files, model, prompts too long for --max-prompt-tokens) become one line.
+    user_errors = (PromptError, TextPreferenceError, ModelLoadError, FileNotFoundError)
+    try:
+        loop, agent = build_text_loop(cfg, out)
+        result = run_text_loop(loop, agent, resume=args.resume, start=start)
+    except RunError:
+        raise
+    except user_errors as err:
+        raise UsageError(str(err)) from err
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (agents.cli.main): say how to go on
+        raise RunInterrupted(_resume_hint(out)) from err
     print_samples(result, n=args.samples)
     s = result.summary
     print(
-        f"{args.algo}: oracle score {s['oracle_score_before']:+.3f} -> {s['oracle_score_after']:+.3f}, "
-        f"KL to ref {s['kl_to_ref']:.2f}, win rate vs ref {s['win_rate_vs_ref']:.2f}, "
-        f"{s['labels_used']} labels, {s['wall_s']:.0f} s -> {args.out}/summary.json"
+        f"{cfg.algo}, {cfg.rounds} round(s): oracle score {s['oracle_score_before']:+.3f} -> "
+        f"{s['oracle_score_after']:+.3f}, KL to ref {s['kl_to_ref']:.2f}, win rate vs ref {s['win_rate_vs_ref']:.2f}, "
+        f"{s['labels_used']} labels, {s['wall_s']:.0f} s -> {out}/summary.json, {out}/policy, {out}/reward_model"
     )
     return 0

@@ -8,8 +8,9 @@
 - ``presets``: the one preset registry (``tuned`` per-env settings; the paper's MuJoCo and Atari protocols).
 - ``prefs``: ``build_loop`` / ``run_prefs``: a ``PrefsConfig`` wired into a running loop.
 - ``atari``: the paper's Atari preprocessing as registered env ids.
-- ``text_rlhf``: RLHF for an LM (pairs -> LM reward model -> PPO / GRPO / RLOO / DPO / KTO / SB3), with its settings
-  and context in ``text_context`` and its improvement steps in ``text_improvers``.
+- ``text_rlhf``: RLHF for an LM through the same loop (``rounds=1``: the offline pipeline), wired by ``text_loop``
+  (the text ``Agent``), with its pair sources, labellers and LM reward models in ``text_pairs``, its settings and
+  context in ``text_context`` and its improvement steps (PPO / GRPO / RLOO / DPO / KTO / SB3) in ``text_improvers``.
 """
 
 from agents.loop.config import PrefsConfig, RunConfigError
@@ -28,10 +29,21 @@ from agents.loop.prefs import build_loop, make_labeller, run_prefs
 from agents.loop.presets import PRESETS, Preset, PresetError, apply_preset
 from agents.loop.reward_model import EnsembleRewardModel, build_reward_ensemble
 from agents.loop.segment_pairs import SegmentPairSource
+from agents.loop.text_context import TextRLHFConfig
+from agents.loop.text_loop import TextPolicyAgent, build_text_loop
+from agents.loop.text_pairs import (
+    CompletionPairSource,
+    DatasetPairSource,
+    LMRewardEnsemble,
+    MixedTextLabeller,
+    PairsAsReward,
+)
+from agents.loop.text_rlhf import run_text_loop, run_text_rlhf
 
 __all__ = [
-    "PRESETS", "Agent", "EnsembleRewardModel", "ImageSegmentPairSource", "Labeller", "LoopCallback", "LoopConfig",
-    "PairSource", "PreferenceLoop", "PrefsConfig", "Preset", "PresetError", "RewardModel", "RunConfigError",
-    "SegmentPairSource", "apply_preset", "build_loop", "build_reward_ensemble", "label_allocation", "make_labeller",
-    "run_prefs",
+    "PRESETS", "Agent", "CompletionPairSource", "DatasetPairSource", "EnsembleRewardModel", "ImageSegmentPairSource",
+    "LMRewardEnsemble", "Labeller", "LoopCallback", "LoopConfig", "MixedTextLabeller", "PairSource", "PairsAsReward",
+    "PreferenceLoop", "PrefsConfig", "Preset", "PresetError", "RewardModel", "RunConfigError", "SegmentPairSource",
+    "TextPolicyAgent", "TextRLHFConfig", "apply_preset", "build_loop", "build_reward_ensemble", "build_text_loop",
+    "label_allocation", "make_labeller", "run_prefs", "run_text_loop", "run_text_rlhf",
 ]

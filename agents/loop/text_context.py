@@ -5,8 +5,11 @@ the held-out evaluation (``Evaluation``)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -14,6 +17,7 @@ import torch
 
 from agents.llm.base import _check
 from agents.llm.rollout import collect_rollout
+from agents.loop.preference_loop import LoopConfig
 from agents.rundir import RunDir
 from textenv import TextGenVectorEnv
 
@@ -32,6 +36,9 @@ ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
 #: Algorithms that learn from the labelled pairs directly, with no reward model (Rafailov et al. 2023; Ethayarajh
 #: et al. 2024).
 OFFLINE_ALGOS = ("dpo", "kto")
+
+#: Who labels the pairs of a text run (``TextRLHFConfig.labeller``).
+LABELLERS = ("teacher", "human", "mixed", "dataset")
 
 
 @dataclasses.dataclass
@@ -80,6 +87,43 @@ class TextRLHFConfig:
     """Evaluate the oracle score every this many iterations (DPO: steps) for the curves; 0 = only before/after."""
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Additional agent-config fields, passed through to the algorithm's config (e.g. ``{"ppo_epochs": 2}``)."""
+    # -- the loop (agents.loop.text_loop): rounds, who labels, and the user's own model and data -----------------
+    rounds: int = 1
+    """Improve -> label -> refit rounds after the initial labelling; 1 = the offline pipeline (every label on the
+    initial policy's completions, then one improvement), more = the online loop (labels spread over rounds, asked
+    on the current policy's completions)."""
+    initial_label_fraction: float = 0.4
+    """With ``rounds > 1``: the share of the labels spent on the initial policy before it trains."""
+    label_schedule: str = "constant"
+    """With ``rounds > 1``: how the other labels spread over rounds, ``constant`` or ``inverse_time``."""
+    selection: str = "random"
+    """Which candidate pairs to label: ``random`` or ``disagreement`` (reward ensemble variance; needs
+    ``rm_ensemble >= 2``; Christiano et al. 2017, Sec. 2.2.4)."""
+    oversample: int = 4
+    """Candidate pairs sampled per label wanted when selecting by disagreement."""
+    rm_ensemble: int = 1
+    """Reward models in the ensemble (each on a bootstrap of the labels when > 1); the policy gets their mean."""
+    labeller: str = "teacher"
+    """Who labels: ``teacher`` (simulated), ``human`` (people in ``rlhf-gym label --run OUT``; the loop waits),
+    ``mixed`` (``human_fraction`` of each batch to people, the rest to the teacher) or ``dataset`` (the pairs of
+    ``preferences``, no completions sampled for labelling)."""
+    human_fraction: float = 0.5
+    """With ``labeller="mixed"``: the share of each batch of pairs that people label."""
+    label_timeout: float | None = None
+    """Seconds to wait for people per batch (None = as long as it takes); unlabelled pairs then count as skipped."""
+    model: str | None = None
+    """Policy: a Hugging Face causal LM id or local directory; None = the offline default LM."""
+    tokenizer: str | None = None
+    """Tokenizer id or directory; None = the model's own."""
+    prompts: str | None = None
+    """Prompt file (.txt, one per line; .jsonl with a prompt field) or dataset directory; None = the default LM's
+    prompts (required with ``model``)."""
+    preferences: str | None = None
+    """Preference file (.jsonl: TRL standard, conversational or implicit-prompt; this toolkit's pairs) or dataset
+    directory. With ``labeller="dataset"`` it is what is labelled; with any other labeller its pairs join the
+    labels gathered online."""
+    progress_bar: bool | None = None
+    """Show a tqdm bar over the rounds; None = only when stderr is a terminal."""
 
     def __post_init__(self) -> None:
         _check(self.algo in ALGO_DEFAULTS, f"algo must be one of {sorted(ALGO_DEFAULTS)}, got {self.algo!r}")
@@ -99,11 +143,85 @@ class TextRLHFConfig:
         _check(0 <= self.rm_val_fraction < 1, f"rm_val_fraction must be in [0, 1), got {self.rm_val_fraction}")
         _check(self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}")
         _check(self.teacher_beta >= 0, f"teacher_beta must be >= 0, got {self.teacher_beta}")
+        self._check_numbers()
+        self._check_loop()
+
+    def _check_numbers(self) -> None:
+        for name in ("learning_rate", "rm_learning_rate"):
+            value = getattr(self, name)
+            _check(math.isfinite(value) and value > 0, f"{name} must be a finite number > 0, got {value}")
+        _check(math.isfinite(self.kl_coef) and self.kl_coef >= 0,
+               f"kl_coef must be a finite number >= 0, got {self.kl_coef}")
+        if self.algo in OFFLINE_ALGOS:
+            _check(self.kl_coef > 0, f"kl_coef is {self.algo}'s beta and must be > 0, got {self.kl_coef}")
+        if self.device is not None:
+            try:
+                device = torch.device(self.device)
+            except RuntimeError as err:
+                raise ValueError(f"device {self.device!r} is not a torch device ({err}); use cpu or cuda") from None
+            _check(device.type != "cuda" or torch.cuda.is_available(),
+                   f"device {self.device!r} asks for CUDA, but torch sees no CUDA device here; use --device cpu")
+
+    def _check_loop(self) -> None:
+        _check(self.rounds >= 1, f"rounds must be >= 1, got {self.rounds}")
+        _check(self.iterations >= self.rounds, f"iterations={self.iterations} must be >= rounds={self.rounds} (each "
+                                               "round improves the policy at least once); raise iterations")
+        _check(0.0 <= self.initial_label_fraction <= 1.0,
+               f"initial_label_fraction must be in [0, 1], got {self.initial_label_fraction}")
+        _check(self.label_schedule in ("constant", "inverse_time"),
+               f"label_schedule must be 'constant' or 'inverse_time', got {self.label_schedule!r}")
+        _check(self.selection in ("random", "disagreement"),
+               f"selection must be 'random' or 'disagreement', got {self.selection!r}")
+        _check(self.oversample >= 1 and self.rm_ensemble >= 1, "oversample and rm_ensemble must be >= 1")
+        if self.selection == "disagreement":
+            _check(self.rm_ensemble >= 2 and self.algo not in OFFLINE_ALGOS,
+                   "selection='disagreement' needs a reward ensemble: set rm_ensemble >= 2 (and an RL algo, not "
+                   f"{self.algo}), or use selection='random'")
+        _check(self.labeller in LABELLERS, f"labeller must be one of {', '.join(LABELLERS)}, got {self.labeller!r}")
+        _check(0.0 <= self.human_fraction <= 1.0, f"human_fraction must be in [0, 1], got {self.human_fraction}")
+        _check(self.label_timeout is None or self.label_timeout > 0,
+               f"label_timeout must be > 0 seconds or None, got {self.label_timeout}")
+        _check(self.labeller != "dataset" or self.preferences is not None,
+               "labeller='dataset' labels from a preference file: pass preferences=FILE (--preferences)")
+        _check(self.model is None or self.prompts is not None,
+               "a model of your own needs prompts of your own: pass prompts=FILE (--prompts)")
+
+    @property
+    def step_unit(self) -> str:
+        """What one step of the loop's budget is: an RL iteration, or an epoch of DPO / KTO over the pairs."""
+        return "epoch" if self.algo in OFFLINE_ALGOS else "iteration"
+
+    def loop_config(self) -> LoopConfig:
+        """The budgets of ``agents.loop.preference_loop.PreferenceLoop`` for this run. A step is one improvement
+        iteration (``step_unit``) and the initial labelling counts as one; the labels of round r are used by the
+        improvements of rounds r+1..R, so the last round asks for none."""
+        online = self.rounds > 1
+        return LoopConfig(
+            labels=self.num_pairs, steps=self.iterations + 1, rounds=self.rounds, initial_steps=1,
+            initial_policy="agent", initial_label_fraction=self.initial_label_fraction if online else 1.0,
+            label_schedule=self.label_schedule, label_until=(self.rounds - 1) / self.rounds if online else 1.0,
+            selection=self.selection, oversample=self.oversample, eval_episodes=1, round_eval_episodes=1,
+            eval_every=1 if online else 0, seed=self.seed, progress_bar=self.progress_bar,
+        )
 
     @classmethod
     def for_algo(cls, algo: str, **overrides: Any) -> TextRLHFConfig:
         """The config with ``ALGO_DEFAULTS[algo]`` applied, then ``overrides``."""
         return cls(algo=algo, **{**ALGO_DEFAULTS.get(algo, {}), **overrides})
+
+    @classmethod
+    def load(cls, run_dir: str | os.PathLike) -> TextRLHFConfig:
+        """The settings ``run_dir`` was started with (its ``config.json``), to resume it."""
+        path = Path(run_dir) / "config.json"
+        try:
+            values = dict(json.loads(path.read_text(encoding="utf-8"))["config"])
+            names = {f.name for f in dataclasses.fields(cls)}
+            values = {k: v for k, v in values.items() if k in names and k != "progress_bar"}
+            values["teacher_beta"] = float(values.get("teacher_beta", math.inf))  # JSON has no inf: "inf"
+            return cls(**values)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{path} cannot be read as a text run's settings ({err}); start a new run instead") \
+                from err
 
 
 class Evaluation(NamedTuple):
@@ -188,6 +306,13 @@ class NormalizedReward:
     def __init__(self, reward_fn: Any, prompts: list[str], responses: list[str]):
         scores = torch.as_tensor(reward_fn(prompts, responses), dtype=torch.float64).cpu()
         self.reward_fn, self.mean, self.std = reward_fn, float(scores.mean()), float(scores.std().clamp(min=1e-6))
+
+    @classmethod
+    def with_stats(cls, reward_fn: Any, mean: float, std: float) -> NormalizedReward:
+        """The normalised reward with known statistics (a reloaded checkpoint's)."""
+        self = cls.__new__(cls)
+        self.reward_fn, self.mean, self.std = reward_fn, float(mean), float(std)
+        return self
 
     def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
         scores = torch.as_tensor(self.reward_fn(prompts, responses)).float()

@@ -1,10 +1,13 @@
 import json
 import math
 
-import numpy as np
 import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from agents.loop.text_rlhf import ALGO_DEFAULTS, IMPROVERS, TextRLHFConfig, run_text_rlhf
+from rewardmodels.lm_reward import LMRewardModel
+from rewardmodels.text_preferences import TextPreferencePairs
 from rewardmodels.text_teachers import KeywordTeacher
 from tests.agents.lm_fixtures import PROMPTS, TARGET_WORD
 from textenv.testing import make_tiny_lm
@@ -14,6 +17,7 @@ SUMMARY_KEYS = ("oracle_score_before", "oracle_score_after", "kl_to_ref", "win_r
 
 def tiny_run(algo, tmp_path, **overrides):
     model, tokenizer = make_tiny_lm()
+    tiny_run.model, tiny_run.tokenizer = model, tokenizer
     fields = {
         "max_new_tokens": 6,
         "max_prompt_tokens": 4,
@@ -39,6 +43,7 @@ def tiny_run(algo, tmp_path, **overrides):
 def test_pipeline_writes_the_run_directory_and_improves_the_oracle(algo, tmp_path):
     result = tiny_run(algo, tmp_path)
     run = tmp_path / algo
+    result_state, tokenizer_vocab = tiny_run.model.state_dict(), tiny_run.tokenizer.get_vocab()
     summary = json.loads((run / "summary.json").read_text())
     for key in SUMMARY_KEYS:
         assert key in summary, key
@@ -47,7 +52,13 @@ def test_pipeline_writes_the_run_directory_and_improves_the_oracle(algo, tmp_pat
     assert summary["win_rate_vs_ref"] > 0.5
     assert math.isfinite(summary["kl_to_ref"]) and summary["kl_to_ref"] > 0
     assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
-    assert (run / "pairs.jsonl").exists() and (run / "checkpoints" / "last" / "model.safetensors").exists()
+    assert len(TextPreferencePairs.load(run / "pairs.jsonl")) == 48
+    # The run directory holds the trained policy (save_pretrained + tokenizer) and the reward model.
+    policy = AutoModelForCausalLM.from_pretrained(run / "policy")
+    assert all(torch.equal(v, result_state[k]) for k, v in policy.state_dict().items() if k in result_state)
+    assert AutoTokenizer.from_pretrained(run / "policy").get_vocab() == tokenizer_vocab
+    reward = LMRewardModel.from_pretrained(run / "reward_model")
+    assert torch.isfinite(reward(["the movie was"], ["good good"])).all()
     keys = set().union(*(row.keys() for row in result.run_dir.read_metrics()))
     assert {"eval/oracle_score", "env/score_mean", "env/kl_to_ref", "rm/loss"} <= keys
 
@@ -77,30 +88,20 @@ def test_config_validation_and_registry():
     assert set(IMPROVERS) == set(ALGO_DEFAULTS)  # every algorithm the config accepts has an improvement step
 
 
-def test_cli_text_builds_the_config_from_flags(tmp_path, monkeypatch, capsys):
+def test_cli_text_builds_the_config_from_flags(tmp_path):
+    import argparse
+
     import agents.cli.text as text_cli
-    import agents.loop.text_rlhf as text_rlhf
     from agents.cli import main
 
-    seen = {}
-
-    def fake_run(config, out):
-        seen.update(config=config, out=out)
-        ev = text_rlhf.Evaluation(["p"], ["r"], np.zeros(1), np.zeros(1))
-        summary = {
-            "oracle_score_before": 0.0,
-            "oracle_score_after": 0.5,
-            "kl_to_ref": 1.0,
-            "win_rate_vs_ref": 0.7,
-            "labels_used": 8,
-            "wall_s": 1.0,
-        }
-        return text_rlhf.TextRLHFResult(summary, ev, ev, None)
-
-    monkeypatch.setattr(text_cli, "run_text_rlhf", fake_run)
-    assert main(["text", "--algo", "grpo", "--out", str(tmp_path), "--iterations", "3", "--lr", "0.01"]) == 0
-    config = seen["config"]
+    parser = argparse.ArgumentParser()
+    text_cli.add_parser(parser)
+    args = parser.parse_args(["--algo", "grpo", "--out", str(tmp_path), "--iterations", "3", "--lr", "0.01",
+                              "--rounds", "3", "--preferences", "p.jsonl"])
+    config = text_cli.config_from_args(args)
     assert (config.algo, config.iterations, config.learning_rate, config.group_size) == ("grpo", 3, 0.01, 8)
-    assert "win rate vs ref 0.70" in capsys.readouterr().out
+    assert (config.rounds, config.preferences, config.labeller) == (3, "p.jsonl", "dataset")  # the file labels
+    args = parser.parse_args(["--out", str(tmp_path), "--labeller", "human"])
+    assert text_cli.config_from_args(args).labeller == "human" and config.num_pairs == 256  # the algo's default
     with pytest.raises(SystemExit):
         main(["text", "--algo", "trpo", "--out", str(tmp_path)])
