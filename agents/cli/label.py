@@ -17,9 +17,9 @@ import math
 import os
 import signal
 import socket
-import sys
 from pathlib import Path
 
+from agents.cli import UsageError
 from rewardmodels.feedback.label_store import InvalidLabelError, LabelStore, LabelStoreError, clip_dir, store_path
 from rewardmodels.feedback.webapp import InsecureBindError, check_bind, create_app, server_url, start_server
 from rewardmodels.feedback.webapp.auth import check_token, is_loopback
@@ -63,10 +63,6 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                         help="open connections held at once; more wait to be accepted (default 2000)")
     parser.add_argument("--idle-timeout", type=int, default=30,
                         help="seconds before a connection without traffic is closed (default 30)")
-
-
-class UsageError(Exception):
-    """A bad argument or file: one line for the user, exit code 2."""
 
 
 def _stop(signum, frame):  # SIGTERM -> the same clean shutdown as Ctrl-C
@@ -165,14 +161,7 @@ def _one_shot(args: argparse.Namespace, store: LabelStore) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        return _run(args)
-    except UsageError as exc:
-        print(f"rlhf-gym label: error: {exc}", file=sys.stderr, flush=True)
-        return 2
-
-
-def _run(args: argparse.Namespace) -> int:
+    """Serve, invite, revoke or export; a ``UsageError`` ends in one line and exit code 2 (``agents.cli.main``)."""
     _check_numbers(args)
     token = read_token(args)
     serving = args.export_text is None and args.invite is None and args.revoke is None

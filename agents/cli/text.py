@@ -20,13 +20,12 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from pathlib import Path
 
 import torch
 
-from agents.cli import UsageError
+from agents.cli import UsageError, resume_hint, run_settings
 from agents.loop.text_rlhf import IMPROVERS, TextRLHFConfig, build_text_loop, print_samples, run_text_loop
-from agents.rundir import RunError, RunInterrupted, checkpoint_candidates, prepare_out
+from agents.rundir import RunError, RunInterrupted
 from rewardmodels.text_preferences import TextPreferenceError
 from textenv.models import ModelLoadError
 from textenv.prompts import PromptError
@@ -99,41 +98,11 @@ def config_from_args(args: argparse.Namespace) -> TextRLHFConfig:
     return TextRLHFConfig.for_algo(args.algo, **overrides)
 
 
-def _settings(args: argparse.Namespace) -> tuple[TextRLHFConfig, Path]:
-    if args.resume and args.overwrite:
-        raise UsageError("--resume continues the run in --out and --overwrite moves it aside: pass one of them")
-    if args.resume:
-        if not checkpoint_candidates(args.out):
-            raise UsageError(f"--resume: {args.out} has no checkpoint to resume from (checkpoints/); drop --resume "
-                             "to start a new run")
-        out = prepare_out(args.out, resume=True)
-        try:
-            cfg = TextRLHFConfig.load(out)
-        except ValueError as err:
-            raise UsageError(str(err)) from err
-        if args.no_progress:
-            cfg.progress_bar = False
-        logger.info("resuming %s with its saved settings (command-line settings other than --out are ignored)", out)
-        return cfg, out
-    try:
-        cfg = config_from_args(args)
-    except (ValueError, TypeError) as err:
-        raise UsageError(str(err)) from err
-    return cfg, prepare_out(args.out, overwrite=args.overwrite)
-
-
-def _resume_hint(out: Path) -> str:
-    if not checkpoint_candidates(out):
-        return (f"stopped before the first checkpoint; start again with --out {out} --overwrite (people's labels in "
-                "labels.sqlite are kept and found again)")
-    return f"the last checkpoint is kept; resume with: rlhf-gym text --out {out} --resume"
-
-
 def run(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
-    cfg, out = _settings(args)
+    cfg, out = run_settings(args, TextRLHFConfig.load, lambda: config_from_args(args))
     start = time.perf_counter()
     # Errors of the user's inputs (files, model, prompts too long for --max-prompt-tokens) become one line.
     user_errors = (PromptError, TextPreferenceError, ModelLoadError, FileNotFoundError)
@@ -145,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     except user_errors as err:
         raise UsageError(str(err)) from err
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (agents.cli.main): say how to go on
-        raise RunInterrupted(_resume_hint(out)) from err
+        raise RunInterrupted(resume_hint("text", out)) from err
     print_samples(result, n=args.samples)
     s = result.summary
     print(

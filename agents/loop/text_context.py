@@ -18,7 +18,7 @@ import torch
 from agents.llm.base import _check
 from agents.llm.rollout import collect_rollout
 from agents.loop.preference_loop import LoopConfig
-from agents.rundir import RunDir
+from agents.rundir import RunDir, check_device
 from textenv import TextGenVectorEnv
 
 # Per-algorithm defaults of the demo on the default LM (tuned so that each finishes in a few minutes on 2 CPU cores).
@@ -154,13 +154,7 @@ class TextRLHFConfig:
                f"kl_coef must be a finite number >= 0, got {self.kl_coef}")
         if self.algo in OFFLINE_ALGOS:
             _check(self.kl_coef > 0, f"kl_coef is {self.algo}'s beta and must be > 0, got {self.kl_coef}")
-        if self.device is not None:
-            try:
-                device = torch.device(self.device)
-            except RuntimeError as err:
-                raise ValueError(f"device {self.device!r} is not a torch device ({err}); use cpu or cuda") from None
-            _check(device.type != "cuda" or torch.cuda.is_available(),
-                   f"device {self.device!r} asks for CUDA, but torch sees no CUDA device here; use --device cpu")
+        check_device(self.device)  # DeviceError (a RunError: one line, rc 2 in the CLI)
 
     def _check_loop(self) -> None:
         _check(self.rounds >= 1, f"rounds must be >= 1, got {self.rounds}")
