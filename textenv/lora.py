@@ -139,6 +139,21 @@ def load_lora(model: nn.Module, directory: str | os.PathLike, trainable: bool = 
     return peft.PeftModel.from_pretrained(model, os.fspath(directory), is_trainable=trainable).train(training)
 
 
+def load_adapter_weights(peft_model: nn.Module, directory: str | os.PathLike) -> None:
+    """Load the adapter weights saved in ``directory`` (``save_pretrained`` of a peft model of the same settings)
+    into ``peft_model`` in place: resuming a LoRA run, where the model object is already built."""
+    peft = _peft()
+    from safetensors.torch import load_file
+
+    path = os.path.join(os.fspath(directory), "adapter_model.safetensors")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{os.fspath(directory)!r} holds no adapter_model.safetensors: not a LoRA checkpoint")
+    result = peft.set_peft_model_state_dict(peft_model, load_file(path))
+    missing = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
+    if missing:
+        raise ValueError(f"{path} has adapter weights this model lacks ({missing[:3]}...): other LoRA settings")
+
+
 def _forward_params(model: nn.Module):
     import inspect
 

@@ -27,6 +27,7 @@ from agents.cli import UsageError, resume_hint, run_settings
 from agents.loop.text_rlhf import IMPROVERS, TextRLHFConfig, build_text_loop, print_samples, run_text_loop
 from agents.rundir import RunError, RunInterrupted
 from rewardmodels.text_preferences import TextPreferenceError
+from textenv.lora import LoraSettings
 from textenv.models import ModelLoadError
 from textenv.prompts import PromptError
 
@@ -85,6 +86,17 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     h.add_argument("--selection", default=None, choices=("random", "disagreement"),
                    help="which candidate pairs to label (disagreement needs --rm-ensemble >= 2)")
     h.add_argument("--rm-ensemble", type=int, default=None, help="reward models in the ensemble (1)")
+    t = parser.add_argument_group("training memory (native agents)")
+    t.add_argument("--lora-r", type=int, default=None,
+                   help="train LoRA adapters of this rank instead of every weight (peft); the reference is the base "
+                        "with the adapters disabled, and policy/ holds the adapters")
+    t.add_argument("--lora-alpha", type=float, default=None, help="LoRA scale numerator (default: 2 x rank)")
+    t.add_argument("--lora-targets", default=None,
+                   help="comma-separated module names that get adapters, e.g. q_proj,v_proj, or all-linear "
+                        "(default: peft's choice for the architecture)")
+    t.add_argument("--gradient-checkpointing", action="store_true", default=None,
+                   help="recompute activations in the backward pass (less memory, more compute)")
+    t.add_argument("--grad-accum", type=int, default=None, help="split each minibatch into this many chunks")
 
 
 def config_from_args(args: argparse.Namespace) -> TextRLHFConfig:
@@ -95,6 +107,18 @@ def config_from_args(args: argparse.Namespace) -> TextRLHFConfig:
         overrides["labeller"] = "dataset"
     if args.no_progress:
         overrides["progress_bar"] = False
+    extra = {}
+    if args.lora_r is not None:
+        alpha = args.lora_alpha if args.lora_alpha is not None else 2.0 * args.lora_r
+        extra["lora"] = LoraSettings(r=args.lora_r, alpha=alpha, targets=args.lora_targets)
+    elif args.lora_alpha is not None or args.lora_targets is not None:
+        raise UsageError("--lora-alpha and --lora-targets need --lora-r (the adapters' rank)")
+    if args.gradient_checkpointing:
+        extra["gradient_checkpointing"] = True
+    if args.grad_accum is not None:
+        extra["gradient_accumulation_steps"] = args.grad_accum
+    if extra:
+        overrides["extra"] = extra
     return TextRLHFConfig.for_algo(args.algo, **overrides)
 
 

@@ -46,6 +46,7 @@ from rewardmodels.text_preferences import TextPreferencePairs
 from rewardmodels.text_teachers import SentimentTeacher
 from textenv.default_lm import default_prompts
 from textenv.files import write_json
+from textenv.lora import LoraSettings, apply_lora, is_peft_model, load_adapter_weights, reference_view
 from textenv.models import load_policy
 from textenv.prompts import is_chat, read_prompts, render_chat
 
@@ -142,8 +143,11 @@ class TextPolicyAgent:
     def load(self, directory: Path) -> None:
         path = Path(directory) / POLICY_DIR
         state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
-        saved = AutoModelForCausalLM.from_pretrained(path)
-        self.ctx.policy.load_state_dict(saved.state_dict())
+        if is_peft_model(self.ctx.policy):  # the checkpoint holds the adapters only
+            load_adapter_weights(self.ctx.policy, path)
+        else:
+            saved = AutoModelForCausalLM.from_pretrained(path)
+            self.ctx.policy.load_state_dict(saved.state_dict())
         self.rounds_done, self.step, self.summary = state["rounds_done"], state["step"], state["summary"]
         if state["before"] is not None:
             b = state["before"]
@@ -235,7 +239,14 @@ def build_text_loop(config: TextRLHFConfig, out: str | Path, model: Any = None, 
         if config.num_pairs > len(prefs):
             logger.info("label budget %d > the %d pairs of the dataset: using them all", config.num_pairs, len(prefs))
             config = dataclasses.replace(config, num_pairs=len(prefs))
-    ref = copy.deepcopy(model).eval().requires_grad_(False)
+    lora = config.extra.get("lora")
+    if lora is not None:  # LoRA: adapters on the policy; the reference is its base with them disabled (no copy)
+        if config.algo.startswith("sb3-"):
+            raise ValueError(f"lora is for the native agents (ppo, grpo, rloo, dpo, kto), not {config.algo}")
+        model = apply_lora(model, lora if isinstance(lora, LoraSettings) else LoraSettings(**lora))
+        ref = reference_view(model)
+    else:
+        ref = copy.deepcopy(model).eval().requires_grad_(False)
     run_dir = RunDir(out)
     eval_rows = [p for p in eval_prompts[: config.eval_prompts] for _ in range(config.eval_samples)]
     ctx = TextRLHFContext(config, model, ref, tokenizer, teacher, None, None, train_prompts, eval_rows, run_dir,

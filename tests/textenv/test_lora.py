@@ -13,6 +13,7 @@ from textenv.lora import (
     LoraSettings,
     apply_lora,
     is_peft_model,
+    load_adapter_weights,
     load_lora,
     merged_copy,
     reference_view,
@@ -90,6 +91,17 @@ def test_adapters_save_alone_and_load_back(tmp_path):
     assert any(p.requires_grad for p in loaded.parameters())
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
         load_lora(make_tiny_lm()[0], tmp_path / "missing")
+
+
+def test_adapter_weights_load_into_a_built_lora_model_in_place(tmp_path):
+    peft_model, _, _ = lora_model()
+    peft_model.save_pretrained(tmp_path)
+    fresh = apply_lora(make_tiny_lm(seed=0)[0], LoraSettings(r=4, alpha=8))  # B = 0: the base function
+    assert not torch.allclose(logits(fresh), logits(peft_model))
+    load_adapter_weights(fresh, tmp_path)  # resuming a LoRA run: the same object, the saved adapters
+    torch.testing.assert_close(logits(fresh), logits(peft_model))
+    with pytest.raises(FileNotFoundError, match="adapter_model.safetensors"):
+        load_adapter_weights(fresh, tmp_path / "missing")
 
 
 def test_fast_decoder_falls_back_for_lora_and_serves_the_merged_model():

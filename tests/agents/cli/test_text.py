@@ -97,6 +97,27 @@ def test_grpo_on_a_reward_model_trained_on_the_file(tmp_path):
     assert summary["tokens_seen"] > 0 and (out / "curves.png").exists()
 
 
+def test_lora_flags_train_adapters_against_the_base(tmp_path):
+    pytest.importorskip("peft")
+    from peft import PeftModel
+
+    model_flags, initial = checkpoint(tmp_path, "llama")
+    out = tmp_path / "lora"
+    argv = ["text", *model_flags, "--prompts", str(prompt_file(tmp_path, False)), "--preferences",
+            str(preference_file(tmp_path, False)), "--algo", "dpo", "--out", str(out), "--lora-r", "4",
+            "--lora-targets", "q_proj,v_proj", "--gradient-checkpointing", *TINY_FLAGS]
+    assert main(argv) == 0
+    assert json.loads((out / "config.json").read_text())["config"]["extra"]["lora"]["r"] == 4
+    adapter = json.loads((out / "policy" / "adapter_config.json").read_text())  # policy/ holds the adapters
+    assert adapter["r"] == 4 and sorted(adapter["target_modules"]) == ["q_proj", "v_proj"]
+    base = make_decoder("llama", make_chat_tokenizer())
+    base.load_state_dict(initial)
+    tuned = PeftModel.from_pretrained(base, out / "policy")
+    lora_b = [v for k, v in tuned.state_dict().items() if "lora_B" in k]
+    assert lora_b and any(v.abs().max() > 0 for v in lora_b)  # B starts at 0: the adapters trained
+    assert main([*argv[:-len(TINY_FLAGS)], "--lora-alpha", "8", *TINY_FLAGS[:-1], "--overwrite"]) == 0
+
+
 @pytest.mark.parametrize(("flags", "message"), [
     (["--pairs", "0"], "num_pairs must be >= 1"),
     (["--lr", "-1"], "learning_rate must be a finite number > 0"),
@@ -104,6 +125,7 @@ def test_grpo_on_a_reward_model_trained_on_the_file(tmp_path):
     (["--rounds", "5", "--iterations", "2"], "must be >= rounds"),
     (["--model", "no/such/dir"], "needs prompts of your own"),
     (["--labeller", "dataset"], "pass preferences=FILE"),
+    (["--lora-alpha", "8"], "need --lora-r"),
 ])
 def test_bad_settings_end_in_one_line_and_exit_status_2(tmp_path, capsys, flags, message):
     assert main(["text", "--out", str(tmp_path / "run"), *flags]) == 2
