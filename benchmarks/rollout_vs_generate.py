@@ -20,12 +20,16 @@ whole episodes in one call (what the native agents do; generate's sampler).
 Each timed repeat includes the episode start (env reset / generate's prefill). Ratios are computed from the median
 process CPU time (with one torch thread, robust to other processes on a shared machine); wall-clock ratios are
 printed beside them (on a GPU, wall-clock after ``torch.cuda.synchronize`` is the measure). The model is the offline
-default LM if it is installed, else a randomly initialised GPT-2 of the same size; ``--model gpt2-small`` takes a
-randomly initialised GPT-2-small (124M parameters, for GPU runs).
+default LM if it is installed, else a randomly initialised GPT-2 of the same size; ``--model gpt2-small`` (or
+``small``) takes a randomly initialised GPT-2-small-sized model (12 layers, hidden 768; 124M parameters as a GPT-2),
+``--model tiny`` one with 2 layers and hidden 64. ``--family`` picks the architecture of the random models: ``gpt2``
+(default), or one of the Llama family (``llama``, ``qwen2``, ``qwen3``, ``mistral``; grouped-query attention with
+half as many K/V heads as query heads at ``tiny``, SwiGLU MLP), each served by its ``textenv.decoders`` entry.
 
 Usage::
 
     python benchmarks/rollout_vs_generate.py --batch 64 --tokens 64 --repeats 5 --device cpu
+    python benchmarks/rollout_vs_generate.py --family qwen2 --model tiny --batch 32 --tokens 32
     python benchmarks/rollout_vs_generate.py --device cuda --model gpt2-small
 """
 
@@ -40,27 +44,60 @@ import torch
 
 from textenv import sample_tokens
 
+#: --model name -> (layers, hidden, heads) of the random models
+SIZES = {"tiny": (2, 64, 4), "default-size": (3, 128, 4), "small": (12, 768, 12)}
 
-def load_model(device: str, which: str = "default"):
-    """The default LM and its prompts (else a same-size random GPT-2), or a random GPT-2-small (124M) for GPUs.
-    The random models use a word-level tokenizer over made-up words, so prompts are random word strings."""
-    if which == "default":
+
+def load_model(device: str, which: str = "default", family: str = "gpt2"):
+    """The default LM and its prompts (else a same-size random GPT-2), or a random model of ``family`` and size
+    ``which`` (``SIZES``). The random models use a word-level tokenizer over made-up words, so prompts are random
+    word strings."""
+    if which == "default" and family == "gpt2":
         try:
             from textenv.default_lm import default_prompts, load_default_lm
 
             model, tok = load_default_lm(device=device)
             return model, tok, default_prompts(), "default LM"
         except (ImportError, FileNotFoundError, OSError):
-            which = "default-size"
-    from textenv.testing import make_tiny_lm
+            pass
+    which = {"gpt2-small": "small", "default": "default-size"}.get(which, which)
+    layers, hidden, heads = SIZES[which]
+    words = [f"w{i}" for i in range(50254 if which == "small" else 1000)]
+    if family == "gpt2":
+        from textenv.testing import make_tiny_lm
 
-    small = which == "gpt2-small"
-    words = [f"w{i}" for i in range(50254 if small else 1000)]
-    size = dict(n_layer=12, n_head=12, n_embd=768, n_positions=1024) if small else dict(n_layer=3, n_head=4, n_embd=128)
-    model, tok = make_tiny_lm(words, device=device, **{"n_positions": 128, **size})
+        model, tok = make_tiny_lm(words, device=device, n_layer=layers, n_head=heads, n_embd=hidden, n_positions=1024)
+    else:
+        model, tok = make_family_lm(family, words, layers, hidden, heads, device)
     rng = np.random.default_rng(0)
     prompts = [" ".join(rng.choice(words, size=rng.integers(2, 9))) for _ in range(200)]
-    return model, tok, prompts, "random GPT-2-small (12x768)" if small else "random GPT-2 (3x128, default LM size)"
+    return model, tok, prompts, f"random {family} ({layers} layers x {hidden}, {which})"
+
+
+def make_family_lm(family: str, words: list[str], layers: int, hidden: int, heads: int, device: str):
+    """A randomly initialised Llama-family causal LM: GQA with half the heads as K/V heads below 12 heads (full
+    multi-head attention at GPT-2-small size, for a like-for-like comparison), an MLP of 8/3 the hidden size (the
+    Llama ratio, which keeps a SwiGLU MLP near a GPT-2 MLP's parameter count), RoPE, RMSNorm, untied head."""
+    import transformers
+
+    from textenv.testing import make_tiny_tokenizer
+
+    tok = make_tiny_tokenizer(words)
+    name = {"llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3", "mistral": "Mistral"}[family]
+    config_cls = getattr(transformers, f"{name}Config")
+    model_cls = getattr(transformers, f"{name}ForCausalLM")
+    extra = {"sliding_window": None} if family == "mistral" else {}
+    config = config_cls(
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=(8 * hidden // 3 + 7) // 8 * 8,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads if heads >= 12 else heads // 2,
+        head_dim=hidden // heads, max_position_embeddings=1024, tie_word_embeddings=False,
+        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id, **extra,
+    )  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = model_cls(config)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return model.to(device).eval(), tok
 
 
 def sample(logits: torch.Tensor, eos: int, gen: torch.Generator, fast: bool) -> torch.Tensor:
@@ -138,15 +175,28 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--reward", choices=["tokencount", "sentiment"], default="tokencount")
     parser.add_argument(
-        "--model", choices=["default", "gpt2-small"], default="default", help="gpt2-small: random 124M (for GPUs)"
-    )
+        "--model", choices=["default", "tiny", "small", "gpt2-small"], default="default",
+        help="tiny: 2 layers x 64; small / gpt2-small: 12 layers x 768 (GPT-2-small-sized); default: the default LM",
+    )  # fmt: skip
+    parser.add_argument(
+        "--family", choices=["gpt2", "llama", "qwen2", "qwen3", "mistral"], default="gpt2",
+        help="architecture of the random model",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-fast-decode", action="store_true",
+        help="run the env through the model's own forward (the state before textenv.decoders served the model)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--headline", action="store_true",
+        help="only the four cases of the two headline ratios (for large models on a slow machine)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     from textenv import SentimentReward, TextGenVectorEnv, TokenCountReward
     from textenv.models import frozen_copy
 
-    model, tok, all_prompts, what = load_model(args.device, args.model)
+    model, tok, all_prompts, what = load_model(args.device, args.model, args.family)
     tok.padding_side = "left"
     rng = np.random.default_rng(0)
     prompts = [all_prompts[i] for i in rng.integers(len(all_prompts), size=args.batch)]
@@ -166,6 +216,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     env_sample = TextGenVectorEnv(args.batch, ref_model=None, kl_coef=0.0, reward_fn=None, **common)
     env_full = TextGenVectorEnv(args.batch, ref_model=ref, kl_coef=0.05, reward_fn=reward_fn, **common)
+    for env in (env_sample, env_full):
+        env.engine.fast_decode = not args.no_fast_decode
     gen = torch.Generator(device=args.device).manual_seed(0)
     torch.manual_seed(0)
 
@@ -181,6 +233,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             model, tok, prompts, args.tokens, args.temperature, ref=ref, reward_fn=reward_fn
         ),
     }
+    if args.headline:
+        keep = ("env: sampling only", "generate: sampling only", "env: full rollout", "TRL pipeline: full rollout")
+        cases = {k: cases[k] for k in keep}
     for fn in cases.values():  # warm-up (allocator, lazy inits)
         fn()
     wall: dict[str, list[float]] = {k: [] for k in cases}
@@ -194,7 +249,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     tps_wall = {k: tokens[k] / statistics.median(v) for k, v in wall.items()}
     tps_cpu = {k: tokens[k] / statistics.median(v) for k, v in cpu.items()}
 
+    served = {type(d).__name__ if d is not None else "the model's forward" for d in env_full.engine.decoders.values()}
     print(f"model: {what}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, vocab {len(tok)}")
+    print(f"env decoding step: {', '.join(sorted(served))}")
     print(
         f"batch {args.batch}, {args.tokens} new tokens, prompts <= {max_prompt} tokens, device {args.device}, "
         f"threads {args.threads}, temperature {args.temperature}, reward {args.reward}, "
@@ -219,6 +276,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     gpu = args.device.startswith("cuda")
     print()
     for label, (ours, theirs) in pairs.items():
+        if ours not in cases:
+            continue
         cpu_ratio, wall_ratio = tps_cpu[ours] / tps_cpu[theirs], tps_wall[ours] / tps_wall[theirs]
         ratios[label] = wall_ratio if gpu else cpu_ratio
         if gpu:

@@ -77,8 +77,14 @@ def test_prefill_then_cached_steps_match_the_models_cached_forward(overrides):
 
 
 def test_hidden_states_logits_and_gradients_match_the_model():
-    model, tok = tiny_gpt2()
+    check_hidden_states_logits_and_gradients(*tiny_gpt2())
+
+
+def check_hidden_states_logits_and_gradients(model, tok) -> dict[str, torch.Tensor]:
+    """The decoder's full-sequence forward against the model's: hidden states, logits and every parameter's gradient
+    of a weighted log-likelihood (valid positions of a left-padded batch). Returns the decoder's gradients."""
     decoder = fast_decoder(model)
+    assert decoder is not None
     ids, mask, pos = left_padded(tok, ["the movie was good", "i", "this book is not so bad"])
     valid = mask.bool()
     weights = torch.randn(*ids.shape, len(tok))
@@ -97,11 +103,18 @@ def test_hidden_states_logits_and_gradients_match_the_model():
     torch.testing.assert_close(logits[valid], out.logits[valid], atol=ATOL, rtol=0)
     assert torch.isfinite(hidden).all()  # padding positions too (they attend to themselves)
     for name, p in model.named_parameters():
+        assert mine[name].abs().sum() > 0 or p.grad.abs().sum() == 0, name
         torch.testing.assert_close(mine[name], p.grad, atol=1e-4, rtol=1e-4, msg=name)
+    return mine
 
 
 def test_sequence_forward_is_the_same_with_the_fast_path_and_the_model(monkeypatch):
-    model, tok = tiny_gpt2()
+    check_sequence_forward(*tiny_gpt2(), monkeypatch)
+
+
+def check_sequence_forward(model, tok, monkeypatch) -> None:
+    """The agents' training forward gives the same log-probs, entropies and hidden states with and without the
+    fast path."""
     q, qm, _ = left_padded(tok, ["the movie was", "it is"])
     r = torch.tensor([[5, 6, 1, 0], [7, 8, 9, 10]])
     rm = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
@@ -166,38 +179,44 @@ def test_engine_gives_the_same_logits_and_rewards_with_the_fast_path():
     torch.testing.assert_close(fast_r, slow_r, atol=1e-4, rtol=0)
 
 
-def tiny_llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
+def tiny_neox():
+    """An architecture no decoder serves (GPT-NeoX: parallel attention and MLP, partial rotary)."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     _, tok = make_tiny_lm()
-    config = LlamaConfig(
+    config = GPTNeoXConfig(
         vocab_size=len(tok),
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=2,
-        num_key_value_heads=2,
         max_position_embeddings=64,
         pad_token_id=tok.pad_token_id,
         eos_token_id=tok.eos_token_id,
     )
     torch.manual_seed(0)
-    return LlamaForCausalLM(config).eval(), tok
+    return GPTNeoXForCausalLM(config).eval(), tok
 
 
 def test_models_without_a_fast_path_are_called_as_usual():
-    llama, tok = tiny_llama()
-    assert fast_decoder(llama) is None
+    other, tok = tiny_neox()
+    assert fast_decoder(other) is None
     hooked, _ = tiny_gpt2()
     hooked.transformer.h[0].mlp.register_forward_hook(lambda m, i, o: o * 0.5)
     assert fast_decoder(hooked) is None
     assert fast_decoder(tiny_gpt2(add_cross_attention=True)[0]) is None
     assert fast_decoder(torch.nn.Linear(2, 2)) is None
     # another architecture still runs through the engine (the model's own cached forward) and equals the uncached one
+    check_engine_runs_the_model(other, tok)
+
+
+def check_engine_runs_the_model(model, tok) -> None:
+    """A model without a fast path runs through the engine on its own forward, and its cached decoding equals the
+    uncached one."""
     rows = []
     for use_cache in (True, False):
         env = TextGenVectorEnv(
-            4, model=llama, tokenizer=tok, prompts=["the movie was", "i"], reward_fn=KeywordReward(["good"]),
+            4, model=model, tokenizer=tok, prompts=["the movie was", "i"], reward_fn=KeywordReward(["good"]),
             kl_coef=0.0, max_new_tokens=5, max_prompt_tokens=8, array_backend="torch", use_cache=use_cache,
         )  # fmt: skip
         batch = collect_rollout(env, seed=0, generator=torch.Generator().manual_seed(0))
@@ -221,3 +240,12 @@ def test_a_hook_added_between_rollouts_switches_the_engine_to_the_model():
     env.step(np.full(4, 5))
     env.next_token_logits()
     assert next(iter(env.engine.decoders.values())) is None and len(calls) == 2  # prefill and one decoding step
+
+
+def test_peft_lora_gpt2_falls_back_to_the_model():
+    peft = pytest.importorskip("peft")
+    model, _ = tiny_gpt2()
+    assert isinstance(fast_decoder(model), GPT2Decoder)
+    lora = peft.get_peft_model(model, peft.LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn"]))
+    assert fast_decoder(lora) is None  # the PeftModel wrapper
+    assert fast_decoder(lora.base_model.model) is None  # the wrapped GPT-2: c_attn is a LoRA layer now

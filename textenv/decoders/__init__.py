@@ -1,5 +1,6 @@
-"""Fast forwards behind one interface (:class:`Decoder`) and a registry (``DECODERS``): ``gpt2``; anything else runs
-through the model. See ``textenv/decoders/base.py`` for why they exist."""
+"""Fast forwards behind one interface (:class:`Decoder`) and a registry (``DECODERS``): ``gpt2``, and the Llama
+family (``llama``: Llama, Qwen2, Qwen3, Mistral); anything else runs through the model. See
+``textenv/decoders/base.py`` for why they exist."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from torch import nn
 
 from textenv.decoders.base import DECODERS, Decoder, fingerprint, register_decoder
 from textenv.decoders.gpt2 import GPT2Decoder
+from textenv.decoders.llama import LlamaDecoder
 
-__all__ = ["DECODERS", "Decoder", "GPT2Decoder", "fast_decoder", "fingerprint", "register_decoder"]
+__all__ = ["DECODERS", "Decoder", "GPT2Decoder", "LlamaDecoder", "fast_decoder", "fingerprint", "register_decoder"]
 
 
 _DECODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (fingerprint, decoder or None)

@@ -14,8 +14,10 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules import module as torch_module
+from transformers.cache_utils import DynamicCache
 
 
 class Decoder(Protocol):
@@ -59,3 +61,65 @@ def fingerprint(model: nn.Module) -> tuple | None:
         ids.append(id(m))
         ids.extend((id(p), p.dtype) for p in m._parameters.values() if p is not None)
     return tuple(ids)
+
+
+def prefill_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """``(N, 1, S, S)`` boolean mask for a full left-padded sequence (``attention_mask`` ``(N, S)``, 1 = token):
+    query ``i`` attends to the valid keys ``j <= i``. Padding queries attend to themselves only, which keeps their
+    (never attended) outputs and K/V finite."""
+    s = attention_mask.shape[1]
+    device = attention_mask.device
+    causal = torch.ones(s, s, dtype=torch.bool, device=device).tril_()
+    eye = torch.eye(s, dtype=torch.bool, device=device)
+    return ((causal & attention_mask.bool()[:, None, :]) | eye)[:, None]
+
+
+class BlockStackDecoder:
+    """The :class:`Decoder` calls for a stack of pre-norm blocks with a final norm and a bias-free LM head, from
+    what each architecture writes: ``_blocks(input_ids, position_ids, mask4d, cache)`` (the residual stream
+    ``(N * S, E)`` before the final norm; with a ``cache``, K/V appended through ``cache.update``), ``_final_norm``
+    and ``head`` (the ``(V, E)`` weight)."""
+
+    head: torch.Tensor
+
+    def _blocks(self, input_ids, position_ids, mask4d, cache) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(
+        self, input_ids: torch.Tensor, mask4d: torch.Tensor, position_ids: torch.Tensor, cache: Any
+    ) -> torch.Tensor:
+        """Logits ``(N, V)`` of one new token per row (``input_ids`` / ``position_ids`` ``(N, 1)``), attending to the
+        cached columns and itself through ``mask4d`` ``(N, 1, 1, C + 1)``; its K/V are appended to ``cache``."""
+        x = self._blocks(input_ids, position_ids, mask4d, cache)
+        return F.linear(self._final_norm(x), self.head)
+
+    @torch.no_grad()
+    def prefill(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, Any]:
+        """Logits ``(N, V)`` at the last column of left-padded ``input_ids`` ``(N, S)`` and a new ``DynamicCache``
+        holding their K/V (what ``model(..., use_cache=True)`` returns)."""
+        cache = DynamicCache()
+        x = self._blocks(input_ids, position_ids, prefill_mask(attention_mask), cache)
+        x = x.view(input_ids.shape[0], input_ids.shape[1], -1)[:, -1]
+        return F.linear(self._final_norm(x), self.head), cache
+
+    def hidden_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """Last hidden states ``(N, S, E)`` (after the final norm: ``model(...).hidden_states[-1]``) of the whole
+        left-padded sequence, without a cache; :meth:`logits` maps them to the vocabulary. Differentiable
+        (gradients reach the model's parameters) unless the caller disables gradients."""
+        n, s = input_ids.shape
+        x = self._blocks(input_ids, position_ids, prefill_mask(attention_mask), None)
+        return self._final_norm(x).view(n, s, -1)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The LM head: ``(..., E)`` hidden states -> ``(..., V)`` logits."""
+        return F.linear(hidden, self.head)
+
+    prefill_mask = staticmethod(prefill_mask)

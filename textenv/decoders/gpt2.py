@@ -15,11 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.activations import NewGELUActivation
-from transformers.cache_utils import DynamicCache
 from transformers.models.gpt2.modeling_gpt2 import GPT2MLP, GPT2Attention, GPT2Block, GPT2LMHeadModel
 from transformers.pytorch_utils import Conv1D
 
-from textenv.decoders.base import fingerprint, register_decoder
+from textenv.decoders.base import BlockStackDecoder, fingerprint, register_decoder
 
 
 def _attention_scaling(cfg: Any, head_dim: int, layer: int) -> float:
@@ -40,7 +39,7 @@ def _fused_activation(act: nn.Module):
 
 
 @register_decoder
-class GPT2Decoder:
+class GPT2Decoder(BlockStackDecoder):
     """One KV-cached decoding step of a ``GPT2LMHeadModel`` (Radford et al. 2019), as plain tensor operations.
 
     ``step(input_ids, mask4d, position_ids, cache)`` is ``model(input_ids, attention_mask, position_ids, cache,
@@ -95,49 +94,8 @@ class GPT2Decoder:
                 return False
         return True
 
-    @torch.no_grad()
-    def step(
-        self, input_ids: torch.Tensor, mask4d: torch.Tensor, position_ids: torch.Tensor, cache: Any
-    ) -> torch.Tensor:
-        """Logits ``(N, V)`` of one new token per row (``input_ids`` / ``position_ids`` ``(N, 1)``), attending to the
-        cached columns and itself through ``mask4d`` ``(N, 1, 1, C + 1)``; its K/V are appended to ``cache``."""
-        x = self._blocks(input_ids, position_ids, mask4d, cache)
-        return F.linear(F.layer_norm(x, *self.ln_f), self.head)
-
-    @torch.no_grad()
-    def prefill(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor
-    ) -> tuple[torch.Tensor, Any]:
-        """Logits ``(N, V)`` at the last column of left-padded ``input_ids`` ``(N, S)`` and a new ``DynamicCache``
-        holding their K/V (what ``model(..., use_cache=True)`` returns)."""
-        cache = DynamicCache()
-        x = self._blocks(input_ids, position_ids, self.prefill_mask(attention_mask), cache)
-        x = x.view(input_ids.shape[0], input_ids.shape[1], -1)[:, -1]
-        return F.linear(F.layer_norm(x, *self.ln_f), self.head), cache
-
-    def hidden_states(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor
-    ) -> torch.Tensor:
-        """Last hidden states ``(N, S, E)`` (after the final layer norm: ``model(...).hidden_states[-1]``) of the
-        whole left-padded sequence, without a cache; :meth:`logits` maps them to the vocabulary. Differentiable
-        (gradients reach the model's parameters) unless the caller disables gradients."""
-        n, s = input_ids.shape
-        x = self._blocks(input_ids, position_ids, self.prefill_mask(attention_mask), None)
-        return F.layer_norm(x, *self.ln_f).view(n, s, -1)
-
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The LM head: ``(..., E)`` hidden states -> ``(..., V)`` logits."""
-        return F.linear(hidden, self.head)
-
-    @staticmethod
-    def prefill_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-        """``(N, 1, S, S)`` boolean: query ``i`` attends to the valid keys ``j <= i``. Padding queries attend to
-        themselves only, which keeps their (never attended) outputs and K/V finite."""
-        s = attention_mask.shape[1]
-        device = attention_mask.device
-        causal = torch.ones(s, s, dtype=torch.bool, device=device).tril_()
-        eye = torch.eye(s, dtype=torch.bool, device=device)
-        return ((causal & attention_mask.bool()[:, None, :]) | eye)[:, None]
+    def _final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, *self.ln_f)
 
     def _blocks(self, input_ids, position_ids, mask4d, cache) -> torch.Tensor:
         """The transformer blocks over ``(N, S)`` tokens; returns the residual stream ``(N * S, E)`` before ``ln_f``.
