@@ -173,14 +173,14 @@ def test_non_loopback_bind_needs_a_token(run_dir, host):
         start_server(create_app(run_dir), host=host, port=0)  # refused before binding anything
 
 
-def test_cli_refuses_a_public_bind_without_token(run_dir, monkeypatch):
-    import argparse
+def test_cli_refuses_a_public_bind_without_token(run_dir, monkeypatch, capsys):
+    from agents.cli import main
 
     monkeypatch.delenv(label_cmd.TOKEN_ENV, raising=False)
-    parser = argparse.ArgumentParser()
-    label_cmd.add_parser(parser)
-    args = parser.parse_args(["--run", str(run_dir), "--host", "0.0.0.0", "--port", "0"])
-    assert label_cmd.run(args) == 2  # returns at once: it never reaches serve_forever
+    # returns at once, in one line: it never reaches serve_forever
+    assert main(["label", "--run", str(run_dir), "--host", "0.0.0.0", "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("rlhf-gym label: error: refusing to serve on '0.0.0.0'") and "\n" not in err
 
 
 def test_token_is_checked_on_every_request(run_dir):
