@@ -39,7 +39,7 @@ step cuda_tests 180 python -m pytest -q -p no:cacheprovider -m cuda tests
 step rollout_gpt2_small 90 python benchmarks/rollout_vs_generate.py --device cuda --model gpt2-small \
     --batch 16 --tokens 64 --repeats 3
 
-# 3. The same with a 0.5B-sized random Qwen2, where the rollout benchmark offers that size.
+# 3. The same with a random Qwen2 of Qwen2-0.5B's shape (494M parameters).
 if python benchmarks/rollout_vs_generate.py --help | grep -q "0.5b"; then
     step rollout_qwen2_0_5b 120 python benchmarks/rollout_vs_generate.py --device cuda --family qwen2 \
         --model 0.5b --batch 16 --tokens 64 --repeats 3
@@ -49,8 +49,8 @@ fi
 
 # 4. GRPO against TRL's GRPOTrainer (one seed, short), if TRL is installed.
 if python -c "import trl" 2>/dev/null; then
-    step grpo_vs_trl 150 python benchmarks/grpo_vs_trl.py --seeds 0 --steps 20 --eval-completions 256 \
-        --out "$OUT/grpo_vs_trl.json"
+    step grpo_vs_trl 150 python benchmarks/grpo_vs_trl.py --device cuda --seeds 0 --steps 20 \
+        --eval-completions 256 --out "$OUT/grpo_vs_trl.json"
 else
     echo "== grpo_vs_trl: skipped (pip install trl)"
 fi

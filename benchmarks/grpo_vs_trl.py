@@ -84,16 +84,21 @@ def build_model(path: Path, n_layer: int, n_embd: int, seed: int) -> None:
     tokenizer.save_pretrained(path)
 
 
-def load(path: Path):
+def load(path: Path, device: str = "cpu"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    return AutoModelForCausalLM.from_pretrained(path).to(device).eval(), AutoTokenizer.from_pretrained(path)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):  # the timer must not stop before the GPU does
+        torch.cuda.synchronize()
 
 
 def run_ours(path: Path, args) -> dict:
     from agents.llm.grpo import GRPOAgent, GRPOConfig
 
-    model, tokenizer = load(path)
+    model, tokenizer = load(path, args.device)
     env = TextGenVectorEnv(
         args.prompts_per_step * args.group_size,
         model=model,
@@ -123,6 +128,7 @@ def run_ours(path: Path, args) -> dict:
     means: list[float] = []
     start = time.perf_counter()
     agent.learn(args.steps, callback=lambda _a, _i, m: means.append(m["env/score_mean"]))
+    _sync(args.device)
     wall = time.perf_counter() - start
     return {"model": model, "tokenizer": tokenizer, "wall_s": wall, "tokens": agent.tokens_seen, "rewards": means}
 
@@ -162,7 +168,7 @@ def run_trl(path: Path, args) -> dict:
             logging_steps=1,
             save_strategy="no",
             report_to="none",
-            use_cpu=True,
+            use_cpu=args.device == "cpu",
             bf16=False,
             fp16=False,
             seed=args.seed,
@@ -182,6 +188,7 @@ def run_trl(path: Path, args) -> dict:
             trainer.remove_callback(quiet)
         start = time.perf_counter()
         trainer.train()
+        _sync(args.device)
         wall = time.perf_counter() - start
         model = trainer.model.eval()
     return {"model": model, "wall_s": wall, "tokens": reward.tokens, "rewards": reward.means}
@@ -206,7 +213,8 @@ def evaluate(model, tokenizer, args) -> float:
         array_backend="torch",
     )
     rows = [PROMPTS[i % len(PROMPTS)] for i in range(n)]
-    batch = collect_rollout(env, prompts=rows, seed=0, generator=torch.Generator().manual_seed(123))
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(123)
+    batch = collect_rollout(env, prompts=rows, seed=0, generator=gen)
     return float(batch.scores.mean())
 
 
@@ -216,7 +224,7 @@ def run_seed(args, seed: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "tiny-gpt2"
         build_model(path, args.n_layer, args.n_embd, seed)
-        initial = evaluate(*load(path), args)
+        initial = evaluate(*load(path, args.device), args)
         warm = argparse.Namespace(**{**vars(args), "steps": 2})
         runs = {"ours": run_ours, "trl": run_trl}
         order = ["ours", "trl"] if seed % 2 == 0 else ["trl", "ours"]
@@ -256,11 +264,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--eval-completions", type=int, default=1024, help="completions per final evaluation")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: both sides train and sample there")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     print(
         f"GRPO, {args.steps} steps x {args.prompts_per_step} prompts x G={args.group_size}, {args.max_new_tokens} new "
-        f"tokens, KL {'plain k3' if args.plain_k3 else 'ratio-weighted k3'} beta {args.beta}, CPU, 1 thread"
+        f"tokens, KL {'plain k3' if args.plain_k3 else 'ratio-weighted k3'} beta {args.beta}, {args.device}, 1 thread"
     )
     print(
         f"{'seed':>4s} {'side':6s} {'tokens/s':>9s} {'wall s':>7s} {'tokens':>7s} {'train reward (last 5)':>22s} "

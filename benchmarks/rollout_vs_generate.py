@@ -45,7 +45,9 @@ import torch
 from textenv import sample_tokens
 
 #: --model name -> (layers, hidden, heads) of the random models
-SIZES = {"tiny": (2, 64, 4), "default-size": (3, 128, 4), "small": (12, 768, 12)}
+SIZES = {"tiny": (2, 64, 4), "default-size": (3, 128, 4), "small": (12, 768, 12), "0.5b": (24, 896, 14)}
+#: The rest of Qwen2-0.5B's shape (its config.json), for ``--family qwen2 --model 0.5b``: 494M parameters, random.
+QWEN2_0_5B = {"num_key_value_heads": 2, "intermediate_size": 4864, "tie_word_embeddings": True, "vocab": 151_936}
 
 
 def load_model(device: str, which: str = "default", family: str = "gpt2"):
@@ -62,22 +64,27 @@ def load_model(device: str, which: str = "default", family: str = "gpt2"):
             pass
     which = {"gpt2-small": "small", "default": "default-size"}.get(which, which)
     layers, hidden, heads = SIZES[which]
-    words = [f"w{i}" for i in range(50254 if which == "small" else 1000)]
+    if which == "0.5b" and family == "gpt2":
+        raise SystemExit("--model 0.5b is a Qwen2-0.5B-shaped model: use it with --family qwen2 (or llama, ...)")
+    n_words = {"small": 50254, "0.5b": QWEN2_0_5B["vocab"] - 3}.get(which, 1000)  # minus the special tokens
+    words = [f"w{i}" for i in range(n_words)]
     if family == "gpt2":
         from textenv.testing import make_tiny_lm
 
         model, tok = make_tiny_lm(words, device=device, n_layer=layers, n_head=heads, n_embd=hidden, n_positions=1024)
     else:
-        model, tok = make_family_lm(family, words, layers, hidden, heads, device)
+        shape = {k: v for k, v in QWEN2_0_5B.items() if k != "vocab"} if which == "0.5b" else {}
+        model, tok = make_family_lm(family, words, layers, hidden, heads, device, **shape)
     rng = np.random.default_rng(0)
     prompts = [" ".join(rng.choice(words, size=rng.integers(2, 9))) for _ in range(200)]
     return model, tok, prompts, f"random {family} ({layers} layers x {hidden}, {which})"
 
 
-def make_family_lm(family: str, words: list[str], layers: int, hidden: int, heads: int, device: str):
+def make_family_lm(family: str, words: list[str], layers: int, hidden: int, heads: int, device: str, **shape):
     """A randomly initialised Llama-family causal LM: GQA with half the heads as K/V heads below 12 heads (full
     multi-head attention at GPT-2-small size, for a like-for-like comparison), an MLP of 8/3 the hidden size (the
-    Llama ratio, which keeps a SwiGLU MLP near a GPT-2 MLP's parameter count), RoPE, RMSNorm, untied head."""
+    Llama ratio, which keeps a SwiGLU MLP near a GPT-2 MLP's parameter count), RoPE, RMSNorm, untied head; ``shape``
+    overrides those config fields (e.g. Qwen2-0.5B's)."""
     import transformers
 
     from textenv.testing import make_tiny_tokenizer
@@ -87,12 +94,13 @@ def make_family_lm(family: str, words: list[str], layers: int, hidden: int, head
     config_cls = getattr(transformers, f"{name}Config")
     model_cls = getattr(transformers, f"{name}ForCausalLM")
     extra = {"sliding_window": None} if family == "mistral" else {}
-    config = config_cls(
+    fields = dict(
         vocab_size=len(tok), hidden_size=hidden, intermediate_size=(8 * hidden // 3 + 7) // 8 * 8,
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads if heads >= 12 else heads // 2,
         head_dim=hidden // heads, max_position_embeddings=1024, tie_word_embeddings=False,
-        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id, **extra,
+        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id,
     )  # fmt: skip
+    config = config_cls(**{**fields, **extra, **shape})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = model_cls(config)
@@ -175,8 +183,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--reward", choices=["tokencount", "sentiment"], default="tokencount")
     parser.add_argument(
-        "--model", choices=["default", "tiny", "small", "gpt2-small"], default="default",
-        help="tiny: 2 layers x 64; small / gpt2-small: 12 layers x 768 (GPT-2-small-sized); default: the default LM",
+        "--model", choices=["default", "tiny", "small", "gpt2-small", "0.5b"], default="default",
+        help="tiny: 2 layers x 64; small / gpt2-small: 12 layers x 768 (GPT-2-small-sized); 0.5b: Qwen2-0.5B-shaped "
+             "(24 x 896, GQA 14/2, vocab 151,936; with --family qwen2); default: the default LM",
     )  # fmt: skip
     parser.add_argument(
         "--family", choices=["gpt2", "llama", "qwen2", "qwen3", "mistral"], default="gpt2",
