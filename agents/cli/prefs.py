@@ -29,7 +29,7 @@ from agents.loop.config import PrefsConfig
 from agents.loop.prefs import run_prefs
 from agents.loop.presets import PRESETS
 from agents.rundir import RunInterrupted
-from agents.sb3.control import IncompatibleSpaceError
+from agents.sb3.control import BadHyperparameterError, IncompatibleSpaceError
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     cfg, out = run_settings(args, PrefsConfig.load, lambda: config_from_args(args), default_out)
     try:
         summary = run_prefs(cfg, out, resume=args.resume)
-    except IncompatibleSpaceError as err:
+    except (IncompatibleSpaceError, BadHyperparameterError) as err:
         raise UsageError(str(err)) from err
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (agents.cli.main): say how to go on
         raise RunInterrupted(resume_hint("prefs", out)) from err

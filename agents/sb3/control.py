@@ -85,6 +85,10 @@ class UnknownHyperparameterError(ValueError):
     """A hyperparameter the SB3 algorithm's constructor does not take (a typo, or one of another algorithm)."""
 
 
+class BadHyperparameterError(ValueError):
+    """A hyperparameter value the SB3 algorithm's constructor refuses (e.g. ``n_steps: -1``)."""
+
+
 class IncompatibleSpaceError(TypeError):
     """The algorithm cannot act in the env's action space (e.g. DQN on a Box, SAC on a Discrete space)."""
 
@@ -265,7 +269,13 @@ class SB3Agent:
         if wrap_venv is not None:
             venv = wrap_venv(venv)
         self.venv = LearnedRewardVecEnv(venv, reward_fn)
-        self.model = algorithm_class(self.algo)("MlpPolicy", self.venv, seed=seed, device=device, verbose=0, **params)
+        try:
+            self.model = algorithm_class(self.algo)("MlpPolicy", self.venv, seed=seed, device=device, verbose=0,
+                                                    **params)
+        except (AssertionError, ValueError, TypeError) as err:  # SB3 checks its arguments with asserts
+            self.venv.close()
+            raise BadHyperparameterError(f"{self.algo} refused its hyperparameters ({err}); fix the value in "
+                                         f"--hyperparams (they were {params})") from err
         self._install_schedules()
         self.reward_fn = reward_fn
 

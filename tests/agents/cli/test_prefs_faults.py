@@ -131,6 +131,17 @@ def test_unknown_hyperparameter_is_a_one_line_error(tmp_path, capsys, hyper, mes
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("hyper, message", [
+    ('{"n_steps": -1}', "ppo refused its hyperparameters (`n_steps * n_envs` must be greater than 1"),
+    ('{"batch_size": 0}', "ppo refused its hyperparameters (`batch_size` must be greater than 1"),
+])
+def test_a_value_sb3_refuses_is_a_one_line_error(tmp_path, capsys, hyper, message):
+    out = tmp_path / "r"
+    assert main(["prefs", *TINY, "--hyperparams", hyper, "--out", str(out)]) == 2
+    assert message in _error_line(capsys)
+    assert not (out / "checkpoints").exists()
+
+
 def test_out_that_is_a_file_is_a_one_line_error(tmp_path, capsys):
     target = tmp_path / "file"
     target.write_text("precious")
