@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agents.rundir import RunError, RunInterrupted, checkpoint_candidates, prepare_out
+from agents.rundir import DeviceError, RunError, RunInterrupted, checkpoint_candidates, prepare_out
 
 __all__ = ["COMMANDS", "RunInterrupted", "UsageError", "main", "resume_hint", "run_settings"]
 
@@ -63,6 +63,9 @@ def run_settings(args: argparse.Namespace, load: Callable[[Path], C], build: Cal
         out = prepare_out(args.out, resume=True)
         try:
             cfg = load(out)
+        except DeviceError as err:  # saved with a device this machine lacks; --resume ignores --device
+            raise DeviceError(f"{err}. --resume keeps the run's saved settings: to continue it here, set \"device\": "
+                              f"\"cpu\" under \"config\" in {out}/config.json") from err
         except RunError:  # e.g. config.json and every checkpoint's copy of it damaged
             raise
         except (ValueError, TypeError) as err:  # saved settings this version refuses

@@ -102,6 +102,24 @@ def test_resume_with_a_truncated_config_json_uses_the_checkpoints_copy_and_repai
     assert json.loads((run_copy / "config.json").read_text())["config"] == good["config"]
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_resume_of_a_cuda_run_on_a_cpu_machine_says_how_to_continue(run_copy, capsys):
+    copies = [run_copy / "config.json", *(run_copy / "checkpoints").glob("round-*/config.json")]
+    for path in copies:  # as if the run had been started with --device cuda on another machine
+        saved = json.loads(path.read_text())
+        saved["config"]["device"] = "cuda"
+        path.write_text(json.dumps(saved))
+    before = _tree(run_copy)
+    assert main(["prefs", "--out", str(run_copy), "--resume", "--no-progress"]) == 2
+    err = _error_line(capsys)
+    assert "sees no CUDA GPU" in err and f'set "device": "cpu" under "config" in {run_copy}/config.json' in err
+    assert _tree(run_copy) == before
+    saved = json.loads((run_copy / "config.json").read_text())
+    saved["config"]["device"] = "cpu"  # what the message says to do
+    (run_copy / "config.json").write_text(json.dumps(saved))
+    assert main(["prefs", "--out", str(run_copy), "--resume", "--no-progress"]) == 0
+
+
 def test_resume_with_every_config_copy_damaged_is_a_one_line_error(run_copy, capsys):
     for path in [run_copy / "config.json", *(run_copy / "checkpoints").glob("round-*/config.json")]:
         _truncate(path)
