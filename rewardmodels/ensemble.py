@@ -226,9 +226,12 @@ class RewardEnsemble(nn.Module):
                         break
                     loss = 0.0
                     for net, p in zip(self.members, perms, strict=True):
-                        member_loss, member_hits = self._batch_loss(
-                            net, data, p[b * cfg.batch_size:(b + 1) * cfg.batch_size], cfg, count=True)
-                        loss, hits = loss + member_loss, hits + member_hits
+                        idx = p[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                        if cfg.stop_accuracy is None:  # nothing to count
+                            loss = loss + self._batch_loss(net, data, idx, cfg)
+                        else:
+                            member_loss, member_hits = self._batch_loss(net, data, idx, cfg, count=True)
+                            loss, hits = loss + member_loss, hits + member_hits
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     if cfg.grad_clip is not None:
