@@ -1,43 +1,97 @@
-"""Christiano et al. 2017 on MuJoCo: 700 synthetic labels against PPO on the true reward, same env steps, same seeds.
+"""Christiano et al. 2017's MuJoCo table: 700 synthetic labels against the same agent on the true reward.
 
-For each env and seed, two runs with identical PPO settings (the ``christiano-mujoco`` preset's):
+For each env and seed, two runs, each in its own process, with the same agent, settings, env steps and seed:
 
 * ``prefs``: the ``christiano-mujoco`` preset (``agents/loop/presets.py``): the agent never sees the true reward; an
   oracle teacher labels 700 segment pairs (1.5 s each) chosen by ensemble disagreement, and the agent trains on the
-  learned reward;
-* ``rl``: the same PPO on the true reward.
+  learned reward (an off-policy agent relabels its replay buffer after every reward fit: PEBBLE, Lee et al. 2021);
+* ``rl``: the same agent on the true reward.
 
 Both are evaluated on the TRUE reward over 20 episodes of the final deterministic policy (the same evaluation envs
-and seeds). Printed per env: the mean final return of each side and their ratio (target >= 0.9, the paper's "nearly
-matching RL on the true reward with 700 labels"), plus the ratio of improvements over a uniformly random policy
-(which stays meaningful when returns are negative). The paper ran millions of steps; the default budget here
-(``--steps 100000``) is what a shared 2-core CPU affords.
+and seeds). Per env: the mean final return of each side over the seeds, their ratio (the paper's "nearly matching RL
+on the true reward with 700 labels"; target >= 0.9), and the ratio of gains over a uniformly random policy (which stays
+meaningful where returns are negative: Reacher). Each ``prefs`` run also records why it lands where it does
+(``diagnose``): its final learned reward's agreement with the true reward on segments of its own final policy and of a
+random policy, the true returns its labels saw against the final policy's, and a fresh agent trained on that final
+reward held fixed (``--frozen``).
 
-Usage::
+``--table cpu`` (default): the budgets of ``CPU_TABLE``, about an hour for 7 envs x 3 seeds on a 2-core machine with
+``--jobs 2``. ``--table full``: the preset's 2M env steps per run (``benchmarks/christiano_full.sh``).
 
-    python benchmarks/christiano_mujoco.py --envs HalfCheetah-v5 Hopper-v5 --steps 100000 --seeds 0 1 \\
-        --labels 700 --out benchmarks/out/christiano_mujoco
+    python benchmarks/christiano_mujoco.py --seeds 0 1 2 --jobs 2 --out benchmarks/out/christiano_mujoco
+    python benchmarks/christiano_mujoco.py --envs HalfCheetah-v5 --seeds 0 --steps 150000 --algo ppo
+
+Finished runs are kept (``<out>/<env>-seed<k>/<side>.json``) and skipped when the command is run again, so an
+interrupted table resumes; ``--redo`` runs them again.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
+import os
+import subprocess
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+#: SAC for the envs whose episodes run long and whose PPO learns slowly at this budget (ours: the paper used TRPO;
+#: SAC with replay relabelling after every reward fit is PEBBLE's agent, Lee et al. 2021). Small nets (64 x 64) keep a
+#: 150k-step SAC run at ~12 CPU minutes; SB3's other SAC defaults.
+SAC_SMALL: dict[str, Any] = dict(n_envs=1, learning_starts=1_000, policy_kwargs=dict(net_arch=[64, 64]))
+
+#: env -> env steps per run and agent (None: the preset's PPO) at the CPU budget.
+CPU_TABLE: dict[str, dict[str, Any]] = {
+    "InvertedPendulum-v5": dict(steps=50_000, algo=None),
+    "InvertedDoublePendulum-v5": dict(steps=100_000, algo=None),
+    "Reacher-v5": dict(steps=100_000, algo=None),
+    "Swimmer-v5": dict(steps=150_000, algo=None),
+    "Hopper-v5": dict(steps=150_000, algo=None),
+    "Walker2d-v5": dict(steps=150_000, algo=None),
+    "HalfCheetah-v5": dict(steps=150_000, algo="sac"),
+}
+FULL_STEPS = 2_000_000
+SIDES = ("prefs", "rl")
 
 
-def _evaluate(model, env_id: str, episodes: int) -> np.ndarray:
-    """True returns of the deterministic policy, on the evaluation envs ``SB3Agent.evaluate`` uses."""
+def budget(env_id: str, table: str, steps: int | None, algo: str | None) -> dict[str, Any]:
+    """Steps, algorithm and hyperparameter overrides of one env (command-line values win)."""
+    row = dict(CPU_TABLE.get(env_id, dict(steps=150_000, algo=None)))
+    if table == "full":
+        row["steps"] = FULL_STEPS
+    if steps is not None:
+        row["steps"] = steps
+    if algo is not None:
+        row["algo"] = algo
+    row["hyperparams"] = dict(SAC_SMALL) if row["algo"] == "sac" else None
+    if row["algo"] in (None, "ppo"):
+        row["algo"] = None  # the preset's PPO and its hyperparameters
+    return row
+
+
+def prefs_config(env_id: str, seed: int, labels: int, row: dict[str, Any], eval_episodes: int,
+                 extra: dict[str, Any] | None = None):
+    from agents.loop import PrefsConfig
+
+    overrides = dict(labels=labels, steps=row["steps"], seed=seed, progress_bar=False, eval_every=0,
+                     eval_episodes=eval_episodes, algo=row["algo"], hyperparams=row["hyperparams"], **(extra or {}))
+    return PrefsConfig.from_preset("christiano-mujoco", env_id, **overrides)
+
+
+def evaluate(model, env_id: str, episodes: int) -> np.ndarray:
+    """True returns of the deterministic policy, on the evaluation envs and seeds ``SB3Agent.evaluate`` uses."""
     from stable_baselines3.common.evaluation import evaluate_policy
 
     from agents.sb3.control import make_vec_env
 
-    venv = make_vec_env(env_id, min(episodes, 10), 10_000)
+    venv = make_vec_env(env_id, min(episodes, 20), 10_000)
     try:
         returns, _ = evaluate_policy(model, venv, n_eval_episodes=episodes, deterministic=True,
                                      return_episode_rewards=True)
@@ -46,34 +100,21 @@ def _evaluate(model, env_id: str, episodes: int) -> np.ndarray:
     return np.asarray(returns, dtype=np.float64)
 
 
-def run_rl(env_id: str, steps: int, seed: int, hyperparams: dict, episodes: int) -> dict:
-    """PPO on the true reward with the preset's PPO settings."""
-    from stable_baselines3 import PPO
+def run_rl(cfg, steps: int) -> dict[str, Any]:
+    """The prefs run's agent (algorithm, hyperparameters, envs, seed) on the TRUE reward for ``steps`` env steps."""
+    from agents.sb3.control import algorithm_class, make_vec_env, resolve_hyperparams
 
-    from agents.sb3.control import make_vec_env
-
-    params = dict(hyperparams)
+    params = resolve_hyperparams(dict(cfg.hyperparams or {}))
     n_envs = int(params.pop("n_envs", 1))
-
-    venv = make_vec_env(env_id, n_envs, seed)
-    start = time.perf_counter()
-    model = PPO("MlpPolicy", venv, seed=seed, device="cpu", verbose=0, **params)
+    venv = make_vec_env(cfg.env_id, n_envs, cfg.seed)
+    start, cpu = time.perf_counter(), time.process_time()
+    model = algorithm_class(cfg.algo)("MlpPolicy", venv, seed=cfg.seed, device="cpu", verbose=0, **params)
     model.learn(steps)
-    returns = _evaluate(model, env_id, episodes)
+    returns = evaluate(model, cfg.env_id, cfg.eval_episodes)
     venv.close()
     return {"true_return_mean": float(returns.mean()), "true_return_std": float(returns.std()),
-            "env_steps": int(model.num_timesteps), "wall_s": time.perf_counter() - start}
-
-
-def run_prefs(env_id: str, steps: int, seed: int, labels: int, out: Path, overrides: dict) -> dict:
-    from agents.loop import PrefsConfig
-    from agents.loop import run_prefs as run_loop
-
-    config = PrefsConfig.from_preset("christiano-mujoco", env_id, labels=labels, steps=steps, seed=seed,
-                                     progress_bar=False, **overrides)
-    summary = run_loop(config, out)
-    summary["hyperparams"] = config.hyperparams
-    return summary
+            "env_steps": int(model.num_timesteps), "wall_s": time.perf_counter() - start,
+            "cpu_s": time.process_time() - cpu}
 
 
 def random_return(env_id: str, episodes: int) -> float:
@@ -94,53 +135,212 @@ def random_return(env_id: str, episodes: int) -> float:
     return float(np.mean(total))
 
 
+def _rollout_segments(env_id: str, act, seg_len: int, steps: int, seed: int):
+    """Consecutive ``seg_len``-step windows (within episodes) of observations, actions and true rewards."""
+    import gymnasium as gym
+
+    env = gym.make(env_id)
+    obs, _ = env.reset(seed=seed)
+    env.action_space.seed(seed)
+    windows, cur = [], ([], [], [])
+    for _ in range(steps):
+        action = act(obs)
+        nxt, reward, term, trunc, _ = env.step(action)
+        for buf, value in zip(cur, (obs, action, reward), strict=True):
+            buf.append(value)
+        obs = nxt
+        if len(cur[0]) == seg_len:
+            windows.append(tuple(np.asarray(b, dtype=np.float32) for b in cur))
+            cur = ([], [], [])
+        if term or trunc:
+            obs, _ = env.reset()
+            cur = ([], [], [])
+    env.close()
+    return windows
+
+
+def _agreement(ensemble, windows) -> dict[str, float]:
+    """How the learned reward ranks segments against the true reward: pairwise agreement and Pearson r of segment
+    returns, Pearson r per step, and each reward's Pearson r with the action's squared norm per step (a learned
+    reward that rises with effort where the true one falls is being exploited by vibrating)."""
+    if len(windows) < 4:
+        return {"segments": len(windows)}
+    obs = np.stack([w[0] for w in windows])
+    acts = np.stack([w[1] for w in windows])
+    true = np.stack([w[2] for w in windows])
+    n, t = true.shape
+    learned = np.asarray(ensemble.predict_reward(obs.reshape(n * t, *obs.shape[2:]),
+                                                 acts.reshape(n * t, *acts.shape[2:]))).reshape(n, t)
+    lr, tr = learned.sum(1), true.sum(1)
+    i, j = np.triu_indices(n, 1)
+    differ = tr[i] != tr[j]
+    agree = float(np.mean(np.sign(lr[i] - lr[j])[differ] == np.sign(tr[i] - tr[j])[differ]))
+    effort = (acts.reshape(n * t, -1) ** 2).sum(1)  # |a|^2 per step: what a control cost charges for
+    return {"segments": n, "pair_agreement": agree, "segment_r": float(np.corrcoef(lr, tr)[0, 1]),
+            "step_r": float(np.corrcoef(learned.ravel(), true.ravel())[0, 1]),
+            "learned_vs_action_sq_r": float(np.corrcoef(learned.ravel(), effort)[0, 1]),
+            "true_vs_action_sq_r": float(np.corrcoef(true.ravel(), effort)[0, 1]),
+            "true_segment_return_mean": float(tr.mean())}
+
+
+def diagnose(run_dir: Path, frozen: bool) -> dict[str, Any]:
+    """Why a prefs run lands where it does (module docstring), from its run directory."""
+    import torch
+
+    from agents.loop.config import PrefsConfig
+    from agents.loop.reward_model import REWARD_MODEL_FILE
+    from agents.loop.segment_pairs import DATASET_FILE
+    from agents.sb3.control import SB3Agent, algorithm_class
+    from rewardmodels.ensemble import RewardEnsemble
+    from rewardmodels.preferences import PreferenceDataset
+
+    cfg = PrefsConfig.load(run_dir)
+    ckpt = run_dir / "checkpoints" / json.loads((run_dir / "checkpoints" / "latest.json").read_text())["checkpoint"]
+    ensemble = RewardEnsemble.load(ckpt / REWARD_MODEL_FILE)
+    dataset = PreferenceDataset.load(ckpt / DATASET_FILE)
+    model = algorithm_class(cfg.algo).load(ckpt / "agent.zip", device="cpu")
+    seg = cfg.segment_len
+    policy = _rollout_segments(cfg.env_id, lambda o: model.predict(o, deterministic=True)[0], seg, 5_000, 20_000)
+    import gymnasium as gym
+
+    space = gym.make(cfg.env_id).action_space
+    space.seed(20_001)
+    random = _rollout_segments(cfg.env_id, lambda o: space.sample(), seg, 5_000, 20_001)
+    ret_a, ret_b = dataset.true_returns()
+    labelled = np.concatenate([ret_a, ret_b])
+    final = np.array([w[2].sum() for w in policy]) if policy else np.zeros(0)
+    out: dict[str, Any] = {
+        "final_policy": _agreement(ensemble, policy), "random_policy": _agreement(ensemble, random),
+        "labelled_segment_return": {"mean": float(labelled.mean()), "p90": float(np.percentile(labelled, 90)),
+                                    "max": float(labelled.max())},
+        # the share of the final policy's segments better than every segment a label ever saw
+        "final_segments_beyond_labels": float(np.mean(final > labelled.max())) if len(final) else None,
+    }
+    if frozen:
+        torch.manual_seed(cfg.seed)
+        agent = SB3Agent(cfg.algo, cfg.env_id, ensemble.predict_reward, total_steps=cfg.steps, seed=cfg.seed,
+                         device="cpu", hyperparams=cfg.hyperparams)
+        try:
+            agent.learn(cfg.steps, max_steps=cfg.steps)
+            out["frozen_final_reward_return"] = float(np.mean(agent.evaluate(cfg.eval_episodes)))
+        finally:
+            agent.close()
+    return out
+
+
+def run_one(env_id: str, seed: int, side: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One side of one (env, seed), in this process."""
+    import torch
+
+    from agents.loop import run_prefs
+
+    torch.set_num_threads(args.threads)
+    row = budget(env_id, args.table, args.steps, args.algo)
+    cfg = prefs_config(env_id, seed, args.labels, row, args.eval_episodes, json.loads(args.set))
+    run_dir = Path(args.out) / f"{env_id}-seed{seed}"
+    if side == "prefs":
+        summary = run_prefs(cfg, run_dir / "prefs")
+        result = {k: summary[k] for k in ("true_return_mean", "true_return_std", "env_steps", "wall_s", "cpu_s",
+                                          "labels_used")}
+        result["diagnose"] = diagnose(run_dir / "prefs", args.frozen)
+    else:
+        result = run_rl(cfg, row["steps"])
+    return {"env": env_id, "seed": seed, "side": side, "algo": cfg.algo, "steps": row["steps"], **result}
+
+
+def _job(env_id: str, seed: int, side: str, args: argparse.Namespace, passthrough: list[str]) -> dict[str, Any]:
+    path = Path(args.out) / f"{env_id}-seed{seed}" / f"{side}.json"
+    if path.exists() and not args.redo:
+        return json.loads(path.read_text())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log = path.with_suffix(".log")
+    cmd = [sys.executable, __file__, "--one", env_id, str(seed), side, *passthrough]
+    with open(log, "w") as fh:
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if proc.returncode != 0 or not path.exists():
+        raise RuntimeError(f"{env_id} seed {seed} {side} failed (exit {proc.returncode}); see {log}")
+    result = json.loads(path.read_text())
+    print(json.dumps({k: v for k, v in result.items() if k != "diagnose"}), flush=True)
+    return result
+
+
+def summarise(rows: list[dict[str, Any]], randoms: dict[str, float]) -> tuple[dict[str, Any], str]:
+    summary, lines = {}, ["| env | agent | steps | seeds | labels | learned reward | true reward | random | "
+                          "return ratio | gain ratio | worst seed (gain ratio) |", "|" + "---|" * 11]
+    for env_id, rand in randoms.items():
+        by_seed: dict[int, dict[str, dict]] = {}
+        for r in rows:
+            if r["env"] == env_id:
+                by_seed.setdefault(r["seed"], {})[r["side"]] = r
+        pairs = [s for s in by_seed.values() if set(s) == set(SIDES)]
+        if not pairs:
+            continue
+        p = float(np.mean([s["prefs"]["true_return_mean"] for s in pairs]))
+        t = float(np.mean([s["rl"]["true_return_mean"] for s in pairs]))
+        gains = [(s["prefs"]["true_return_mean"] - rand) / (s["rl"]["true_return_mean"] - rand) for s in pairs]
+        ratio = p / t if t > 0 and p > -np.inf else float("nan")
+        gain = (p - rand) / (t - rand) if t != rand else float("nan")
+        first = pairs[0]["prefs"]
+        summary[env_id] = {"agent": first["algo"], "steps": first["steps"], "seeds": len(pairs),
+                           "labels": first["labels_used"], "prefs": p, "rl": t, "random": rand, "ratio": ratio,
+                           "gain_ratio": gain, "worst_seed_gain_ratio": float(min(gains)),
+                           "per_seed": {str(k): {sd: v[sd]["true_return_mean"] for sd in SIDES}
+                                        for k, v in by_seed.items() if set(v) == set(SIDES)}}
+        ratio_txt = f"{ratio:.2f}" if t > 0 and p > 0 else "n/a (returns < 0)"
+        lines.append(f"| {env_id} | {first['algo'].upper()} | {first['steps']:,} | {len(pairs)} | "
+                     f"{first['labels_used']} | {p:.1f} | {t:.1f} | {rand:.1f} | {ratio_txt} | {gain:.2f} | "
+                     f"{min(gains):.2f} |")
+    return summary, "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--envs", nargs="+", default=["HalfCheetah-v5", "Hopper-v5"])
-    parser.add_argument("--steps", type=int, default=100_000, help="env steps per run (both sides)")
+    parser.add_argument("--envs", nargs="+", default=list(CPU_TABLE))
+    parser.add_argument("--table", choices=("cpu", "full"), default="cpu", help="budgets: CPU_TABLE or 2M steps")
+    parser.add_argument("--steps", type=int, default=None, help="env steps per run, all envs (default: the table's)")
+    parser.add_argument("--algo", choices=("ppo", "sac"), default=None, help="agent, all envs (default: the table's)")
     parser.add_argument("--labels", type=int, default=700)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--rounds", type=int, default=None, help="loop rounds (preset: one per 10k steps)")
-    parser.add_argument("--reward-epochs", type=int, default=None, help="epochs per reward fit (preset: 20)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--eval-episodes", type=int, default=20)
+    parser.add_argument("--jobs", type=int, default=2, help="runs at once, each in its own process")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--set", default="{}", help="JSON of further PrefsConfig overrides (both sides), e.g. "
+                        "'{\"schedule_c_steps\": 30000}'")
+    parser.add_argument("--frozen", action="store_true", help="diagnose: train a fresh agent on each final reward")
+    parser.add_argument("--redo", action="store_true", help="run again runs that already have results")
     parser.add_argument("--out", default="benchmarks/out/christiano_mujoco")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the machine is shared)")
+    parser.add_argument("--one", nargs=3, metavar=("ENV", "SEED", "SIDE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if args.one:
+        env_id, seed, side = args.one
+        result = run_one(env_id, int(seed), side, args)
+        path = Path(args.out) / f"{env_id}-seed{seed}" / f"{side}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2))
+        return
+    passthrough = ["--table", args.table, "--labels", str(args.labels), "--eval-episodes", str(args.eval_episodes),
+                   "--threads", str(args.threads), "--set", args.set, "--out", args.out]
+    passthrough += ["--steps", str(args.steps)] if args.steps else []
+    passthrough += ["--algo", args.algo] if args.algo else []
+    passthrough += ["--frozen"] if args.frozen else []
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    overrides = {"rounds": args.rounds, "reward_epochs": args.reward_epochs, "eval_episodes": args.eval_episodes,
-                 "eval_every": 0}
-    rows = []
-    for env_id in args.envs:
-        rand = random_return(env_id, args.eval_episodes)
-        for seed in args.seeds:
-            run_dir = out / f"{env_id}-seed{seed}"
-            pref = run_prefs(env_id, args.steps, seed, args.labels, run_dir / "prefs", overrides)
-            # the same env steps as the preference run took (its initial random-policy collection included)
-            rl = run_rl(env_id, pref["env_steps"], seed, pref["hyperparams"], args.eval_episodes)
-            row = {"env": env_id, "seed": seed, "steps": args.steps, "labels": pref["labels_used"],
-                   "prefs_return": pref["true_return_mean"], "rl_return": rl["true_return_mean"],
-                   "random_return": rand, "prefs_env_steps": pref["env_steps"], "rl_env_steps": rl["env_steps"],
-                   "prefs_wall_s": pref["wall_s"], "rl_wall_s": rl["wall_s"]}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    print(f"\n{'env':<16}{'seeds':>6}{'steps':>9}{'labels':>7}{'prefs':>10}{'PPO true':>10}{'random':>9}"
-          f"{'ratio':>8}{'ratio vs random':>17}")
-    summary = {}
-    for env_id in args.envs:
-        sel = [r for r in rows if r["env"] == env_id]
-        p, r = np.mean([x["prefs_return"] for x in sel]), np.mean([x["rl_return"] for x in sel])
-        rand = sel[0]["random_return"]
-        ratio = p / r if r > 0 else float("nan")
-        ratio_rand = (p - rand) / (r - rand) if r != rand else float("nan")
-        summary[env_id] = {"prefs": p, "rl": r, "random": rand, "ratio": ratio, "ratio_vs_random": ratio_rand,
-                           "seeds": len(sel), "labels": sel[0]["labels"]}
-        print(f"{env_id:<16}{len(sel):>6}{args.steps:>9}{sel[0]['labels']:>7}{p:>10.1f}{r:>10.1f}{rand:>9.1f}"
-              f"{ratio:>8.2f}{ratio_rand:>17.2f}")
-    (out / "results.json").write_text(json.dumps({"rows": rows, "summary": summary, "args": vars(args)}, indent=2))
-    print(f"\nwritten: {out / 'results.json'} (run directories alongside)")
+    start = time.perf_counter()
+    # longest first (SAC, then by steps), so the pool ends together
+    jobs = sorted(((e, s, side) for e in args.envs for s in args.seeds for side in SIDES),
+                  key=lambda j: (budget(j[0], args.table, args.steps, args.algo)["algo"] == "sac",
+                                 budget(j[0], args.table, args.steps, args.algo)["steps"], j[2] == "prefs"),
+                  reverse=True)
+    with ThreadPoolExecutor(args.jobs) as pool:
+        rows = list(pool.map(lambda j: _job(*j, args, passthrough), jobs))
+    randoms = {e: random_return(e, args.eval_episodes) for e in args.envs}
+    summary, table = summarise(rows, randoms)
+    print("\n" + table)
+    wall = time.perf_counter() - start
+    (out / "results.json").write_text(json.dumps({"summary": summary, "rows": rows, "args": vars(args),
+                                                  "wall_s": wall}, indent=2))
+    (out / "table.md").write_text(table + "\n")
+    print(f"\nwall {wall:.0f} s; written: {out / 'results.json'}, {out / 'table.md'} (run directories alongside)")
 
 
 if __name__ == "__main__":

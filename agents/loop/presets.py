@@ -27,7 +27,9 @@ Gymnasium v5):
 * the 10% random-response noise of the preference model (2.2.3: P = 0.05 + 0.9 sigmoid(R_a - R_b)).
 * the policy: the paper used TRPO (A.1), which SB3 lacks; PPO (its successor) stands in, with gamma 0.995 and
   lambda 0.97 as in A.1 and the entropy bonus 0.01 (0.001 on Swimmer) of A.1 as ``ent_coef`` (ours: the rest of
-  PPO's settings are rl-baselines3-zoo's MuJoCo PPO settings).
+  PPO's settings are rl-baselines3-zoo's MuJoCo PPO settings). ``algo="sac"`` (ours) gives ``MUJOCO_SAC`` instead:
+  on HalfCheetah at a 150k-step budget PPO learns to vibrate for the learned reward, SAC does not
+  (benchmarks/RESULTS.md).
 
 ``christiano-atari`` (Pong, BeamRider, Breakout, Enduro, Qbert, SpaceInvaders, Seaquest; ALE v5 via ale-py):
 
@@ -75,6 +77,10 @@ ATARI_PRETRAIN_EPOCHS = 200  # A.2
 ATARI_LABEL_BUFFER = 3_000  # A.2
 ATARI_FIT_RATE = 0.1  # A.2: the predictor "processes 1 label per 10 RL timesteps"
 PAPER_FIT = dict(noise=0.1, val_fraction=float(np.exp(-1.0)), adaptive_l2=True, l2_target=(1.1, 1.5))  # 2.2.3
+#: Ours: ``--algo sac`` on ``christiano-mujoco``: PEBBLE's agent (Lee et al. 2021: SAC whose replay buffer is relabelled
+#: after every reward fit); SB3's SAC defaults but 64 x 64 nets (2.2x the env steps per CPU second of 256 x 256 here)
+#: and 1,000 random steps before learning.
+MUJOCO_SAC: dict[str, Any] = dict(n_envs=1, learning_starts=1_000, policy_kwargs=dict(net_arch=[64, 64]))
 #: rl-baselines3-zoo's Atari PPO settings (hyperparams/ppo.yml, atari), for ``--algo ppo`` on the Atari preset.
 ATARI_PPO = dict(n_envs=8, n_steps=128, n_epochs=4, batch_size=256, learning_rate="lin_0.00025",
                  clip_range="lin_0.1", vf_coef=0.5, ent_coef=0.01)
@@ -152,6 +158,9 @@ def _christiano_mujoco(env_id: str, overrides: dict[str, Any]) -> dict[str, Any]
         hyperparams=dict(n_envs=1, gamma=0.995, gae_lambda=0.97,
                          ent_coef=0.001 if env_id.startswith("Swimmer") else 0.01),
     )
+    if overrides.get("algo") in ("sac", "td3", "ddpg") and "hyperparams" not in overrides:  # PPO's do not apply
+        values["hyperparams"] = (dict(MUJOCO_SAC, policy_kwargs=dict(MUJOCO_SAC["policy_kwargs"]))
+                                 if overrides["algo"] == "sac" else None)
     return _paper_budgets(values, overrides)
 
 

@@ -11,7 +11,16 @@ from agents.cli import main
 from agents.loop.config import PrefsConfig, RunConfigError
 from agents.loop.preference_loop import label_allocation
 from agents.loop.prefs import run_prefs
-from agents.loop.presets import ATARI_ENVS, MUJOCO_ENVS, PRESETS, TUNED, PresetError, apply_preset, mujoco_segment_len
+from agents.loop.presets import (
+    ATARI_ENVS,
+    MUJOCO_ENVS,
+    MUJOCO_SAC,
+    PRESETS,
+    TUNED,
+    PresetError,
+    apply_preset,
+    mujoco_segment_len,
+)
 from agents.loop.reward_model import EnsembleRewardModel, build_reward_ensemble
 from rewardmodels.ensemble import FitConfig
 
@@ -34,6 +43,14 @@ def test_mujoco_preset_holds_the_papers_values():
     ens = build_reward_ensemble(cfg, gym.spaces.Box(-1, 1, (11,)), gym.spaces.Box(-1, 1, (3,)))
     acts = [m for m in ens.members[0].modules() if hasattr(m, "negative_slope")]
     assert len(ens.members) == 3 and len(acts) == 2 and acts[0].negative_slope == 0.01
+
+
+def test_mujoco_preset_with_an_off_policy_agent_gets_settings_it_accepts():
+    cfg = PrefsConfig.from_preset("christiano-mujoco", "HalfCheetah-v5", algo="sac")
+    assert cfg.algo == "sac" and cfg.hyperparams == MUJOCO_SAC  # PEBBLE's agent, the MuJoCo table's
+    assert PrefsConfig.from_preset("christiano-mujoco", "Hopper-v5", algo="td3").hyperparams is None  # SB3's
+    mine = {"n_envs": 1, "batch_size": 64}
+    assert PrefsConfig.from_preset("christiano-mujoco", "Hopper-v5", algo="sac", hyperparams=mine).hyperparams == mine
 
 
 def test_segment_length_is_1_5_seconds_capped_by_the_time_limit():
