@@ -36,6 +36,10 @@ from textenv.decoders import fast_decoder
 from textenv.kvcache import cache_width, splice_rows, supports_splicing, trim_cache
 from textenv.models import max_positions, pad_token_id, vocab_size
 from textenv.rewards import validate_scores
+from textenv.sampling import eval_mode, record_episodes, sample_tokens, sequence_logprobs, token_logprob
+
+__all__ = ["ActionTypeError", "EpisodeEndedError", "Episodes", "GenerationEngine", "InvalidActionError", "StepResult",
+           "eval_mode", "record_episodes", "sample_tokens", "token_logprob"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,81 +56,6 @@ class ActionTypeError(InvalidActionError, TypeError):
 
 class EpisodeEndedError(RuntimeError):
     """``step()`` was called before ``reset()``, after the episode ended, or after a step that raised midway."""
-
-
-def sample_tokens(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One token per row drawn from ``softmax(logits)``: ``(N, V)`` -> ``(N,)`` int64, by inverse-CDF sampling.
-
-    Exact categorical sampling with one uniform number per row: cumulative probabilities (summed in float64, so large
-    vocabularies lose no precision) and a binary search. ``torch.multinomial`` (what ``generate`` uses) draws V
-    exponentials per row instead, a cost that dominates a small model's decoding step on CPU
-    (``benchmarks/rollout_vs_generate.py`` compares them). Tokens whose logit is ``-inf`` are never drawn. Use
-    ``generator`` for seeding.
-    """
-    cdf = torch.softmax(logits.float(), dim=-1).double().cumsum(dim=-1)  # (N, V)
-    u = torch.rand(logits.shape[0], 1, generator=generator, device=logits.device, dtype=torch.float64)
-    # right=True: the first index whose cumulative mass exceeds u * total, so zero-probability ids are skipped.
-    idx = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
-    return idx.squeeze(1).clamp_(max=logits.shape[1] - 1)
-
-
-def token_logprob(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """``log softmax(logits)[i, tokens[i]]``: ``(N, V)``, ``(N,)`` -> ``(N,)``."""
-    return logits.gather(1, tokens[:, None]).squeeze(1) - logits.logsumexp(-1)
-
-
-def record_episodes(
-    step: Callable[[torch.Tensor], tuple[dict[str, torch.Tensor], torch.Tensor]],
-    num_rows: int,
-    horizon: int,
-    device: torch.device | str,
-    check_every: int | None = None,
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Play one episode per row, a token per call of ``step``, and record it: the one per-token loop of
-    :meth:`GenerationEngine.play` and of agents that drive an env through ``step()`` (``agents.llm.rollout``).
-
-    ``step(alive)`` gets the ``(N,)`` bool of rows whose episode is still running, advances every row by one token
-    and returns that token's per-row values (``{name: (N,) tensor}``: actions, log-probs, ...) and the ``(N,)`` bool
-    of rows whose episode ended with it. Rows whose episode ended before may do anything meanwhile (idle on padding,
-    or start a new episode): their values are recorded as 0 and ``mask`` is False there. The loop stops after
-    ``horizon`` calls or once no row is alive; that check is a device->host sync, so it runs every ``check_every``
-    tokens (default: every token on CPU, every 8 on an accelerator; the extra steps are all masked out).
-
-    Returns:
-        ``({name: (N, T)}, mask)`` with ``mask`` ``(N, T)`` bool, True on each row's tokens, ``T`` the steps taken.
-    """
-    device = torch.device(device)
-    alive = torch.ones(num_rows, dtype=torch.bool, device=device)
-    mask = torch.zeros((num_rows, horizon), dtype=torch.bool, device=device)
-    columns: dict[str, torch.Tensor] = {}
-    if check_every is None:
-        check_every = 1 if device.type == "cpu" else 8
-    steps = 0
-    for t in range(horizon):
-        values, done = step(alive)
-        for name, value in values.items():
-            if name not in columns:
-                columns[name] = torch.zeros((num_rows, horizon), dtype=value.dtype, device=device)
-            columns[name][:, t] = value.where(alive, 0)
-        mask[:, t] = alive
-        alive = alive & ~done
-        steps = t + 1
-        if steps % check_every == 0 and not bool(alive.any()):
-            break
-    return {name: column[:, :steps] for name, column in columns.items()}, mask[:, :steps]
-
-
-@contextlib.contextmanager
-def eval_mode(model: torch.nn.Module):
-    """Run with dropout off (rollouts and log-probs must be deterministic), restoring train mode afterwards."""
-    was_training = model.training
-    if was_training:
-        model.eval()
-    try:
-        yield
-    finally:
-        if was_training:
-            model.train()
 
 
 # ----------------------------------------------------------------------------------------------------- the engine
@@ -205,6 +134,7 @@ class GenerationEngine:
     ):
         self.policy, self.tokenizer, self.reward_fn = policy, tokenizer, reward_fn
         self.ref_model = ref_model if (ref_model is not None and kl_coef != 0) else None
+        self._policy_only = False  # True inside play(): the reference model is not decoded token by token
         self.num_rows, self.kl_coef, self.temperature = int(num_rows), float(kl_coef), float(temperature)
         self.max_new_tokens, self.max_prompt_tokens = int(max_new_tokens), int(max_prompt_tokens)
         self.L = self.max_new_tokens + self.max_prompt_tokens
@@ -407,8 +337,6 @@ class GenerationEngine:
             self._ensure_logits()
             a = sample(self._logits, generator).where(alive, self.pad_id)
             values = {"action": a, "logp": token_logprob(self._logits, a)}
-            if self.ref_model is not None:
-                values["ref_logp"] = token_logprob(self._ref_logits, a)
             # Every row shifts by one column (the shared "now"); ended rows append masked-out padding, which
             # _end_play moves into the left padding.
             self._append(a)
@@ -416,15 +344,17 @@ class GenerationEngine:
             self._need_decode[:] = True
             return values, a == eos_id
 
-        with self._failure_ends_episodes("play()"):
-            record, mask = record_episodes(one_token, self.num_rows, self.max_new_tokens, self.device)
-            return self._end_play(record["action"], mask, record["logp"], record.get("ref_logp"), eos_id)
+        self._policy_only = True  # the reference scores the finished episodes in one forward (_end_play)
+        try:
+            with self._failure_ends_episodes("play()"):
+                record, mask = record_episodes(one_token, self.num_rows, self.max_new_tokens, self.device)
+                return self._end_play(record["action"], mask, record["logp"], eos_id)
+        finally:
+            self._policy_only = False
 
-    def _end_play(
-        self, tokens: torch.Tensor, mask: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor | None, eos_id: int
-    ) -> Episodes:
-        """Set the final states (prompt + response, right-aligned) after :meth:`play`, score the episodes once and
-        return them."""
+    def _end_play(self, tokens: torch.Tensor, mask: torch.Tensor, logp: torch.Tensor, eos_id: int) -> Episodes:
+        """Set the final states (prompt + response, right-aligned) after :meth:`play`, score the episodes once (the
+        reference model: one teacher-forced forward over all of them) and return them."""
         n, dev = self.num_rows, self.device
         lengths = mask.sum(1)
         terminated = ((tokens == eos_id) & mask).any(1)
@@ -439,6 +369,14 @@ class GenerationEngine:
         self.pos = torch.as_tensor(self.plen + self.t - 1, device=dev)
         self.t_dev = lengths.clone()
         self._need_prefill[:], self._need_decode[:] = True, False
+        ref_logp = None
+        if self.ref_model is not None:  # row i's token t sits at column T - len_i + t of the last T columns
+            steps = mask.shape[1]
+            width = int((torch.as_tensor(self.plen, device=dev) + lengths).max())
+            right = sequence_logprobs(self.ref_model, self.tokens[:, -width:], self.mask[:, -width:], steps,
+                                      self.temperature)
+            idx = ((steps - lengths)[:, None] + torch.arange(steps, device=dev)).clamp_(max=steps - 1)
+            ref_logp = right.gather(1, idx).where(mask, 0.0)
         kl = (logp - ref_logp) if ref_logp is not None else None
         self.kl_sum = kl.sum(1) if kl is not None else torch.zeros(n, dtype=torch.float32, device=dev)
         reward = -self.kl_coef * kl if kl is not None else torch.zeros_like(logp)
@@ -523,7 +461,7 @@ class GenerationEngine:
         return [self.prompt_text[r] for r in rows.tolist()], self.tokenizer.batch_decode(resp, skip_special_tokens=True)
 
     def _models(self) -> list[torch.nn.Module]:
-        return [self.policy] if self.ref_model is None else [self.policy, self.ref_model]
+        return [self.policy] if self.ref_model is None or self._policy_only else [self.policy, self.ref_model]
 
     def _forward(self, model, input_ids, attention_mask, position_ids, cache=None, use_cache=True):
         kwargs = {"logits_to_keep": 1} if self._keep_arg.get(id(model), False) else {}

@@ -85,6 +85,50 @@ def test_play_equals_stepping_token_by_token(models):
     np.testing.assert_allclose(ep.kl_sums, kl, atol=1e-5)
 
 
+def test_play_scores_the_reference_in_one_forward_as_stepping_does(models):
+    """The reference model scores finished episodes in one teacher-forced forward (not a decoding step per token),
+    with the same log-probs as stepping gives, at a temperature too; in row chunks when the logits would be big."""
+    from textenv.sampling import sequence_logprobs
+
+    ref_rec, _ = step_through(make_env(models, temperature=0.7), torch.Generator().manual_seed(5))
+    env = make_env(models, temperature=0.7)
+    env.reset(seed=3)
+    calls = []
+    hook = models[2].register_forward_hook(lambda module, args, kwargs_out: calls.append(1))
+    try:
+        ep = env.play(torch.Generator().manual_seed(5))
+    finally:
+        hook.remove()
+    assert len(calls) == 1
+    for i, k in enumerate(ep.mask.sum(1).tolist()):
+        np.testing.assert_allclose(ep.ref_logprob[i, :k].numpy(), ref_rec["ref"][i], atol=1e-5)
+    eng = env.engine
+    whole = sequence_logprobs(models[2], eng.tokens, eng.mask, 6, 0.7)
+    chunked = sequence_logprobs(models[2], eng.tokens, eng.mask, 6, 0.7, max_logits_bytes=1)  # a row at a time
+    torch.testing.assert_close(whole, chunked, atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="n_scored"):
+        sequence_logprobs(models[2], eng.tokens, eng.mask, eng.tokens.shape[1], 1.0)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_play_equals_stepping_for_the_llama_family(family):
+    """The same with a Llama-family policy and reference (the fast decoder steps; the reference scores at the end)."""
+    from tests.textenv.test_decoders_llama import tiny
+
+    (policy, tok), (ref, _) = tiny(family, seed=0), tiny(family, seed=1)
+    with torch.no_grad():
+        policy.lm_head.weight[tok.eos_token_id] *= 3.0
+    models = (policy, tok, ref)
+    ref_rec, _ = step_through(make_env(models), torch.Generator().manual_seed(2))
+    env = make_env(models)
+    env.reset(seed=3)
+    ep = env.play(torch.Generator().manual_seed(2))
+    for i, k in enumerate(ep.mask.sum(1).tolist()):
+        assert ep.tokens[i, :k].tolist() == ref_rec["action"][i]
+        np.testing.assert_allclose(ep.ref_logprob[i, :k].numpy(), ref_rec["ref"][i], atol=2e-5)
+        np.testing.assert_allclose(ep.reward[i, :k].numpy(), ref_rec["reward"][i], atol=2e-5)
+
+
 def test_play_leaves_the_final_states_and_the_next_step_starts_new_episodes(models):
     env = make_env(models)
     env.reset(seed=0)
