@@ -200,3 +200,20 @@ def test_atari_preset_end_to_end_writes_summary(tmp_path):
     summary = run_prefs(cfg, tmp_path / "pong")
     assert summary["labels_used"] == 8 and summary["true_return_mean"] <= 21
     assert json.loads((tmp_path / "pong" / "summary.json").read_text())["env"] == "ALE/Pong-v5"
+
+
+@pytest.mark.slow
+def test_sac_on_the_learned_reward_relabels_its_buffer_and_learns(tmp_path):
+    """PEBBLE's agent on the christiano-mujoco protocol (the MuJoCo table's agent for HalfCheetah), tiny: the replay
+    buffer is relabelled after every reward fit, and the agent, which never sees the true reward, balances far longer
+    than a random policy (3,000 steps: 66-74 on seeds 0-2 against ~5 at random)."""
+    from benchmarks.christiano_mujoco import random_return
+
+    cfg = PrefsConfig.from_preset("christiano-mujoco", "InvertedPendulum-v5", algo="sac", labels=60, steps=3_000,
+                                  rounds=4, initial_steps=500, reward_epochs=10, eval_episodes=5, eval_every=0,
+                                  progress_bar=False)
+    summary = run_prefs(cfg, tmp_path / "run")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    relabelled = [r["agent/relabelled"] for r in rows if "agent/relabelled" in r]
+    assert len(relabelled) == 4 and relabelled == sorted(relabelled) and relabelled[-1] > 2_000  # the whole buffer
+    assert summary["true_return_mean"] > max(30.0, 4 * random_return("InvertedPendulum-v5", 10))
