@@ -278,7 +278,7 @@ def summarise(rows: list[dict[str, Any]], randoms: dict[str, float]) -> tuple[di
         p = float(np.mean([s["prefs"]["true_return_mean"] for s in pairs]))
         t = float(np.mean([s["rl"]["true_return_mean"] for s in pairs]))
         gains = [(s["prefs"]["true_return_mean"] - rand) / (s["rl"]["true_return_mean"] - rand) for s in pairs]
-        ratio = p / t if t > 0 and p > -np.inf else float("nan")
+        ratio = p / t if t > 0 else float("nan")
         gain = (p - rand) / (t - rand) if t != rand else float("nan")
         first = pairs[0]["prefs"]
         summary[env_id] = {"agent": first["algo"], "steps": first["steps"], "seeds": len(pairs),

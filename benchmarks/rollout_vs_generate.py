@@ -196,8 +196,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         help="run the env through the model's own forward (the state before textenv.decoders served the model)",
     )  # fmt: skip
     parser.add_argument(
-        "--headline", action="store_true",
-        help="only the four cases of the two headline ratios (for large models on a slow machine)",
+        "--headline", nargs="?", const="step", choices=["step", "play"], default=None,
+        help="only the four cases of the two headline ratios, with the env driven by step() (default) or play() (for "
+             "large models on a slow machine)",
     )  # fmt: skip
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -243,7 +244,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         ),
     }
     if args.headline:
-        keep = ("env: sampling only", "generate: sampling only", "env: full rollout", "TRL pipeline: full rollout")
+        env = "env" if args.headline == "step" else "env.play()"
+        keep = (f"{env}: sampling only", "generate: sampling only", f"{env}: full rollout",
+                "TRL pipeline: full rollout")
         cases = {k: cases[k] for k in keep}
     for fn in cases.values():  # warm-up (allocator, lazy inits)
         fn()
