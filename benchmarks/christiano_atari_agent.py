@@ -38,6 +38,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import christiano_mujoco as mujoco_table  # noqa: E402  (the same evaluation and random baseline)
+
 #: Ours, for a CPU: 1,000 labels (500 of them from the random initial policy, as A.2), 3 pre-training epochs instead
 #: of 200, 1 label processed per 100 env steps instead of per 10. Everything else is the preset's (A.2).
 CPU_OVERRIDES: dict[str, Any] = dict(labels=1_000, pretrain_epochs=3, fit_rate=0.01)
@@ -90,37 +92,13 @@ def run_rl(cfg, out: Path) -> dict[str, Any]:
 def evaluate(model, env_id: str, episodes: int) -> np.ndarray:
     """Whole-game scores of the policy as it acts in training (sampled actions: a greedy Atari policy can stand
     still forever), on evaluation envs seeded apart from training."""
-    from stable_baselines3.common.evaluation import evaluate_policy
-
-    from agents.sb3.control import make_vec_env
-
-    venv = make_vec_env(env_id, min(episodes, 20), 10_000)
-    try:
-        returns, _ = evaluate_policy(model, venv, n_eval_episodes=episodes, deterministic=False,
-                                     return_episode_rewards=True)
-    finally:
-        venv.close()
-    return np.asarray(returns, dtype=np.float64)
+    return mujoco_table.evaluate(model, env_id, episodes, deterministic=False)
 
 
 def random_return(env_id: str, episodes: int) -> float:
-    import gymnasium as gym
-
     import agents.loop.atari  # noqa: F401  (registers the preprocessed ids)
 
-    env = gym.make(env_id)
-    env.action_space.seed(10_000)
-    total = []
-    for ep in range(episodes):
-        env.reset(seed=10_000 + ep)
-        done, ret = False, 0.0
-        while not done:
-            _, r, term, trunc, _ = env.step(env.action_space.sample())
-            ret += float(r)
-            done = term or trunc
-        total.append(ret)
-    env.close()
-    return float(np.mean(total))
+    return mujoco_table.random_return(env_id, episodes)
 
 
 def run_one(side: str, args: argparse.Namespace) -> dict[str, Any]:

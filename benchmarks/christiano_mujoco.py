@@ -85,15 +85,16 @@ def prefs_config(env_id: str, seed: int, labels: int, row: dict[str, Any], eval_
     return PrefsConfig.from_preset("christiano-mujoco", env_id, **overrides)
 
 
-def evaluate(model, env_id: str, episodes: int) -> np.ndarray:
-    """True returns of the deterministic policy, on the evaluation envs and seeds ``SB3Agent.evaluate`` uses."""
+def evaluate(model, env_id: str, episodes: int, deterministic: bool = True) -> np.ndarray:
+    """True returns of the policy (deterministic by default), on the evaluation envs and seeds ``SB3Agent.evaluate``
+    uses."""
     from stable_baselines3.common.evaluation import evaluate_policy
 
     from agents.sb3.control import make_vec_env
 
     venv = make_vec_env(env_id, min(episodes, 20), 10_000)
     try:
-        returns, _ = evaluate_policy(model, venv, n_eval_episodes=episodes, deterministic=True,
+        returns, _ = evaluate_policy(model, venv, n_eval_episodes=episodes, deterministic=deterministic,
                                      return_episode_rewards=True)
     finally:
         venv.close()
