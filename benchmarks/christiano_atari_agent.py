@@ -15,8 +15,10 @@ at a CPU budget): does the agent on its learned reward gain at least half as muc
 game score?
 
 The preset's budgets are the paper's (50M env steps, 5,500 labels, 200 pre-training epochs, 1 label processed per 10
-env steps); ``CPU_OVERRIDES`` scales them to about an hour of one CPU core per side (the reward CNN's training is
-the cost: ~10 label passes per second per core); ``--full`` keeps the paper's (a GPU machine, days).
+env steps); ``CPU_OVERRIDES`` cuts them to what a CPU core does in well under an hour per side (the reward CNN's
+training is the cost: ~22 labelled pairs per second on a quiet core), which benchmarks/RESULTS.md found too thin for
+the predictor to learn (raise ``pretrain_epochs`` and ``fit_rate`` with ``--set``); ``--full`` keeps the paper's (a
+GPU machine, days).
 
     python benchmarks/christiano_atari_agent.py --game ALE/Qbert-v5 --steps 250000 --jobs 2 \\
         --out benchmarks/out/christiano_atari_agent
