@@ -319,11 +319,12 @@ class GenerationEngine:
 
         The same MDP as calling :meth:`step` with ``actions = sample(next_token_logits(), generator)`` until each row's
         episode has ended, token for token (same actions, log-probs, rewards, scores), but without what only a
-        step-by-step driver needs: no per-token action checks, text decoding or reward calls (``reward_fn`` runs
-        once, on all N episodes), no autoreset of rows that finish early (they idle on a masked padding token until
-        the last row ends). ``sample`` must draw one token per row from ``(N, V)`` logits and consume ``generator``
-        the same way whatever the logits (as :func:`sample_tokens` and ``torch.multinomial`` do), so that a row's
-        draws do not depend on when other rows end.
+        step-by-step driver needs: no per-token action checks, text decoding or reward calls (``reward_fn`` runs once,
+        on all N episodes), no reference decoding step per token (the reference scores the finished episodes in one
+        teacher-forced forward: the same log-probs to float rounding), no autoreset of rows that finish early (they idle
+        on a masked padding token until the last row ends). ``sample`` must draw one token per row from ``(N, V)``
+        logits and consume ``generator`` the same way whatever the logits (as :func:`sample_tokens` and
+        ``torch.multinomial`` do), so that a row's draws do not depend on when other rows end.
 
         Afterwards every row holds its final state (prompt + response, right-aligned); the caches are rebuilt on the
         next forward.
