@@ -137,7 +137,8 @@ def random_return(env_id: str, episodes: int) -> float:
 
 
 def _rollout_segments(env_id: str, act, seg_len: int, steps: int, seed: int):
-    """Consecutive ``seg_len``-step windows (within episodes) of observations, actions and true rewards."""
+    """Consecutive ``seg_len``-step windows (within episodes) of observations, actions and true rewards; ``act``
+    None = uniformly random actions (seeded with ``seed``)."""
     import gymnasium as gym
 
     env = gym.make(env_id)
@@ -145,7 +146,7 @@ def _rollout_segments(env_id: str, act, seg_len: int, steps: int, seed: int):
     env.action_space.seed(seed)
     windows, cur = [], ([], [], [])
     for _ in range(steps):
-        action = act(obs)
+        action = env.action_space.sample() if act is None else act(obs)
         nxt, reward, term, trunc, _ = env.step(action)
         for buf, value in zip(cur, (obs, action, reward), strict=True):
             buf.append(value)
@@ -202,11 +203,7 @@ def diagnose(run_dir: Path, frozen: bool) -> dict[str, Any]:
     model = algorithm_class(cfg.algo).load(ckpt / "agent.zip", device="cpu")
     seg = cfg.segment_len
     policy = _rollout_segments(cfg.env_id, lambda o: model.predict(o, deterministic=True)[0], seg, 5_000, 20_000)
-    import gymnasium as gym
-
-    space = gym.make(cfg.env_id).action_space
-    space.seed(20_001)
-    random = _rollout_segments(cfg.env_id, lambda o: space.sample(), seg, 5_000, 20_001)
+    random = _rollout_segments(cfg.env_id, None, seg, 5_000, 20_001)
     ret_a, ret_b = dataset.true_returns()
     labelled = np.concatenate([ret_a, ret_b])
     final = np.array([w[2].sum() for w in policy]) if policy else np.zeros(0)
