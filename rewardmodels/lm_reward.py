@@ -43,6 +43,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICA
 
 from rewardmodels.losses import bradley_terry_loss
 from rewardmodels.text_preferences import TextPreferencePairs, load_text_preferences
+from textenv.distributed import DataParallel, data_parallel
 from textenv.files import atomic_directory
 from textenv.lora import LoraSettings, apply_lora, is_peft_model, merged_copy
 from textenv.models import load_tokenizer
@@ -435,8 +436,21 @@ def pairwise_bt_loss(
     return loss, {**metrics, "accuracy": unshifted["accuracy"]}
 
 
+class _ScoreIds(nn.Module):
+    """``model.score_ids`` as a module's forward, for DDP to wrap (``LMRewardModel.__call__`` is the text
+    interface)."""
+
+    def __init__(self, model: LMRewardModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model.score_ids(input_ids, attention_mask)
+
+
 def _batch_loss(
     model: LMRewardModel,
+    scorer: nn.Module,
     rows_a: list[list[int]],
     rows_b: list[list[int]],
     labels: torch.Tensor,
@@ -444,9 +458,10 @@ def _batch_loss(
     idx: torch.Tensor,
     center_coef: float,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Loss of the pairs ``idx``: both sides in one forward pass, BT loss (+ margin) + centering."""
+    """Loss of the pairs ``idx``: both sides in one forward pass of ``scorer`` (the model, or its DDP wrapper),
+    BT loss (+ margin) + centering."""
     ids, mask = model.collate([rows_a[i] for i in idx.tolist()] + [rows_b[i] for i in idx.tolist()])
-    scores = model.score_ids(ids, mask)  # (2b,)
+    scores = scorer(ids, mask)  # (2b,)
     r_a, r_b = scores[: len(idx)], scores[len(idx) :]
     loss, metrics = pairwise_bt_loss(r_a, r_b, labels[idx], None if margins is None else margins[idx])
     centering = ((r_a + r_b) ** 2).mean()
@@ -458,6 +473,22 @@ def _batch_loss(
         "rm/margin_abs": float(metrics["margin_abs"]),
         "rm/reward_mean_sq": float(centering.detach()),
     }
+
+
+def _combine_metrics(
+    dp: DataParallel, metrics: dict[str, float], n_local: int, device: torch.device
+) -> dict[str, float]:
+    """The processes' metrics of one global minibatch, each a mean weighted by the pairs it covers: the loss is then
+    exactly the combined minibatch's (a non-finite loss in any process makes it non-finite), the accuracy the mean of
+    the processes' strict-pair accuracies (a process without a strict pair, NaN, left out)."""
+    values = torch.tensor(list(metrics.values()), dtype=torch.float64, device=device)
+    is_loss = torch.tensor([key == "rm/loss" for key in metrics], device=device)
+    valid = (is_loss | ~values.isnan()).double() * n_local
+    values = torch.where(is_loss, values, values.nan_to_num(0.0))
+    totals = dp.sum(torch.cat([values * valid, valid]))
+    k = len(metrics)
+    means = totals[:k] / totals[k:]
+    return {key: float(v) for key, v in zip(metrics, means.tolist(), strict=True)}
 
 
 def train_reward_model(
@@ -482,6 +513,11 @@ def train_reward_model(
     loss of Eisenstein et al. 2023, which pins the reward's mean near 0 without changing preferences). Both responses
     of a batch go through the backbone in one forward pass. Skipped pairs (label NaN) are dropped; ties (0.5) train
     the two rewards towards each other.
+
+    Under ``accelerate launch --num_processes N`` (``textenv.distributed``) every process reads the same pairs and
+    shuffles them alike, trains on every N-th pair of each minibatch under DDP, and ends with the parameters one
+    process gets on the whole minibatches (to float rounding); the logged metrics are the combined minibatch's, in
+    every process (log from the main one: ``data_parallel().is_main``).
 
     Args:
         model: the reward model (trained in place; left in the train/eval mode it had).
@@ -530,7 +566,9 @@ def train_reward_model(
     rows_b = model.encode(data.prompts, data.responses_b)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)  # the same order in every process of a data-parallel launch
+    dp = data_parallel()
+    scorer = dp.wrap(_ScoreIds(model)) if dp.active else model.score_ids
     was_training = model.training
     model.train()
     step, n = 0, len(data)
@@ -541,11 +579,22 @@ def train_reward_model(
             order = rng.permutation(n)
             for start in range(0, n, batch_size):
                 idx = torch.as_tensor(order[start : start + batch_size], device=model.device)
-                loss, metrics = _batch_loss(model, rows_a, rows_b, labels, margins, idx, center_coef)
-                if not torch.isfinite(loss):
+                if dp.active:
+                    # this process's every world_size-th pair, its loss weighted by its share of the minibatch, so
+                    # that DDP's gradient average is the combined minibatch's gradient; a process left without a
+                    # pair (minibatch < processes) runs one with weight 0 to take part in the gradient all-reduce
+                    local = dp.shard(idx)
+                    n_local = len(local)
+                    loss, metrics = _batch_loss(model, scorer, rows_a, rows_b, labels, margins,
+                                                local if n_local else idx[:1], center_coef)
+                    loss = loss * (n_local * dp.world_size / len(idx))
+                    metrics = _combine_metrics(dp, metrics, n_local, model.device)
+                else:
+                    loss, metrics = _batch_loss(model, scorer, rows_a, rows_b, labels, margins, idx, center_coef)
+                if not math.isfinite(metrics["rm/loss"]):  # the combined loss: every process stops together
                     raise NonFiniteLossError(
-                        f"reward-model loss is {loss.item()} at step {step}; the update was not applied. Lower lr "
-                        "(or enable max_grad_norm), and check the data for extreme margins."
+                        f"reward-model loss is {metrics['rm/loss']} at step {step}; the update was not applied. "
+                        "Lower lr (or enable max_grad_norm), and check the data for extreme margins."
                     )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

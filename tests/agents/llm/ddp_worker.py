@@ -2,7 +2,8 @@
 process trains on its share) or called in one process (the whole batch); writes the parameters it ends with.
 
 ``python -m tests.agents.llm.ddp_worker OUT`` (or through accelerate) reads ``OUT/batch.pt`` (a GRPO rollout of
-``GROUPS`` groups) and writes ``OUT/<run>_rank<r>.pt`` for the runs ``dpo``, ``grpo`` and ``grpo_learn``.
+``GROUPS`` groups) and writes ``OUT/<run>_rank<r>.pt`` for the runs ``dpo``, ``grpo``, ``grpo_learn`` and ``rm`` (the
+LM reward model; ``OUT/rm_log_rank<r>.pt``: its logged metrics).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import torch
 from agents.llm import DPOConfig, DPOTrainer, GRPOAgent, GRPOConfig, RolloutBatch
 from agents.llm.distributed import data_parallel
 from tests.agents.llm.test_dpo import pairs
+from rewardmodels.lm_reward import train_reward_model
 from tests.agents.lm_fixtures import make_env
+from tests.rewardmodels.test_lm_reward import _good_rule_pairs, _rm
 from textenv.testing import make_tiny_lm
 
 GROUPS, GROUP_SIZE = 4, 4
@@ -50,6 +53,18 @@ def run(out: Path) -> None:
 
     agent.learn(2)  # each process rolls out its own groups; DDP keeps the replicas equal
     torch.save(params(agent.policy), out / f"grpo_learn_rank{rank}.pt")
+
+    rm = _rm()
+    for module in rm.modules():  # train() turns dropout on, and each process draws its own masks
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    prefs = _good_rule_pairs(17, seed=0)  # minibatches of 8, 8 and 1: the last leaves one process without a pair
+    prefs.labels[3] = 0.5  # a tie
+    logged: list[dict[str, float]] = []
+    train_reward_model(rm, prefs, epochs=2, lr=3e-3, batch_size=8, margin=0.2, center_coef=0.01,
+                       log_fn=lambda step, m: logged.append(m))
+    torch.save(params(rm), out / f"rm_rank{rank}.pt")
+    torch.save(logged, out / f"rm_log_rank{rank}.pt")
 
 
 if __name__ == "__main__":
