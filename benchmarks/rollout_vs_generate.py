@@ -128,9 +128,9 @@ def env_rollout(env, prompts: list[str], tokens: int, eos: int, gen: torch.Gener
     return n
 
 
-def env_play(env, prompts: list[str], eos: int, gen: torch.Generator) -> int:
+def env_play(env, prompts: list[str], eos: int, gen: torch.Generator, fast: bool = False) -> int:
     env.reset(seed=0, options={"prompts": prompts})
-    episodes = env.play(gen, lambda logits, g: sample(logits, eos, g, fast=False))
+    episodes = env.play(gen, lambda logits, g: sample(logits, eos, g, fast=fast))
     assert not episodes.terminated.any(), "every row must reach max_new_tokens (EOS is suppressed)"
     return int(episodes.mask.sum())
 
@@ -197,8 +197,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )  # fmt: skip
     parser.add_argument(
         "--headline", nargs="?", const="step", choices=["step", "play"], default=None,
-        help="only the four cases of the two headline ratios, with the env driven by step() (default) or play() (for "
-             "large models on a slow machine)",
+        help="only the cases of the two headline ratios and their fast-sampler rows, with the env driven by step() "
+             "(default) or play() (for large models on a slow machine)",
     )  # fmt: skip
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -239,6 +239,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "env: full rollout, fast": lambda: env_rollout(env_full, prompts, args.tokens, eos, gen, fast=True),
         "env.play(): sampling only": lambda: env_play(env_sample, prompts, eos, gen),
         "env.play(): full rollout": lambda: env_play(env_full, prompts, eos, gen),
+        "env.play(): sampling only, fast": lambda: env_play(env_sample, prompts, eos, gen, fast=True),
+        "env.play(): full rollout, fast": lambda: env_play(env_full, prompts, eos, gen, fast=True),
         "TRL pipeline: full rollout": lambda: generate_rollout(
             model, tok, prompts, args.tokens, args.temperature, ref=ref, reward_fn=reward_fn
         ),
@@ -246,7 +248,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if args.headline:
         env = "env" if args.headline == "step" else "env.play()"
         keep = (f"{env}: sampling only", "generate: sampling only", f"{env}: full rollout",
-                "TRL pipeline: full rollout")
+                "TRL pipeline: full rollout", f"{env}: sampling only, fast", f"{env}: full rollout, fast")
         cases = {k: cases[k] for k in keep}
     for fn in cases.values():  # warm-up (allocator, lazy inits)
         fn()
@@ -269,11 +271,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         f"threads {args.threads}, temperature {args.temperature}, reward {args.reward}, "
         f"median of {args.repeats} repeats"
     )
-    print(f"| {'case':<29} | {'tokens/s (wall)':>15} | {'tokens/s (CPU)':>14} | {'median wall s':>13} |")
-    print(f"|{'-' * 31}|{'-' * 17}|{'-' * 16}|{'-' * 15}|")
+    print(f"| {'case':<33} | {'tokens/s (wall)':>15} | {'tokens/s (CPU)':>14} | {'median wall s':>13} |")
+    print(f"|{'-' * 35}|{'-' * 17}|{'-' * 16}|{'-' * 15}|")
     for name in cases:
         print(
-            f"| {name:<29} | {tps_wall[name]:>15.0f} | {tps_cpu[name]:>14.0f} | "
+            f"| {name:<33} | {tps_wall[name]:>15.0f} | {tps_cpu[name]:>14.0f} | "
             f"{statistics.median(wall[name]):>13.3f} |"
         )
     pairs = {
@@ -283,6 +285,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "full rollout, fast sampler (env / TRL pipeline)": ("env: full rollout, fast", "TRL pipeline: full rollout"),
         "sampling only, env.play() (env / generate)": ("env.play(): sampling only", "generate: sampling only"),
         "full rollout, env.play() (env / TRL pipeline)": ("env.play(): full rollout", "TRL pipeline: full rollout"),
+        "sampling only, env.play(), fast sampler (env / generate)": (
+            "env.play(): sampling only, fast", "generate: sampling only"),
+        "full rollout, env.play(), fast sampler (env / TRL pipeline)": (
+            "env.play(): full rollout, fast", "TRL pipeline: full rollout"),
     }
     ratios = {}
     gpu = args.device.startswith("cuda")
