@@ -208,10 +208,11 @@ def main(argv: list[str] | None = None) -> None:
     }
     if args.loop_steps:
         from agents.loop import PrefsConfig, run_prefs
+        from agents.rundir import prepare_out
 
         config = PrefsConfig.from_preset("christiano-atari", args.game, labels=args.labels, steps=args.loop_steps,
                                          seed=args.seed, progress_bar=False)
-        summary = run_prefs(config, Path(args.out) / "loop")
+        summary = run_prefs(config, prepare_out(Path(args.out) / "loop", overwrite=True))
         result["loop"] = {k: summary[k] for k in ("true_return_mean", "true_return_std", "labels_used", "env_steps",
                                                   "wall_s")}
     out = Path(args.out)

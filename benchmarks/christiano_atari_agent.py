@@ -107,6 +107,7 @@ def run_one(side: str, args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from agents.loop import run_prefs
+    from agents.rundir import prepare_out
 
     torch.set_num_threads(args.threads)
     cfg = config(args.game, args.steps, args.seed, args.eval_episodes, args.full, json.loads(args.set))
@@ -114,7 +115,7 @@ def run_one(side: str, args: argparse.Namespace) -> dict[str, Any]:
     if side == "prefs":
         from agents.sb3.control import algorithm_class
 
-        summary = run_prefs(cfg, out / "prefs")
+        summary = run_prefs(cfg, prepare_out(out / "prefs", overwrite=True))  # an interrupted try: aside
         result = {k: summary[k] for k in ("env_steps", "wall_s", "cpu_s", "labels_used")}
         ckpt = out / "prefs" / "checkpoints"
         model = algorithm_class(cfg.algo).load(ckpt / json.loads((ckpt / "latest.json").read_text())["checkpoint"]

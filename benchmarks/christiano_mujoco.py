@@ -231,13 +231,14 @@ def run_one(env_id: str, seed: int, side: str, args: argparse.Namespace) -> dict
     import torch
 
     from agents.loop import run_prefs
+    from agents.rundir import prepare_out
 
     torch.set_num_threads(args.threads)
     row = budget(env_id, args.table, args.steps, args.algo)
     cfg = prefs_config(env_id, seed, args.labels, row, args.eval_episodes, json.loads(args.set))
     run_dir = Path(args.out) / f"{env_id}-seed{seed}"
     if side == "prefs":
-        summary = run_prefs(cfg, run_dir / "prefs")
+        summary = run_prefs(cfg, prepare_out(run_dir / "prefs", overwrite=True))  # an interrupted try: aside
         result = {k: summary[k] for k in ("true_return_mean", "true_return_std", "env_steps", "wall_s", "cpu_s",
                                           "labels_used")}
         result["diagnose"] = diagnose(run_dir / "prefs", args.frozen)

@@ -16,6 +16,7 @@ import argparse
 import torch
 
 from agents.loop import PrefsConfig, run_prefs
+from agents.rundir import prepare_out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -32,7 +33,8 @@ def main(argv: list[str] | None = None) -> dict:
         "CartPole-v1", labels=args.labels, steps=args.steps, rounds=args.rounds, seed=args.seed,
         teacher="mistake", teacher_params={"eps": 0.1}, progress_bar=False,
     )
-    summary = run_prefs(config, args.out)  # writes config.json, tb/, checkpoints/, summary.json, curves.png
+    # writes config.json, tb/, checkpoints/, summary.json, curves.png; an earlier run there is moved aside
+    summary = run_prefs(config, prepare_out(args.out, overwrite=True))
     print(f"true return {summary['true_return_mean']:.1f} +- {summary['true_return_std']:.1f} "
           f"(500 is the maximum) from {summary['labels_used']} labels and {summary['env_steps']} env steps "
           f"in {summary['wall_s']:.0f} s; run directory: {args.out}")

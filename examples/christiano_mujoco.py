@@ -17,6 +17,7 @@ import argparse
 import torch
 
 from agents.loop import PrefsConfig, run_prefs
+from agents.rundir import prepare_out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -33,7 +34,8 @@ def main(argv: list[str] | None = None) -> dict:
     config = PrefsConfig.from_preset("christiano-mujoco", args.env, labels=args.labels, steps=args.steps,
                                      seed=args.seed, eval_episodes=args.eval_episodes, progress_bar=False)
     out = args.out or f"runs/examples/christiano-{args.env}"
-    summary = run_prefs(config, out)  # config.json, tb/, checkpoints/, summary.json, curves.png
+    # config.json, tb/, checkpoints/, summary.json, curves.png; an earlier run there is moved aside, not appended to
+    summary = run_prefs(config, prepare_out(out, overwrite=True))
     print(f"{args.env}: true return {summary['true_return_mean']:.1f} +- {summary['true_return_std']:.1f} from "
           f"{summary['labels_used']} labels ({config.segment_len}-step segments) and {summary['env_steps']} "
           f"env steps in {summary['wall_s']:.0f} s; run directory: {out}")

@@ -23,6 +23,7 @@ from agents.loop.frame_pairs import ImageSegmentPairSource
 from agents.loop.preference_loop import LoopCallback, PreferenceLoop
 from agents.loop.reward_model import EnsembleRewardModel, build_reward_ensemble
 from agents.loop.segment_pairs import SegmentPairSource
+from agents.rundir import prepare_out
 from agents.sb3.control import SB3Agent, default_hyperparams
 from rewardmodels.feedback.human import HumanLabeller, MixedLabeller, StateRenderer
 from rewardmodels.teachers import make_teacher
@@ -74,7 +75,12 @@ def build_loop(cfg: PrefsConfig, out: str | os.PathLike, callbacks: Sequence[Loo
 
 def run_prefs(cfg: PrefsConfig, out: str | os.PathLike, resume: bool = False,
               callbacks: Sequence[LoopCallback] = ()) -> dict[str, Any]:
-    """Run (or resume) the preference loop of ``cfg`` into run directory ``out``; returns summary.json's content."""
+    """Run (or resume) the preference loop of ``cfg`` into run directory ``out``; returns summary.json's content.
+
+    A fresh run (not ``resume``) refuses a directory that holds an earlier run's files (``agents.rundir.RunDirError``):
+    they are never appended to (``agents.rundir.prepare_out(out, overwrite=True)`` moves them aside first)."""
+    if not resume:
+        prepare_out(out)
     loop = build_loop(cfg, out, callbacks)  # seeds torch
     try:
         summary = loop.run(resume=resume)

@@ -12,7 +12,7 @@ from agents.cli import main
 from agents.cli import prefs as prefs_cmd
 from agents.loop.preference_loop import LoopCallback
 from agents.loop.prefs import run_prefs
-from agents.rundir import RunDir
+from agents.rundir import RunDir, RunDirError
 from tests.agents.cli.test_prefs import TINY, parse
 
 
@@ -192,6 +192,9 @@ def test_fresh_run_after_a_crash_before_the_first_checkpoint_refuses_then_moves_
     assert main(["prefs", *TINY, "--out", str(out)]) == 2
     err = _error_line(capsys)
     assert "holds files of an earlier run (config.json, metrics.jsonl, tb)" in err and "--overwrite" in err
+    assert _tree(out) == before
+    with pytest.raises(RunDirError, match="holds files of an earlier run"):  # the Python API refuses alike
+        run_prefs(prefs_cmd.config_from_args(parse(TINY)), out)
     assert _tree(out) == before
     assert main(["prefs", "--out", str(out), "--resume"]) == 2
     assert "no checkpoint to resume from" in _error_line(capsys)
