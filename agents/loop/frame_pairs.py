@@ -98,13 +98,14 @@ class FrameExperience:
 
     def compact(self, dataset: ImagePairs | None, segment_len: int) -> None:
         """Drop frames that neither a kept piece nor a labelled pair uses (bounds memory on long runs)."""
-        windows = [(p.pos[:1], len(p.pos) + 1) for p in self.pieces]  # + the stretch's final frame
+        for key in list(self.open):  # first: closing appends pieces (and may drop old ones) that windows must match
+            self.close(key)
+        pieces = list(self.pieces)
+        windows = [(p.pos[:1], len(p.pos) + 1) for p in pieces]  # + the stretch's final frame
         if dataset is not None and len(dataset):
             windows += [(dataset.start_a, segment_len), (dataset.start_b, segment_len)]
-        for key in list(self.open):
-            self.close(key)
         new = self.store.compact_windows(windows)
-        for piece, starts in zip(self.pieces, new, strict=False):
+        for piece, starts in zip(pieces, new[: len(pieces)], strict=True):
             piece.pos = piece.pos - piece.pos[0] + starts[0]
         if dataset is not None and len(dataset):
             dataset.start_a, dataset.start_b = new[-2], new[-1]

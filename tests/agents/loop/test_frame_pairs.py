@@ -56,6 +56,21 @@ def test_compaction_keeps_labelled_windows_and_recent_pieces():
     np.testing.assert_array_equal(StackedSegments(exp.store, exp.rollout().pos, 1)[:], kept_obs)
 
 
+def test_compaction_with_open_stretches_keeps_every_piece_valid():
+    """Compacting while envs are mid-episode: the stretches it closes are kept and remapped too (a long Atari run
+    once drew candidates from positions past the compacted store's end)."""
+    import copy
+
+    exp, _ = _record()
+    assert exp.open  # every env is mid-episode
+    reference = copy.deepcopy(exp)
+    expected = StackedSegments(reference.store, reference.rollout().pos, 1)[:]
+    exp.compact(None, 3)
+    roll = exp.rollout()
+    assert roll.pos.max() < len(exp.store)
+    np.testing.assert_array_equal(StackedSegments(exp.store, roll.pos, 1)[:], expected)
+
+
 def test_pair_source_save_load_roundtrip(tmp_path, monkeypatch):
     import gymnasium as gym
 
