@@ -85,6 +85,7 @@ def run_rl(cfg, out: Path) -> dict[str, Any]:
     model.learn(cfg.steps, callback=Curve())
     returns = evaluate(model, cfg.env_id, cfg.eval_episodes)
     venv.close()
+    model.save(out / "rl_agent.zip")  # the final policy, to evaluate again (the prefs side's is in its checkpoints)
     (out / "rl_curve.jsonl").write_text("".join(json.dumps(row) + "\n" for row in curve))
     return {"true_return_mean": float(returns.mean()), "true_return_std": float(returns.std()),
             "env_steps": int(model.num_timesteps), "wall_s": time.perf_counter() - start,
@@ -165,7 +166,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--game", default="ALE/Qbert-v5")
     parser.add_argument("--steps", type=int, default=250_000, help="env steps per side (frames / 4)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--eval-episodes", type=int, default=30, help="whole games per final policy")
+    parser.add_argument("--random-episodes", type=int, default=100,
+                        help="whole games of the uniformly random policy (the baseline of both gains)")
     parser.add_argument("--full", action="store_true", help="the preset's (paper's) budgets, not CPU_OVERRIDES")
     parser.add_argument("--set", default="{}", help="JSON of further PrefsConfig overrides, e.g. '{\"ensemble\": 1}'")
     parser.add_argument("--jobs", type=int, default=2, help="1: the sides one after the other")
@@ -196,11 +199,12 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"the {side} run failed (exit {proc.returncode}); see {out / (side + '.log')}")
     results = {side: json.loads((out / f"{side}.json").read_text()) for side in ("prefs", "rl")}
     rand = random_return(results["rl"].get("env_id", f"AtariPreprocessed/{args.game.split('/')[-1]}"),
-                         args.eval_episodes)
+                         args.random_episodes)
     p, r = results["prefs"]["true_return_mean"], results["rl"]["true_return_mean"]
     final_points = {side: pts[-1][1] if pts else float("nan") for side, pts in curves(out).items()}
     row = {"game": args.game, "steps": args.steps, "frames": 4 * args.steps, "seed": args.seed,
-           "labels": results["prefs"]["labels_used"], "random": rand,
+           "labels": results["prefs"]["labels_used"], "random": rand, "random_episodes": args.random_episodes,
+           "eval_episodes": args.eval_episodes,
            "eval_learned_reward": p, "eval_game_score": r, "gain_ratio_eval": (p - rand) / (r - rand),
            "train_curve_final_learned_reward": final_points["prefs"],
            "train_curve_final_game_score": final_points["rl"],

@@ -80,10 +80,11 @@ def test_mujoco_table_end_to_end_in_separate_processes(tmp_path, capsys):
 @pytest.mark.slow
 def test_atari_agent_comparison_end_to_end(tmp_path):
     out = tmp_path / "atari"
-    atari_main(["--steps", "2000", "--eval-episodes", "1", "--set",
+    atari_main(["--steps", "2000", "--eval-episodes", "1", "--random-episodes", "1", "--set",
                 json.dumps({"labels": 12, "ensemble": 1, "experience_capacity": 2000}), "--out", str(out)])
     summary = json.loads((out / "results.json").read_text())["summary"]
     assert summary["labels"] == 12 and summary["frames"] == 8000
     assert np.isfinite(summary["eval_learned_reward"]) and np.isfinite(summary["eval_game_score"])
     assert (out / "curves.png").stat().st_size > 1000
     assert (out / "prefs" / "summary.json").exists()
+    assert (out / "rl_agent.zip").exists()  # the game-score agent, to evaluate again
