@@ -177,6 +177,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="benchmarks/out/christiano_atari_agent")
     parser.add_argument("--one", choices=("prefs", "rl"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    for flag in ("steps", "eval_episodes", "random_episodes"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.one:

@@ -88,3 +88,10 @@ def test_atari_agent_comparison_end_to_end(tmp_path):
     assert (out / "curves.png").stat().st_size > 1000
     assert (out / "prefs" / "summary.json").exists()
     assert (out / "rl_agent.zip").exists()  # the game-score agent, to evaluate again
+
+
+@pytest.mark.parametrize("flag", ["--steps", "--eval-episodes", "--random-episodes"])
+def test_atari_agent_comparison_refuses_empty_budgets(flag, capsys):
+    with pytest.raises(SystemExit):
+        atari_main([flag, "0"])
+    assert f"{flag} must be at least 1" in capsys.readouterr().err
