@@ -59,7 +59,7 @@ def behaviour_policy(env, kind: str, rng: np.random.Generator):
 def collect(game: str, steps: int, seed: int, policy: str):
     import gymnasium as gym
 
-    from agents.loop.atari import atari_env_id
+    from agents.loop.control.atari import atari_env_id
     from rewardmodels.image_segments import FrameStore, record_rollout
 
     env = gym.make(atari_env_id(game))

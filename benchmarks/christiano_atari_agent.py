@@ -3,7 +3,7 @@ the game score, at the same frames; learning curves side by side in one plot.
 
 Two runs, each in its own process (``--jobs 2`` runs them at once), same algorithm, hyperparameters, envs and seed:
 
-* ``prefs``: ``rlhf-gym prefs --preset christiano-atari`` (``agents/loop/presets.py``): the agent never sees the
+* ``prefs``: ``rlhf-gym prefs --preset christiano-atari`` (``agents/loop/control/presets.py``): the agent never sees the
   score; an oracle teacher labels pairs of 25-step segments by their change in game score, chosen by ensemble
   disagreement, and the agent trains on the paper's CNN reward;
 * ``rl``: the same agent on the game score, clipped to its sign (Mnih et al. 2015, the standard for Atari agents).
@@ -100,7 +100,7 @@ def evaluate(model, env_id: str, episodes: int) -> np.ndarray:
 
 
 def random_return(env_id: str, episodes: int) -> float:
-    import agents.loop.atari  # noqa: F401  (registers the preprocessed ids)
+    import agents.loop.control.atari  # noqa: F401  (registers the preprocessed ids)
 
     return mujoco_table.random_return(env_id, episodes)
 

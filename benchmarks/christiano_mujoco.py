@@ -2,9 +2,10 @@
 
 For each env and seed, two runs, each in its own process, with the same agent, settings, env steps and seed:
 
-* ``prefs``: the ``christiano-mujoco`` preset (``agents/loop/presets.py``): the agent never sees the true reward; an
-  oracle teacher labels 700 segment pairs (1.5 s each) chosen by ensemble disagreement, and the agent trains on the
-  learned reward (an off-policy agent relabels its replay buffer after every reward fit: PEBBLE, Lee et al. 2021);
+* ``prefs``: the ``christiano-mujoco`` preset (``agents/loop/control/presets.py``): the agent never sees the true
+  reward; an oracle teacher labels 700 segment pairs (1.5 s each) chosen by ensemble disagreement, and the agent trains
+  on the learned reward (an off-policy agent relabels its replay buffer after every reward fit: PEBBLE, Lee et al.
+  2021);
 * ``rl``: the same agent on the true reward.
 
 Both are evaluated on the TRUE reward over 20 episodes of the final deterministic policy (the same evaluation envs
@@ -189,9 +190,9 @@ def diagnose(run_dir: Path, frozen: bool) -> dict[str, Any]:
     """Why a prefs run lands where it does (module docstring), from its run directory."""
     import torch
 
-    from agents.loop.config import PrefsConfig
-    from agents.loop.reward_model import REWARD_MODEL_FILE
-    from agents.loop.segment_pairs import DATASET_FILE
+    from agents.loop.control.config import PrefsConfig
+    from agents.loop.control.reward_model import REWARD_MODEL_FILE
+    from agents.loop.control.segment_pairs import DATASET_FILE
     from agents.sb3.control import SB3Agent, algorithm_class
     from rewardmodels.ensemble import RewardEnsemble
     from rewardmodels.preferences import PreferenceDataset

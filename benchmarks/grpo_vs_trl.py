@@ -116,7 +116,7 @@ def run_ours(path: Path, args) -> dict:
         learning_rate=args.lr,
         group_size=args.group_size,
         prompts_per_step=args.prompts_per_step,
-        kl_coef=args.beta,
+        beta=args.beta,
         clip_range=0.2,
         loss_aggregation="token-mean",
         scale_rewards=True,

@@ -65,7 +65,7 @@ def run_variant(args: argparse.Namespace) -> dict:
     lora = LoraSettings(r=args.rank, alpha=2 * args.rank) if args.variant == "lora" else None
     lr = args.lora_lr if lora is not None else args.full_lr
     agent = GRPOAgent(env, GRPOConfig(group_size=args.group_size, prompts_per_step=args.groups, learning_rate=lr,
-                                      kl_coef=0.04, seed=args.seed, lora=lora))
+                                      beta=0.04, seed=args.seed, lora=lora))
     scores: list[float] = []
     start = time.perf_counter()
     agent.learn(args.iterations, callback=lambda _a, _i, m: scores.append(m["env/score_mean"]))

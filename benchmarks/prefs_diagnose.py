@@ -34,9 +34,9 @@ sys.path.insert(0, str(ROOT))
 
 from stable_baselines3.common.vec_env import VecNormalize  # noqa: E402
 
-from agents.loop.config import PrefsConfig  # noqa: E402
-from agents.loop.reward_model import REWARD_MODEL_FILE  # noqa: E402
-from agents.loop.segment_pairs import DATASET_FILE  # noqa: E402
+from agents.loop.control.config import PrefsConfig  # noqa: E402
+from agents.loop.control.reward_model import REWARD_MODEL_FILE  # noqa: E402
+from agents.loop.control.segment_pairs import DATASET_FILE  # noqa: E402
 from agents.sb3.control import SB3Agent, default_hyperparams  # noqa: E402
 from rewardmodels.ensemble import RewardEnsemble  # noqa: E402
 from rewardmodels.preferences import PreferenceDataset  # noqa: E402

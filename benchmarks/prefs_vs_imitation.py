@@ -239,10 +239,10 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     python = ensure_venv()
     sys.path.insert(0, str(ROOT))
-    from agents.loop.presets import TUNED
+    from agents.loop.control.presets import TUNED_PER_ENV
 
-    args.labels = args.labels or TUNED[args.env]["labels"]
-    args.steps = args.steps or TUNED[args.env]["steps"]
+    args.labels = args.labels or TUNED_PER_ENV[args.env]["labels"]
+    args.steps = args.steps or TUNED_PER_ENV[args.env]["steps"]
     rows = []
     for seed in range(args.seeds):
         for name, fn in (("imitation 1.0.1", lambda s=seed: cached_imitation(python, s, args)),

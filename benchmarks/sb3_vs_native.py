@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agents.loop.text_rlhf import TextRLHFConfig, run_text_rlhf  # noqa: E402
+from agents.loop.text.run import TextRLHFConfig, run_text_rlhf  # noqa: E402
 
 ALGOS = ("sb3-ppo", "sb3-a2c", "ppo", "grpo")
 

@@ -3,7 +3,7 @@
 One-shot (``rounds=1``): every label on completions of the initial policy, one reward model, then the RL budget.
 Online (``rounds=R``): the same labels spread over rounds (``initial_label_fraction`` up front, the rest asked on the
 current policy's completions between improvement steps), the reward model refitted on all labels each round, the
-same total RL iterations. Both through the one preference loop (``agents.loop.text_loop``), so only the schedule of
+same total RL iterations. Both through the one preference loop (``agents.loop.text.loop``), so only the schedule of
 the labels differs. Reported per seed: the oracle (VADER) score gain on held-out prompts, the KL to the reference,
 the win rate against the initial policy, and the head-to-head win rate of online over one-shot (the teacher judges
 their completions for the same held-out prompts).
@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.loop.text_rlhf import TextRLHFConfig, run_text_rlhf
-from rewardmodels.text_teachers import SentimentTeacher
+from agents.loop.text.run import TextRLHFConfig, run_text_rlhf
+from rewardmodels.text.teachers import SentimentTeacher
 
 
 def run_pair(args: argparse.Namespace, seed: int) -> dict:

@@ -3,7 +3,7 @@
 The preset encodes the paper's protocol (1.5 s segments, an ensemble of 3 with disagreement-based queries over 10x
 candidates, the 2e6/(T+2e6) label rate, 25% of the comparisons from a random policy, a 2x64 leaky-ReLU predictor
 with rewards normalised to std 1, L2 adapted to the validation loss); every value is cited in
-``agents/loop/presets.py``.
+``agents/loop/control/presets.py``.
 The paper ran millions of steps; the default here is InvertedPendulum-v5 on a budget that finishes on a laptop CPU.
 
     python examples/christiano_mujoco.py                             # InvertedPendulum-v5, 60 labels, 20k steps

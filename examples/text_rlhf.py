@@ -19,12 +19,13 @@ import argparse
 
 import torch
 
-from agents.loop.text_rlhf import IMPROVERS, OFFLINE_ALGOS, TextRLHFConfig, print_samples, run_text_rlhf
+from agents.loop.text.algorithms import TEXT_ALGORITHMS
+from agents.loop.text.run import TextRLHFConfig, print_samples, run_text_rlhf
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--algo", default="grpo", choices=sorted(IMPROVERS))
+    parser.add_argument("--algo", default="grpo", choices=sorted(TEXT_ALGORITHMS))
     parser.add_argument("--iterations", type=int, default=15, help="RL iterations (DPO: epochs over the pairs)")
     parser.add_argument("--pairs", type=int, default=128, help="labelled completion pairs")
     parser.add_argument("--eval-prompts", type=int, default=16)
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # the default LM is tiny: more threads only contend on a small CPU
 
-    iterations = args.iterations if args.algo not in OFFLINE_ALGOS else max(args.rounds, min(args.iterations, 2))
+    iterations = args.iterations if not TEXT_ALGORITHMS[args.algo].offline else max(args.rounds, min(args.iterations, 2))
     config = TextRLHFConfig.for_algo(args.algo, seed=args.seed, iterations=iterations, num_pairs=args.pairs,
                                      eval_prompts=args.eval_prompts, rounds=args.rounds)
     result = run_text_rlhf(config, args.out or f"runs/examples/text-{args.algo}")

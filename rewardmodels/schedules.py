@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+#: c of the paper's label rate c / (T + c) after T env steps (Christiano et al. 2017, A.1 MuJoCo and A.2 Atari).
 CHRISTIANO_MUJOCO_C = 2e6
 CHRISTIANO_ATARI_C = 5e6
 

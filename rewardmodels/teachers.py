@@ -135,7 +135,7 @@ class Teacher:
         return self.label(pairs.true_rew_a, pairs.true_rew_b, pairs.mask_a, pairs.mask_b)
 
 
-PRESETS: dict[str, dict[str, float]] = {
+TEACHER_PRESETS: dict[str, dict[str, float]] = {
     "oracle": {},
     "noisy": {"beta": 1.0},
     "myopic": {"gamma": 0.9},
@@ -158,9 +158,9 @@ def make_teacher(name: str, *, return_scale: float | None = None, seed: int | No
     ``skip`` and ``equal`` need ``return_scale`` (see :func:`bpref_return_scale`) unless ``skip_threshold`` /
     ``equal_threshold`` is given directly.
     """
-    if name not in PRESETS:
-        raise ValueError(f"unknown teacher {name!r}; choose one of {sorted(PRESETS)}")
-    params: dict[str, Any] = dict(PRESETS[name])
+    if name not in TEACHER_PRESETS:
+        raise ValueError(f"unknown teacher {name!r}; choose one of {sorted(TEACHER_PRESETS)}")
+    params: dict[str, Any] = dict(TEACHER_PRESETS[name])
     for kind in ("skip", "equal"):
         fraction = params.pop(f"{kind}_fraction", None)
         if fraction is not None and f"{kind}_threshold" not in overrides:

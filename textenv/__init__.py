@@ -1,24 +1,13 @@
 """textenv: LLM text generation as a token-level Gymnasium MDP (``TextGen-v0``).
 
 Importing this package registers ``TextGen-v0`` (single env ``TextGenEnv``; vector entry point
-``TextGenVectorEnv`` for ``gym.make_vec``). ``gym.make("textenv:TextGen-v0")`` imports it by itself.
+``TextGenVectorEnv`` for ``gym.make_vec``). ``gym.make("textenv:TextGen-v0")`` imports it by itself. The names below
+load their modules (and torch) on first use (``textenv.lazy``).
 """
 
 import gymnasium as gym
 
-from textenv.engine import ActionTypeError, GenerationEngine, InvalidActionError, sample_tokens
-from textenv.env import EpisodeEndedError, TextGenEnv
-from textenv.models import ModelLoadError, VocabularyMismatchError
-from textenv.prompts import EmptyPromptSourceError, PromptError, PromptSource, PromptTooLongError, read_prompts
-from textenv.rewards import (
-    KeywordReward,
-    LengthReward,
-    RewardFunctionError,
-    SentimentReward,
-    TokenCountReward,
-    validate_scores,
-)
-from textenv.vector_env import TextGenVectorEnv
+from textenv.lazy import lazy_exports
 
 ENV_ID = "TextGen-v0"
 
@@ -29,26 +18,15 @@ if ENV_ID not in gym.registry:  # importing twice (or via "textenv:TextGen-v0") 
         vector_entry_point="textenv.vector_env:TextGenVectorEnv",
     )
 
-__all__ = [
-    "ENV_ID",
-    "ActionTypeError",
-    "EmptyPromptSourceError",
-    "EpisodeEndedError",
-    "GenerationEngine",
-    "InvalidActionError",
-    "KeywordReward",
-    "LengthReward",
-    "ModelLoadError",
-    "PromptError",
-    "PromptSource",
-    "PromptTooLongError",
-    "RewardFunctionError",
-    "SentimentReward",
-    "TextGenEnv",
-    "TextGenVectorEnv",
-    "TokenCountReward",
-    "VocabularyMismatchError",
-    "read_prompts",
-    "sample_tokens",
-    "validate_scores",
-]
+__getattr__, __dir__, _names = lazy_exports(__name__, {
+    "textenv.engine": ("ActionTypeError", "EpisodeEndedError", "GenerationEngine", "InvalidActionError",
+                       "sample_tokens"),
+    "textenv.env": ("TextGenEnv",),
+    "textenv.vector_env": ("TextGenVectorEnv",),
+    "textenv.models": ("ModelLoadError", "VocabularyMismatchError"),
+    "textenv.prompts": ("EmptyPromptSourceError", "PromptError", "PromptSource", "PromptTooLongError",
+                        "read_prompts"),
+    "textenv.rewards": ("KeywordReward", "LengthReward", "RewardFunctionError", "SentimentReward",
+                        "TokenCountReward", "validate_scores"),
+})
+__all__ = ["ENV_ID", *_names]

@@ -7,7 +7,7 @@ their own share of the batch (seeds offset by the process rank, so the shares di
 KTO) take every ``N``-th row of each global minibatch (all processes shuffle alike). Gradients are averaged by
 DDP (``Accelerator.prepare_model``); each process weights its loss by its share of the global minibatch's loss units
 (``agents.llm.training.chunk_weights``), so N processes compute the update of one process on the combined batch.
-The LM reward model's trainer (``rewardmodels.lm_reward.train_reward_model``) shards each minibatch of pairs alike.
+The LM reward model's trainer (``rewardmodels.text.lm_reward.train_reward_model``) shards each minibatch of pairs alike.
 Only the main process writes the run directory and checkpoints.
 
 Without a launcher (``WORLD_SIZE`` unset or 1) nothing here touches ``accelerate`` and training is unchanged.

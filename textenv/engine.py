@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from textenv.decoders import fast_decoder
+from textenv.kl import KLPenalty
 from textenv.kvcache import cache_width, splice_rows, supports_splicing, trim_cache
 from textenv.models import max_positions, pad_token_id, vocab_size
 from textenv.rewards import validate_scores
@@ -103,10 +104,12 @@ class GenerationEngine:
     Args:
         policy: a Hugging Face causal LM.
         tokenizer: its tokenizer (decodes responses; gives EOS).
-        ref_model: the reference model, or None (no KL term).
+        ref_model: the reference model, or None. With one, every step reports log pi_ref of the taken token and
+            episodes their KL sum, whatever the penalty (0 measures the KL without penalising it).
         reward_fn: ``(prompts, responses) -> (B,)`` scores added at the last step, or None (score 0).
         num_rows: N.
-        kl_coef: beta of ``r_t = -beta (log pi - log pi_ref)``; 0 skips the reference forward.
+        kl_coef: beta of ``r_t = -beta (log pi - log pi_ref)``: a number, or a ``textenv.kl.KLPenalty`` (adaptive
+            beta), which the engine asks at every step and tells the KL of every batch of finished episodes.
         max_new_tokens: episode length limit (truncation).
         max_prompt_tokens: longest prompt; ``L = max_prompt_tokens + max_new_tokens``.
         temperature: logits are divided by it before log-softmax / sampling (both models).
@@ -124,7 +127,7 @@ class GenerationEngine:
         ref_model: torch.nn.Module | None,
         reward_fn: Callable | None,
         num_rows: int,
-        kl_coef: float,
+        kl_coef: float | KLPenalty,
         max_new_tokens: int,
         max_prompt_tokens: int,
         temperature: float,
@@ -133,9 +136,10 @@ class GenerationEngine:
         fast_decode: bool = True,
     ):
         self.policy, self.tokenizer, self.reward_fn = policy, tokenizer, reward_fn
-        self.ref_model = ref_model if (ref_model is not None and kl_coef != 0) else None
+        self.ref_model = ref_model
+        self.kl = KLPenalty.of(kl_coef)
         self._policy_only = False  # True inside play(): the reference model is not decoded token by token
-        self.num_rows, self.kl_coef, self.temperature = int(num_rows), float(kl_coef), float(temperature)
+        self.num_rows, self.temperature = int(num_rows), float(temperature)
         self.max_new_tokens, self.max_prompt_tokens = int(max_new_tokens), int(max_prompt_tokens)
         self.L = self.max_new_tokens + self.max_prompt_tokens
         self.device, self.use_cache = device, use_cache
@@ -176,6 +180,11 @@ class GenerationEngine:
         self._ref_logits: torch.Tensor | None = None
         self._caches: dict[int, Any] = {}
         self.failure: str | None = None  # why the rows cannot go on (a step raised midway), until all are reset
+
+    @property
+    def kl_coef(self) -> float:
+        """The current beta of the KL penalty (``self.kl.value``)."""
+        return self.kl.value
 
     # ------------------------------------------------------------------------------------------------ state changes
 
@@ -271,7 +280,7 @@ class GenerationEngine:
             if self.ref_model is not None:
                 rlp = token_logprob(self._ref_logits, a)
                 kl = lp - rlp  # the per-token KL estimate of Ziegler et al. 2019 / Stiennon et al. 2020
-                reward = -self.kl_coef * kl
+                reward = -self.kl.value * kl
             else:
                 rlp, kl, reward = None, None, torch.zeros_like(lp)
             if act_t is not None:
@@ -305,6 +314,8 @@ class GenerationEngine:
                 idx = torch.as_tensor(ended, device=self.device)
                 reward = reward.index_add(0, idx, torch.as_tensor(scores, dtype=reward.dtype, device=self.device))
             kl_sums = self.kl_sum[torch.as_tensor(ended, device=self.device)].double().cpu().numpy()
+            if self.ref_model is not None:
+                self.kl.observe(float(kl_sums.mean()), len(ended))  # an adaptive beta follows the finished episodes
         return StepResult(
             reward, lp, rlp, active, terminated, truncated, term_t, trunc_t, ended, prompts, responses, scores, kl_sums
         )
@@ -380,7 +391,7 @@ class GenerationEngine:
             ref_logp = right.gather(1, idx).where(mask, 0.0)
         kl = (logp - ref_logp) if ref_logp is not None else None
         self.kl_sum = kl.sum(1) if kl is not None else torch.zeros(n, dtype=torch.float32, device=dev)
-        reward = -self.kl_coef * kl if kl is not None else torch.zeros_like(logp)
+        reward = -self.kl.value * kl if kl is not None else torch.zeros_like(logp)
         rows = np.arange(n)
         prompts, responses = self._decode_episodes(rows, terminated_h)
         scores = np.zeros(n)
@@ -388,6 +399,9 @@ class GenerationEngine:
             scores = validate_scores(self.reward_fn(prompts, responses), n, self.reward_fn)
             last = (lengths - 1).clamp(min=0)[:, None]
             reward = reward.scatter_add(1, last, torch.as_tensor(scores, dtype=reward.dtype, device=dev)[:, None])
+        kl_sums = self.kl_sum.double().cpu().numpy()
+        if ref_logp is not None:
+            self.kl.observe(float(kl_sums.mean()), n)  # after the rewards above: they used the beta of this batch
         return Episodes(
             tokens.masked_fill(~mask, self.pad_id),
             mask,
@@ -398,7 +412,7 @@ class GenerationEngine:
             prompts,
             responses,
             scores,
-            self.kl_sum.double().cpu().numpy(),
+            kl_sums,
         )
 
     def _append(self, a: torch.Tensor) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from typing import Any
 
 import gymnasium as gym
@@ -10,56 +10,52 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from textenv.checks import check, check_number
 from textenv.default_lm import default_prompts
 from textenv.engine import ActionTypeError, EpisodeEndedError, GenerationEngine
+from textenv.kl import KLPenalty
 from textenv.models import REF_COPY, load_policy, load_reference, resolve_device
 from textenv.prompts import PromptSource, read_prompts
 
 
-def build_engine(
-    num_rows: int,
-    model: Any,
-    tokenizer: Any,
-    prompts: Any,
-    reward_fn: Any,
-    ref_model: Any,
-    kl_coef: float,
-    max_new_tokens: int,
-    max_prompt_tokens: int,
-    temperature: float,
-    device: str | torch.device | None,
-    prompt_field: str,
-    use_cache: bool,
-) -> tuple[GenerationEngine, PromptSource]:
+@dataclasses.dataclass
+class TextGenSettings:
+    """The arguments both TextGen envs share (``TextGenEnv``'s docstring, ## Arguments), as :func:`build_engine`
+    reads them."""
+
+    model: Any = None
+    tokenizer: Any = None
+    prompts: Any = None
+    reward_fn: Any = None
+    ref_model: Any = REF_COPY
+    kl_coef: float | KLPenalty = 0.05
+    max_new_tokens: int = 32
+    max_prompt_tokens: int = 32
+    temperature: float = 1.0
+    device: str | torch.device | None = None
+    prompt_field: str = "prompt"
+    use_cache: bool = True
+
+
+def build_engine(num_rows: int, settings: TextGenSettings) -> tuple[GenerationEngine, PromptSource]:
     """Validate the env arguments (raising errors that say what to change) and build the shared engine."""
-    if not (isinstance(kl_coef, (int, float)) and math.isfinite(kl_coef) and kl_coef >= 0):
-        raise ValueError(f"kl_coef must be a finite number >= 0 (0 disables the KL term), got {kl_coef!r}")
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be > 0 (1.0 = the model's own distribution), got {temperature!r}")
-    for name, value in (("max_new_tokens", max_new_tokens), ("max_prompt_tokens", max_prompt_tokens)):
-        if not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if reward_fn is not None and not callable(reward_fn):
-        raise TypeError(f"reward_fn must be callable as reward_fn(prompts, responses), got {type(reward_fn).__name__}")
-    policy, tokenizer = load_policy(model, tokenizer, device)
-    dev = resolve_device(device, policy)
-    ref = load_reference(ref_model, policy, dev) if kl_coef != 0 else None
-    if prompts is None:
-        prompts = default_prompts()
-    source = PromptSource(read_prompts(prompts, prompt_field), tokenizer, max_prompt_tokens)
-    engine = GenerationEngine(
-        policy,
-        tokenizer,
-        ref,
-        reward_fn,
-        num_rows,
-        kl_coef,
-        max_new_tokens,
-        max_prompt_tokens,
-        temperature,
-        dev,
-        use_cache=use_cache,
-    )
+    s = settings
+    kl = s.kl_coef if isinstance(s.kl_coef, KLPenalty) else KLPenalty(s.kl_coef)  # validates a plain number
+    check_number("temperature", s.temperature, low=0, low_open=True, hint="1.0 = the model's own distribution")
+    for name in ("max_new_tokens", "max_prompt_tokens"):
+        check_number(name, getattr(s, name), low=1, integer=True)
+    check(s.reward_fn is None or callable(s.reward_fn),
+          f"reward_fn must be callable as reward_fn(prompts, responses), got {type(s.reward_fn).__name__}", TypeError)
+    policy, tokenizer = load_policy(s.model, s.tokenizer, s.device)
+    dev = resolve_device(s.device, policy)
+    # The default copy is made only when the reward needs it; a reference given explicitly is always used (a
+    # penalty of 0 then measures the KL without penalising it).
+    wanted = kl.active or not (isinstance(s.ref_model, str) and s.ref_model == REF_COPY)
+    ref = load_reference(s.ref_model, policy, dev) if wanted else None
+    source = PromptSource(read_prompts(default_prompts() if s.prompts is None else s.prompts, s.prompt_field),
+                          tokenizer, s.max_prompt_tokens)
+    engine = GenerationEngine(policy, tokenizer, ref, s.reward_fn, num_rows, kl, s.max_new_tokens,
+                              s.max_prompt_tokens, s.temperature, dev, use_cache=s.use_cache)
     return engine, source
 
 
@@ -122,10 +118,13 @@ class TextGenEnv(EngineViews, gym.Env):
     column and appends the action in the last column.
 
     ## Rewards
-    ``r_t = -kl_coef * (log pi(a_t|s_t) - log pi_ref(a_t|s_t))`` with both log-probs taken from the
-    temperature-scaled log-softmax; at the last step ``reward_fn([prompt], [response])[0]`` is added. With
-    ``kl_coef=0`` or ``ref_model=None`` the KL term is 0 (and the reference forward is skipped); with
-    ``reward_fn=None`` the score is 0.
+    ``r_t = -beta * (log pi(a_t|s_t) - log pi_ref(a_t|s_t))`` with both log-probs taken from the
+    temperature-scaled log-softmax; at the last step ``reward_fn([prompt], [response])[0]`` is added. ``beta`` is
+    ``kl_coef``: a number, or a ``textenv.kl.KLPenalty`` whose beta adapts towards a target KL after every finished
+    episode (Ziegler et al. 2019); this reward is the KL penalty's one definition, and agents train on it as the env
+    returns it. With ``ref_model=None``, or ``kl_coef=0`` and the default ``ref_model``, there is no reference
+    (KL term 0, no reference forward); with ``kl_coef=0`` and a reference given, the KL is measured (``info``) but
+    not penalised. With ``reward_fn=None`` the score is 0.
 
     ## Starting State
     A prompt drawn uniformly from ``prompts`` with ``self.np_random`` (or ``options={"prompt": text}``), tokenized
@@ -148,9 +147,9 @@ class TextGenEnv(EngineViews, gym.Env):
     * ``prompts``: list of strings, a ``.txt`` (one per line) / ``.jsonl`` path, or a ``datasets.Dataset``;
       ``None`` = the default LM's prompts. ``prompt_field``: the JSONL key / dataset column (default ``"prompt"``).
     * ``reward_fn``: ``reward_fn(prompts, responses) -> (B,)`` floats (see ``textenv.rewards``), or ``None``.
-    * ``ref_model``: ``"copy"`` (default: a frozen copy of the initial policy, made only if ``kl_coef != 0``), a
+    * ``ref_model``: ``"copy"`` (default: a frozen copy of the initial policy, made only if the penalty is on), a
       model / id / path (frozen: eval mode, no grads), or ``None``.
-    * ``kl_coef`` (0.05), ``max_new_tokens`` (32), ``max_prompt_tokens`` (32; longer prompts raise
+    * ``kl_coef`` (0.05, or a ``KLPenalty``), ``max_new_tokens`` (32), ``max_prompt_tokens`` (32; longer prompts raise
       ``PromptTooLongError``, never truncated), ``temperature`` (1.0), ``device`` (default: the model's).
     * ``use_cache`` (True): KV-cached decoding; False recomputes the full forward each step (a reference path).
     * ``render_mode``: ``None`` or ``"ansi"``.
@@ -174,7 +173,7 @@ class TextGenEnv(EngineViews, gym.Env):
         prompts: Any = None,
         reward_fn: Any = None,
         ref_model: Any = REF_COPY,
-        kl_coef: float = 0.05,
+        kl_coef: float | KLPenalty = 0.05,
         max_new_tokens: int = 32,
         max_prompt_tokens: int = 32,
         temperature: float = 1.0,
@@ -186,10 +185,9 @@ class TextGenEnv(EngineViews, gym.Env):
         if render_mode not in (None, "ansi"):
             raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
         self.render_mode = render_mode
-        self.engine, self.prompt_source = build_engine(
-            1, model, tokenizer, prompts, reward_fn, ref_model, kl_coef, max_new_tokens, max_prompt_tokens,
-            temperature, device, prompt_field, use_cache,
-        )  # fmt: skip
+        self.engine, self.prompt_source = build_engine(1, TextGenSettings(
+            model, tokenizer, prompts, reward_fn, ref_model, kl_coef, max_new_tokens, max_prompt_tokens, temperature,
+            device, prompt_field, use_cache))
         self.observation_space = observation_space(self.engine)
         self.action_space = spaces.Discrete(self.engine.vocab_size)
         self._ended = True

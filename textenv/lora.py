@@ -3,7 +3,7 @@ model, view its base with the adapters disabled (the RLHF reference, with no cop
 adapters.
 
 The lowest layer that needs them: the LLM agents (``agents.llm``) and the LM reward model
-(``rewardmodels.lm_reward``) both train through them::
+(``rewardmodels.text.lm_reward``) both train through them::
 
     policy = apply_lora(model, LoraSettings(r=8, alpha=16))   # base frozen, adapters trainable, in place
     ref = reference_view(policy)                               # the base model: adapters disabled while it runs

@@ -12,7 +12,8 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from textenv.engine import EpisodeEndedError, Episodes, StepResult, sample_tokens
-from textenv.env import EngineViews, build_engine, observation_space
+from textenv.env import EngineViews, TextGenSettings, build_engine, observation_space
+from textenv.kl import KLPenalty
 from textenv.models import REF_COPY
 
 BACKENDS = ("numpy", "torch")
@@ -47,7 +48,8 @@ class TextGenVectorEnv(EngineViews, VectorEnv):
     tensors (treat them as read-only; the env never modifies a tensor it returned).
 
     ## Rewards
-    As ``TextGenEnv``: ``-kl_coef * (log pi - log pi_ref)`` of the taken token, plus ``reward_fn`` at the last step.
+    As ``TextGenEnv``: ``-beta * (log pi - log pi_ref)`` of the taken token, plus ``reward_fn`` at the last step;
+    ``beta`` is ``kl_coef`` (a number or a ``KLPenalty``; an adaptive one follows each batch of finished episodes).
     Rows in their NEXT_STEP reset step (see below) get 0.
 
     ## Starting State
@@ -105,7 +107,7 @@ class TextGenVectorEnv(EngineViews, VectorEnv):
         prompts: Any = None,
         reward_fn: Any = None,
         ref_model: Any = REF_COPY,
-        kl_coef: float = 0.05,
+        kl_coef: float | KLPenalty = 0.05,
         max_new_tokens: int = 32,
         max_prompt_tokens: int = 32,
         temperature: float = 1.0,
@@ -123,10 +125,9 @@ class TextGenVectorEnv(EngineViews, VectorEnv):
         self.metadata = {**type(self).metadata, "autoreset_mode": self.autoreset_mode}
         self.num_envs = int(num_envs)
         self.array_backend = array_backend
-        self.engine, self.prompt_source = build_engine(
-            self.num_envs, model, tokenizer, prompts, reward_fn, ref_model, kl_coef, max_new_tokens,
-            max_prompt_tokens, temperature, device, prompt_field, use_cache,
-        )  # fmt: skip
+        self.engine, self.prompt_source = build_engine(self.num_envs, TextGenSettings(
+            model, tokenizer, prompts, reward_fn, ref_model, kl_coef, max_new_tokens, max_prompt_tokens, temperature,
+            device, prompt_field, use_cache))
         self.single_observation_space = observation_space(self.engine)
         self.single_action_space = spaces.Discrete(self.engine.vocab_size)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)

@@ -40,7 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prefs": ("agents.cli.prefs", "learn a reward from segment preferences and train any SB3 agent on it"),
     "text": ("agents.cli.text", "RLHF on TextGen-v0: reward model from text preferences, then PPO/GRPO/RLOO/DPO"),
     "label": ("agents.cli.label", "open the labelling web app on a run directory"),
-    "build-default-lm": ("textenv.default_lm.build", "rebuild the offline default language model"),
+    "build-default-lm": ("agents.cli.default_lm", "rebuild the offline default language model"),
 }
 
 

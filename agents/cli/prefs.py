@@ -8,9 +8,10 @@
     rlhf-gym prefs --preset christiano-mujoco --env Hopper-v5 --labels 700 --steps 1000000 --out runs/hopper
     rlhf-gym prefs --preset christiano-atari --env ALE/Pong-v5 --labels 3300 --steps 10000000 --out runs/pong
 
-Every unset option takes the preset's value (``--preset``, else the env's tuned settings: ``agents.loop.presets``),
-else ``PrefsConfig``'s default. The run directory gets config.json, summary.json, metrics.jsonl, tb/, curves.png
-and checkpoints/ (the last two). Ctrl-C or SIGTERM stop a run within seconds and print how to resume it; a run
+Every unset option takes the preset's value (``--preset``, else the env's tuned settings; both in
+``agents.loop.control.presets``), else ``PrefsConfig``'s default. The run directory gets config.json, summary.json,
+metrics.jsonl, tb/, curves.png and checkpoints/ (the last two). Ctrl-C or SIGTERM stop a run within seconds and
+print how to resume it; a run
 waiting for people saves a checkpoint before it waits, so no label given meanwhile is lost.
 """
 
@@ -20,16 +21,14 @@ import argparse
 import json
 import logging
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from agents.cli import UsageError, resume_hint, run_settings
-from agents.loop.config import PrefsConfig
-from agents.loop.prefs import run_prefs
-from agents.loop.presets import PRESETS
+from agents.loop.control.presets import PREFS_PRESETS
 from agents.rundir import RunInterrupted
-from agents.sb3.control import BadHyperparameterError, IncompatibleSpaceError
+
+if TYPE_CHECKING:
+    from agents.loop.control.config import PrefsConfig
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +74,9 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     h.add_argument("--label-timeout", type=float, default=None,
                    help="seconds to wait for people per batch (default: as long as it takes); unlabelled pairs are "
                         "then skipped")
-    g.add_argument("--preset", choices=sorted(p for p in PRESETS if p != "tuned"), default=None,
-                   help="the protocol of Christiano et al. 2017 for MuJoCo or Atari envs (agents/loop/presets.py); "
-                        "other options override its values (default: the env's tuned settings)")
+    g.add_argument("--preset", choices=sorted(p for p in PREFS_PRESETS if p != "tuned"), default=None,
+                   help="the protocol of Christiano et al. 2017 for MuJoCo or Atari envs (agents/loop/control/"
+                        "presets.py); other options override its values (default: the env's tuned settings)")
     t = parser.add_argument_group("teacher (simulated labeller, B-Pref models)")
     t.add_argument("--teacher", default=None, help="oracle, noisy, myopic, mistake, skip, equal (default: oracle)")
     t.add_argument("--teacher-beta", type=float, default=None, help="rationality: P(a) = sigmoid(beta (R_a - R_b))")
@@ -105,6 +104,8 @@ def config_from_args(args: argparse.Namespace) -> PrefsConfig:
     if "beta" in teacher_params and teacher_params["beta"] < 0:
         raise ValueError(f"--teacher-beta must be >= 0 (use a large value for a near-perfect teacher), got "
                          f"{teacher_params['beta']}")
+    from agents.loop.control.config import PrefsConfig
+
     overrides: dict[str, Any] = {n: getattr(args, n, None) for n in _CONFIG_FIELDS}
     if teacher_params:
         overrides["teacher_params"] = teacher_params
@@ -123,6 +124,12 @@ def default_out(cfg: PrefsConfig) -> Path:
 def run(args: argparse.Namespace) -> int:
     if args.threads < 0:
         raise UsageError(f"--threads must be >= 0 (0 = torch's default), got {args.threads}")
+    import torch  # the command boundary: `rlhf-gym prefs --help` imports none of the training stack
+
+    from agents.loop.control.config import PrefsConfig
+    from agents.loop.control.run import run_prefs
+    from agents.sb3.control import BadHyperparameterError, IncompatibleSpaceError
+
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg, out = run_settings(args, PrefsConfig.load, lambda: config_from_args(args), default_out)

@@ -12,7 +12,7 @@ teacher, people in the web app, both, or the pairs of ``--preferences``) -> the 
 so far -> the policy improved (PPO / GRPO / RLOO on TextGen-v0 with the KL penalty and the learned reward, or DPO /
 KTO on the pairs). ``--rounds 1`` (the default) is the offline pipeline. The run directory holds config.json,
 metrics.jsonl, summary.json, curves.png, pairs.jsonl, checkpoints/, the trained ``policy/`` (``save_pretrained`` +
-tokenizer) and the ``reward_model/``. Algorithms: ``agents.loop.text_improvers.IMPROVERS``.
+tokenizer) and the ``reward_model/``. Algorithms: ``agents.loop.text.algorithms.TEXT_ALGORITHMS``.
 """
 
 from __future__ import annotations
@@ -20,23 +20,22 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-
-import torch
+from typing import TYPE_CHECKING
 
 from agents.cli import UsageError, resume_hint, run_settings
-from agents.loop.text_rlhf import IMPROVERS, TextRLHFConfig, build_text_loop, print_samples, run_text_loop
+from agents.loop.text.algorithms import TEXT_ALGORITHMS
 from agents.rundir import RunError, RunInterrupted
-from rewardmodels.text_preferences import TextPreferenceError
-from textenv.lora import LoraSettings
-from textenv.models import ModelLoadError
-from textenv.prompts import PromptError
+
+if TYPE_CHECKING:
+    from agents.loop.text.config import TextRLHFConfig
 
 logger = logging.getLogger(__name__)
 
 #: Flags that set the ``TextRLHFConfig`` field named here (unset flags keep the algorithm's defaults).
 _CONFIG_FIELDS = {"seed": "seed", "pairs": "num_pairs", "iterations": "iterations", "lr": "learning_rate",
-                  "kl_coef": "kl_coef", "max_new_tokens": "max_new_tokens", "max_prompt_tokens": "max_prompt_tokens",
-                  "eval_prompts": "eval_prompts", "device": "device", "rounds": "rounds", "selection": "selection",
+                  "kl_coef": "kl_coef", "kl_target": "kl_target", "max_new_tokens": "max_new_tokens",
+                  "max_prompt_tokens": "max_prompt_tokens", "eval_prompts": "eval_prompts", "device": "device",
+                  "rounds": "rounds", "selection": "selection",
                   "rm_ensemble": "rm_ensemble", "labeller": "labeller", "human_fraction": "human_fraction",
                   "label_timeout": "label_timeout", "model": "model", "tokenizer": "tokenizer", "prompts": "prompts",
                   "preferences": "preferences"}
@@ -46,7 +45,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("\n\n", 1)[1]
     g = parser.add_argument_group("run")
-    g.add_argument("--algo", default="grpo", choices=sorted(IMPROVERS), help="how to improve the policy (grpo)")
+    g.add_argument("--algo", default="grpo", choices=sorted(TEXT_ALGORITHMS),
+                   help="how to improve the policy (grpo; agents.loop.text.algorithms)")
     g.add_argument("--out", required=True, help="run directory (summary.json, curves.png, policy/, ...)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out with its saved settings")
     g.add_argument("--overwrite", action="store_true",
@@ -56,7 +56,12 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--pairs", type=int, default=None, help="labelled completion pairs (the label budget)")
     g.add_argument("--iterations", type=int, default=None, help="RL iterations (DPO: epochs over the pairs)")
     g.add_argument("--lr", type=float, default=None, help="policy learning rate")
-    g.add_argument("--kl-coef", type=float, default=None, help="KL coefficient beta (DPO: its beta)")
+    g.add_argument("--kl-coef", type=float, default=None,
+                   help="KL coefficient beta: the env's per-token KL penalty (ppo, rloo, sb3-*), the beta of the "
+                        "loss's KL term (grpo, dpo, kto)")
+    g.add_argument("--kl-target", type=float, default=None,
+                   help="adapt the env's KL penalty towards this sequence KL in nats (Ziegler et al. 2019; ppo, rloo, "
+                        "sb3-*)")
     g.add_argument("--max-new-tokens", type=int, default=None, help="response length limit")
     g.add_argument("--max-prompt-tokens", type=int, default=None, help="longest prompt in tokens (longer: an error)")
     g.add_argument("--eval-prompts", type=int, default=None, help="held-out prompts used for the oracle score")
@@ -101,6 +106,9 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> TextRLHFConfig:
     """A validated ``TextRLHFConfig`` from parsed arguments (unset ones keep the algorithm's defaults)."""
+    from agents.loop.text.config import TextRLHFConfig
+    from textenv.lora import LoraSettings
+
     overrides = {field: getattr(args, flag) for flag, field in _CONFIG_FIELDS.items()
                  if getattr(args, flag, None) is not None}
     if "labeller" not in overrides and args.preferences is not None:
@@ -125,6 +133,14 @@ def config_from_args(args: argparse.Namespace) -> TextRLHFConfig:
 def run(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
+    import torch  # the command boundary: `rlhf-gym text --help` imports none of the training stack
+
+    from agents.loop.text.config import TextRLHFConfig
+    from agents.loop.text.run import build_text_loop, print_samples, run_text_loop
+    from rewardmodels.text.preferences import TextPreferenceError
+    from textenv.models import ModelLoadError
+    from textenv.prompts import PromptError
+
     torch.set_num_threads(args.threads)
     cfg, out = run_settings(args, TextRLHFConfig.load, lambda: config_from_args(args))
     start = time.perf_counter()

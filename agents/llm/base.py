@@ -44,7 +44,8 @@ from agents.llm.training import (
     split_rows,
 )
 from agents.rundir import RunDir
-from rewardmodels.lm_reward import NonFiniteLossError  # one exception for every trainer of the toolkit
+from rewardmodels.text.lm_reward import NonFiniteLossError  # one exception for every trainer of the toolkit
+from textenv.checks import check
 from textenv.files import atomic_directory, write_json
 
 logger = logging.getLogger(__name__)
@@ -78,18 +79,13 @@ class LMAgentConfig(TrainingSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
-        _check(self.adam_eps > 0, f"adam_eps must be > 0, got {self.adam_eps}")
-        _check(self.max_grad_norm > 0, f"max_grad_norm must be > 0 (use math.inf to disable), got {self.max_grad_norm}")
-        _check(self.iterations >= 1, f"iterations must be >= 1, got {self.iterations}")
-        _check(
+        check(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
+        check(self.adam_eps > 0, f"adam_eps must be > 0, got {self.adam_eps}")
+        check(self.max_grad_norm > 0, f"max_grad_norm must be > 0 (use math.inf to disable), got {self.max_grad_norm}")
+        check(self.iterations >= 1, f"iterations must be >= 1, got {self.iterations}")
+        check(
             self.checkpoint_every >= 0, f"checkpoint_every must be >= 0 (0 = at the end), got {self.checkpoint_every}"
         )
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
 
 
 def accumulate(totals: dict[str, float], metrics: dict[str, Any]) -> None:
@@ -190,6 +186,7 @@ class LMAgent:
     """
 
     config: LMAgentConfig
+    config_class: type[LMAgentConfig] = LMAgentConfig
     algo: str = "lm"
 
     def __init__(

@@ -6,7 +6,7 @@ sigmoid (DPO), ``"ipo"`` (Azar et al. 2023) or ``"hinge"`` (SLiC, Zhao et al. 20
 conservative DPO (cDPO, Mitchell 2023) for noisy labels. The math lives in :func:`agents.llm.losses.dpo_loss`, the
 training loop, encoding and checkpoints in :mod:`agents.llm.offline`.
 
-Pairs come from ``rewardmodels.text_preferences.TextPreferencePairs`` (or any iterable of
+Pairs come from ``rewardmodels.text.preferences.TextPreferencePairs`` (or any iterable of
 ``(prompt, chosen, rejected)``); a ``label`` follows the project convention (1 = first response preferred,
 0 = second, 0.5 = tie, NaN = skipped). Ties and skipped pairs carry no direction and are left out.
 """
@@ -17,9 +17,9 @@ import dataclasses
 
 import torch
 
-from agents.llm.base import _check
 from agents.llm.losses import dpo_loss
 from agents.llm.offline import OfflineConfig, OfflineTrainer, preference_triples
+from textenv.checks import check
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 
@@ -37,10 +37,10 @@ class DPOConfig(OfflineConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(self.beta > 0, f"beta must be > 0, got {self.beta}")
-        _check(self.loss_type in LOSS_TYPES, f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
-        _check(0 <= self.label_smoothing < 0.5, f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
-        _check(
+        check(self.beta > 0, f"beta must be > 0, got {self.beta}")
+        check(self.loss_type in LOSS_TYPES, f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
+        check(0 <= self.label_smoothing < 0.5, f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        check(
             self.label_smoothing == 0 or self.loss_type == "sigmoid",
             "label_smoothing (cDPO) applies to loss_type='sigmoid' only; set it to 0 for ipo/hinge",
         )

@@ -15,11 +15,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from agents.llm.base import LMAgent, LMAgentConfig, _check
+from agents.llm.base import LMAgent, LMAgentConfig
 from agents.llm.distributed import data_parallel
 from agents.llm.losses import GroupSizeError
 from agents.llm.rollout import RolloutBatch, collect_rollout, env_prompts
 from agents.rundir import RunDir
+from textenv.checks import check
 
 
 def check_group_size(group_size: int, algo: str) -> None:
@@ -47,9 +48,9 @@ class GroupConfig(LMAgentConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_group_size(self.group_size, type(self).__name__.removesuffix("Config"))
-        _check(self.prompts_per_step >= 1, f"prompts_per_step must be >= 1, got {self.prompts_per_step}")
-        _check(self.clip_range > 0, f"clip_range must be > 0, got {self.clip_range}")
-        _check(
+        check(self.prompts_per_step >= 1, f"prompts_per_step must be >= 1, got {self.prompts_per_step}")
+        check(self.clip_range > 0, f"clip_range must be > 0, got {self.clip_range}")
+        check(
             self.num_minibatches >= 1 and self.batch_size % self.num_minibatches == 0,
             f"num_minibatches={self.num_minibatches} must divide prompts_per_step * group_size = {self.batch_size}",
         )

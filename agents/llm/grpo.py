@@ -12,10 +12,10 @@ import dataclasses
 
 import torch
 
-from agents.llm.base import _check
 from agents.llm.group import GroupAgent, GroupConfig
 from agents.llm.losses import grpo_advantages, grpo_loss
 from agents.llm.rollout import RolloutBatch, env_setting
+from textenv.checks import check, check_number
 
 AGGREGATIONS = ("token-mean", "sequence-mean", "dr-grpo")
 
@@ -24,8 +24,9 @@ AGGREGATIONS = ("token-mean", "sequence-mean", "dr-grpo")
 class GRPOConfig(GroupConfig):
     """GRPO settings (defaults: DeepSeekMath's beta=0.04, clip 0.2, one update per rollout)."""
 
-    kl_coef: float = 0.04
-    """beta of the k3 KL-to-reference term in the loss (0 drops it)."""
+    beta: float = 0.04
+    """beta of the k3 KL-to-reference term in the loss (0 drops it): GRPO's own KL term, apart from any KL penalty
+    in the env's reward (TRL's ``GRPOConfig.beta``)."""
     num_updates: int = 1
     """Passes over each rollout (mu in DeepSeekMath). With 1 and one minibatch the ratio is 1 and clipping never
     binds."""
@@ -40,9 +41,9 @@ class GRPOConfig(GroupConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(self.kl_coef >= 0, f"kl_coef must be >= 0, got {self.kl_coef}")
-        _check(self.num_updates >= 1, f"num_updates must be >= 1, got {self.num_updates}")
-        _check(
+        check_number("beta", self.beta, low=0, hint="0 drops GRPO's KL term")
+        check(self.num_updates >= 1, f"num_updates must be >= 1, got {self.num_updates}")
+        check(
             self.loss_aggregation in AGGREGATIONS,
             f"loss_aggregation must be one of {AGGREGATIONS}, got {self.loss_aggregation!r}",
         )
@@ -70,7 +71,7 @@ class GRPOAgent(GroupAgent):
                 advantages[rows],
                 m,
                 clip_eps=cfg.clip_range,
-                beta=cfg.kl_coef,
+                beta=cfg.beta,
                 aggregation=cfg.loss_aggregation,
                 max_tokens=max_tokens,
                 kl_ratio=cfg.kl_ratio,

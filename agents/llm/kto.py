@@ -19,17 +19,17 @@ import logging
 import numpy as np
 import torch
 
-from agents.llm.base import _check
 from agents.llm.losses import kto_kl_ref_point, kto_loss
 from agents.llm.math import masked_mean
 from agents.llm.offline import OfflineConfig, OfflineTrainer, preference_triples
-from rewardmodels.text_preferences import (
+from rewardmodels.text.preferences import (
     EmptyResponseError,
     TextPreferenceError,
     TextPreferencePairs,
     iter_records,
     render_conversation,
 )
+from textenv.checks import check
 
 logger = logging.getLogger(__name__)
 
@@ -51,13 +51,13 @@ class KTOConfig(OfflineConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(self.beta > 0, f"beta must be > 0, got {self.beta}")
-        _check(
+        check(self.beta > 0, f"beta must be > 0, got {self.beta}")
+        check(
             self.desirable_weight > 0 and self.undesirable_weight > 0,
             f"desirable_weight and undesirable_weight must be > 0, got {self.desirable_weight} and "
             f"{self.undesirable_weight}; to train on one kind only, give data of that kind only",
         )
-        _check(
+        check(
             self.batch_size >= 2,
             f"batch_size must be >= 2 for KTO, got {self.batch_size}: the reference point z0 of a minibatch pairs "
             "each prompt with another row's completion, which a minibatch of one does not have",

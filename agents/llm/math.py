@@ -1,4 +1,5 @@
-"""Shared RL math for the LLM agents: masked statistics, GAE, KL estimators and KL-coefficient controllers.
+"""Shared RL math for the LLM agents: masked statistics, GAE and KL estimators (the env's KL penalty
+itself, fixed or adaptive, is ``textenv.kl.KLPenalty``).
 
 Every function here is a pure function of tensors (no optimiser, logger or device moves) and works batched on
 whatever device its inputs live on. Shapes follow one convention: ``B`` sequences (rows) by ``T`` response tokens,
@@ -7,13 +8,9 @@ with a boolean (or 0/1) ``mask`` of shape ``(B, T)`` that is True on valid respo
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 __all__ = [
-    "AdaptiveKLController",
-    "FixedKLController",
     "entropy_from_logits",
     "gae",
     "kl_estimate",
@@ -187,51 +184,3 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
     probs = torch.softmax(logits, dim=-1)
     return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)
-
-
-class FixedKLController:
-    """A constant KL coefficient ``beta`` (Ziegler et al. 2019, arXiv:1909.08593); ``update`` does nothing."""
-
-    def __init__(self, kl_coef: float) -> None:
-        if not (kl_coef >= 0 and math.isfinite(kl_coef)):
-            raise ValueError(f"kl_coef must be a finite number >= 0, got {kl_coef!r}")
-        self.value = float(kl_coef)
-
-    def update(self, current_kl: float | torch.Tensor, n_steps: int) -> None:  # noqa: ARG002 - same API as adaptive
-        """No-op (kept so that agents can call ``update`` on either controller)."""
-
-
-class AdaptiveKLController:
-    """Adaptive KL coefficient (Ziegler et al. 2019, "Fine-Tuning Language Models from Human Preferences",
-    arXiv:1909.08593, section 2.2): a proportional controller that steers the observed KL towards ``target``::
-
-        e_t     = clip(KL_t / target - 1, -0.2, 0.2)
-        beta_t+1 = beta_t * (1 + K_beta * e_t),   K_beta = n_steps / horizon
-
-    Args:
-        init_kl_coef: initial ``beta``.
-        target: the KL (nats per sequence, as measured by the caller) to steer towards.
-        horizon: how many samples it takes to change ``beta`` by ~e^0.2 at full error (10000 in the paper).
-    """
-
-    def __init__(self, init_kl_coef: float, target: float, horizon: float) -> None:
-        if not (init_kl_coef > 0 and math.isfinite(init_kl_coef)):
-            raise ValueError(
-                f"init_kl_coef must be > 0 for an adaptive controller (it scales multiplicatively), got "
-                f"{init_kl_coef!r}; use FixedKLController(0.0) to disable the KL penalty"
-            )
-        if not (target > 0 and math.isfinite(target)):
-            raise ValueError(f"target KL must be a finite number > 0, got {target!r}")
-        if not horizon > 0:
-            raise ValueError(f"horizon must be > 0 (the paper uses 10000), got {horizon!r}")
-        self.value = float(init_kl_coef)
-        self.target = float(target)
-        self.horizon = float(horizon)
-
-    def update(self, current_kl: float | torch.Tensor, n_steps: int) -> None:
-        """Adjust ``self.value`` after a batch of ``n_steps`` samples whose mean KL was ``current_kl``."""
-        current = float(current_kl)
-        if not math.isfinite(current):
-            raise ValueError(f"current_kl is {current}; the KL controller cannot be updated with a non-finite KL")
-        error = min(max(current / self.target - 1.0, -0.2), 0.2)
-        self.value *= 1.0 + error * n_steps / self.horizon

@@ -1,6 +1,6 @@
 """What the offline trainers (DPO, KTO) share: labelled text in, no env and no reward model, a frozen reference.
 
-- :func:`preference_triples` reads labelled pairs (``rewardmodels.text_preferences.TextPreferencePairs``, a JSONL
+- :func:`preference_triples` reads labelled pairs (``rewardmodels.text.preferences.TextPreferencePairs``, a JSONL
   path, a ``datasets.Dataset``, triples or dicts in TRL's formats) into ``(prompt, chosen, rejected)``.
 - :func:`encode_pairs` / :func:`sequence_logps` turn (prompt, response) text into token ids and score
   ``log pi(response | prompt)``.
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from agents.llm.base import _check, check_finite, clip_and_step, save_checkpoint, weighted_mean
+from agents.llm.base import check_finite, clip_and_step, save_checkpoint, weighted_mean
 from agents.llm.distributed import data_parallel
 from agents.llm.rollout import sequence_forward
 from agents.llm.training import (
@@ -35,12 +35,13 @@ from agents.llm.training import (
     split_rows,
 )
 from agents.rundir import RunDir
-from rewardmodels.text_preferences import (
+from rewardmodels.text.preferences import (
     EmptyResponseError,
     IdenticalResponsesError,
     TextPreferenceError,
     read_preference_rows,
 )
+from textenv.checks import check
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -66,23 +67,23 @@ class OfflineConfig(TrainingSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(self.learning_rate > 0 and self.adam_eps > 0, "learning_rate and adam_eps must be > 0")
-        _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
-        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        _check(self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}")
+        check(self.learning_rate > 0 and self.adam_eps > 0, "learning_rate and adam_eps must be > 0")
+        check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        check(self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}")
 
 
 def preference_triples(pairs, tokenizer=None) -> list[tuple[str, str, str]]:
     """``(prompt, chosen, rejected)`` triples from any preference source.
 
-    ``pairs`` is anything ``rewardmodels.text_preferences.read_preference_rows`` reads: ``TextPreferencePairs``, a
+    ``pairs`` is anything ``rewardmodels.text.preferences.read_preference_rows`` reads: ``TextPreferencePairs``, a
     JSONL/JSON path, a ``datasets.Dataset``, or a list of records (dicts in this toolkit's format or TRL's standard
     and conversational formats, explicit or implicit prompt; ``(prompt, chosen, rejected)`` triples;
     ``(prompt, a, b, label)`` tuples). Conversational records are rendered with ``tokenizer``'s chat template.
 
     A ``label`` follows the project convention (1 = first response preferred, 0 = second, 0.5 = tie, NaN = skipped);
     ties and skipped pairs carry no direction and are dropped. Raises ``EmptyResponseError`` /
-    ``IdenticalResponsesError`` (``rewardmodels.text_preferences``) for an empty or identical response,
+    ``IdenticalResponsesError`` (``rewardmodels.text.preferences``) for an empty or identical response,
     ``TextPreferenceFileError`` for a record in no known format, ``TextPreferenceError`` for a label outside [0, 1]
     or when no strict preference is left; each names the record (``path:line``, ``dataset row i``, ``record #i``).
     """

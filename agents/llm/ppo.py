@@ -1,7 +1,8 @@
 """PPO for language models on ``TextGen-v0``: a policy, a value head and a per-token KL reward (RLHF as in InstructGPT).
 
 Each iteration plays one episode per env row (sampling from the env's cached logits, so the KL reward costs no extra
-forward), builds per-token rewards ``r_t = -beta * (log pi - log pi_ref)`` plus the score at the last token, computes
+forward), takes the env's per-token rewards ``r_t = -beta * (log pi - log pi_ref)`` plus the score at the last token
+as the rollout recorded them (the KL penalty, fixed or adaptive, is the env's: ``textenv.kl.KLPenalty``), computes
 GAE advantages with a value head, and runs minibatch epochs of the clipped PPO objective.
 
 Where each choice comes from (cited where it is made):
@@ -18,12 +19,13 @@ import os
 import torch
 from torch import nn
 
-from agents.llm.base import LMAgent, LMAgentConfig, _check, shaped_scores
+from agents.llm.base import LMAgent, LMAgentConfig, shaped_scores
 from agents.llm.losses import ppo_policy_loss, ppo_value_loss
-from agents.llm.math import AdaptiveKLController, FixedKLController, gae, masked_mean, whiten
+from agents.llm.math import gae, masked_mean, whiten
 from agents.llm.rollout import RolloutBatch
 from agents.rundir import RunDir
-from rewardmodels.lm_reward import TokenizerMismatchError, tokenizers_match
+from rewardmodels.text.lm_reward import TokenizerMismatchError, tokenizers_match
+from textenv.checks import check
 
 VALUE_INITS = ("zero", "reward_model")
 
@@ -34,14 +36,6 @@ class PPOConfig(LMAgentConfig):
 
     learning_rate: float = 1e-5
     """Adam learning rate of the policy and value head."""
-    kl_coef: float = 0.05
-    """beta of the per-token KL reward ``-beta * (log pi - log pi_ref)`` (its initial value when ``adaptive_kl``)."""
-    adaptive_kl: bool = False
-    """Adapt beta towards ``kl_target`` (Ziegler et al. 2019's proportional controller; N details, "adaptive KL")."""
-    kl_target: float = 6.0
-    """Target sequence KL (nats) of the adaptive controller."""
-    kl_horizon: int = 10_000
-    """Horizon (in samples) of the adaptive controller."""
     gamma: float = 1.0
     """Discount; 1 for text, where the only non-KL reward comes at the end (N details)."""
     lam: float = 0.95
@@ -73,23 +67,21 @@ class PPOConfig(LMAgentConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(self.kl_coef >= 0, f"kl_coef must be >= 0, got {self.kl_coef}")
-        _check(self.kl_target > 0 and self.kl_horizon > 0, "kl_target and kl_horizon must be > 0")
-        _check(0 < self.gamma <= 1 and 0 <= self.lam <= 1, f"need 0 < gamma <= 1, 0 <= lam <= 1; got {self.gamma}")
-        _check(self.clip_range > 0, f"clip_range must be > 0, got {self.clip_range}")
-        _check(
+        check(0 < self.gamma <= 1 and 0 <= self.lam <= 1, f"need 0 < gamma <= 1, 0 <= lam <= 1; got {self.gamma}")
+        check(self.clip_range > 0, f"clip_range must be > 0, got {self.clip_range}")
+        check(
             self.clip_range_value is None or self.clip_range_value > 0,
             "clip_range_value must be > 0 or None (no value clipping)",
         )
-        _check(self.vf_coef >= 0 and self.entropy_coef >= 0, "vf_coef and entropy_coef must be >= 0")
-        _check(self.ppo_epochs >= 1, f"ppo_epochs must be >= 1, got {self.ppo_epochs}")
-        _check(self.num_minibatches >= 1, f"num_minibatches must be >= 1, got {self.num_minibatches}")
-        _check(
+        check(self.vf_coef >= 0 and self.entropy_coef >= 0, "vf_coef and entropy_coef must be >= 0")
+        check(self.ppo_epochs >= 1, f"ppo_epochs must be >= 1, got {self.ppo_epochs}")
+        check(self.num_minibatches >= 1, f"num_minibatches must be >= 1, got {self.num_minibatches}")
+        check(
             self.missing_eos_penalty is None or self.missing_eos_penalty >= 0,
             "missing_eos_penalty is subtracted from the score: give a value >= 0, or None to disable",
         )
-        _check(self.score_clip is None or self.score_clip > 0, "score_clip must be > 0 or None")
-        _check(self.value_init in VALUE_INITS, f"value_init must be one of {VALUE_INITS}, got {self.value_init!r}")
+        check(self.score_clip is None or self.score_clip > 0, "score_clip must be > 0 or None")
+        check(self.value_init in VALUE_INITS, f"value_init must be one of {VALUE_INITS}, got {self.value_init!r}")
 
 
 class RewardModelCritic(nn.Module):
@@ -98,8 +90,8 @@ class RewardModelCritic(nn.Module):
     "Initialise the value model from the reward model" (N details): at the start V(s_t) is the RM's score of the
     partial sequence, a far better baseline than 0. ``reward_model`` must have ``backbone`` (a transformer returning
     ``last_hidden_state``), ``head`` (hidden -> 1) and ``tokenizer`` (identical to the policy's: the critic reads the
-    policy's token ids), as ``rewardmodels.lm_reward.LMRewardModel`` does. It is deep-copied; the RM is untouched.
-    A normalising wrapper with ``reward_fn``, ``mean`` and ``std`` (``agents.loop.text_rlhf.NormalizedReward``) is
+    policy's token ids), as ``rewardmodels.text.lm_reward.LMRewardModel`` does. It is deep-copied; the RM is untouched.
+    A normalising wrapper with ``reward_fn``, ``mean`` and ``std`` (``agents.loop.text.run.NormalizedReward``) is
     unwrapped and its affine map folded into the head, so initial values are on the scale of the rewards.
     """
 
@@ -145,21 +137,23 @@ class ValueHead(nn.Module):
         return self.linear(hidden.float()).squeeze(-1)
 
 
-def token_rewards(batch: RolloutBatch, scores: torch.Tensor, kl_coef: float) -> torch.Tensor:
-    """(B, T) per-token rewards: ``-kl_coef * (log pi_old - log pi_ref)``, plus the score at each row's last token."""
-    rewards = -kl_coef * batch.kl
-    last = (batch.lengths - 1).clamp(min=0)  # (B,)
-    return rewards.scatter_add(1, last.unsqueeze(1), scores.unsqueeze(1)) * batch.response_mask
+def token_rewards(batch: RolloutBatch, scores: torch.Tensor) -> torch.Tensor:
+    """(B, T) per-token rewards: the env's (its KL penalty, and the score at each row's last token), with that score
+    replaced by ``scores`` (B,) (the score after clipping and the missing-EOS penalty, :func:`shaped_scores`)."""
+    last = (batch.lengths - 1).clamp(min=0).unsqueeze(1)  # (B, 1)
+    shaping = (scores.float() - batch.scores.float()).unsqueeze(1)
+    return batch.env_rewards.scatter_add(1, last, shaping) * batch.response_mask
 
 
 class PPOAgent(LMAgent):
     """PPO with a value head on ``TextGen-v0`` (``array_backend="torch"``); trains ``env.policy`` in place.
 
-    ``reward_model`` (a ``rewardmodels.lm_reward.LMRewardModel`` on the policy's tokenizer) is needed only for
+    ``reward_model`` (a ``rewardmodels.text.lm_reward.LMRewardModel`` on the policy's tokenizer) is needed only for
     ``value_init="reward_model"``, where a copy of it becomes the critic (:class:`RewardModelCritic`).
     """
 
     algo = "ppo"
+    config_class = PPOConfig
 
     def __init__(
         self,
@@ -188,19 +182,10 @@ class PPOAgent(LMAgent):
             self.value_head = None
         else:
             self.value_head = ValueHead(policy.config.hidden_size).to(device)
-        self.kl_controller = (
-            AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
-            if config.adaptive_kl
-            else FixedKLController(config.kl_coef)
-        )
         super().__init__(env, config, run_dir, ref_model)
 
     def extra_modules(self) -> dict[str, nn.Module]:
         return {"critic": self.critic} if self.critic is not None else {"value_head": self.value_head}
-
-    @property
-    def kl_coef(self) -> float:
-        return float(self.kl_controller.value)
 
     def _forward(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(logprobs, entropy, values), each (B, T)."""
@@ -219,16 +204,11 @@ class PPOAgent(LMAgent):
     def train_on(self, batch: RolloutBatch) -> dict[str, float]:
         cfg = self.config
         mask = batch.response_mask
-        kl_coef = self.kl_coef
-        # Keep the env's own KL reward (what an SB3 agent would see) consistent with ours.
-        engine = getattr(self.env, "engine", self.env)
-        if hasattr(engine, "kl_coef") and engine.kl_coef != 0:  # 0 there means "no reference model": leave it
-            engine.kl_coef = kl_coef
         with torch.no_grad():
             _, _, old_values = self._forward(batch)
             old_values = old_values * mask
             scores = shaped_scores(batch, cfg.score_clip, cfg.missing_eos_penalty)
-            rewards = token_rewards(batch, scores, kl_coef)
+            rewards = token_rewards(batch, scores)
             if cfg.whiten_rewards:  # N details: whiten rewards without shifting their mean
                 rewards = whiten(rewards, mask, shift_mean=False) * mask
             advantages, returns = gae(rewards, old_values, mask, gamma=cfg.gamma, lam=cfg.lam)
@@ -249,10 +229,9 @@ class PPOAgent(LMAgent):
             return loss, {**pg_metrics, **vf_metrics, "policy": pg_loss, "value": vf_loss, "entropy": ent}
 
         metrics = self.minibatch_updates(batch, cfg.ppo_epochs, cfg.num_minibatches, minibatch_loss)
-        self.kl_controller.update(float(batch.kl_sum.mean()), mask.shape[0])
         metrics.update(
             {
-                "train/kl_coef": kl_coef,
+                "train/kl_coef": batch.kl_coef,
                 "train/reward_mean": float(rewards.sum(-1).mean()),
                 "train/score_shaped_mean": float(scores.mean()),
                 "train/value_mean": float(masked_mean(old_values, mask)),

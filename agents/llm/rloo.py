@@ -3,7 +3,8 @@ Learning from Human Feedback in LLMs"; Kool et al. 2019) on ``TextGen-v0``: no c
 
 ``k = group_size`` responses per prompt, sampled in one batched rollout (rows of a group share the prompt). Each
 response's sequence reward is ``R_i = score_i - beta * KL_i`` (KL to the reference summed over its tokens, as in the
-paper), and its baseline is the mean reward of the OTHER ``k - 1`` responses to the same prompt:
+paper): the sum of the env's per-token rewards, whose KL penalty ``beta`` is the env's (``textenv.kl.KLPenalty``),
+and its baseline is the mean reward of the OTHER ``k - 1`` responses to the same prompt:
 ``A_i = R_i - mean_{j != i} R_j``. The policy gradient is REINFORCE on the whole sequence; with ``ppo_epochs > 1`` the
 update reuses the rollout through the PPO-clipped ratio (as TRL's RLOO trainer does).
 """
@@ -14,11 +15,12 @@ import dataclasses
 
 import torch
 
-from agents.llm.base import _check, shaped_scores
+from agents.llm.base import shaped_scores
 from agents.llm.group import GroupAgent, GroupConfig
 from agents.llm.losses import ppo_policy_loss, rloo_advantages
 from agents.llm.math import masked_mean, whiten
 from agents.llm.rollout import RolloutBatch
+from textenv.checks import check
 
 
 @dataclasses.dataclass
@@ -27,8 +29,6 @@ class RLOOConfig(GroupConfig):
 
     group_size: int = 4
     """k, responses per prompt (the paper's k=2..4); >= 2 for a leave-one-out baseline to exist."""
-    kl_coef: float = 0.05
-    """beta of the sequence-level KL penalty in the reward ``R = score - beta * KL``."""
     ppo_epochs: int = 1
     """Passes over each rollout; 1 (with one minibatch) is plain REINFORCE: the ratio is 1."""
     normalize_advantages: bool = False
@@ -38,9 +38,8 @@ class RLOOConfig(GroupConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(self.kl_coef >= 0, f"kl_coef must be >= 0, got {self.kl_coef}")
-        _check(self.ppo_epochs >= 1, f"ppo_epochs must be >= 1, got {self.ppo_epochs}")
-        _check(
+        check(self.ppo_epochs >= 1, f"ppo_epochs must be >= 1, got {self.ppo_epochs}")
+        check(
             self.missing_eos_penalty is None or self.missing_eos_penalty >= 0,
             "missing_eos_penalty is subtracted from the score: give a value >= 0, or None",
         )
@@ -54,10 +53,12 @@ class RLOOAgent(GroupAgent):
     config_class = RLOOConfig
 
     def sequence_advantages(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B,) sequence rewards ``R = score - beta * KL`` (score after the missing-EOS penalty) and their (B,)
-        leave-one-out advantages (whitened over the batch with ``normalize_advantages``)."""
+        """(B,) sequence rewards ``R = score - beta * KL``, the env's per-token rewards summed (the score after the
+        missing-EOS penalty), and their (B,) leave-one-out advantages (whitened over the batch with
+        ``normalize_advantages``)."""
         cfg = self.config
-        rewards = shaped_scores(batch, None, cfg.missing_eos_penalty) - cfg.kl_coef * batch.kl_sum
+        shaping = shaped_scores(batch, None, cfg.missing_eos_penalty) - batch.scores.float()
+        rewards = batch.env_rewards.sum(-1) + shaping
         advantages = rloo_advantages(rewards, cfg.group_size)
         if cfg.normalize_advantages:
             advantages = whiten(advantages, torch.ones_like(advantages, dtype=torch.bool))

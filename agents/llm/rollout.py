@@ -41,6 +41,9 @@ class RolloutBatch(NamedTuple):
     ended_with_eos: torch.Tensor  # (B,) bool, False when truncated at max_new_tokens
     prompts: list[str]
     responses: list[str]
+    rewards: torch.Tensor | None = None  # (B, T) the env's reward of each step (KL penalty + score at the last), 0 on
+    # padding; None = a batch built by hand: the score at the last token, no KL penalty (see ``env_rewards``)
+    kl_coef: float = 0.0  # the env's KL-penalty beta when the batch was sampled
 
     @property
     def kl(self) -> torch.Tensor:
@@ -56,11 +59,23 @@ class RolloutBatch(NamedTuple):
     def lengths(self) -> torch.Tensor:
         return self.response_mask.sum(-1)
 
+    @property
+    def env_rewards(self) -> torch.Tensor:
+        """(B, T) the env's per-step rewards: ``rewards``, or for a batch without them the score at each row's last
+        token."""
+        if self.rewards is not None:
+            return self.rewards
+        last = (self.lengths - 1).clamp(min=0)[:, None]
+        zeros = torch.zeros(self.response_mask.shape, dtype=torch.float32, device=self.scores.device)
+        return zeros.scatter_add(1, last, self.scores.float()[:, None]) * self.response_mask
+
     def select(self, index: torch.Tensor) -> RolloutBatch:
         """The rows ``index`` (a 1-D long tensor) of every field."""
         idx = index.tolist()
         fields = [f[index] for f in self[:8]]
-        return RolloutBatch(*fields, [self.prompts[i] for i in idx], [self.responses[i] for i in idx])
+        rewards = self.rewards[index] if self.rewards is not None else None
+        return RolloutBatch(*fields, [self.prompts[i] for i in idx], [self.responses[i] for i in idx], rewards,
+                            self.kl_coef)
 
 
 def left_pack(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,30 +144,33 @@ def collect_rollout(
 ) -> RolloutBatch:
     """Play one episode in every row of ``env`` (a ``TextGenVectorEnv`` with ``array_backend="torch"``).
 
-    Actions are drawn with :func:`draw_tokens` from the policy's next-token logits (temperature already applied),
-    which the env reuses for the KL reward, so each token costs one policy forward (KV-cached) and, if the env has a
-    reference model (``kl_coef > 0``), one reference forward. An env with ``play()`` (``TextGenVectorEnv``)
-    plays the episodes in one call; any other env is stepped token by token with ``env.next_token_logits()``, rows
-    that finish early stepping on (Gymnasium's next-step autoreset) until every row is done, what they do after their
-    first episode discarded. Both give the same batch for the same generator. ``prompts`` (one per row) needs an env
-    whose reset accepts ``options={"prompts": [...]}``.
+    Actions are drawn with :func:`draw_tokens` from the policy's next-token logits (temperature already applied), which
+    the env reuses for the KL reward, so each token costs one policy forward (KV-cached) and, if the env has a reference
+    model, one reference forward. The batch holds the env's per-step rewards as it returned them (its KL penalty
+    included): agents train on those and never recompute the penalty. An env with ``play()`` (``TextGenVectorEnv``)
+    plays the episodes in one call; any other env is stepped token by token with ``env.next_token_logits()``, rows that
+    finish early stepping on (Gymnasium's next-step autoreset) until every row is done, what they do after their first
+    episode discarded. Both give the same batch for the same generator. ``prompts`` (one per row) needs an env whose
+    reset accepts ``options={"prompts": [...]}``.
 
     Reference log-probs: the env's when it computes them; else, with ``ref_model``, ONE batched forward of it over the
     finished sequences (cheaper than a forward per token when the model is small and per-call overhead dominates, and
     the same numbers); else they equal the policy's (KL 0).
     """
     obs, _ = _reset(env, prompts, seed)
+    kl_coef = float(env_setting(env, "kl_coef", 0.0))  # before the episodes: an adaptive beta moves after them
     ids = torch.as_tensor(obs["input_ids"])
     device = ids.device
     query_ids, query_mask = left_pack(ids, torch.as_tensor(obs["attention_mask"], device=device))
     if callable(getattr(env, "play", None)):  # whole episodes in one call: same MDP, no per-token step() round trips
         ep = env.play(generator, draw_tokens)
         tokens, mask, logp, ref_logp = ep.tokens.masked_fill(~ep.mask, 0), ep.mask, ep.policy_logprob, ep.ref_logprob
+        rewards = ep.reward * ep.mask
         scores = torch.as_tensor(ep.scores, dtype=torch.float32, device=device)
         eos = torch.as_tensor(ep.terminated, device=device)
         prompt_text, response_text = list(ep.prompts), list(ep.responses)
     else:
-        tokens, mask, logp, ref_logp, scores, eos, prompt_text, response_text = _step_episodes(
+        tokens, mask, logp, ref_logp, rewards, scores, eos, prompt_text, response_text = _step_episodes(
             env, generator, query_ids, query_mask
         )
     if ref_logp is None:  # the env has no reference model
@@ -161,7 +179,8 @@ def collect_rollout(
             ref_logp = sequence_forward(ref_model, query_ids, query_mask, tokens, mask, temperature)[0]
         else:
             ref_logp = logp  # KL 0
-    return RolloutBatch(query_ids, query_mask, tokens, mask, logp, ref_logp, scores, eos, prompt_text, response_text)
+    return RolloutBatch(query_ids, query_mask, tokens, mask, logp, ref_logp, scores, eos, prompt_text, response_text,
+                        rewards.float(), kl_coef)
 
 
 def _step_episodes(env, generator, query_ids: torch.Tensor, query_mask: torch.Tensor) -> tuple:
@@ -178,7 +197,7 @@ def _step_episodes(env, generator, query_ids: torch.Tensor, query_mask: torch.Te
 
     def one_token(alive: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         actions = draw_tokens(env.next_token_logits(), generator)  # (N,)
-        _, _, terminated, truncated, info = env.step(actions)
+        _, reward, terminated, truncated, info = env.step(actions)
         terminated = torch.as_tensor(terminated, device=device).bool()
         done = terminated | torch.as_tensor(truncated, device=device).bool()
         ended = alive & done  # rows whose FIRST episode ends now; later episodes are discarded
@@ -188,7 +207,8 @@ def _step_episodes(env, generator, query_ids: torch.Tensor, query_mask: torch.Te
         eos.logical_or_(ended & terminated)
         if "prompt" in info or "response" in info:
             _record_text(info, ended, prompt_text, response_text)
-        values = {"action": actions, "logp": torch.as_tensor(info["policy_logprob"], device=device).float()}
+        values = {"action": actions, "logp": torch.as_tensor(info["policy_logprob"], device=device).float(),
+                  "reward": torch.as_tensor(reward, device=device).float()}
         if "ref_logprob" in info:
             values["ref_logp"] = torch.as_tensor(info["ref_logprob"], device=device).float()
         return values, done
@@ -197,7 +217,7 @@ def _step_episodes(env, generator, query_ids: torch.Tensor, query_mask: torch.Te
     tokens = record["action"]  # 0 after each row's end
     prompts = _decoded_where_missing(prompt_text, query_ids, query_mask, env.tokenizer)
     responses = _decoded_where_missing(response_text, tokens, mask, env.tokenizer)
-    return tokens, mask, record["logp"], record.get("ref_logp"), scores, eos, prompts, responses
+    return tokens, mask, record["logp"], record.get("ref_logp"), record["reward"], scores, eos, prompts, responses
 
 
 def _decoded_where_missing(texts: list, ids: torch.Tensor, mask: torch.Tensor, tokenizer) -> list[str]:

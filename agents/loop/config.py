@@ -1,14 +1,15 @@
-"""The settings of a preference run on a Gymnasium env, in one place.
+"""What every run config of the preference loop shares: one design for control and text runs.
 
-``agents.loop.preference_loop.LoopConfig`` holds what the loop itself needs (budgets, rounds, the label schedule,
-query selection, evaluation), whatever the world. ``PrefsConfig`` is ``LoopConfig`` plus everything a control run
-wires (env, SB3 algorithm, teacher or people, reward ensemble, pair source): the one object behind ``rlhf-gym
-prefs``, its presets (``agents.loop.presets``) and ``run_prefs``. Each field is documented once, here; the CLI only
-maps flags onto these fields.
+A run config is a dataclass whose fields are every setting of one run (``PrefsConfig`` for Gymnasium envs,
+``TextRLHFConfig`` for an LM), each documented once, validated in ``__post_init__``, filled from the named presets
+of its world, and written to the run directory's ``config.json`` under ``"config"``. The loop takes its budgets from
+``config.loop_config()``: a control run's config *is* a ``LoopConfig`` (every budget is a setting of its own there),
+a text run's builds one from its rounds, label budget and iterations (``agents.loop.text.config``).
 
-    cfg = PrefsConfig.from_preset("christiano-mujoco", "Hopper-v5", labels=700, steps=1_000_000)
-    cfg = PrefsConfig.for_env("CartPole-v1", seed=3)            # the env's tuned settings, else the defaults below
-    cfg = PrefsConfig.load("runs/cartpole")                     # the settings a run directory was started with
+``RunConfig.load(run_dir)`` is the one way back from a run directory to its settings (``--resume``): it reads
+``config.json``, or, when that is damaged, the copy in the newest checkpoint that has one; hands the saved values to
+the class's ``migrate`` (older formats: renamed fields, values JSON cannot hold); drops what this version no longer
+knows; and builds the config, whose ``__post_init__`` validates it as any new one.
 """
 
 from __future__ import annotations
@@ -16,139 +17,40 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from agents.loop.atari import atari_env_id
-from agents.loop.preference_loop import LoopConfig
-from agents.loop.presets import apply_preset
-from agents.rundir import RunError, check_device, checkpoint_candidates
-from agents.sb3.control import check_algorithm, check_env_id, check_hyperparams
-from rewardmodels.feedback.human import check_renderable
-from rewardmodels.teachers import PRESETS as TEACHERS
+from agents.rundir import RunError, checkpoint_candidates
+
+__all__ = ["RunConfig", "RunConfigError"]
 
 logger = logging.getLogger(__name__)
-
-LABELLERS = ("teacher", "human", "mixed")
-REWARD_NETS = ("mlp", "cnn")
+C = TypeVar("C", bound="RunConfig")
 
 
 class RunConfigError(RunError, ValueError):
-    """A run directory whose ``config.json`` cannot be read back into a ``PrefsConfig``."""
+    """A run directory whose ``config.json`` (and every checkpoint's copy of it) cannot be read back into its run
+    config."""
 
 
-@dataclass
-class PrefsConfig(LoopConfig):
-    """Every setting of one preference run on a Gymnasium env (``rlhf-gym prefs``; module docstring)."""
+class RunConfig:
+    """The shared part of ``PrefsConfig`` and ``TextRLHFConfig`` (module docstring); a mixin of dataclasses."""
 
-    env: str = "CartPole-v1"
-    """Any registered Gymnasium env id (``package.module:Id-v0`` imports the package)."""
-    algo: str = "ppo"
-    """Stable-Baselines3 algorithm: ppo, a2c, sac, dqn, td3, ddpg."""
-    preset: str | None = None
-    """The preset these settings started from (``agents.loop.presets.PRESETS``), recorded for the run directory."""
-    atari_preprocessing: bool = False
-    """Run the agent on the paper's preprocessed frames of the ALE env ``env`` (``agents.loop.atari``)."""
-    teacher: str = "oracle"
-    """Simulated teacher preset (B-Pref): oracle, noisy, myopic, mistake, skip, equal."""
-    teacher_params: dict[str, float] = field(default_factory=dict)
-    """Overrides of the teacher's fields: beta, gamma, eps, skip_threshold, equal_threshold."""
-    labeller: str = "teacher"
-    """Who labels: ``teacher`` (the simulated one above), ``human`` (people, in the web app: ``rlhf-gym label --run
-    OUT``; the loop waits for them), or ``mixed`` (a ``human_fraction`` share of each batch to people, the rest to
-    the teacher). Human labelling renders clips from the observations, so it needs a classic-control env."""
-    human_fraction: float = 0.5
-    """With ``labeller="mixed"``: the share of each batch of pairs that people label."""
-    label_timeout: float | None = None
-    """Seconds to wait for people per batch (None = as long as it takes); unlabelled pairs then count as skipped."""
-    segment_len: int = 50
-    """Steps per segment."""
-    experience_capacity: int = 20_000
-    """Env steps of recent experience kept for cutting candidate segments (bounds memory, and checkpoints)."""
-    ensemble: int = 3
-    """Reward nets in the ensemble."""
-    reward_net: str = "mlp"
-    """Reward net: ``mlp`` over (observation, action) (A.1) or ``cnn`` over stacked frames (A.2)."""
-    reward_hidden: tuple[int, ...] = (64, 64)
-    """Hidden layers of each MLP reward net."""
-    reward_activation: str = "leaky_relu"
-    """Activation of the MLP reward nets (the paper's leaky ReLU, alpha 0.01, A.1; or relu, tanh)."""
-    reward_net_kwargs: dict[str, Any] = field(default_factory=dict)
-    """Further constructor kwargs of the reward net (e.g. the CNN's channels, dropout, batch norm)."""
-    reward_scale: float = 1.0
-    """Standard deviation of the reward the agent sees (1 MuJoCo A.1, 0.05 Atari A.2)."""
-    reward_epochs: int = 40
-    """Passes over the labelled pairs per reward-model fit."""
-    fit: dict[str, Any] = field(default_factory=dict)
-    """Other ``rewardmodels.ensemble.FitConfig`` fields (the paper's: noise 0.1, validation 1/e, adaptive L2)."""
-    pretrain_epochs: int | None = None
-    """Epochs of the first reward fit, on the initial labels (Atari: 200, A.2); None = ``reward_epochs``."""
-    label_buffer: int | None = None
-    """Fit on only the most recent labels (Atari: 3,000, A.2); None = all."""
-    fit_rate: float | None = None
-    """Labels processed by reward training per env step: each fit after the first runs ``fit_rate * new env steps /
-    batch_size`` gradient steps (Atari: 0.1, A.2); None = ``reward_epochs`` epochs per fit."""
-    device: str = "cpu"
-    """Torch device of the agent and the reward model (tiny MLPs are fastest on CPU)."""
-    hyperparams: dict[str, Any] | None = None
-    """SB3 constructor kwargs (and n_envs); None = the tuned ones for (algo, env), else SB3's defaults. An SB3
-    features extractor may be named by its class name (``"NatureCNN"``), so that config.json stays JSON."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.algo = check_algorithm(self.algo)  # UnknownAlgorithmError lists the valid names
-        if self.atari_preprocessing:
-            atari_env_id(self.env)  # NotAnAtariEnvError for anything but ALE ids; registers the preprocessed id
-        check_env_id(self.env_id)  # UnknownEnvError suggests close ids
-        if self.teacher not in TEACHERS:
-            raise ValueError(f"unknown teacher {self.teacher!r}; choose one of {', '.join(TEACHERS)}")
-        if self.labeller not in LABELLERS:
-            raise ValueError(f"unknown labeller {self.labeller!r}; choose one of {', '.join(LABELLERS)}")
-        if not 0.0 <= self.human_fraction <= 1.0:
-            raise ValueError(f"human_fraction must be in [0, 1], got {self.human_fraction}")
-        if self.labeller != "teacher":
-            check_renderable(self.env_id)
-        if self.label_timeout is not None and self.label_timeout <= 0:
-            raise ValueError(f"label_timeout must be > 0 seconds or None (wait as long as it takes), got "
-                             f"{self.label_timeout}")
-        if self.reward_net not in REWARD_NETS:
-            raise ValueError(f"reward_net must be one of {', '.join(REWARD_NETS)}, got {self.reward_net!r}")
-        for name in ("ensemble", "segment_len", "reward_epochs", "experience_capacity"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.segment_len > self.steps // 4:
-            raise ValueError(f"segment_len={self.segment_len} is too long for a {self.steps}-step run; "
-                             "use a segment length of at most steps / 4")
-        if not self.reward_scale > 0:
-            raise ValueError(f"reward_scale must be > 0, got {self.reward_scale}")
-        self.reward_hidden = tuple(int(h) for h in self.reward_hidden)
-        check_device(self.device)  # DeviceError: --device cuda on a machine without CUDA
-        if self.hyperparams is not None:
-            check_hyperparams(self.algo, self.hyperparams)  # UnknownHyperparameterError names the key
-
-    @property
-    def env_id(self) -> str:
-        """The env the agent runs on: ``env``, or its preprocessed-frames id with ``atari_preprocessing``."""
-        return atari_env_id(self.env) if self.atari_preprocessing else self.env
+    #: Settings not restored by ``load``: they belong to the process, not the run (a progress bar on a terminal).
+    NOT_RESTORED: tuple[str, ...] = ("progress_bar",)
 
     @classmethod
-    def from_preset(cls, name: str | None, env: str = "CartPole-v1", **overrides: Any) -> PrefsConfig:
-        """The preset ``name`` (``agents.loop.presets.PRESETS``; None = ``tuned``) applied to ``env``, with
-        ``overrides`` (``None`` values mean "keep the preset's", so parsed-but-unset CLI flags change nothing)."""
-        return cls(**apply_preset(name or "tuned", env, {k: v for k, v in overrides.items() if v is not None}))
+    def migrate(cls, values: dict[str, Any], saved: dict[str, Any]) -> dict[str, Any]:
+        """The saved ``values`` (``saved["config"]``) as fields of this version: renamed fields, JSON's stand-ins
+        for values it cannot hold ("inf" for math.inf, lists for tuples). ``saved`` is the whole config.json."""
+        return values
 
     @classmethod
-    def for_env(cls, env: str = "CartPole-v1", **overrides: Any) -> PrefsConfig:
-        """The env's tuned settings (the ``tuned`` preset), if any, with ``overrides``."""
-        return cls.from_preset("tuned", env, **overrides)
-
-    @classmethod
-    def load(cls, run_dir: str | os.PathLike) -> PrefsConfig:
-        """The settings ``run_dir`` was started with (its ``config.json``), to resume it. When config.json is
-        damaged, the copy in the newest checkpoint that has one is used (with a warning)."""
+    def load(cls: type[C], run_dir: str | os.PathLike) -> C:
+        """The settings ``run_dir`` was started with, to resume it (module docstring). Raises ``RunConfigError``
+        when neither config.json nor any checkpoint's copy can be read; a value this version refuses raises the
+        config's own ``ValueError``."""
         path = Path(run_dir) / "config.json"
         copies = [c / "config.json" for c in checkpoint_candidates(run_dir)]
         first_error = None
@@ -156,7 +58,7 @@ class PrefsConfig(LoopConfig):
             try:
                 saved = json.loads(candidate.read_text(encoding="utf-8"))
                 values = dict(saved["config"] if "config" in saved else saved["prefs"])  # "prefs": rlhf-gym 0.1
-            except (OSError, ValueError, KeyError, TypeError) as err:
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
                 first_error = first_error or f"{type(err).__name__}: {err}"
                 continue
             if candidate != path:
@@ -166,24 +68,6 @@ class PrefsConfig(LoopConfig):
             copies_note = ", nor can the copies in its checkpoints" if copies else ""
             raise RunConfigError(f"{path} cannot be read as a run's settings ({first_error}){copies_note}; restore "
                                  "it from a backup, or start a new run (--overwrite moves this one aside)")
-        if isinstance(saved.get("preset"), dict):  # written by rlhf-gym 0.1's preset runs
-            values = _from_v01_preset(values, saved["preset"])
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in values.items() if k in names and k != "progress_bar"}
-        values["teacher_params"] = {k: (math.inf if v == "inf" else v)  # JSON has no inf: stored as a string
-                                    for k, v in values.get("teacher_params", {}).items()}
-        values["reward_hidden"] = tuple(values.get("reward_hidden", (64, 64)))
-        values["fit"] = {k: tuple(v) if isinstance(v, list) else v for k, v in values.get("fit", {}).items()}
-        return cls(**values)
-
-
-def _from_v01_preset(prefs: dict[str, Any], preset: dict[str, Any]) -> dict[str, Any]:
-    """A 0.1 preset run's ``prefs`` + ``preset`` sections as ``PrefsConfig`` fields."""
-    values = {**prefs, "preset": preset["name"], "env": preset["requested_env"],
-              "atari_preprocessing": preset["name"] == "christiano-atari", "schedule_c_steps": preset["schedule_c"],
-              "reward_net": preset["net"], "reward_net_kwargs": preset.get("net_kwargs", {})}
-    for key in ("initial_policy", "label_until", "oversample", "reward_scale", "fit", "pretrain_epochs",
-                "label_buffer", "fit_rate", "experience_capacity"):
-        if key in preset:
-            values[key] = preset[key]
-    return values
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        values = cls.migrate(values, saved)
+        return cls(**{k: v for k, v in values.items() if k in names and k not in cls.NOT_RESTORED})

@@ -14,7 +14,7 @@ trains on an unfitted reward. Labels follow a schedule over env steps (``constan
 loaded: early labels shape the reward the agent learns most from.
 
 Nothing here knows about control envs: the four parts are protocols (``Agent``, ``PairSource``, ``RewardModel``,
-``Labeller``). For control envs, ``agents.loop.prefs.build_loop`` plugs in Stable-Baselines3 (``agents.sb3``), the
+``Labeller``). For control envs, ``agents.loop.control.run.build_loop`` plugs in Stable-Baselines3 (``agents.sb3``), the
 segment pair sources (``segment_pairs``, ``frame_pairs``) and the reward ensemble (``reward_model``); a text env with
 an LLM agent plugs in by implementing the same four.
 
@@ -158,6 +158,10 @@ class LoopConfig:
     progress_bar: bool | None = None
     """Show a tqdm bar; None = only when stderr is a terminal."""
 
+    def loop_config(self) -> LoopConfig:
+        """The budgets the loop runs to: this config itself (a run config that derives them overrides this)."""
+        return self
+
     def __post_init__(self) -> None:
         name = type(self).__name__
 
@@ -227,14 +231,16 @@ class LoopState:
 class PreferenceLoop:
     """Drives agent, pair source, reward model and labeller through ``LoopConfig``'s budgets (see module doc)."""
 
-    def __init__(self, config: LoopConfig, agent: Agent, source: PairSource, reward_model: RewardModel,
+    def __init__(self, config: Any, agent: Agent, source: PairSource, reward_model: RewardModel,
                  labeller: Labeller, run_dir: RunDir | str | Path,
-                 callbacks: Sequence[LoopCallback] = (), extra_config: Mapping[str, Any] | None = None):
-        self.config, self.agent, self.source, self.reward_model, self.labeller = (
-            config, agent, source, reward_model, labeller)
+                 callbacks: Sequence[LoopCallback] = (), title: str | None = None):
+        # config: the run config (``agents.loop.config``: PrefsConfig, TextRLHFConfig) or a bare LoopConfig
+        self.run_config, self.config = config, config.loop_config()
+        self.agent, self.source, self.reward_model, self.labeller = agent, source, reward_model, labeller
         self.run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
         self.callbacks = list(callbacks)
-        self.extra_config = dict(extra_config or {})
+        self.title = title
+        config = self.config
         self.rng = np.random.default_rng(config.seed)
         torch.manual_seed(config.seed)
         self.state = LoopState(allocation=label_allocation(config))
@@ -245,7 +251,12 @@ class PreferenceLoop:
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
     def _config_record(self) -> dict[str, Any]:
-        return {"config": self.config, **self.extra_config}
+        """What config.json holds: the run config (what ``RunConfig.load`` reads back), the loop's budgets when they
+        are derived from it, and the run's title."""
+        record: dict[str, Any] = {"config": self.run_config, "title": self.title}
+        if self.config is not self.run_config:
+            record["loop"] = self.config
+        return record
 
     def save_checkpoint(self, pending: tuple[Any, Mapping[str, float]] | None = None) -> Path:
         """Save ``checkpoints/round-NNNN`` (after round NNNN), or with ``pending`` = (pairs, metrics) queued for
@@ -450,7 +461,7 @@ class PreferenceLoop:
                            ("reward model", ["reward_model/accuracy", "reward_model/heldout_accuracy",
                                              "reward_model/true_agreement"]),
                            ("labels used", ["labels/used"])],
-                          x_key="env/steps", title=str(self.extra_config.get("title", "")) or None)
+                          x_key="env/steps", title=self.title)
         self.run_dir.close()
         for cb in self.callbacks:
             cb.on_end(self, summary)
@@ -483,9 +494,14 @@ def _readable_json(path: Path) -> bool:
     return True
 
 
+#: Modules that moved since a checkpoint may have named them (rlhf-gym 0.2's flat text modules).
+_MOVED_MODULES = {"rewardmodels.text_preferences": "rewardmodels.text.preferences"}
+
+
 def _pairs_class(name: str) -> type:
     """The class of checkpointed pending pairs, ``module:QualName``; only the toolkit's own modules are imported."""
     module, _, qualname = name.partition(":")
+    module = _MOVED_MODULES.get(module, module)
     if module.split(".")[0] not in ("rewardmodels", "agents", "textenv"):
         raise CheckpointError(f"pending pairs of class {name!r}: not an rlhf-gym class")
     return functools.reduce(getattr, qualname.split("."), importlib.import_module(module))

@@ -4,30 +4,14 @@
   replay buffers relabelled after each refit), the tuned hyperparameters, env and algorithm checks.
 - ``text_policy``: ``CausalLMPolicy`` (the env's LM as SB3's actor, a value head as critic), ``LMHandle``,
   ``SyncTextEnvCallback``, ``make_sb3_text_model``: SB3 algorithms on ``TextGen-v0`` (the text RLHF run uses them
-  as its ``sb3-ppo`` / ``sb3-a2c`` improvement steps: ``agents.loop.text_improvers``).
+  as its ``sb3-ppo`` / ``sb3-a2c`` improvement steps: ``agents.loop.text.algorithms``).
 """
 
-from agents.sb3.control import (
-    IncompatibleSpaceError,
-    SB3Agent,
-    UnknownAlgorithmError,
-    UnknownEnvError,
-    check_algorithm,
-    check_env_id,
-    default_hyperparams,
-    make_vec_env,
-)
-from agents.sb3.text_policy import (
-    CausalLMPolicy,
-    LMHandle,
-    ObservationSpaceError,
-    SyncTextEnvCallback,
-    make_sb3_text_model,
-    mean_episode_score,
-)
+from textenv.lazy import lazy_exports
 
-__all__ = [
-    "CausalLMPolicy", "IncompatibleSpaceError", "LMHandle", "ObservationSpaceError", "SB3Agent",
-    "SyncTextEnvCallback", "UnknownAlgorithmError", "UnknownEnvError", "check_algorithm", "check_env_id",
-    "default_hyperparams", "make_sb3_text_model", "make_vec_env", "mean_episode_score",
-]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "agents.sb3.control": ("IncompatibleSpaceError", "SB3Agent", "UnknownAlgorithmError", "UnknownEnvError",
+                           "check_algorithm", "check_env_id", "default_hyperparams", "make_vec_env"),
+    "agents.sb3.text_policy": ("CausalLMPolicy", "LMHandle", "ObservationSpaceError", "SyncTextEnvCallback",
+                               "make_sb3_text_model", "mean_episode_score"),
+})

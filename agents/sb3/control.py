@@ -48,8 +48,8 @@ ALGORITHMS: dict[str, tuple[str, tuple[type[spaces.Space], ...]]] = {
     "ddpg": ("DDPG", (spaces.Box,)),
 }
 
-#: Tuned presets, (algo, env id) -> SB3 kwargs (+ "n_envs"). Sources: rl-baselines3-zoo hyperparams/*.yml.
-PRESETS: dict[tuple[str, str], dict[str, Any]] = {
+#: Tuned SB3 hyperparameters, (algo, env id) -> SB3 kwargs (+ "n_envs"). Sources: rl-baselines3-zoo hyperparams/*.yml.
+SB3_HYPERPARAMS: dict[tuple[str, str], dict[str, Any]] = {
     # rl-zoo ppo.yml CartPole-v1
     ("ppo", "CartPole-v1"): dict(
         n_envs=8, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20, ent_coef=0.0,
@@ -159,7 +159,7 @@ def check_action_space(algo: str, action_space: spaces.Space, env_id: str = "the
 
 def default_hyperparams(algo: str, env_id: str) -> dict[str, Any]:
     """The preset for (algo, env id), or ``{}`` (SB3's defaults) when there is none."""
-    return dict(PRESETS.get((check_algorithm(algo), env_id), {}))
+    return dict(SB3_HYPERPARAMS.get((check_algorithm(algo), env_id), {}))
 
 
 def resolve_hyperparams(hyper: Mapping[str, Any]) -> dict[str, Any]:

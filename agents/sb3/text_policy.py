@@ -244,7 +244,9 @@ class SyncTextEnvCallback(BaseCallback):
         return True
 
 
-SB3_TEXT_ALGOS = ("ppo", "a2c")
+#: The SB3 algorithms that train ``CausalLMPolicy`` on text (on-policy: the env samples with the policy itself).
+SB3_TEXT_CLASSES: dict[str, type[OnPolicyAlgorithm]] = {"ppo": PPO, "a2c": A2C}
+SB3_TEXT_ALGOS = tuple(SB3_TEXT_CLASSES)
 
 
 def make_sb3_text_model(
@@ -270,7 +272,7 @@ def make_sb3_text_model(
     policy_kwargs = dict(algo_kwargs.pop("policy_kwargs", None) or {})
     policy_kwargs.setdefault("lm", LMHandle(inner.policy))
     policy_kwargs.setdefault("temperature", temp)
-    cls: type[OnPolicyAlgorithm] = {"ppo": PPO, "a2c": A2C}[name]
+    cls = SB3_TEXT_CLASSES[name]
     return cls(CausalLMPolicy, env, policy_kwargs=policy_kwargs, device=engine.device, **algo_kwargs)
 
 

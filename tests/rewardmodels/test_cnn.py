@@ -74,7 +74,7 @@ def test_rejects_vector_observations():
 
 def test_ale_end_to_end_frames_segments_oracle_labels_and_a_decreasing_loss():
     """A few hundred Pong steps -> frame store -> segments -> oracle labels -> the CNN fits them."""
-    from agents.loop.atari import atari_env_id
+    from agents.loop.control.atari import atari_env_id
     from rewardmodels.image_segments import FrameStore, ImagePairs, cut_segments, record_rollout
     from rewardmodels.teachers import Teacher
 

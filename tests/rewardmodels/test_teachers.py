@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from rewardmodels.preferences import check_labels
-from rewardmodels.teachers import PRESETS, PreferenceLabeller, Teacher, bpref_return_scale, make_teacher
+from rewardmodels.teachers import TEACHER_PRESETS, PreferenceLabeller, Teacher, bpref_return_scale, make_teacher
 
 
 def random_rewards(n=2000, t=10, seed=0):
@@ -83,7 +83,7 @@ def test_skip_and_equal_thresholds():
 
 
 def test_presets_follow_bpref_and_thresholds_scale_with_segment_return():
-    assert set(PRESETS) == {"oracle", "noisy", "myopic", "mistake", "skip", "equal"}
+    assert set(TEACHER_PRESETS) == {"oracle", "noisy", "myopic", "mistake", "skip", "equal"}
     assert make_teacher("mistake").eps == 0.1
     scale = bpref_return_scale(mean_episode_return=500.0, episode_length=500, segment_len=50)
     assert scale == 50.0

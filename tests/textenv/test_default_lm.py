@@ -10,8 +10,9 @@ import torch
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from textenv.default_lm import DEFAULT_LM_PATH, default_prompts, load_default_lm
-from textenv.default_lm.build import BuildConfig, sample_completions
+from textenv.default_lm.build import sample_completions
 from textenv.default_lm.corpus import SENTIMENTS, generate_corpus, generate_review
+from textenv.default_lm.settings import BuildConfig
 
 WORD = re.compile(r"[A-Za-z]+|[.,!?]")
 

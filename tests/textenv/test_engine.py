@@ -128,8 +128,13 @@ def test_one_forward_per_model_per_step_and_logits_are_reused(lm):
     assert pol.n == 4 and ref.n == 4
 
 
-def test_no_reference_forward_when_kl_coef_is_zero(lm):
-    engine, source = make_engine(lm, kl_coef=0.0)
+def test_a_zero_penalty_measures_the_kl_and_no_reference_means_no_reference_forward(lm):
+    engine, source = make_engine(lm, kl_coef=0.0)  # a reference given: the KL is reported, not penalised
+    start(engine, source, range(4), range(4))
+    res = engine.step(np.full(4, 5))
+    assert res.ref_logprob is not None and torch.all(res.reward == 0)
+    assert float((res.policy_logprob - res.ref_logprob).abs().sum()) > 0
+    engine, source = make_engine(lm, kl_coef=0.0, ref=False)
     assert engine.ref_model is None
     start(engine, source, range(4), range(4))
     res = engine.step(np.full(4, 5))

@@ -178,7 +178,8 @@ def test_llama_family_lora_falls_back_and_the_merged_model_gets_the_plain_answer
 
 
 def test_a_reward_model_backbone_takes_adapters_too():
-    """What rewardmodels.lm_reward calls: LoRA on a bare transformer (no LM head); its view is the frozen backbone."""
+    """What rewardmodels.text.lm_reward calls: LoRA on a bare transformer (no LM head); its view is the frozen
+    backbone."""
     model, _ = make_tiny_lm()
     backbone = model.transformer
     before = copy.deepcopy(backbone)

@@ -20,8 +20,6 @@ import functools
 import random
 from pathlib import Path
 
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
 from textenv.default_lm.corpus import DOMAINS, opener_groups
 
 DEFAULT_LM_PATH: Path = Path(__file__).resolve().parent / "assets"
@@ -46,6 +44,8 @@ def load_default_lm(device=None, dtype=None):
         device: where to put the model (``"cpu"``, ``"cuda"``, a ``torch.device``); default: CPU.
         dtype: parameter dtype (e.g. ``torch.bfloat16``); default: float32 as stored.
     """
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # lazy: textenv imports without transformers
+
     if not (DEFAULT_LM_PATH / "model.safetensors").is_file():
         raise FileNotFoundError(
             f"the default LM is missing from {DEFAULT_LM_PATH}; rebuild it with `python -m textenv.default_lm.build` "

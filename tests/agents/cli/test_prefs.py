@@ -5,8 +5,8 @@ import pytest
 
 from agents.cli import main
 from agents.cli import prefs as prefs_cmd
-from agents.loop.config import PrefsConfig
-from agents.loop.prefs import build_loop
+from agents.loop.control.config import PrefsConfig
+from agents.loop.control.run import build_loop
 from rewardmodels.feedback.human import HumanLabeller, MixedLabeller
 
 TINY = ["--env", "CartPole-v1", "--labels", "12", "--steps", "2048", "--rounds", "2", "--initial-steps", "512",

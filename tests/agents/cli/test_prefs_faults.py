@@ -10,8 +10,8 @@ import torch
 
 from agents.cli import main
 from agents.cli import prefs as prefs_cmd
+from agents.loop.control.run import run_prefs
 from agents.loop.preference_loop import LoopCallback
-from agents.loop.prefs import run_prefs
 from agents.rundir import RunDir, RunDirError
 from tests.agents.cli.test_prefs import TINY, parse
 

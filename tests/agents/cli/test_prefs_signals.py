@@ -125,8 +125,8 @@ def test_each_signal_stops_a_run_waiting_for_people_and_resume_keeps_their_label
 
 @pytest.mark.slow  # two real runs side by side, plus a resume: about a minute on 2 loaded cores
 def test_each_signal_stops_a_training_run_and_its_last_checkpoint_resumes(tmp_path):
-    from agents.loop.config import PrefsConfig
-    from agents.loop.prefs import build_loop
+    from agents.loop.control.config import PrefsConfig
+    from agents.loop.control.run import build_loop
 
     runs = _start_both(tmp_path, TRAINING, lambda out: _latest(out) is not None, "first checkpoint")
     for name, (proc, out) in runs.items():

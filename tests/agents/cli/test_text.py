@@ -9,8 +9,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from agents.cli import main
-from rewardmodels.lm_reward import LMRewardModel, pairwise_accuracy
-from rewardmodels.text_preferences import load_text_preferences
+from rewardmodels.text.lm_reward import LMRewardModel, pairwise_accuracy
+from rewardmodels.text.preferences import load_text_preferences
 from tests.agents.lm_fixtures import snapshot
 from tests.chat_fixtures import make_chat_tokenizer, make_decoder
 
@@ -119,9 +119,10 @@ def test_lora_flags_train_adapters_against_the_base(tmp_path):
 
 
 @pytest.mark.parametrize(("flags", "message"), [
-    (["--pairs", "0"], "num_pairs must be >= 1"),
+    (["--pairs", "0"], "num_pairs must be an integer >= 1"),
     (["--lr", "-1"], "learning_rate must be a finite number > 0"),
-    (["--kl-coef", "nan"], "kl_coef must be a finite number >= 0"),
+    (["--kl-coef", "nan"], "kl_coef (= grpo's beta): beta must be a finite number >= 0"),
+    (["--algo", "ppo", "--kl-coef", "-1"], "kl_coef must be a finite number >= 0"),
     (["--rounds", "5", "--iterations", "2"], "must be >= rounds"),
     (["--model", "no/such/dir"], "needs prompts of your own"),
     (["--labeller", "dataset"], "pass preferences=FILE"),

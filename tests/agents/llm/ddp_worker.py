@@ -15,10 +15,10 @@ import torch
 
 from agents.llm import DPOConfig, DPOTrainer, GRPOAgent, GRPOConfig, RolloutBatch
 from agents.llm.distributed import data_parallel
+from rewardmodels.text.lm_reward import train_reward_model
 from tests.agents.llm.test_dpo import pairs
-from rewardmodels.lm_reward import train_reward_model
 from tests.agents.lm_fixtures import make_env
-from tests.rewardmodels.test_lm_reward import _good_rule_pairs, _rm
+from tests.rewardmodels.text.test_lm_reward import _good_rule_pairs, _rm
 from textenv.testing import make_tiny_lm
 
 GROUPS, GROUP_SIZE = 4, 4
@@ -45,7 +45,7 @@ def run(out: Path) -> None:
     rows = torch.arange(rank * local_groups * GROUP_SIZE, (rank + 1) * local_groups * GROUP_SIZE)
     env = make_env(num_envs=len(rows), kl_coef=0.0)
     grpo = GRPOConfig(group_size=GROUP_SIZE, prompts_per_step=local_groups, num_updates=2, learning_rate=1e-2,
-                      kl_coef=0.1, gradient_accumulation_steps=steps)
+                      beta=0.1, gradient_accumulation_steps=steps)
     agent = GRPOAgent(env, grpo)
     for _ in range(2):  # 2 rollouts' worth of updates (old log-probs stale on the second: the ratio clips)
         agent.train_on(full.select(rows))

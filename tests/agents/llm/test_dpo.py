@@ -7,7 +7,7 @@ import agents.llm.dpo as dpo_module
 from agents.llm.base import NonFiniteLossError
 from agents.llm.dpo import DPOConfig, DPOTrainer
 from agents.llm.offline import preference_triples, sequence_logps
-from rewardmodels.text_preferences import EmptyResponseError, IdenticalResponsesError, TextPreferencePairs
+from rewardmodels.text.preferences import EmptyResponseError, IdenticalResponsesError, TextPreferencePairs
 from tests.agents.lm_fixtures import PROMPTS, changed, snapshot
 from textenv.testing import make_tiny_lm
 

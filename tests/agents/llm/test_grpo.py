@@ -30,7 +30,7 @@ def test_env_rows_must_match_prompts_times_group_size():
 def test_env_without_reference_model_gets_a_frozen_copy_of_the_initial_policy():
     env = make_env(num_envs=4, kl_coef=0.0)  # the env skips its per-token reference forward
     assert env.ref_model is None
-    agent = GRPOAgent(env, GRPOConfig(learning_rate=1e-2, group_size=2, prompts_per_step=2, kl_coef=0.04))
+    agent = GRPOAgent(env, GRPOConfig(learning_rate=1e-2, group_size=2, prompts_per_step=2, beta=0.04))
     assert agent.ref_model is not env.policy and not any(p.requires_grad for p in agent.ref_model.parameters())
     agent.learn(2)
     batch = agent.collect()
@@ -85,7 +85,7 @@ def test_other_aggregations_give_their_loss_by_hand_and_update_the_weights(aggre
         learning_rate=1e-3,
         group_size=4,
         prompts_per_step=2,
-        kl_coef=0.1,
+        beta=0.1,
         loss_aggregation=aggregation,
         num_updates=2,
         num_minibatches=2,
@@ -136,7 +136,7 @@ def test_kl_ratio_reaches_the_loss():
     weights = []
     for kl_ratio in (False, True):
         env = make_env(num_envs=8, kl_coef=0.0)
-        cfg = GRPOConfig(learning_rate=1e-2, group_size=4, prompts_per_step=2, kl_coef=0.5, kl_ratio=kl_ratio)
+        cfg = GRPOConfig(learning_rate=1e-2, group_size=4, prompts_per_step=2, beta=0.5, kl_ratio=kl_ratio)
         agent = GRPOAgent(env, cfg, ref_model=make_tiny_lm(seed=7)[0].requires_grad_(False))
         agent.learn(1)
         weights.append(snapshot(env.policy))

@@ -9,7 +9,7 @@ import agents.llm.kto as kto_module
 from agents.llm.base import NonFiniteLossError
 from agents.llm.kto import KTOConfig, KTOTrainer, kto_examples
 from agents.llm.offline import sequence_logps
-from rewardmodels.text_preferences import EmptyResponseError, TextPreferenceError, TextPreferencePairs
+from rewardmodels.text.preferences import EmptyResponseError, TextPreferenceError, TextPreferencePairs
 from tests.agents.lm_fixtures import PROMPTS, changed, snapshot
 from textenv.testing import make_tiny_lm
 

@@ -6,8 +6,6 @@ import pytest
 import torch
 
 from agents.llm.math import (
-    AdaptiveKLController,
-    FixedKLController,
     entropy_from_logits,
     gae,
     kl_estimate,
@@ -158,27 +156,3 @@ def test_entropy_from_logits():
     peaked = torch.tensor([[[0.0, math.log(3.0)]]])  # probs 1/4, 3/4
     expected = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
     assert entropy_from_logits(peaked).item() == pytest.approx(expected, rel=1e-6)
-
-
-def test_adaptive_kl_controller_hand_values():
-    ctl = AdaptiveKLController(0.1, target=6.0, horizon=10000)
-    ctl.update(9.0, n_steps=100)  # error = clip(9/6 - 1, +-0.2) = 0.2 -> 0.1 * (1 + 0.2 * 100 / 10000)
-    assert ctl.value == pytest.approx(0.1002)
-    ctl.update(torch.tensor(6.6), n_steps=1000)  # error 0.1 -> * 1.01
-    assert ctl.value == pytest.approx(0.1002 * 1.01)
-    ctl.update(0.0, n_steps=1000)  # error -1 clipped to -0.2 -> * 0.98
-    assert ctl.value == pytest.approx(0.1002 * 1.01 * 0.98)
-    with pytest.raises(ValueError, match="non-finite"):
-        ctl.update(float("nan"), 10)
-    with pytest.raises(ValueError, match="target"):
-        AdaptiveKLController(0.1, target=0.0, horizon=10)
-    with pytest.raises(ValueError, match="FixedKLController"):
-        AdaptiveKLController(0.0, target=6.0, horizon=10)
-
-
-def test_fixed_kl_controller():
-    ctl = FixedKLController(0.05)
-    ctl.update(100.0, 10)
-    assert ctl.value == 0.05
-    with pytest.raises(ValueError):
-        FixedKLController(-1.0)

@@ -8,7 +8,7 @@ import pytest
 from agents.llm.dpo import DPOConfig, DPOTrainer
 from agents.llm.kto import KTOTrainer
 from agents.llm.offline import preference_triples
-from rewardmodels.text_preferences import TextPreferenceError, TextPreferenceFileError, load_text_preferences
+from rewardmodels.text.preferences import TextPreferenceError, TextPreferenceFileError, load_text_preferences
 from tests.agents.lm_fixtures import changed, snapshot
 from tests.chat_fixtures import make_chat_lm
 from textenv.testing import make_tiny_lm

@@ -8,16 +8,18 @@ import agents.llm.ppo as ppo_module
 from agents.llm.base import NonFiniteLossError, collect_rollout, shaped_scores
 from agents.llm.ppo import PPOAgent, PPOConfig, ValueHead, token_rewards
 from agents.rundir import RunDir
-from rewardmodels.lm_reward import LMRewardModel, TokenizerMismatchError
+from rewardmodels.text.lm_reward import LMRewardModel, TokenizerMismatchError
 from tests.agents.lm_fixtures import PROMPTS, changed, make_env, score_curve, snapshot
+from textenv.kl import KLPenalty
 from textenv.testing import make_tiny_lm
 
 
-def test_token_rewards_put_the_score_on_each_rows_last_token():
-    env = make_env(num_envs=4, max_new_tokens=4)
+def test_token_rewards_are_the_envs_with_the_shaped_score_on_each_rows_last_token():
+    env = make_env(num_envs=4, max_new_tokens=4, kl_coef=0.1)
     batch = collect_rollout(env, prompts=PROMPTS[:4], seed=0)
-    scores = torch.tensor([1.0, -2.0, 0.5, 3.0])
-    rewards = token_rewards(batch, scores, kl_coef=0.1)
+    assert batch.kl_coef == 0.1  # the beta the env rewarded this batch with
+    scores = torch.tensor([1.0, -2.0, 0.5, 3.0])  # e.g. clipped scores: they replace the env's
+    rewards = token_rewards(batch, scores)
     expected = -0.1 * (batch.old_logprobs - batch.ref_logprobs) * batch.response_mask
     last = batch.lengths - 1
     for i in range(4):
@@ -43,7 +45,7 @@ def test_value_head_starts_at_zero():
 def test_ppo_learns_the_keyword_task_and_changes_weights(tmp_path):
     env = make_env(num_envs=16, max_new_tokens=6)
     before = snapshot(env.policy)
-    agent = PPOAgent(env, PPOConfig(learning_rate=3e-3, kl_coef=0.01, ppo_epochs=2, num_minibatches=2), tmp_path)
+    agent = PPOAgent(env, PPOConfig(learning_rate=3e-3, ppo_epochs=2, num_minibatches=2), tmp_path)
     scores = score_curve(agent, 12)
     assert sum(scores[-3:]) / 3 > sum(scores[:3]) / 3 + 0.3, scores
     assert changed(before, env.policy)
@@ -64,11 +66,14 @@ def test_ppo_learns_the_keyword_task_and_changes_weights(tmp_path):
     assert json.loads((ckpt / "trainer_state.json").read_text())["iteration"] == 12
 
 
-def test_adaptive_kl_moves_the_coefficient():
-    env = make_env(num_envs=8)
-    agent = PPOAgent(env, PPOConfig(learning_rate=3e-3, adaptive_kl=True, kl_coef=0.1, kl_target=0.01, kl_horizon=8))
-    agent.learn(3)
-    assert agent.kl_coef != 0.1
+def test_adaptive_kl_is_the_envs_and_ppo_trains_on_the_beta_each_rollout_was_rewarded_with():
+    penalty = KLPenalty(0.1, target=0.01, horizon=8)
+    env = make_env(num_envs=8, kl_coef=penalty)
+    agent = PPOAgent(env, PPOConfig(learning_rate=3e-3))
+    betas = []
+    agent.learn(3, callback=lambda _agent, _i, m: betas.append(m["train/kl_coef"]))
+    assert betas[0] == 0.1 and penalty.value != 0.1 and len(set(betas)) == 3  # moved after every rollout
+    assert env.engine.kl_coef == penalty.value  # one object: nothing was written back into the env
 
 
 def test_nan_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ def test_group_size_below_two_says_how_to_fix():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"kl_coef": -1.0}, "kl_coef must be >= 0"),
+        ({"clip_range": 0.0}, "clip_range must be > 0"),
         ({"ppo_epochs": 0}, "ppo_epochs must be >= 1"),
         ({"num_minibatches": 3}, "must divide"),
         ({"missing_eos_penalty": -0.5}, "missing_eos_penalty"),
@@ -28,9 +28,9 @@ def test_bad_config_raises(kwargs, match):
 
 
 def test_rloo_learns_the_keyword_task_and_changes_weights():
-    env = make_env(num_envs=16)
+    env = make_env(num_envs=16, kl_coef=0.01)  # the KL penalty is the env's
     before = snapshot(env.policy)
-    agent = RLOOAgent(env, RLOOConfig(learning_rate=1e-2, group_size=4, prompts_per_step=4, kl_coef=0.01))
+    agent = RLOOAgent(env, RLOOConfig(learning_rate=1e-2, group_size=4, prompts_per_step=4))
     scores = score_curve(agent, 20)
     assert sum(scores[-3:]) / 3 > sum(scores[:3]) / 3 + 0.3, scores
     assert changed(before, env.policy)
@@ -38,9 +38,9 @@ def test_rloo_learns_the_keyword_task_and_changes_weights():
 
 
 def test_advantages_match_leave_one_out_values_worked_by_hand_and_reach_the_loss(monkeypatch):
-    env = make_env(num_envs=8)
+    env = make_env(num_envs=8, kl_coef=0.5)
     shape = {"group_size": 4, "prompts_per_step": 2, "ppo_epochs": 2, "num_minibatches": 2}
-    agent = RLOOAgent(env, RLOOConfig(learning_rate=1e-3, kl_coef=0.5, missing_eos_penalty=1.0, **shape))
+    agent = RLOOAgent(env, RLOOConfig(learning_rate=1e-3, missing_eos_penalty=1.0, **shape))
     batch = agent.collect()
     kl = torch.tensor([0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0])
     ref = batch.old_logprobs.clone()
@@ -50,6 +50,9 @@ def test_advantages_match_leave_one_out_values_worked_by_hand_and_reach_the_loss
         ended_with_eos=torch.tensor([True, False, True, True, True, True, True, True]),
         ref_logprobs=ref,
     )
+    # The env's per-token rewards for this batch, as TextGen-v0 defines them: -0.5 KL per token, the score at the end.
+    last = (batch.lengths - 1)[:, None]
+    batch = batch._replace(rewards=(-0.5 * batch.kl).scatter_add(1, last, batch.scores[:, None]) * batch.response_mask)
     # Group 0: scores 1, 0, 0, 3, the second truncated (-1): 1, -1, 0, 3; minus 0.5 KL: R = 1, -2, 0, 3.
     #   Leave-one-out baselines (others' mean): 1/3, 4/3, 2/3, -1/3 -> A = 2/3, -10/3, -2/3, 10/3.
     # Group 1: R = 2, 2, 2 - 0.5, 2; baselines 11/6, 11/6, 2, 11/6 -> A = 1/6, 1/6, -1/2, 1/6.

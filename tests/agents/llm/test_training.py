@@ -48,7 +48,7 @@ def test_settings_errors_say_what_to_fix():
 
 def test_grpo_with_lora_trains_adapters_against_the_base_and_saves_them(tmp_path):
     env = make_env(num_envs=8, kl_coef=0.0)
-    config = GRPOConfig(group_size=4, prompts_per_step=2, learning_rate=3e-2, kl_coef=0.1, lora=LORA)
+    config = GRPOConfig(group_size=4, prompts_per_step=2, learning_rate=3e-2, beta=0.1, lora=LORA)
     agent = GRPOAgent(env, config, run_dir=tmp_path)
     assert is_peft_model(agent.policy) and isinstance(agent.ref_model, AdapterDisabledView)
     assert sum(p.numel() for p in agent.parameters()) < 0.2 * sum(p.numel() for p in agent.policy.parameters())
@@ -134,8 +134,10 @@ def _ragged(batch):
     """``batch`` with responses cut to different lengths (a tiny random LM rarely samples EOS in 6 tokens)."""
     keep = torch.arange(batch.response_mask.shape[1])[None, :] < torch.tensor([6, 2, 5, 1, 3, 6, 4, 2])[:, None]
     mask = batch.response_mask & keep
-    return batch._replace(response_mask=mask, old_logprobs=batch.old_logprobs * mask,
-                          ref_logprobs=batch.ref_logprobs * mask)
+    cut = batch._replace(response_mask=mask, old_logprobs=batch.old_logprobs * mask,
+                         ref_logprobs=batch.ref_logprobs * mask)
+    last = (cut.lengths - 1)[:, None]  # the env's rewards of the cut episodes: -beta KL, the score at the new end
+    return cut._replace(rewards=(-0.05 * cut.kl).scatter_add(1, last, cut.scores[:, None]) * mask)
 
 
 def _grads(model):

@@ -3,10 +3,10 @@ import json
 import numpy as np
 import pytest
 
-from agents.loop.config import PrefsConfig
+from agents.loop.control.config import PrefsConfig
+from agents.loop.control.run import build_loop, run_prefs
+from agents.loop.control.segment_pairs import Experience, SegmentPairSource
 from agents.loop.preference_loop import LoopCallback, LoopConfig, label_allocation
-from agents.loop.prefs import build_loop, run_prefs
-from agents.loop.segment_pairs import Experience, SegmentPairSource
 from agents.sb3.control import (
     IncompatibleSpaceError,
     SB3Agent,

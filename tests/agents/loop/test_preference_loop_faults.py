@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
+from agents.loop.control.run import build_loop
 from agents.loop.preference_loop import PENDING_FILE, label_allocation
-from agents.loop.prefs import build_loop
 from rewardmodels.feedback.label_store import LabelStore, store_path
 from rewardmodels.preferences import PreferenceDataset
 from tests.agents.loop.test_preference_loop import tiny

@@ -1,8 +1,8 @@
 import pytest
 
-from agents.loop.presets import PRESETS as LOOP_PRESETS
-from agents.loop.presets import apply_preset
-from agents.sb3.control import PRESETS, UnknownHyperparameterError, check_hyperparams
+from agents.loop.control.presets import PREFS_PRESETS as LOOP_PRESETS
+from agents.loop.control.presets import apply_preset
+from agents.sb3.control import SB3_HYPERPARAMS, UnknownHyperparameterError, check_hyperparams
 
 
 @pytest.mark.parametrize("algo, hyper, message", [
@@ -19,7 +19,7 @@ def test_unknown_hyperparameters_are_refused_with_the_closest_valid_keys(algo, h
 
 
 def test_every_shipped_preset_uses_only_valid_hyperparameters():
-    for (algo, _env), hyper in PRESETS.items():
+    for (algo, _env), hyper in SB3_HYPERPARAMS.items():
         check_hyperparams(algo, hyper)
     check_hyperparams("sac", {"n_envs": 2, "learning_rate": 1e-3, "policy_kwargs": {"net_arch": [64]}})
     for name in LOOP_PRESETS:

@@ -222,7 +222,7 @@ def test_export_text_jsonl(store, tmp_path):
 
 
 def test_text_export_is_readable_by_text_preference_pairs(store, tmp_path):
-    from rewardmodels.text_preferences import TextPreferencePairs
+    from rewardmodels.text.preferences import TextPreferencePairs
 
     ids = store.enqueue(texts(3) + [Query.text("p", "same", "same"), Query.text("p", " ", "x")])
     for pid, choice in zip(ids, ["left", "equal", "skip", "left", "right"], strict=True):

@@ -253,7 +253,7 @@ class AnswerKey:
 def test_person_in_the_browser_teaches_the_loop_and_the_agent_improves_as_with_the_teacher(page, tmp_path):
     import time
 
-    from agents.loop.prefs import PrefsConfig, build_loop
+    from agents.loop.control.run import PrefsConfig, build_loop
 
     settings = dict(labels=24, steps=12_000, rounds=3, seed=0, eval_episodes=10, eval_every=0, progress_bar=False,
                     label_until=0.8, schedule_c=0.3)  # fixed here, so tuning the CartPole preset leaves this run be

@@ -1,0 +1,89 @@
+"""One preference-learning run on a Gymnasium env: ``PrefsConfig`` -> a wired ``PreferenceLoop`` -> summary.
+
+    from agents.loop import PrefsConfig, run_prefs
+    summary = run_prefs(PrefsConfig.for_env("CartPole-v1", seed=1), "runs/cartpole")
+    summary = run_prefs(PrefsConfig.from_preset("christiano-mujoco", "Hopper-v5", steps=150_000), "runs/hopper")
+
+``build_loop`` wires the env's SB3 agent, the reward ensemble, the labeller (teacher, people or both) and the pair
+source (state segments, or frame windows for the CNN reward net) into a ``PreferenceLoop`` writing to the run
+directory. The default config is the embedded default run: CartPole-v1, PPO, 150 labels, 50k env steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from agents.loop.control.config import PrefsConfig
+from agents.loop.control.frame_pairs import ImageSegmentPairSource
+from agents.loop.control.reward_model import EnsembleRewardModel, build_reward_ensemble
+from agents.loop.control.segment_pairs import SegmentPairSource
+from agents.loop.preference_loop import LoopCallback, PreferenceLoop
+from agents.rundir import prepare_out
+from agents.sb3.control import SB3Agent, default_hyperparams
+from rewardmodels.feedback.human import HumanLabeller, MixedLabeller, StateRenderer
+from rewardmodels.teachers import make_teacher
+
+__all__ = ["PrefsConfig", "build_loop", "make_labeller", "run_prefs"]
+
+
+def make_labeller(cfg: PrefsConfig, out: str | os.PathLike):
+    """The simulated teacher, the people of the web app (``HumanLabeller`` on ``out``), or a mix, per ``cfg``."""
+    teacher = make_teacher(cfg.teacher, seed=cfg.seed, **cfg.teacher_params)
+    if cfg.labeller == "teacher":
+        return teacher
+    human = HumanLabeller(out, renderer=StateRenderer(cfg.env_id), timeout=cfg.label_timeout,
+                          on_timeout="raise" if cfg.label_timeout is None else "nan", progress=cfg.progress_bar)
+    if cfg.labeller == "human":
+        return human
+    return MixedLabeller(human, teacher, cfg.human_fraction, seed=cfg.seed)
+
+
+class _RunInfo(LoopCallback):
+    """summary.json also names the env asked for and the preset (the loop itself knows neither)."""
+
+    def __init__(self, cfg: PrefsConfig):
+        self.info = {"env": cfg.env, "algo": cfg.algo, "preset": cfg.preset}
+
+    def on_end(self, loop: PreferenceLoop, summary: Mapping[str, Any]) -> None:
+        loop.run_dir.write_summary({**summary, **self.info})
+
+
+def build_loop(cfg: PrefsConfig, out: str | os.PathLike, callbacks: Sequence[LoopCallback] = ()) -> PreferenceLoop:
+    """Wire env, agent, reward ensemble, labeller and pair source into a ``PreferenceLoop`` writing to ``out``.
+    Seeds torch first, so two loops built with the same config run identically."""
+    torch.manual_seed(cfg.seed)
+    hyper = default_hyperparams(cfg.algo, cfg.env_id) if cfg.hyperparams is None else dict(cfg.hyperparams)
+    cfg = dataclasses.replace(cfg, hyperparams=hyper)  # config.json records the hyperparameters used
+    recent = min(max(4 * cfg.segment_len, 2 * cfg.steps_per_round), cfg.experience_capacity)
+    source_class = ImageSegmentPairSource if cfg.reward_net == "cnn" else SegmentPairSource
+    source = source_class(cfg.env_id, cfg.segment_len, seed=cfg.seed, recent_steps=recent,
+                          capacity=cfg.experience_capacity)
+    ensemble = build_reward_ensemble(cfg, source.obs_space, source.act_space).to(cfg.device)
+    reward_model = EnsembleRewardModel(ensemble, ensemble.fit_config, cfg.pretrain_epochs, cfg.label_buffer,
+                                       cfg.fit_rate, lambda: source.env_steps)
+    agent = SB3Agent(cfg.algo, cfg.env_id, ensemble.predict_reward, total_steps=cfg.steps, seed=cfg.seed,
+                     device=cfg.device, hyperparams=hyper, wrap_venv=source.wrap)
+    title = " ".join(str(x) for x in (cfg.preset, cfg.env, cfg.algo, f"seed {cfg.seed}") if x)
+    return PreferenceLoop(cfg, agent, source, reward_model, make_labeller(cfg, out), out,
+                          callbacks=[*callbacks, _RunInfo(cfg)], title=title)
+
+
+def run_prefs(cfg: PrefsConfig, out: str | os.PathLike, resume: bool = False,
+              callbacks: Sequence[LoopCallback] = ()) -> dict[str, Any]:
+    """Run (or resume) the preference loop of ``cfg`` into run directory ``out``; returns summary.json's content.
+
+    A fresh run (not ``resume``) refuses a directory that holds an earlier run's files (``agents.rundir.RunDirError``):
+    they are never appended to (``agents.rundir.prepare_out(out, overwrite=True)`` moves them aside first)."""
+    if not resume:
+        prepare_out(out)
+    loop = build_loop(cfg, out, callbacks)  # seeds torch
+    try:
+        summary = loop.run(resume=resume)
+    finally:
+        loop.agent.close()
+    return {**summary, "env": cfg.env, "algo": cfg.algo, "preset": cfg.preset}

@@ -1,0 +1,130 @@
+"""What the text RLHF run hands its improvement step: the context (``TextRLHFContext``: settings, policy, frozen
+reference, tokenizer, teacher, labelled pairs, learned reward, the run directory's log) and the held-out evaluation
+(``Evaluation``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+import torch
+
+from agents.llm.rollout import collect_rollout
+from agents.rundir import RunDir
+from textenv import TextGenVectorEnv
+from textenv.kl import KLPenalty
+
+if TYPE_CHECKING:
+    from agents.loop.text.config import TextRLHFConfig
+
+
+class Evaluation(NamedTuple):
+    prompts: list[str]
+    responses: list[str]
+    oracle_scores: np.ndarray  # (B,)
+    kl_to_ref: np.ndarray  # (B,) sequence KL (sum of log pi - log pi_ref over the response)
+
+    @property
+    def oracle_score(self) -> float:
+        return float(self.oracle_scores.mean())
+
+
+@dataclasses.dataclass
+class TextRLHFContext:
+    """Everything an improvement step needs; it trains ``policy`` in place.
+
+    The loop owns the run directory: an improvement step writes only through :meth:`log` (its steps counted from
+    ``step_offset``, where the rounds before it ended) and the loggers it is handed; agents get no run directory.
+    """
+
+    config: TextRLHFConfig
+    policy: torch.nn.Module
+    ref_model: torch.nn.Module
+    tokenizer: Any
+    teacher: Any
+    pairs: Any  # TextPreferencePairs labelled by the teacher
+    reward_model: Any  # LMRewardModel, or None for DPO
+    train_prompts: list[str]
+    eval_rows: list[str]
+    run_dir: RunDir
+    device: torch.device
+    step_offset: int = 0
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Log ``metrics`` of the improvement step's ``step`` on the run's axis (``step_offset + step``)."""
+        self.run_dir.log(self.step_offset + int(step), metrics)
+
+    def make_env(self, num_envs: int, reward_fn: Any, kl: KLPenalty | None = None, prompts: list[str] | None = None,
+                 reference: bool = True) -> TextGenVectorEnv:
+        """A torch-backend TextGen vector env acting with ``policy``; its reward is ``reward_fn`` plus the KL
+        penalty ``kl`` (None: none) against the frozen ``ref_model``, whose log-probs it reports with ``reference``
+        (the KL is then measured even without a penalty)."""
+        cfg = self.config
+        kl = kl if kl is not None else KLPenalty(0.0)
+        return TextGenVectorEnv(
+            num_envs,
+            model=self.policy,
+            tokenizer=self.tokenizer,
+            prompts=prompts or self.train_prompts,
+            reward_fn=reward_fn,
+            ref_model=self.ref_model if (reference or kl.active) else None,
+            kl_coef=kl,
+            max_new_tokens=cfg.max_new_tokens,
+            max_prompt_tokens=cfg.max_prompt_tokens,
+            temperature=cfg.temperature,
+            device=self.device,
+            array_backend="torch",
+        )
+
+    def evaluate(self) -> Evaluation:
+        """Sample ``eval_samples`` completions per held-out prompt (fixed seed: common random numbers across calls)."""
+        env = getattr(self, "_eval_env", None)
+        if env is None:  # the KL to the reference is measured, not penalised; the reward is the teacher's score
+            env = self._eval_env = self.make_env(len(self.eval_rows), self.teacher.score, prompts=self.eval_rows)
+        gen = torch.Generator(device=self.device).manual_seed(self.config.seed + 12345)
+        batch = collect_rollout(env, prompts=self.eval_rows, seed=self.config.seed, generator=gen)
+        return Evaluation(batch.prompts, batch.responses, batch.scores.cpu().numpy(), batch.kl_sum.cpu().numpy())
+
+    def evaluate_and_log(self, step: int) -> Evaluation:
+        ev = self.evaluate()
+        self.log(step, {"eval/oracle_score": ev.oracle_score, "eval/kl_to_ref": float(ev.kl_to_ref.mean())})
+        return ev
+
+    def learn_callback(self) -> Callable:
+        """A ``learn()`` callback (``callback(agent, step, metrics)``) that logs the step's metrics and, every
+        ``eval_every`` steps, the oracle score: how the loop hears from an agent it gave no run directory."""
+        every = self.config.eval_every
+
+        def callback(_agent, step: int, metrics: Mapping[str, float]) -> bool:
+            self.log(step, metrics)
+            if every and step % every == 0:
+                self.evaluate_and_log(step)
+            return True
+
+        return callback
+
+
+class NormalizedReward:
+    """``(r(x, y) - mean) / std`` of a reward function, with mean and std measured on the initial policy's samples.
+
+    "Reward normalisation": the learned reward's offset and scale are arbitrary (Bradley-Terry sees only differences),
+    so it is normalised to mean 0, std 1 on reference-policy responses before RL, which keeps the KL coefficient
+    meaningful (The N Implementation Details of RLHF with PPO, Huang et al. 2024; Ziegler et al. 2019).
+    """
+
+    def __init__(self, reward_fn: Any, prompts: list[str], responses: list[str]):
+        scores = torch.as_tensor(reward_fn(prompts, responses), dtype=torch.float64).cpu()
+        self.reward_fn, self.mean, self.std = reward_fn, float(scores.mean()), float(scores.std().clamp(min=1e-6))
+
+    @classmethod
+    def with_stats(cls, reward_fn: Any, mean: float, std: float) -> NormalizedReward:
+        """The normalised reward with known statistics (a reloaded checkpoint's)."""
+        self = cls.__new__(cls)
+        self.reward_fn, self.mean, self.std = reward_fn, float(mean), float(std)
+        return self
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
+        scores = torch.as_tensor(self.reward_fn(prompts, responses)).float()
+        return (scores - self.mean) / self.std

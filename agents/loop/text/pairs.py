@@ -1,0 +1,342 @@
+"""The text world's parts of the one preference loop (``agents.loop.preference_loop``): completion pairs, who labels
+them, and the LM reward model.
+
+* ``CompletionPairSource`` (``PairSource``): candidate pairs are two completions of the CURRENT policy for the same
+  training prompt, sampled when the loop asks for them, so labels are asked where the policy is (Ziegler et al.
+  2019, arXiv:1909.08593, collect labels online from the policy being trained; Christiano et al. 2017).
+* ``DatasetPairSource`` (``PairSource``): the next unused pairs of a preference file or dataset, already labelled.
+* ``MixedTextLabeller`` and :func:`label_texts`: simulated text teachers (``rewardmodels.text.teachers``), people in
+  the web app (``rewardmodels.feedback.human.HumanLabeller``) or both, behind one call.
+* ``LMRewardEnsemble`` (``RewardModel``): one or more LM reward models (a scalar head on a copy of the initial
+  policy), refitted from the initial backbone on every label so far, normalised on the labelled responses, with
+  ensemble disagreement for query selection. ``PairsAsReward``: DPO / KTO learn from the pairs themselves; their
+  reward is implicit (Rafailov et al. 2023, arXiv:2305.18290).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from agents.llm.offline import sequence_logps
+from agents.llm.rollout import collect_rollout
+from agents.loop.text.context import NormalizedReward, TextRLHFContext
+from rewardmodels.selection import select_pairs
+from rewardmodels.text.lm_reward import LMRewardModel, train_reward_model
+from rewardmodels.text.preferences import TextPreferencePairs
+from textenv.files import write_json
+
+PAIRS_FILE = "pairs.jsonl"
+SOURCE_STATE_FILE = "text_source.json"
+REWARD_DIR = "reward_model"
+REWARD_NORM_FILE = "reward_norm.json"
+
+
+# -- sampling ---------------------------------------------------------------------------------------------------
+def sample_completion_pairs(ctx: TextRLHFContext, n_pairs: int, seed: int) -> TextPreferencePairs:
+    """``n_pairs`` unlabelled pairs (labels NaN) of completions of ``ctx.policy`` (as it is now) on training prompts.
+
+    Both completions of a pair answer the same prompt (one rollout of a vector env whose rows come in twos). Pairs
+    with an empty or identical response carry no preference and are resampled (50 rollouts at most).
+    """
+    rng = np.random.default_rng(seed)
+    rows_per_batch = 2 * min(64, n_pairs)
+    env = ctx.make_env(rows_per_batch, None, reference=False)  # the completions only: no reference forward
+    gen = torch.Generator(device=ctx.device).manual_seed(seed)
+    prompts: list[str] = []
+    a: list[str] = []
+    b: list[str] = []
+    for attempt in range(50):
+        chosen = rng.choice(len(ctx.train_prompts), size=rows_per_batch // 2)
+        rows = [ctx.train_prompts[i] for i in chosen for _ in range(2)]
+        batch = collect_rollout(env, prompts=rows, seed=seed + attempt, generator=gen)
+        for i in range(0, rows_per_batch, 2):
+            ra, rb = batch.responses[i], batch.responses[i + 1]
+            if ra.strip() and rb.strip() and ra.strip() != rb.strip() and len(prompts) < n_pairs:
+                prompts.append(rows[i])
+                a.append(ra)
+                b.append(rb)
+        if len(prompts) >= n_pairs:
+            break
+    if not prompts:
+        raise RuntimeError("the policy produced no pair of distinct non-empty completions in 50 rollouts; raise "
+                           "max_new_tokens or the temperature")
+    return TextPreferencePairs(prompts, a, b, np.full(len(prompts), np.nan, np.float32))
+
+
+# -- labellers --------------------------------------------------------------------------------------------------
+def label_texts(labeller: Any, prompts: list[str], responses_a: list[str], responses_b: list[str]) -> np.ndarray:
+    """(B,) float32 P(a preferred) from a text teacher (``label(prompts, a, b)``) or anything with
+    ``label_texts(prompts, a, b)`` (people: ``HumanLabeller``; ``MixedTextLabeller``)."""
+    if hasattr(labeller, "label_texts"):
+        labels = labeller.label_texts(prompts, responses_a, responses_b)
+    else:
+        labels = labeller.label(prompts, responses_a, responses_b)
+    return np.asarray(labels, dtype=np.float32)
+
+
+class MixedTextLabeller:
+    """Each batch, a ``human_fraction`` share of the pairs (chosen at random) goes to people (``human``, a
+    ``HumanLabeller``), the rest to a simulated text teacher: the text twin of ``rewardmodels.feedback.human
+    .MixedLabeller``."""
+
+    #: People are asked: the loop checkpoints the queued pairs before it waits (no label given meanwhile is lost).
+    needs_media = True
+
+    def __init__(self, human: Any, teacher: Any, human_fraction: float = 0.5, seed: int | None = None):
+        if not 0.0 <= human_fraction <= 1.0:
+            raise ValueError(f"human_fraction must be in [0, 1], got {human_fraction}")
+        self.human, self.teacher, self.human_fraction = human, teacher, float(human_fraction)
+        self._rng = np.random.default_rng(seed)
+
+    def label_texts(self, prompts: list[str], responses_a: list[str], responses_b: list[str]) -> np.ndarray:
+        n = len(prompts)
+        to_human = np.zeros(n, bool)
+        to_human[self._rng.permutation(n)[: round(self.human_fraction * n)]] = True
+        labels = np.full(n, np.nan, np.float32)
+        for rows, who in ((np.flatnonzero(~to_human), self.teacher), (np.flatnonzero(to_human), self.human)):
+            if rows.size:
+                labels[rows] = label_texts(who, [prompts[i] for i in rows], [responses_a[i] for i in rows],
+                                           [responses_b[i] for i in rows])
+        return labels
+
+
+# -- pair sources -----------------------------------------------------------------------------------------------
+class CompletionPairSource:
+    """``PairSource`` over completions of the current policy (module docstring).
+
+    ``env_steps`` counts the loop's text steps: the initial labelling (one) and every improvement iteration, which
+    the agent (``agents.loop.text.loop.TextPolicyAgent``) adds. ``seed_pairs`` (e.g. a preference file) join the
+    labels gathered online; ``oracle`` (a text teacher) gives the TRUE preferences of the loop's agreement metric.
+    """
+
+    def __init__(self, ctx: TextRLHFContext, seed_pairs: TextPreferencePairs | None = None, oracle: Any = None):
+        self.ctx, self.seed_pairs, self.oracle = ctx, seed_pairs, oracle
+        self.env_steps = 0
+        self.calls = 0
+
+    def collect(self, agent: Any, n_steps: int) -> None:
+        """Nothing to collect ahead: ``candidates`` samples from the policy as it is when labels are asked."""
+        self.env_steps += int(n_steps)
+
+    def candidates(self, n_pairs: int, rng: np.random.Generator) -> TextPreferencePairs:
+        # The first call uses the run's seed (the offline pipeline's pairs); later ones draw from the loop's RNG,
+        # which a resumed run restores: the same pairs are asked again and people's labels are found, not re-asked.
+        seed = self.ctx.config.seed if self.calls == 0 else int(rng.integers(2**31 - 1))
+        self.calls += 1
+        return sample_completion_pairs(self.ctx, n_pairs, seed)
+
+    def label(self, labeller: Any, pairs: TextPreferencePairs) -> TextPreferencePairs:
+        labels = label_texts(labeller, pairs.prompts, pairs.responses_a, pairs.responses_b)
+        return TextPreferencePairs(pairs.prompts, pairs.responses_a, pairs.responses_b, labels)
+
+    def true_preferences(self, pairs: TextPreferencePairs) -> np.ndarray | None:
+        if self.oracle is None:
+            return None
+        s_a = self.oracle.score(pairs.prompts, pairs.responses_a)
+        s_b = self.oracle.score(pairs.prompts, pairs.responses_b)
+        return np.where(np.isclose(s_a, s_b), 0.5, (s_a > s_b).astype(np.float64))
+
+    def merge(self, dataset: TextPreferencePairs | None, pairs: TextPreferencePairs) -> TextPreferencePairs:
+        base = dataset if dataset is not None else self.seed_pairs
+        return pairs if base is None else base.append(pairs)
+
+    def state(self) -> dict[str, Any]:
+        return {"env_steps": self.env_steps, "calls": self.calls}
+
+    def save(self, directory: Path, dataset: TextPreferencePairs | None) -> None:
+        if dataset is not None:
+            dataset.save(Path(directory) / PAIRS_FILE)
+            dataset.save(self.ctx.run_dir.path / PAIRS_FILE)  # every label so far, readable while the run goes on
+        write_json(Path(directory) / SOURCE_STATE_FILE, self.state())
+
+    def load(self, directory: Path) -> TextPreferencePairs | None:
+        state = json.loads((Path(directory) / SOURCE_STATE_FILE).read_text(encoding="utf-8"))
+        for key, value in state.items():
+            setattr(self, key, value)
+        path = Path(directory) / PAIRS_FILE
+        return TextPreferencePairs.load(path) if path.exists() else None
+
+
+class DatasetPairSource(CompletionPairSource):
+    """``PairSource`` over a labelled preference dataset: candidates are its next unused pairs (in an order shuffled
+    by the run's seed), their labels are the dataset's; the labeller is never asked."""
+
+    def __init__(self, ctx: TextRLHFContext, pairs: TextPreferencePairs):
+        super().__init__(ctx)
+        if len(pairs) == 0:
+            raise ValueError("the preference dataset holds no pair; give a file with at least one labelled pair")
+        self.pairs = pairs
+        self.order = np.random.default_rng(ctx.config.seed).permutation(len(pairs)).tolist()
+        self.used: list[int] = []
+
+    def _unused(self) -> list[int]:
+        taken = set(self.used)
+        return [i for i in self.order if i not in taken]
+
+    def candidates(self, n_pairs: int, rng: np.random.Generator) -> TextPreferencePairs:
+        idx = self._unused()[:n_pairs]
+        if not idx:
+            raise ValueError(f"all {len(self.pairs)} pairs of the preference dataset are used; lower the label "
+                             "budget (--pairs) to at most the dataset's size")
+        self._pending = dict(zip(((self.pairs.prompts[i], self.pairs.responses_a[i], self.pairs.responses_b[i])
+                                  for i in idx), idx, strict=True))
+        return self.pairs[idx]
+
+    def label(self, labeller: Any, pairs: TextPreferencePairs) -> TextPreferencePairs:
+        self.used += [self._pending[(p, a, b)] for p, a, b, _ in pairs]
+        return pairs
+
+    def true_preferences(self, pairs: TextPreferencePairs) -> None:
+        return None  # the dataset's labels are the only truth there is
+
+    def state(self) -> dict[str, Any]:
+        return {**super().state(), "used": self.used}
+
+
+# -- reward models ----------------------------------------------------------------------------------------------
+def fit_lm_reward(ctx: TextRLHFContext, pairs: TextPreferencePairs, seed: int, log_step: int = 0):
+    """A fresh scalar head on a copy of the initial backbone (``ctx.ref_model``), fitted with Bradley-Terry on the
+    labelled ``pairs`` (``rm_val_fraction`` held out), returned with its metrics."""
+    cfg = ctx.config
+    labelled = pairs.labelled()
+    n_val = int(round(len(labelled) * cfg.rm_val_fraction))
+    order = np.random.default_rng(seed).permutation(len(labelled))
+    val, train = labelled[order[:n_val]], labelled[order[n_val:]]
+    # The head's init and the dropout masks depend on the seed only, not on what ran before (a resumed run refits
+    # the same model).
+    with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        model = LMRewardModel(copy.deepcopy(ctx.ref_model).requires_grad_(True), ctx.tokenizer,
+                              policy_tokenizer=ctx.tokenizer)
+        result = train_reward_model(model, train, epochs=cfg.rm_epochs, lr=cfg.rm_learning_rate,
+                                    batch_size=cfg.rm_batch_size, seed=seed, eval_pairs=val if n_val else None,
+                                    log_fn=lambda step, m: ctx.run_dir.log(log_step + step, m))
+    return model.eval().requires_grad_(False), result
+
+
+class _MeanReward:
+    """The mean of several normalised rewards (an ensemble's reward for the policy)."""
+
+    def __init__(self, members: list[NormalizedReward]):
+        self.members = members
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
+        return torch.stack([m(prompts, responses) for m in self.members]).mean(0)
+
+
+class LMRewardEnsemble:
+    """The loop's ``RewardModel`` for text (module docstring): ``n_members`` LM reward models, each refitted from
+    the initial backbone on all labels so far (on a bootstrap of them when ``n_members > 1``, Christiano et al.
+    2017, Sec. 2.2.3), each normalised to mean 0, std 1 on the labelled responses (``NormalizedReward``)."""
+
+    def __init__(self, ctx: TextRLHFContext, n_members: int = 1):
+        self.ctx, self.n_members = ctx, int(n_members)
+        self.members: list[NormalizedReward] = []
+        self.fits = self.rm_steps = 0
+        self.last_metrics: dict[str, float] = {}
+
+    def fit(self, dataset: TextPreferencePairs) -> dict[str, float]:
+        cfg = self.ctx.config
+        self.members, metrics = [], {}
+        for k in range(self.n_members):
+            data, seed = dataset, cfg.seed + 7919 * k + 104_729 * self.fits
+            if self.n_members > 1:  # bootstrap the labels of each member
+                data = dataset[np.random.default_rng(seed).integers(len(dataset), size=len(dataset))]
+            model, result = fit_lm_reward(self.ctx, data, seed, log_step=self.rm_steps)  # rm/ curves continue
+            self.rm_steps += int(result["steps"])
+            normalized = NormalizedReward(model, dataset.prompts * 2, dataset.responses_a + dataset.responses_b)
+            self.members.append(normalized)
+            for key, value in result.items():
+                metrics[key] = metrics.get(key, 0.0) + float(value) / self.n_members
+        metrics.update({"reward_norm_mean": self.members[0].mean, "reward_norm_std": self.members[0].std})
+        self.fits += 1
+        self.last_metrics = metrics
+        return metrics
+
+    def reward_fn(self) -> Any:
+        return self.members[0] if len(self.members) == 1 else _MeanReward(self.members)
+
+    def member_scores(self, prompts: list[str], responses: list[str]) -> np.ndarray:
+        """(K, N) raw scores of every member."""
+        return np.stack([torch.as_tensor(m.reward_fn(prompts, responses), dtype=torch.float64).cpu().numpy()
+                         for m in self.members])
+
+    def _member_probs(self, pairs: TextPreferencePairs) -> np.ndarray:
+        diff = self.member_scores(pairs.prompts, pairs.responses_a) - self.member_scores(pairs.prompts,
+                                                                                         pairs.responses_b)
+        return 1.0 / (1.0 + np.exp(-diff))  # (K, N) Bradley-Terry P(a > b) of each member
+
+    def preference_probs(self, pairs: TextPreferencePairs) -> np.ndarray:
+        return self._member_probs(pairs).mean(0)
+
+    def disagreement(self, pairs: TextPreferencePairs) -> np.ndarray:
+        """(N,) std over members of P(a > b): the query-selection score of ``rewardmodels.selection``."""
+        return self._member_probs(pairs).std(0)
+
+    def select(self, candidates: TextPreferencePairs, n: int, method: str, rng: np.random.Generator):
+        if n >= len(candidates):  # all of an i.i.d. sample: the sample itself, in its order
+            return candidates
+        return candidates[select_pairs(candidates, n, method, self, rng)]
+
+    def save(self, directory: Path) -> None:
+        directory = Path(directory) / REWARD_DIR
+        for k, member in enumerate(self.members):
+            member.reward_fn.save_pretrained(directory / f"member-{k}")
+        write_json(directory / REWARD_NORM_FILE, {"fits": self.fits, "rm_steps": self.rm_steps,
+                                                  "last_metrics": self.last_metrics,
+                                                  "norm": [[m.mean, m.std] for m in self.members]})
+
+    def load(self, directory: Path) -> None:
+        directory = Path(directory) / REWARD_DIR
+        state = json.loads((directory / REWARD_NORM_FILE).read_text(encoding="utf-8"))
+        self.fits, self.rm_steps, self.last_metrics = state["fits"], state["rm_steps"], state["last_metrics"]
+        self.members = []
+        for k, (mean, std) in enumerate(state["norm"]):
+            model = LMRewardModel.from_pretrained(directory / f"member-{k}", policy_tokenizer=self.ctx.tokenizer,
+                                                  device=self.ctx.device)
+            self.members.append(NormalizedReward.with_stats(model.requires_grad_(False), mean, std))
+
+
+class PairsAsReward:
+    """The ``RewardModel`` of DPO / KTO: no separate model; ``reward_fn()`` hands the agent the labelled pairs.
+    Preferences are predicted with DPO's implicit reward ``beta log(pi / pi_ref)`` (Rafailov et al. 2023)."""
+
+    def __init__(self, ctx: TextRLHFContext):
+        self.ctx = ctx
+        self.pairs: TextPreferencePairs | None = None
+
+    def fit(self, dataset: TextPreferencePairs) -> dict[str, float]:
+        self.pairs = dataset
+        return {"pairs": float(len(dataset.labelled()))}
+
+    def reward_fn(self) -> TextPreferencePairs | None:
+        return self.pairs
+
+    @torch.no_grad()
+    def preference_probs(self, pairs: TextPreferencePairs) -> np.ndarray:
+        ctx = self.ctx
+
+        def implicit(responses: list[str]) -> torch.Tensor:
+            args = (ctx.tokenizer, pairs.prompts, responses, True, ctx.device)
+            return sequence_logps(ctx.policy, *args) - sequence_logps(ctx.ref_model, *args)
+
+        margin = ctx.config.kl_coef * (implicit(pairs.responses_a) - implicit(pairs.responses_b))
+        return torch.sigmoid(margin.double()).cpu().numpy()
+
+    def select(self, candidates: TextPreferencePairs, n: int, method: str, rng: np.random.Generator):
+        if n >= len(candidates):
+            return candidates
+        return candidates[rng.choice(len(candidates), size=n, replace=False)]
+
+    def save(self, directory: Path) -> None:
+        """Nothing of its own: the pairs are the source's checkpoint."""
+
+    def load(self, directory: Path) -> None:
+        path = Path(directory) / PAIRS_FILE
+        self.pairs = TextPreferencePairs.load(path) if path.exists() else None
