@@ -247,9 +247,6 @@ class RunDir:
     def write_config(self, config: Any) -> None:
         write_json(self.path / "config.json", config)
 
-    def read_config(self) -> dict[str, Any]:
-        return json.loads((self.path / "config.json").read_text(encoding="utf-8"))
-
     @property
     def writer(self):
         """A ``torch.utils.tensorboard.SummaryWriter`` on ``tb/`` (created on first use)."""

@@ -191,7 +191,6 @@ def diagnose(run_dir: Path, frozen: bool) -> dict[str, Any]:
     import torch
 
     from agents.loop.control.config import PrefsConfig
-    from agents.loop.control.reward_model import REWARD_MODEL_FILE
     from agents.loop.control.segment_pairs import DATASET_FILE
     from agents.sb3.control import SB3Agent, algorithm_class
     from rewardmodels.ensemble import RewardEnsemble
@@ -199,7 +198,7 @@ def diagnose(run_dir: Path, frozen: bool) -> dict[str, Any]:
 
     cfg = PrefsConfig.load(run_dir)
     ckpt = run_dir / "checkpoints" / json.loads((run_dir / "checkpoints" / "latest.json").read_text())["checkpoint"]
-    ensemble = RewardEnsemble.load(ckpt / REWARD_MODEL_FILE)
+    ensemble = RewardEnsemble.load(ckpt / RewardEnsemble.checkpoint_name)
     dataset = PreferenceDataset.load(ckpt / DATASET_FILE)
     model = algorithm_class(cfg.algo).load(ckpt / "agent.zip", device="cpu")
     seg = cfg.segment_len

@@ -35,7 +35,6 @@ sys.path.insert(0, str(ROOT))
 from stable_baselines3.common.vec_env import VecNormalize  # noqa: E402
 
 from agents.loop.control.config import PrefsConfig  # noqa: E402
-from agents.loop.control.reward_model import REWARD_MODEL_FILE  # noqa: E402
 from agents.loop.control.segment_pairs import DATASET_FILE  # noqa: E402
 from agents.sb3.control import SB3Agent, default_hyperparams  # noqa: E402
 from rewardmodels.ensemble import RewardEnsemble  # noqa: E402
@@ -118,7 +117,7 @@ def main() -> int:
     for run in args.runs:
         cfg = PrefsConfig.load(run)
         ckpt = last_checkpoint(run)
-        ensemble = RewardEnsemble.load(ckpt / REWARD_MODEL_FILE)
+        ensemble = RewardEnsemble.load(ckpt / RewardEnsemble.checkpoint_name)
         dataset = PreferenceDataset.load(ckpt / DATASET_FILE)
         summary = json.loads((run / "summary.json").read_text())
         row = {

@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # the default LM is tiny: more threads only contend on a small CPU
 
-    iterations = args.iterations if not TEXT_ALGORITHMS[args.algo].offline else max(args.rounds, min(args.iterations, 2))
+    offline = TEXT_ALGORITHMS[args.algo].offline  # DPO / KTO: iterations are epochs over the pairs
+    iterations = max(args.rounds, min(args.iterations, 2)) if offline else args.iterations
     config = TextRLHFConfig.for_algo(args.algo, seed=args.seed, iterations=iterations, num_pairs=args.pairs,
                                      eval_prompts=args.eval_prompts, rounds=args.rounds)
     result = run_text_rlhf(config, args.out or f"runs/examples/text-{args.algo}")

@@ -133,6 +133,9 @@ class RewardEnsemble(nn.Module):
         fit_config: default :class:`FitConfig` of :meth:`fit`.
     """
 
+    checkpoint_name = "reward_model.safetensors"
+    """What ``agents.loop.reward_model.EnsembleRewardModel`` saves it as inside a checkpoint."""
+
     def __init__(self, members: Sequence[RewardNet], seed: int = 0, reward_scale: float = 1.0,
                  fit_config: FitConfig | None = None):
         super().__init__()

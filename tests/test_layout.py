@@ -1,4 +1,4 @@
-"""The layout's rules, checked on the source tree (DESIGN.md, "Layout"; STYLE.md rule 2).
+"""The layout's rules, checked on the source tree (the README's "Architecture" section states them).
 
 - Layers point one way: ``textenv`` <- ``rewardmodels`` <- ``agents``.
 - No import cycle between modules, counting imports inside functions too.

@@ -341,6 +341,7 @@ class LMAgent:
             "env/score_mean": float(batch.scores.mean()),
             "env/score_std": float(batch.scores.std()) if len(batch.scores) > 1 else 0.0,
             "env/kl_to_ref": float(kl.mean()),
+            "env/kl_coef": batch.kl_coef,  # the env's KL-penalty beta this batch was rewarded with
             "env/response_length": float(batch.lengths.float().mean()),
             "env/eos_fraction": float(batch.ended_with_eos.float().mean()),
             "charts/rollout_tokens_per_s": tokens / max(seconds, 1e-9),

@@ -91,7 +91,7 @@ class RewardModelCritic(nn.Module):
     partial sequence, a far better baseline than 0. ``reward_model`` must have ``backbone`` (a transformer returning
     ``last_hidden_state``), ``head`` (hidden -> 1) and ``tokenizer`` (identical to the policy's: the critic reads the
     policy's token ids), as ``rewardmodels.text.lm_reward.LMRewardModel`` does. It is deep-copied; the RM is untouched.
-    A normalising wrapper with ``reward_fn``, ``mean`` and ``std`` (``agents.loop.text.run.NormalizedReward``) is
+    A normalising wrapper with ``reward_fn``, ``mean`` and ``std`` (``rewardmodels.text.ensemble.NormalizedReward``) is
     unwrapped and its affine map folded into the head, so initial values are on the scale of the rewards.
     """
 

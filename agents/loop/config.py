@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from agents.rundir import RunError, checkpoint_candidates
+from textenv.checks import check, check_number
 
 __all__ = ["RunConfig", "RunConfigError"]
 
@@ -39,6 +40,15 @@ class RunConfig:
 
     #: Settings not restored by ``load``: they belong to the process, not the run (a progress bar on a terminal).
     NOT_RESTORED: tuple[str, ...] = ("progress_bar",)
+
+    def check_labelling(self, labellers: tuple[str, ...]) -> None:
+        """The settings of who labels, which every run config has: ``labeller`` one of ``labellers``,
+        ``human_fraction`` in [0, 1], ``label_timeout`` > 0 seconds or None."""
+        labeller = self.labeller  # type: ignore[attr-defined]
+        check(labeller in labellers, f"labeller must be one of {', '.join(labellers)}, got {labeller!r}")
+        check_number("human_fraction", self.human_fraction, low=0, high=1)  # type: ignore[attr-defined]
+        check_number("label_timeout", self.label_timeout, low=0, low_open=True,  # type: ignore[attr-defined]
+                     none_ok=True, hint="seconds to wait for people per batch; None waits as long as it takes")
 
     @classmethod
     def migrate(cls, values: dict[str, Any], saved: dict[str, Any]) -> dict[str, Any]:

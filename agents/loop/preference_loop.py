@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 
 from agents.rundir import CheckpointError, RunDir, signals_deferred
 from rewardmodels.schedules import make_schedule
+from textenv.checks import check, check_number
 from textenv.files import atomic_directory, atomic_write, write_json
 
 logger = logging.getLogger(__name__)
@@ -163,33 +164,26 @@ class LoopConfig:
         return self
 
     def __post_init__(self) -> None:
-        name = type(self).__name__
-
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise ValueError(f"{name}: {msg}")
-
         for count in ("labels", "steps", "rounds", "oversample", "eval_episodes", "round_eval_episodes"):
-            need(getattr(self, count) >= 1, f"{count} must be >= 1, got {getattr(self, count)}")
-        need(0.0 <= self.initial_label_fraction <= 1.0,
-             f"initial_label_fraction must be in [0, 1], got {self.initial_label_fraction}")
-        need(0 <= self.initial_steps < self.steps,
-             f"initial_steps must be in [0, steps={self.steps}), got {self.initial_steps}; lower it or raise steps")
-        need(self.initial_policy in ("random", "agent"),
-             f"initial_policy must be 'random' or 'agent', got {self.initial_policy!r}")
-        need(self.label_schedule in ("constant", "inverse_time"),
-             f"label_schedule must be 'constant' or 'inverse_time', got {self.label_schedule!r}")
-        need(self.schedule_c > 0, f"schedule_c must be > 0, got {self.schedule_c}")
-        need(self.schedule_c_steps is None or self.schedule_c_steps > 0,
-             f"schedule_c_steps must be > 0 or None, got {self.schedule_c_steps}")
-        need(0.0 < self.label_until <= 1.0, f"label_until must be in (0, 1], got {self.label_until}")
-        need(self.selection in ("random", "disagreement"),
-             f"selection must be 'random' or 'disagreement', got {self.selection!r}")
-        need(self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}")
+            check_number(count, getattr(self, count), low=1, integer=True)
+        check_number("seed", self.seed, low=0, high=2**32 - 1, integer=True)
+        check_number("initial_label_fraction", self.initial_label_fraction, low=0, high=1)
+        check_number("initial_steps", self.initial_steps, low=0, high=self.steps, high_open=True, integer=True,
+                     hint="lower it or raise steps")
+        check(self.initial_policy in ("random", "agent"),
+              f"initial_policy must be 'random' or 'agent', got {self.initial_policy!r}")
+        check(self.label_schedule in ("constant", "inverse_time"),
+              f"label_schedule must be 'constant' or 'inverse_time', got {self.label_schedule!r}")
+        check_number("schedule_c", self.schedule_c, low=0, low_open=True)
+        check_number("schedule_c_steps", self.schedule_c_steps, low=0, low_open=True, none_ok=True)
+        check_number("label_until", self.label_until, low=0, high=1, low_open=True)
+        check(self.selection in ("random", "disagreement"),
+              f"selection must be 'random' or 'disagreement', got {self.selection!r}")
+        check_number("eval_every", self.eval_every, low=0, integer=True, hint="0 = the final evaluation only")
         if self.initial_steps == 0:
-            need(self.initial_policy == "agent" or self.initial_label_fraction == 0.0,
-                 "initial_steps=0 leaves nothing to label in round 0: set initial_steps > 0 or "
-                 "initial_label_fraction=0")
+            check(self.initial_policy == "agent" or self.initial_label_fraction == 0.0,
+                  "initial_steps=0 leaves nothing to label in round 0: set initial_steps > 0 or "
+                  "initial_label_fraction=0")
 
     @property
     def steps_per_round(self) -> int:

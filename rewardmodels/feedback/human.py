@@ -26,6 +26,7 @@ import numpy as np
 
 from rewardmodels.feedback.clips import hold_and_dim, pad_and_dim, render_gif
 from rewardmodels.feedback.label_store import LabelStore, LabelTimeoutError, Query, clip_dir, store_path
+from textenv.checks import check_number
 from textenv.files import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -267,8 +268,9 @@ class HumanLabeller:
 
 class MixedLabeller:
     """Synthetic and human labels in one run: each batch, a ``human_fraction`` share of the pairs (chosen at random)
-    goes to ``human`` (a :class:`HumanLabeller`), the rest to ``teacher`` (a simulated teacher, which judges the
-    true rewards). Same ``label(rew_a, rew_b, mask_a, mask_b, **media)`` signature as both; (B,) float32.
+    goes to ``human`` (a :class:`HumanLabeller`), the rest to ``teacher`` (a simulated teacher). Segments:
+    ``label(rew_a, rew_b, mask_a, mask_b, **media)``, the teacher judging the true rewards; text: ``label_texts(prompts,
+    responses_a, responses_b)``, with a text teacher (``rewardmodels.text.teachers``). (B,) float32 either way.
 
     Useful to save people's time (a teacher labels the easy bulk) or to measure how people and the oracle differ.
     """
@@ -276,24 +278,39 @@ class MixedLabeller:
     needs_media = True
 
     def __init__(self, human: HumanLabeller, teacher, human_fraction: float = 0.5, seed: int | None = None):
-        if not 0.0 <= human_fraction <= 1.0:
-            raise ValueError(f"human_fraction must be in [0, 1], got {human_fraction}")
+        check_number("human_fraction", human_fraction, low=0, high=1)
         self.human, self.teacher, self.human_fraction = human, teacher, float(human_fraction)
         self._rng = np.random.default_rng(seed)
 
-    def label(self, rew_a, rew_b, mask_a=None, mask_b=None, **media) -> np.ndarray:
-        rew_a, rew_b = np.asarray(rew_a), np.asarray(rew_b)
-        n = len(rew_a)
+    def _split(self, n: int) -> tuple[tuple[np.ndarray, object], tuple[np.ndarray, object]]:
+        """(rows for the teacher, teacher), (rows for people, human): this batch's random ``human_fraction``."""
         to_human = np.zeros(n, bool)
         to_human[self._rng.permutation(n)[: round(self.human_fraction * n)]] = True
+        return (np.flatnonzero(~to_human), self.teacher), (np.flatnonzero(to_human), self.human)
 
-        labels = np.full(n, np.nan, np.float32)
-        for rows, who in ((np.flatnonzero(~to_human), self.teacher), (np.flatnonzero(to_human), self.human)):
-            if rows.size == 0:
-                continue
-            kwargs = {k: _take(v, rows) for k, v in media.items()} if who is self.human else {}
-            labels[rows] = who.label(rew_a[rows], rew_b[rows], _take(mask_a, rows), _take(mask_b, rows), **kwargs)
+    def label(self, rew_a, rew_b, mask_a=None, mask_b=None, **media) -> np.ndarray:
+        rew_a, rew_b = np.asarray(rew_a), np.asarray(rew_b)
+        labels = np.full(len(rew_a), np.nan, np.float32)
+        for rows, who in self._split(len(rew_a)):
+            if rows.size:
+                kwargs = {k: _take(v, rows) for k, v in media.items()} if who is self.human else {}
+                labels[rows] = who.label(rew_a[rows], rew_b[rows], _take(mask_a, rows), _take(mask_b, rows), **kwargs)
         return labels
+
+    def label_texts(self, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]) -> np.ndarray:
+        labels = np.full(len(prompts), np.nan, np.float32)
+        for rows, who in self._split(len(prompts)):
+            if rows.size:
+                labels[rows] = label_texts(who, _take(list(prompts), rows), _take(list(responses_a), rows),
+                                           _take(list(responses_b), rows))
+        return labels
+
+
+def label_texts(labeller, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]) -> np.ndarray:
+    """(B,) float32 P(a preferred) from people or a mix (``label_texts(prompts, a, b)``: ``HumanLabeller``,
+    ``MixedLabeller``) or a simulated text teacher (``label(prompts, a, b)``)."""
+    ask = labeller.label_texts if hasattr(labeller, "label_texts") else labeller.label
+    return np.asarray(ask(list(prompts), list(responses_a), list(responses_b)), dtype=np.float32)
 
 
 def _take(x, rows: np.ndarray):

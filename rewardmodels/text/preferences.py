@@ -192,6 +192,10 @@ class TextPreferencePairs:
             self.labels[idx] if idx else np.zeros(0, dtype=np.float32),
         )
 
+    def subset(self, index: Sequence[int] | np.ndarray) -> TextPreferencePairs:
+        """The pairs ``index`` (indices or a boolean mask), as ``PreferenceDataset.subset`` gives them."""
+        return self[np.asarray(index)]
+
     def append(self, other: TextPreferencePairs) -> TextPreferencePairs:
         """A new object holding ``self``'s pairs followed by ``other``'s."""
         return TextPreferencePairs(

@@ -26,6 +26,7 @@ from agents.rundir import check_device
 from agents.sb3.control import check_algorithm, check_env_id, check_hyperparams
 from rewardmodels.feedback.human import check_renderable
 from rewardmodels.teachers import TEACHER_PRESETS
+from textenv.checks import check, check_number
 
 logger = logging.getLogger(__name__)
 
@@ -97,27 +98,18 @@ class PrefsConfig(LoopConfig, RunConfig):
         if self.atari_preprocessing:
             atari_env_id(self.env)  # NotAnAtariEnvError for anything but ALE ids; registers the preprocessed id
         check_env_id(self.env_id)  # UnknownEnvError suggests close ids
-        if self.teacher not in TEACHER_PRESETS:
-            raise ValueError(f"unknown teacher {self.teacher!r}; choose one of {', '.join(TEACHER_PRESETS)}")
-        if self.labeller not in LABELLERS:
-            raise ValueError(f"unknown labeller {self.labeller!r}; choose one of {', '.join(LABELLERS)}")
-        if not 0.0 <= self.human_fraction <= 1.0:
-            raise ValueError(f"human_fraction must be in [0, 1], got {self.human_fraction}")
+        check(self.teacher in TEACHER_PRESETS,
+              f"unknown teacher {self.teacher!r}; choose one of {', '.join(TEACHER_PRESETS)}")
+        self.check_labelling(LABELLERS)
         if self.labeller != "teacher":
             check_renderable(self.env_id)
-        if self.label_timeout is not None and self.label_timeout <= 0:
-            raise ValueError(f"label_timeout must be > 0 seconds or None (wait as long as it takes), got "
-                             f"{self.label_timeout}")
-        if self.reward_net not in REWARD_NETS:
-            raise ValueError(f"reward_net must be one of {', '.join(REWARD_NETS)}, got {self.reward_net!r}")
+        check(self.reward_net in REWARD_NETS,
+              f"reward_net must be one of {', '.join(REWARD_NETS)}, got {self.reward_net!r}")
         for name in ("ensemble", "segment_len", "reward_epochs", "experience_capacity"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.segment_len > self.steps // 4:
-            raise ValueError(f"segment_len={self.segment_len} is too long for a {self.steps}-step run; "
-                             "use a segment length of at most steps / 4")
-        if not self.reward_scale > 0:
-            raise ValueError(f"reward_scale must be > 0, got {self.reward_scale}")
+            check_number(name, getattr(self, name), low=1, integer=True)
+        check(self.segment_len <= self.steps // 4, f"segment_len={self.segment_len} is too long for a "
+              f"{self.steps}-step run; use a segment length of at most steps / 4")
+        check_number("reward_scale", self.reward_scale, low=0, low_open=True)
         self.reward_hidden = tuple(int(h) for h in self.reward_hidden)
         check_device(self.device)  # DeviceError: --device cuda on a machine without CUDA
         if self.hyperparams is not None:

@@ -16,19 +16,22 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import gymnasium as gym
 import torch
 
 from agents.loop.control.config import PrefsConfig
 from agents.loop.control.frame_pairs import ImageSegmentPairSource
-from agents.loop.control.reward_model import EnsembleRewardModel, build_reward_ensemble
 from agents.loop.control.segment_pairs import SegmentPairSource
 from agents.loop.preference_loop import LoopCallback, PreferenceLoop
+from agents.loop.reward_model import EnsembleRewardModel
 from agents.rundir import prepare_out
 from agents.sb3.control import SB3Agent, default_hyperparams
+from rewardmodels.cnn import CNNRewardNet
+from rewardmodels.ensemble import FitConfig, RewardEnsemble
 from rewardmodels.feedback.human import HumanLabeller, MixedLabeller, StateRenderer
 from rewardmodels.teachers import make_teacher
 
-__all__ = ["PrefsConfig", "build_loop", "make_labeller", "run_prefs"]
+__all__ = ["PrefsConfig", "build_loop", "build_reward_ensemble", "make_labeller", "run_prefs"]
 
 
 def make_labeller(cfg: PrefsConfig, out: str | os.PathLike):
@@ -87,3 +90,17 @@ def run_prefs(cfg: PrefsConfig, out: str | os.PathLike, resume: bool = False,
     finally:
         loop.agent.close()
     return {**summary, "env": cfg.env, "algo": cfg.algo, "preset": cfg.preset}
+
+
+def build_reward_ensemble(cfg: PrefsConfig, obs_space: gym.Space, act_space: gym.Space) -> RewardEnsemble:
+    """The ``RewardEnsemble`` of ``cfg``: MLPs over (observation, action) (A.1) or the paper's CNN (A.2)."""
+    fit = FitConfig(epochs=cfg.reward_epochs, **cfg.fit)
+    if cfg.reward_net == "mlp":
+        return RewardEnsemble.mlp(obs_space, act_space, n_members=cfg.ensemble, seed=cfg.seed,
+                                  hidden=cfg.reward_hidden, activation=cfg.reward_activation,
+                                  reward_scale=cfg.reward_scale, fit_config=fit, **cfg.reward_net_kwargs)
+    ens = RewardEnsemble.from_factory(lambda: CNNRewardNet(obs_space, act_space, **cfg.reward_net_kwargs),
+                                      n_members=cfg.ensemble, seed=cfg.seed, reward_scale=cfg.reward_scale,
+                                      fit_config=fit)
+    ens.net_config = {"class": "CNNRewardNet", "kwargs": dict(cfg.reward_net_kwargs)}
+    return ens

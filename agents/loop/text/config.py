@@ -137,10 +137,7 @@ class TextRLHFConfig(RunConfig):
               f"{self.teacher_beta!r}")
         for name in ("learning_rate", "rm_learning_rate"):
             check_number(name, getattr(self, name), low=0, low_open=True)
-        check(self.labeller in LABELLERS, f"labeller must be one of {', '.join(LABELLERS)}, got {self.labeller!r}")
-        check_number("human_fraction", self.human_fraction, low=0, high=1)
-        check_number("label_timeout", self.label_timeout, low=0, low_open=True, none_ok=True,
-                     hint="seconds to wait for people per batch; None waits as long as it takes")
+        self.check_labelling(LABELLERS)
         check(self.labeller != "dataset" or self.preferences is not None,
               "labeller='dataset' labels from a preference file: pass preferences=FILE (--preferences)")
         check(self.model is None or self.prompts is not None,

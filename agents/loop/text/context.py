@@ -104,27 +104,3 @@ class TextRLHFContext:
             return True
 
         return callback
-
-
-class NormalizedReward:
-    """``(r(x, y) - mean) / std`` of a reward function, with mean and std measured on the initial policy's samples.
-
-    "Reward normalisation": the learned reward's offset and scale are arbitrary (Bradley-Terry sees only differences),
-    so it is normalised to mean 0, std 1 on reference-policy responses before RL, which keeps the KL coefficient
-    meaningful (The N Implementation Details of RLHF with PPO, Huang et al. 2024; Ziegler et al. 2019).
-    """
-
-    def __init__(self, reward_fn: Any, prompts: list[str], responses: list[str]):
-        scores = torch.as_tensor(reward_fn(prompts, responses), dtype=torch.float64).cpu()
-        self.reward_fn, self.mean, self.std = reward_fn, float(scores.mean()), float(scores.std().clamp(min=1e-6))
-
-    @classmethod
-    def with_stats(cls, reward_fn: Any, mean: float, std: float) -> NormalizedReward:
-        """The normalised reward with known statistics (a reloaded checkpoint's)."""
-        self = cls.__new__(cls)
-        self.reward_fn, self.mean, self.std = reward_fn, float(mean), float(std)
-        return self
-
-    def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
-        scores = torch.as_tensor(self.reward_fn(prompts, responses)).float()
-        return (scores - self.mean) / self.std

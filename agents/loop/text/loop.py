@@ -33,17 +33,17 @@ from transformers import AutoModelForCausalLM
 
 from agents.llm.base import save_checkpoint
 from agents.loop.preference_loop import LoopCallback, PreferenceLoop
+from agents.loop.reward_model import EnsembleRewardModel
 from agents.loop.text.config import TextRLHFConfig
 from agents.loop.text.context import Evaluation, TextRLHFContext
 from agents.loop.text.improve import improve
 from agents.loop.text.pairs import (
     CompletionPairSource,
     DatasetPairSource,
-    LMRewardEnsemble,
-    MixedTextLabeller,
     PairsAsReward,
 )
 from agents.rundir import RunDir
+from rewardmodels.text.ensemble import LMRewardEnsemble
 from rewardmodels.text.preferences import TextPreferencePairs, load_text_preferences
 from rewardmodels.text.teachers import SentimentTeacher
 from textenv.default_lm import default_prompts
@@ -157,11 +157,11 @@ def make_text_labeller(cfg: TextRLHFConfig, out: str | Path, teacher: Any) -> An
     (``dataset``: no labeller is asked; the teacher stands in)."""
     if cfg.labeller in ("teacher", "dataset"):
         return teacher
-    from rewardmodels.feedback.human import HumanLabeller
+    from rewardmodels.feedback.human import HumanLabeller, MixedLabeller
 
     human = HumanLabeller(out, timeout=cfg.label_timeout, on_timeout="raise" if cfg.label_timeout is None else "nan",
                           progress=cfg.progress_bar)
-    return human if cfg.labeller == "human" else MixedTextLabeller(human, teacher, cfg.human_fraction, cfg.seed)
+    return human if cfg.labeller == "human" else MixedLabeller(human, teacher, cfg.human_fraction, cfg.seed)
 
 
 def _split_prompts(prompts: list[str], n_eval: int) -> tuple[list[str], list[str]]:
@@ -230,7 +230,10 @@ def build_text_loop(config: TextRLHFConfig, out: str | Path, model: Any = None, 
         oracle = teacher if config.labeller in ("teacher", "mixed") else None
         source = CompletionPairSource(ctx, seed_pairs=prefs, oracle=oracle)
     offline = config.algorithm.offline
-    reward_model = PairsAsReward(ctx) if offline else LMRewardEnsemble(ctx, config.rm_ensemble)
+    reward_model = PairsAsReward(ctx) if offline else EnsembleRewardModel(LMRewardEnsemble(
+        ref, tokenizer, config.rm_ensemble, seed=config.seed, epochs=config.rm_epochs,
+        learning_rate=config.rm_learning_rate, batch_size=config.rm_batch_size, val_fraction=config.rm_val_fraction,
+        device=device, log=run_dir.log), shuffle_full_draw=False)
     agent = TextPolicyAgent(ctx, source)
     labeller = labeller if labeller is not None else make_text_labeller(config, out, teacher)
     title = f"rlhf-gym text --algo {config.algo} --rounds {config.rounds} (seed {config.seed})"

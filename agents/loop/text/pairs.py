@@ -5,17 +5,16 @@ them, and the LM reward model.
   training prompt, sampled when the loop asks for them, so labels are asked where the policy is (Ziegler et al.
   2019, arXiv:1909.08593, collect labels online from the policy being trained; Christiano et al. 2017).
 * ``DatasetPairSource`` (``PairSource``): the next unused pairs of a preference file or dataset, already labelled.
-* ``MixedTextLabeller`` and :func:`label_texts`: simulated text teachers (``rewardmodels.text.teachers``), people in
-  the web app (``rewardmodels.feedback.human.HumanLabeller``) or both, behind one call.
-* ``LMRewardEnsemble`` (``RewardModel``): one or more LM reward models (a scalar head on a copy of the initial
-  policy), refitted from the initial backbone on every label so far, normalised on the labelled responses, with
-  ensemble disagreement for query selection. ``PairsAsReward``: DPO / KTO learn from the pairs themselves; their
-  reward is implicit (Rafailov et al. 2023, arXiv:2305.18290).
+* Labels come from simulated text teachers (``rewardmodels.text.teachers``), people in the web app
+  (``rewardmodels.feedback.human.HumanLabeller``) or both (``MixedLabeller``), through
+  ``rewardmodels.feedback.human.label_texts``.
+* The reward model is the loop's one ``EnsembleRewardModel`` over an ``rewardmodels.text.ensemble.LMRewardEnsemble``
+  (built in ``agents.loop.text.loop``). ``PairsAsReward``: DPO / KTO learn from the pairs themselves; their reward is
+  implicit (Rafailov et al. 2023, arXiv:2305.18290).
 """
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -25,16 +24,14 @@ import torch
 
 from agents.llm.offline import sequence_logps
 from agents.llm.rollout import collect_rollout
-from agents.loop.text.context import NormalizedReward, TextRLHFContext
-from rewardmodels.selection import select_pairs
-from rewardmodels.text.lm_reward import LMRewardModel, train_reward_model
+from agents.loop.text.context import TextRLHFContext
+from rewardmodels.feedback.human import label_texts
 from rewardmodels.text.preferences import TextPreferencePairs
 from textenv.files import write_json
 
 PAIRS_FILE = "pairs.jsonl"
 SOURCE_STATE_FILE = "text_source.json"
 REWARD_DIR = "reward_model"
-REWARD_NORM_FILE = "reward_norm.json"
 
 
 # -- sampling ---------------------------------------------------------------------------------------------------
@@ -67,43 +64,6 @@ def sample_completion_pairs(ctx: TextRLHFContext, n_pairs: int, seed: int) -> Te
         raise RuntimeError("the policy produced no pair of distinct non-empty completions in 50 rollouts; raise "
                            "max_new_tokens or the temperature")
     return TextPreferencePairs(prompts, a, b, np.full(len(prompts), np.nan, np.float32))
-
-
-# -- labellers --------------------------------------------------------------------------------------------------
-def label_texts(labeller: Any, prompts: list[str], responses_a: list[str], responses_b: list[str]) -> np.ndarray:
-    """(B,) float32 P(a preferred) from a text teacher (``label(prompts, a, b)``) or anything with
-    ``label_texts(prompts, a, b)`` (people: ``HumanLabeller``; ``MixedTextLabeller``)."""
-    if hasattr(labeller, "label_texts"):
-        labels = labeller.label_texts(prompts, responses_a, responses_b)
-    else:
-        labels = labeller.label(prompts, responses_a, responses_b)
-    return np.asarray(labels, dtype=np.float32)
-
-
-class MixedTextLabeller:
-    """Each batch, a ``human_fraction`` share of the pairs (chosen at random) goes to people (``human``, a
-    ``HumanLabeller``), the rest to a simulated text teacher: the text twin of ``rewardmodels.feedback.human
-    .MixedLabeller``."""
-
-    #: People are asked: the loop checkpoints the queued pairs before it waits (no label given meanwhile is lost).
-    needs_media = True
-
-    def __init__(self, human: Any, teacher: Any, human_fraction: float = 0.5, seed: int | None = None):
-        if not 0.0 <= human_fraction <= 1.0:
-            raise ValueError(f"human_fraction must be in [0, 1], got {human_fraction}")
-        self.human, self.teacher, self.human_fraction = human, teacher, float(human_fraction)
-        self._rng = np.random.default_rng(seed)
-
-    def label_texts(self, prompts: list[str], responses_a: list[str], responses_b: list[str]) -> np.ndarray:
-        n = len(prompts)
-        to_human = np.zeros(n, bool)
-        to_human[self._rng.permutation(n)[: round(self.human_fraction * n)]] = True
-        labels = np.full(n, np.nan, np.float32)
-        for rows, who in ((np.flatnonzero(~to_human), self.teacher), (np.flatnonzero(to_human), self.human)):
-            if rows.size:
-                labels[rows] = label_texts(who, [prompts[i] for i in rows], [responses_a[i] for i in rows],
-                                           [responses_b[i] for i in rows])
-        return labels
 
 
 # -- pair sources -----------------------------------------------------------------------------------------------
@@ -199,110 +159,7 @@ class DatasetPairSource(CompletionPairSource):
         return {**super().state(), "used": self.used}
 
 
-# -- reward models ----------------------------------------------------------------------------------------------
-def fit_lm_reward(ctx: TextRLHFContext, pairs: TextPreferencePairs, seed: int, log_step: int = 0):
-    """A fresh scalar head on a copy of the initial backbone (``ctx.ref_model``), fitted with Bradley-Terry on the
-    labelled ``pairs`` (``rm_val_fraction`` held out), returned with its metrics."""
-    cfg = ctx.config
-    labelled = pairs.labelled()
-    n_val = int(round(len(labelled) * cfg.rm_val_fraction))
-    order = np.random.default_rng(seed).permutation(len(labelled))
-    val, train = labelled[order[:n_val]], labelled[order[n_val:]]
-    # The head's init and the dropout masks depend on the seed only, not on what ran before (a resumed run refits
-    # the same model).
-    with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        model = LMRewardModel(copy.deepcopy(ctx.ref_model).requires_grad_(True), ctx.tokenizer,
-                              policy_tokenizer=ctx.tokenizer)
-        result = train_reward_model(model, train, epochs=cfg.rm_epochs, lr=cfg.rm_learning_rate,
-                                    batch_size=cfg.rm_batch_size, seed=seed, eval_pairs=val if n_val else None,
-                                    log_fn=lambda step, m: ctx.run_dir.log(log_step + step, m))
-    return model.eval().requires_grad_(False), result
-
-
-class _MeanReward:
-    """The mean of several normalised rewards (an ensemble's reward for the policy)."""
-
-    def __init__(self, members: list[NormalizedReward]):
-        self.members = members
-
-    def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
-        return torch.stack([m(prompts, responses) for m in self.members]).mean(0)
-
-
-class LMRewardEnsemble:
-    """The loop's ``RewardModel`` for text (module docstring): ``n_members`` LM reward models, each refitted from
-    the initial backbone on all labels so far (on a bootstrap of them when ``n_members > 1``, Christiano et al.
-    2017, Sec. 2.2.3), each normalised to mean 0, std 1 on the labelled responses (``NormalizedReward``)."""
-
-    def __init__(self, ctx: TextRLHFContext, n_members: int = 1):
-        self.ctx, self.n_members = ctx, int(n_members)
-        self.members: list[NormalizedReward] = []
-        self.fits = self.rm_steps = 0
-        self.last_metrics: dict[str, float] = {}
-
-    def fit(self, dataset: TextPreferencePairs) -> dict[str, float]:
-        cfg = self.ctx.config
-        self.members, metrics = [], {}
-        for k in range(self.n_members):
-            data, seed = dataset, cfg.seed + 7919 * k + 104_729 * self.fits
-            if self.n_members > 1:  # bootstrap the labels of each member
-                data = dataset[np.random.default_rng(seed).integers(len(dataset), size=len(dataset))]
-            model, result = fit_lm_reward(self.ctx, data, seed, log_step=self.rm_steps)  # rm/ curves continue
-            self.rm_steps += int(result["steps"])
-            normalized = NormalizedReward(model, dataset.prompts * 2, dataset.responses_a + dataset.responses_b)
-            self.members.append(normalized)
-            for key, value in result.items():
-                metrics[key] = metrics.get(key, 0.0) + float(value) / self.n_members
-        metrics.update({"reward_norm_mean": self.members[0].mean, "reward_norm_std": self.members[0].std})
-        self.fits += 1
-        self.last_metrics = metrics
-        return metrics
-
-    def reward_fn(self) -> Any:
-        return self.members[0] if len(self.members) == 1 else _MeanReward(self.members)
-
-    def member_scores(self, prompts: list[str], responses: list[str]) -> np.ndarray:
-        """(K, N) raw scores of every member."""
-        return np.stack([torch.as_tensor(m.reward_fn(prompts, responses), dtype=torch.float64).cpu().numpy()
-                         for m in self.members])
-
-    def _member_probs(self, pairs: TextPreferencePairs) -> np.ndarray:
-        diff = self.member_scores(pairs.prompts, pairs.responses_a) - self.member_scores(pairs.prompts,
-                                                                                         pairs.responses_b)
-        return 1.0 / (1.0 + np.exp(-diff))  # (K, N) Bradley-Terry P(a > b) of each member
-
-    def preference_probs(self, pairs: TextPreferencePairs) -> np.ndarray:
-        return self._member_probs(pairs).mean(0)
-
-    def disagreement(self, pairs: TextPreferencePairs) -> np.ndarray:
-        """(N,) std over members of P(a > b): the query-selection score of ``rewardmodels.selection``."""
-        return self._member_probs(pairs).std(0)
-
-    def select(self, candidates: TextPreferencePairs, n: int, method: str, rng: np.random.Generator):
-        if n >= len(candidates):  # all of an i.i.d. sample: the sample itself, in its order
-            return candidates
-        return candidates[select_pairs(candidates, n, method, self, rng)]
-
-    def save(self, directory: Path) -> None:
-        directory = Path(directory) / REWARD_DIR
-        for k, member in enumerate(self.members):
-            member.reward_fn.save_pretrained(directory / f"member-{k}")
-        write_json(directory / REWARD_NORM_FILE, {"fits": self.fits, "rm_steps": self.rm_steps,
-                                                  "last_metrics": self.last_metrics,
-                                                  "norm": [[m.mean, m.std] for m in self.members]})
-
-    def load(self, directory: Path) -> None:
-        directory = Path(directory) / REWARD_DIR
-        state = json.loads((directory / REWARD_NORM_FILE).read_text(encoding="utf-8"))
-        self.fits, self.rm_steps, self.last_metrics = state["fits"], state["rm_steps"], state["last_metrics"]
-        self.members = []
-        for k, (mean, std) in enumerate(state["norm"]):
-            model = LMRewardModel.from_pretrained(directory / f"member-{k}", policy_tokenizer=self.ctx.tokenizer,
-                                                  device=self.ctx.device)
-            self.members.append(NormalizedReward.with_stats(model.requires_grad_(False), mean, std))
-
-
+# -- DPO / KTO's reward model --------------------------------------------------------------------------------
 class PairsAsReward:
     """The ``RewardModel`` of DPO / KTO: no separate model; ``reward_fn()`` hands the agent the labelled pairs.
     Preferences are predicted with DPO's implicit reward ``beta log(pi / pi_ref)`` (Rafailov et al. 2023)."""

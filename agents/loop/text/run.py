@@ -28,15 +28,15 @@ import torch
 from agents.llm.base import save_checkpoint
 from agents.loop.preference_loop import LoopCallback, PreferenceLoop
 from agents.loop.text.config import TextRLHFConfig
-from agents.loop.text.context import Evaluation, NormalizedReward, TextRLHFContext
+from agents.loop.text.context import Evaluation, TextRLHFContext
 from agents.loop.text.loop import POLICY_DIR, TextPolicyAgent, build_text_loop
-from agents.loop.text.pairs import REWARD_DIR, LMRewardEnsemble, fit_lm_reward, sample_completion_pairs
+from agents.loop.text.pairs import REWARD_DIR
 from agents.rundir import RunDir
-from rewardmodels.text.preferences import TextPreferencePairs
+from rewardmodels.text.ensemble import LMRewardEnsemble
 
 __all__ = [
-    "Evaluation", "NormalizedReward", "TextRLHFConfig", "TextRLHFContext", "TextRLHFResult", "build_text_loop",
-    "print_samples", "run_text_loop", "run_text_rlhf", "sample_pairs", "train_lm_reward_model",
+    "Evaluation", "TextRLHFConfig", "TextRLHFContext", "TextRLHFResult", "build_text_loop",
+    "print_samples", "run_text_loop", "run_text_rlhf",
 ]
 
 
@@ -45,23 +45,6 @@ class TextRLHFResult(NamedTuple):
     before: Evaluation
     after: Evaluation
     run_dir: RunDir
-
-
-def sample_pairs(ctx: TextRLHFContext, n_pairs: int) -> TextPreferencePairs:
-    """``n_pairs`` pairs of completions of the current policy on training prompts, labelled by ``ctx.teacher``."""
-    pairs = sample_completion_pairs(ctx, n_pairs, ctx.config.seed)
-    return pairs.__class__(pairs.prompts, pairs.responses_a, pairs.responses_b,
-                           ctx.teacher.label(pairs.prompts, pairs.responses_a, pairs.responses_b))
-
-
-def train_lm_reward_model(ctx: TextRLHFContext) -> tuple[Any, dict[str, float]]:
-    """A scalar head on a copy of the initial backbone, fitted with Bradley-Terry on ``ctx.pairs``; returned
-    normalised on the pairs' responses (see :class:`NormalizedReward`)."""
-    model, result = fit_lm_reward(ctx, ctx.pairs, ctx.config.seed)
-    data = ctx.pairs
-    normalized = NormalizedReward(model, data.prompts * 2, data.responses_a + data.responses_b)
-    result.update({"reward_norm_mean": normalized.mean, "reward_norm_std": normalized.std})
-    return normalized, result
 
 
 def run_text_rlhf(
@@ -113,30 +96,37 @@ def run_text_loop(loop: PreferenceLoop, agent: TextPolicyAgent, resume: bool = F
         "finished": loop_summary["finished"],
         **agent.summary,
     }
-    if isinstance(loop.reward_model, LMRewardEnsemble) and loop.reward_model.members:
-        summary.update({f"rm_{k}": v for k, v in loop.reward_model.last_metrics.items()})
-        summary.update(_learned_rewards(loop.reward_model, before, after))
-    _save_outputs(ctx, loop.reward_model)
+    ensemble = _lm_ensemble(loop.reward_model)
+    if ensemble is not None:
+        summary.update({f"rm_{k}": v for k, v in ensemble.last_metrics.items()})
+        summary.update(_learned_rewards(ensemble, before, after))
+    _save_outputs(ctx, ensemble)
     ctx.run_dir.write_summary(summary)
     _plot(ctx.run_dir, config)
     ctx.run_dir.close()
     return TextRLHFResult(summary, before, after, ctx.run_dir)
 
 
-def _learned_rewards(reward_model: LMRewardEnsemble, before: Evaluation, after: Evaluation) -> dict[str, float]:
+def _lm_ensemble(reward_model: Any) -> LMRewardEnsemble | None:
+    """The run's fitted LM reward ensemble, or None (DPO / KTO have none; a run stopped before its first fit)."""
+    ensemble = getattr(reward_model, "ensemble", None)
+    return ensemble if isinstance(ensemble, LMRewardEnsemble) and ensemble.members else None
+
+
+def _learned_rewards(ensemble: LMRewardEnsemble, before: Evaluation, after: Evaluation) -> dict[str, float]:
     """The final learned reward (normalised) of the held-out completions before and after training."""
-    fn = reward_model.reward_fn()
+    fn = ensemble.predict_reward
     return {
         "learned_reward_before": float(torch.as_tensor(fn(before.prompts, before.responses)).float().mean()),
         "learned_reward_after": float(torch.as_tensor(fn(after.prompts, after.responses)).float().mean()),
     }
 
 
-def _save_outputs(ctx: TextRLHFContext, reward_model: Any) -> None:
+def _save_outputs(ctx: TextRLHFContext, ensemble: LMRewardEnsemble | None) -> None:
     """The trained policy (``save_pretrained`` + tokenizer) and the reward model(s), at the run directory's top."""
     save_checkpoint(ctx.run_dir.path / POLICY_DIR, ctx.policy, ctx.tokenizer, {}, {"algo": ctx.config.algo})
-    if isinstance(reward_model, LMRewardEnsemble):
-        members = reward_model.members
+    if ensemble is not None:
+        members = ensemble.members
         for k, member in enumerate(members):
             path = ctx.run_dir.path / REWARD_DIR
             member.reward_fn.save_pretrained(path if len(members) == 1 else path / f"member-{k}")

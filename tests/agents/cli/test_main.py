@@ -58,3 +58,20 @@ def test_errors_and_signals_end_in_one_line_and_the_status_a_shell_expects(comma
 def test_a_bug_is_not_disguised_as_a_user_error(command):
     with pytest.raises(ZeroDivisionError):
         cli.main(["try", "bug"])
+
+
+@pytest.mark.parametrize("command_name", [None, "prefs", "text", "label", "build-default-lm"])
+def test_help_imports_no_torch_nor_transformers(command_name):
+    """``rlhf-gym [COMMAND] --help`` builds the parser without the training stack: the commands import it in
+    ``run`` (their boundary), so the CLI answers at once. Checked in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    argv = [*(() if command_name is None else (command_name,)), "--help"]
+    probe = "\n".join([
+        "import sys", "from agents.cli import main", "try:", f"    main({argv!r})", "except SystemExit:", "    pass",
+        "heavy = sorted(m for m in ('torch', 'transformers', 'stable_baselines3', 'peft') if m in sys.modules)",
+        "print('heavy:', heavy)"])
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "usage: rlhf-gym" in out.stdout and out.stdout.strip().endswith("heavy: []"), out.stdout[-500:]

@@ -7,6 +7,7 @@ from agents.loop.control.config import PrefsConfig
 from agents.loop.control.run import build_loop, run_prefs
 from agents.loop.control.segment_pairs import Experience, SegmentPairSource
 from agents.loop.preference_loop import LoopCallback, LoopConfig, label_allocation
+from agents.rundir import CheckpointError
 from agents.sb3.control import (
     IncompatibleSpaceError,
     SB3Agent,
@@ -43,7 +44,7 @@ def test_label_allocation_spends_exactly_the_budget_front_loaded(schedule):
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(labels=0), "labels must be >= 1"),
+    (dict(labels=0), "labels must be an integer >= 1"),
     (dict(initial_steps=60_000), "initial_steps"),
     (dict(selection="best"), "selection"),
     (dict(label_schedule="linear"), "label_schedule"),
@@ -166,3 +167,15 @@ def test_off_policy_agent_relabels_its_replay_buffer_after_each_fit(tmp_path):
     n = buf.pos
     obs, acts = buf.observations[:n, 0], buf.actions[:n, 0, 0].astype(np.int64)
     np.testing.assert_allclose(buf.rewards[:n, 0], loop.reward_model.ensemble.predict_reward(obs, acts), atol=1e-5)
+
+
+def test_checkpoints_naming_a_moved_pairs_module_still_load():
+    """A run checkpointed while people labelled text pairs names their class by its module then
+    (``rewardmodels.text_preferences``); that module moved to ``rewardmodels.text.preferences`` and the run resumes."""
+    from agents.loop.preference_loop import _pairs_class
+    from rewardmodels.text.preferences import TextPreferencePairs
+
+    assert _pairs_class("rewardmodels.text_preferences:TextPreferencePairs") is TextPreferencePairs
+    assert _pairs_class("rewardmodels.text.preferences:TextPreferencePairs") is TextPreferencePairs
+    with pytest.raises(CheckpointError, match="not an rlhf-gym class"):
+        _pairs_class("os:system")

@@ -20,9 +20,9 @@ from agents.loop.control.presets import (
     apply_preset,
     mujoco_segment_len,
 )
-from agents.loop.control.reward_model import EnsembleRewardModel, build_reward_ensemble
-from agents.loop.control.run import run_prefs
+from agents.loop.control.run import build_reward_ensemble, run_prefs
 from agents.loop.preference_loop import label_allocation
+from agents.loop.reward_model import EnsembleRewardModel
 from rewardmodels.ensemble import FitConfig
 
 

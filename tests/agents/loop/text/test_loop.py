@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 
 from agents.loop.preference_loop import LoopCallback, PreferenceLoop, label_allocation
+from agents.loop.reward_model import EnsembleRewardModel
 from agents.loop.text.loop import build_text_loop
-from agents.loop.text.pairs import CompletionPairSource, LMRewardEnsemble
+from agents.loop.text.pairs import CompletionPairSource
 from agents.loop.text.run import TextRLHFConfig, run_text_loop, run_text_rlhf
 from rewardmodels.feedback.label_store import LabelStore, store_path
+from rewardmodels.text.ensemble import LMRewardEnsemble
 from rewardmodels.text.preferences import TextPreferencePairs
 from rewardmodels.text.teachers import KeywordTeacher
 from tests.agents.lm_fixtures import PROMPTS, TARGET_WORD
@@ -82,13 +84,14 @@ def test_resume_keeps_every_label_and_ends_where_an_uninterrupted_run_ends(tmp_p
 def test_disagreement_selects_the_pairs_the_reward_ensemble_disagrees_on(tmp_path):
     loop, agent = build(tmp_path, rm_ensemble=2, selection="disagreement", oversample=3, rounds=2, iterations=2)
     run_text_loop(loop, agent)
-    rm = loop.reward_model
-    assert isinstance(rm, LMRewardEnsemble) and len(rm.members) == 2
+    rm = loop.reward_model  # the loop's one reward-model adapter, over the LM ensemble
+    assert isinstance(rm, EnsembleRewardModel) and isinstance(rm.ensemble, LMRewardEnsemble)
+    assert len(rm.ensemble.members) == 2
     candidates = loop.source.candidates(12, np.random.default_rng(0))
     chosen = rm.select(candidates, 4, "disagreement", np.random.default_rng(0))
-    spread = rm.disagreement(candidates)
+    spread = rm.ensemble.disagreement(candidates)
     assert len(chosen) == 4 and spread.std() > 0
-    assert np.sort(rm.disagreement(chosen)) == pytest.approx(np.sort(spread)[-4:])  # the top-4 by variance
+    assert np.sort(rm.ensemble.disagreement(chosen)) == pytest.approx(np.sort(spread)[-4:])  # the top-4 by variance
     with pytest.raises(ValueError, match="rm_ensemble >= 2"):
         TextRLHFConfig(selection="disagreement", rm_ensemble=1)
 
@@ -137,14 +140,13 @@ def test_people_label_the_loops_pairs_through_the_label_store(tmp_path):
 
 
 def test_mixed_labeller_sends_a_share_to_people_and_the_rest_to_the_teacher(tmp_path):
-    from agents.loop.text.pairs import MixedTextLabeller
-    from rewardmodels.feedback.human import HumanLabeller
+    from rewardmodels.feedback.human import HumanLabeller, MixedLabeller
 
     prompts = ["the movie was"] * 6
     a = [f"good {w}" for w in "fun story plot music price screen".split()]
     b = [f"bad {w}" for w in "fun story plot music price screen".split()]
     human = HumanLabeller(tmp_path, timeout=30, poll_s=0.05)
-    mixed = MixedTextLabeller(human, teacher(), human_fraction=0.5, seed=0)
+    mixed = MixedLabeller(human, teacher(), human_fraction=0.5, seed=0)
     done = threading.Event()
 
     def person():  # prefers the right-hand response, whatever it says: people's labels are told apart by that

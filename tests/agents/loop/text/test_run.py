@@ -107,3 +107,31 @@ def test_cli_text_builds_the_config_from_flags(tmp_path):
     assert text_cli.config_from_args(args).labeller == "human" and config.num_pairs == 256  # the algo's default
     with pytest.raises(SystemExit):
         main(["text", "--algo", "trpo", "--out", str(tmp_path)])
+
+
+def test_a_new_algorithm_is_one_module_and_one_registry_line(tmp_path):
+    """A toy algorithm defined in a test module (REINFORCE with the batch-mean baseline on the env's rewards, its KL
+    penalty included) registered with one line runs through ``rlhf-gym text --algo``, writes the run directory and
+    trains the policy."""
+    from agents.cli import main
+    from agents.loop.text.algorithms import TextAlgorithm, register_text_algorithm
+    from tests.agents.loop.text import toy_algorithm
+
+    register_text_algorithm("toy", TextAlgorithm(toy_algorithm.ToyAgent, "rl", defaults=dict(
+        iterations=2, learning_rate=1e-3, kl_coef=0.05, num_envs=8)))
+    out = tmp_path / "toy"
+    argv = ["text", "--algo", "toy", "--out", str(out), "--pairs", "16", "--max-new-tokens", "6",
+            "--eval-prompts", "2", "--samples", "0"]
+    try:
+        assert main(argv) == 0
+    finally:
+        del TEXT_ALGORITHMS["toy"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["algo"] == "toy" and summary["tokens_seen"] > 0 and summary["labels_used"] == 16
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    toy_rows = [r for r in rows if "losses/toy_loss" in r]
+    assert [r["step"] for r in toy_rows] == [1, 2]  # the loop logged what the agent reported, on the run's axis
+    assert all(r["env/kl_coef"] == 0.05 for r in toy_rows)  # the run's kl_coef reached the env's reward
+    assert toy_algorithm.ToyAgent.updates >= 2  # the registered class trained
+    assert (out / "policy" / "model.safetensors").exists() and (out / "curves.png").exists()
+    assert not (out / "agent_config.json").exists()  # the agent wrote nothing of its own
