@@ -127,7 +127,30 @@ def _describe(source: Any) -> str:
     return repr(os.fspath(source)) if isinstance(source, (str, os.PathLike)) else f"({type(source).__name__})"
 
 
+def load_saved_dataset(path: str | os.PathLike) -> Any:
+    """The ``datasets.Dataset`` that ``Dataset.save_to_disk`` wrote into directory ``path`` (of a ``DatasetDict``, its
+    ``train`` split, or its only one). Needs the ``datasets`` package (``pip install rlhf-gym[data]``)."""
+    try:
+        import datasets
+    except ImportError as exc:
+        raise PromptError(f"{os.fspath(path)} is a directory: reading a saved dataset needs the datasets package "
+                          "(pip install 'rlhf-gym[data]'), or give a .jsonl file") from exc
+    try:
+        data = datasets.load_from_disk(os.fspath(path))
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        raise PromptError(f"{os.fspath(path)} is a directory but not a dataset saved with Dataset.save_to_disk "
+                          f"({exc}); give a .jsonl file or such a directory") from exc
+    if isinstance(data, datasets.DatasetDict):
+        splits = list(data)
+        if "train" not in splits and len(splits) != 1:
+            raise PromptError(f"{os.fspath(path)} holds the splits {splits}; save one split, or name one called train")
+        data = data["train" if "train" in splits else splits[0]]
+    return data
+
+
 def _read_file(path: Path, field: str) -> list[str]:
+    if path.is_dir():
+        return read_prompts(load_saved_dataset(path), field)
     if not path.is_file():
         raise PromptError(
             f"prompt file {str(path)!r} does not exist. To give prompts directly, pass a list of strings "

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 from agents.rundir import DeviceError, RunError, RunInterrupted, checkpoint_candidates, prepare_out
 
-__all__ = ["COMMANDS", "RunInterrupted", "UsageError", "main", "resume_hint", "run_settings"]
+__all__ = ["COMMANDS", "RunInterrupted", "UsageError", "check_threads", "main", "resume_hint", "run_settings"]
 
 logger = logging.getLogger(__name__)
 C = TypeVar("C")
@@ -84,6 +84,17 @@ def run_settings(args: argparse.Namespace, load: Callable[[Path], C], build: Cal
     if out is None:
         raise UsageError("--out is required: the run directory")
     return cfg, prepare_out(out, overwrite=args.overwrite)
+
+
+def check_threads(threads: int, low: int = 1) -> None:
+    """``--threads``: at least ``low`` (0 = torch's default where allowed), at most 4 per CPU of this machine (far
+    more threads than cores only contend, and huge counts crash the thread pool)."""
+    import os
+
+    high = 4 * (os.cpu_count() or 1)
+    if not low <= threads <= high:
+        zero = " (0 = torch's default)" if low == 0 else ""
+        raise UsageError(f"--threads must be between {low}{zero} and {high} (4 per CPU here), got {threads}")
 
 
 def resume_hint(command: str, out: Path) -> str:

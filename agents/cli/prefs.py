@@ -23,7 +23,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agents.cli import UsageError, resume_hint, run_settings
+from agents.cli import UsageError, check_threads, resume_hint, run_settings
 from agents.loop.control.presets import PREFS_PRESETS
 from agents.rundir import RunInterrupted
 
@@ -122,8 +122,7 @@ def default_out(cfg: PrefsConfig) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads < 0:
-        raise UsageError(f"--threads must be >= 0 (0 = torch's default), got {args.threads}")
+    check_threads(args.threads, low=0)
     import torch  # the command boundary: `rlhf-gym prefs --help` imports none of the training stack
 
     from agents.loop.control.config import PrefsConfig

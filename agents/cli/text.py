@@ -22,7 +22,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from agents.cli import UsageError, resume_hint, run_settings
+from agents.cli import UsageError, check_threads, resume_hint, run_settings
 from agents.loop.text.algorithms import TEXT_ALGORITHMS
 from agents.rundir import RunError, RunInterrupted
 
@@ -131,14 +131,20 @@ def config_from_args(args: argparse.Namespace) -> TextRLHFConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads < 1:
-        raise UsageError(f"--threads must be >= 1, got {args.threads}")
+    check_threads(args.threads, low=1)
+    from textenv.sources import ModelLoadError, locate
+
+    for what in ("model", "tokenizer"):  # a mistyped path fails here, before seconds of imports and hub retries
+        if getattr(args, what) is not None:
+            try:
+                locate(getattr(args, what), what)
+            except ModelLoadError as err:
+                raise UsageError(f"--{what}: {err}") from err
     import torch  # the command boundary: `rlhf-gym text --help` imports none of the training stack
 
     from agents.loop.text.config import TextRLHFConfig
-    from agents.loop.text.run import build_text_loop, print_samples, run_text_loop
+    from agents.loop.text.run import build_text_loop, print_samples, result_line, run_text_loop
     from rewardmodels.text.preferences import TextPreferenceError
-    from textenv.models import ModelLoadError
     from textenv.prompts import PromptError
 
     torch.set_num_threads(args.threads)
@@ -156,10 +162,5 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (agents.cli.main): say how to go on
         raise RunInterrupted(resume_hint("text", out)) from err
     print_samples(result, n=args.samples)
-    s = result.summary
-    print(
-        f"{cfg.algo}, {cfg.rounds} round(s): oracle score {s['oracle_score_before']:+.3f} -> "
-        f"{s['oracle_score_after']:+.3f}, KL to ref {s['kl_to_ref']:.2f}, win rate vs ref {s['win_rate_vs_ref']:.2f}, "
-        f"{s['labels_used']} labels, {s['wall_s']:.0f} s -> {out}/summary.json, {out}/policy, {out}/reward_model"
-    )
+    print(result_line(result, out))
     return 0

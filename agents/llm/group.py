@@ -9,6 +9,7 @@ et al. 2024; RLOO: the mean of the other ``G - 1``, Ahmadian et al. 2024), so ne
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Sequence
 
@@ -21,6 +22,8 @@ from agents.llm.losses import GroupSizeError
 from agents.llm.rollout import RolloutBatch, collect_rollout, env_prompts
 from agents.rundir import RunDir
 from textenv.checks import check
+
+logger = logging.getLogger(__name__)
 
 
 def check_group_size(group_size: int, algo: str) -> None:
@@ -90,13 +93,18 @@ class GroupAgent(LMAgent):
         if not prompts:
             raise ValueError("no prompts: pass prompts=[...] or build the env with prompts")
         self.prompts = prompts
+        if len(prompts) < config.prompts_per_step:  # a small prompt set: some prompts get two groups in a step
+            logger.warning("%d prompts for %d groups per step: prompts are drawn with replacement (give more prompts, "
+                           "or fewer rows: num_envs = prompts_per_step * group_size)", len(prompts),
+                           config.prompts_per_step)
         # Under a multi-process launch each process draws its own groups (rank 0: the one-process stream).
         self.prompt_rng = np.random.default_rng(config.seed + data_parallel().rank)
         super().__init__(env, config, run_dir, ref_model)
 
     def collect(self) -> RolloutBatch:
         cfg = self.config
-        chosen = self.prompt_rng.choice(len(self.prompts), size=cfg.prompts_per_step, replace=False)
+        few = len(self.prompts) < cfg.prompts_per_step
+        chosen = self.prompt_rng.choice(len(self.prompts), size=cfg.prompts_per_step, replace=few)
         rows = [self.prompts[i] for i in chosen for _ in range(cfg.group_size)]  # group g = rows g*G .. g*G+G-1
         return collect_rollout(
             self.env, prompts=rows, seed=self._reset_seed(), generator=self.generator, ref_model=self._batched_ref

@@ -63,6 +63,10 @@ PENDING_FILE = "pending_pairs.npz"  # pairs queued for people, in a round-NNNN-l
 # -- the four parts -------------------------------------------------------------------------------------------------
 @runtime_checkable
 class Agent(Protocol):
+    """May also set ``eval_key`` (the metric of ``evaluate``'s mean, default ``eval/true_return``; None: the loop does
+    not evaluate the agent, which reports its own evaluation) and ``score_name`` (what ``evaluate`` returns, for the
+    log; default ``true return``)."""
+
     def learn(self, n_steps: int, max_steps: int | None = None) -> Mapping[str, float]: ...  # ~n_steps, <= max
     def set_reward_fn(self, reward_fn: Any) -> int | None: ...  # new learned reward (relabel stored experience)
     def evaluate(self, n_episodes: int) -> np.ndarray: ...  # TRUE returns of the current policy
@@ -227,13 +231,15 @@ class PreferenceLoop:
 
     def __init__(self, config: Any, agent: Agent, source: PairSource, reward_model: RewardModel,
                  labeller: Labeller, run_dir: RunDir | str | Path,
-                 callbacks: Sequence[LoopCallback] = (), title: str | None = None):
+                 callbacks: Sequence[LoopCallback] = (), title: str | None = None, report: bool = True):
         # config: the run config (``agents.loop.config``: PrefsConfig, TextRLHFConfig) or a bare LoopConfig
         self.run_config, self.config = config, config.loop_config()
         self.agent, self.source, self.reward_model, self.labeller = agent, source, reward_model, labeller
         self.run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
         self.callbacks = list(callbacks)
         self.title = title
+        self.report = report  # False: the caller writes summary.json and curves.png itself (the text run)
+        self.eval_key: str | None = getattr(agent, "eval_key", "eval/true_return")
         config = self.config
         self.rng = np.random.default_rng(config.seed)
         torch.manual_seed(config.seed)
@@ -430,38 +436,43 @@ class PreferenceLoop:
             self._label_and_fit(n_labels, selection, metrics)
         self.state.round = r
         self.state.env_steps = self.source.env_steps
-        if r > 0 and cfg.eval_every and (r % cfg.eval_every == 0 or r == cfg.rounds):
-            metrics["eval/true_return"] = float(np.mean(self.agent.evaluate(cfg.round_eval_episodes)))
+        if self.eval_key and r > 0 and cfg.eval_every and (r % cfg.eval_every == 0 or r == cfg.rounds):
+            metrics[self.eval_key] = float(np.mean(self.agent.evaluate(cfg.round_eval_episodes)))
         metrics.update({"labels/used": self.state.labels_used, "env/steps": self.state.env_steps})
         return metrics
 
     def _finish(self, wall_s: float, cpu_s: float) -> dict[str, Any]:
         cfg = self.config
         finished = self.state.round >= cfg.rounds
-        returns = self.agent.evaluate(cfg.eval_episodes)
-        summary = {
-            "true_return_mean": float(np.mean(returns)),
-            "true_return_std": float(np.std(returns)),
-            "eval_episodes": len(returns),
+        summary: dict[str, Any] = {}
+        if self.eval_key:
+            returns = self.agent.evaluate(cfg.eval_episodes)
+            summary.update(true_return_mean=float(np.mean(returns)), true_return_std=float(np.std(returns)),
+                           eval_episodes=len(returns))
+        summary.update({
             "labels_used": int(self.state.labels_used),
             "env_steps": int(self.source.env_steps),
             "wall_s": float(wall_s),
             "cpu_s": float(cpu_s),  # this process's CPU time: wall-clock on a shared machine overstates the cost
             "rounds": int(self.state.round),
             "finished": finished,
-        }
-        self.run_dir.write_summary(summary)
-        self.run_dir.plot([("true return", ["eval/true_return", "agent/true_ep_return"]),
-                           ("reward model", ["reward_model/accuracy", "reward_model/heldout_accuracy",
-                                             "reward_model/true_agreement"]),
-                           ("labels used", ["labels/used"])],
-                          x_key="env/steps", title=self.title)
-        self.run_dir.close()
+        })
+        if self.report:
+            self.run_dir.write_summary(summary)
+            self.run_dir.plot([("true return", ["eval/true_return", "agent/true_ep_return"]),
+                               ("reward model", ["reward_model/accuracy", "reward_model/heldout_accuracy",
+                                                 "reward_model/true_agreement"]),
+                               ("labels used", ["labels/used"])],
+                              x_key="env/steps", title=self.title)
+            self.run_dir.close()
         for cb in self.callbacks:
             cb.on_end(self, summary)
-        logger.info("done: true return %.1f +- %.1f over %d episodes, %d labels, %d env steps, %.0f s",
-                    summary["true_return_mean"], summary["true_return_std"], len(returns), summary["labels_used"],
-                    summary["env_steps"], wall_s)
+        score = ""
+        if self.eval_key:
+            score = (f"{getattr(self.agent, 'score_name', 'true return')} {summary['true_return_mean']:.1f} +- "
+                     f"{summary['true_return_std']:.1f} over {summary['eval_episodes']} episodes, ")
+        logger.info("done: %s%d labels, %d %s, %.0f s", score, summary["labels_used"], summary["env_steps"],
+                    getattr(self.source, "step_name", "env steps"), wall_s)
         return summary
 
     def _console(self, metrics: Mapping[str, float]) -> None:

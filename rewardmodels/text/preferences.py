@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from textenv.files import atomic_write_text
-from textenv.prompts import PromptError, check_chat, render_chat
+from textenv.prompts import PromptError, check_chat, load_saved_dataset, render_chat
 
 __all__ = [
     "EmptyResponseError",
@@ -355,6 +355,13 @@ def _file_records(path: Path) -> Iterator[tuple[Any, str]]:
             f"{path}: {path.suffix} files are not read directly; write JSON lines, or load it with "
             f"datasets.load_dataset({path.suffix[1:]!r}, data_files=...)['train'] and pass the Dataset"
         )
+    if path.is_dir():  # Dataset.save_to_disk
+        try:
+            data = load_saved_dataset(path)
+        except PromptError as exc:
+            raise TextPreferenceFileError(str(exc)) from exc
+        yield from ((rec, f"{path} row {i}") for i, rec in enumerate(data))
+        return
     if not path.is_file():
         raise FileNotFoundError(f"preference file {str(path)!r} does not exist")
     text = path.read_text(encoding="utf-8")

@@ -212,7 +212,7 @@ class TextRLHFConfig(RunConfig):
             initial_policy="agent", initial_label_fraction=self.initial_label_fraction if online else 1.0,
             label_schedule=self.label_schedule, label_until=(self.rounds - 1) / self.rounds if online else 1.0,
             selection=self.selection, oversample=self.oversample, eval_episodes=1, round_eval_episodes=1,
-            eval_every=1 if online else 0, seed=self.seed, progress_bar=self.progress_bar,
+            eval_every=0, seed=self.seed, progress_bar=self.progress_bar,  # the agent evaluates itself (eval_every)
         )
 
     @classmethod

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 class Evaluation(NamedTuple):
     prompts: list[str]
     responses: list[str]
-    oracle_scores: np.ndarray  # (B,)
+    oracle_scores: np.ndarray  # (B,) the teacher's scores (0 without a teacher)
     kl_to_ref: np.ndarray  # (B,) sequence KL (sum of log pi - log pi_ref over the response)
 
     @property
@@ -79,17 +79,22 @@ class TextRLHFContext:
         )
 
     def evaluate(self) -> Evaluation:
-        """Sample ``eval_samples`` completions per held-out prompt (fixed seed: common random numbers across calls)."""
+        """Sample ``eval_samples`` completions per held-out prompt (fixed seed: common random numbers across calls),
+        scored by the teacher (zeros without one: the run's reward model judges them at the end)."""
         env = getattr(self, "_eval_env", None)
         if env is None:  # the KL to the reference is measured, not penalised; the reward is the teacher's score
-            env = self._eval_env = self.make_env(len(self.eval_rows), self.teacher.score, prompts=self.eval_rows)
+            judge = self.teacher.score if self.teacher is not None else None
+            env = self._eval_env = self.make_env(len(self.eval_rows), judge, prompts=self.eval_rows)
         gen = torch.Generator(device=self.device).manual_seed(self.config.seed + 12345)
         batch = collect_rollout(env, prompts=self.eval_rows, seed=self.config.seed, generator=gen)
         return Evaluation(batch.prompts, batch.responses, batch.scores.cpu().numpy(), batch.kl_sum.cpu().numpy())
 
     def evaluate_and_log(self, step: int) -> Evaluation:
         ev = self.evaluate()
-        self.log(step, {"eval/oracle_score": ev.oracle_score, "eval/kl_to_ref": float(ev.kl_to_ref.mean())})
+        metrics = {"eval/kl_to_ref": float(ev.kl_to_ref.mean())}
+        if self.teacher is not None:
+            metrics["eval/oracle_score"] = ev.oracle_score
+        self.log(step, metrics)
         return ev
 
     def learn_callback(self) -> Callable:

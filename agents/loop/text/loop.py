@@ -41,6 +41,7 @@ from agents.loop.text.pairs import (
     CompletionPairSource,
     DatasetPairSource,
     PairsAsReward,
+    heldout_size,
 )
 from agents.rundir import RunDir
 from rewardmodels.text.ensemble import LMRewardEnsemble
@@ -69,6 +70,9 @@ class TextPolicyAgent:
     pipeline), so rounds draw different prompts and tokens. ``source`` counts the iterations as the loop's steps.
     """
 
+    eval_key = None  # the loop does not evaluate it: it evaluates itself (every ``eval_every`` iterations, after every
+    # round of an online run, and at the end), logging ``eval/oracle_score`` on its own step axis
+
     def __init__(self, ctx: TextRLHFContext, source: CompletionPairSource):
         self.ctx, self.source = ctx, source
         self.rounds_done = 0
@@ -92,6 +96,8 @@ class TextPolicyAgent:
         self.summary["improve_wall_s"] = self.summary.get("improve_wall_s", 0.0) + wall
         for key, value in out.items():  # tokens add up over rounds; the rest is the last round's
             self.summary[key] = self.summary.get(key, 0.0) + value if key == "tokens_seen" else value
+        if self.ctx.config.rounds > 1:  # online: the held-out evaluation after every round's improvement
+            self.evaluate()
         return {"agent/improve_wall_s": wall, **{k if "/" in k else f"agent/{k}": v for k, v in out.items()}}
 
     def set_reward_fn(self, reward_fn: Any) -> None:
@@ -102,8 +108,9 @@ class TextPolicyAgent:
         return None
 
     def evaluate(self, n_episodes: int = 1) -> np.ndarray:
-        """Oracle scores (B,) of the held-out completions of the current policy, logged as ``eval/oracle_score``
-        once per policy (``n_episodes`` is unused: the held-out set is fixed, with common random numbers)."""
+        """Teacher scores (B,) of the held-out completions of the current policy (zeros without a teacher), logged
+        as ``eval/oracle_score`` once per policy (``n_episodes`` is unused: the held-out set is fixed, with common
+        random numbers)."""
         if self._eval is None or self._eval[0] != self.step:
             self._eval = (self.step, self.ctx.evaluate_and_log(self.step))
         return self._eval[1].oracle_scores
@@ -203,15 +210,18 @@ def build_text_loop(config: TextRLHFConfig, out: str | Path, model: Any = None, 
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, tokenizer, train_prompts, eval_prompts = _inputs(config, device, model, tokenizer, train_prompts,
                                                             eval_prompts)
-    teacher = teacher if teacher is not None else SentimentTeacher(beta=config.teacher_beta, seed=config.seed)
+    if teacher is None and config.labeller in ("teacher", "mixed"):  # with people or a dataset: no simulated judge
+        teacher = SentimentTeacher(beta=config.teacher_beta, seed=config.seed)
     source_pairs = preferences if preferences is not None else config.preferences
     prefs = load_preferences(source_pairs, tokenizer) if source_pairs is not None else None
     if config.labeller == "dataset":
         if prefs is None:
             raise ValueError("labeller='dataset' needs preference pairs: pass preferences= or config.preferences")
-        if config.num_pairs > len(prefs):
-            logger.info("label budget %d > the %d pairs of the dataset: using them all", config.num_pairs, len(prefs))
-            config = dataclasses.replace(config, num_pairs=len(prefs))
+        usable = len(prefs) - heldout_size(len(prefs), config.rm_val_fraction)
+        if config.num_pairs > usable:
+            logger.info("label budget %d > the %d pairs of the dataset not held out: using them all", config.num_pairs,
+                        usable)
+            config = dataclasses.replace(config, num_pairs=usable)
     lora = config.extra.get("lora")
     if lora is not None:  # LoRA: adapters on the policy; the reference is its base with them disabled (no copy)
         if config.algo.startswith("sb3-"):
@@ -225,7 +235,7 @@ def build_text_loop(config: TextRLHFConfig, out: str | Path, model: Any = None, 
     ctx = TextRLHFContext(config, model, ref, tokenizer, teacher, None, None, train_prompts, eval_rows, run_dir,
                           device)
     if config.labeller == "dataset":
-        source: CompletionPairSource = DatasetPairSource(ctx, prefs)
+        source: CompletionPairSource = DatasetPairSource(ctx, prefs, heldout_fraction=config.rm_val_fraction)
     else:
         oracle = teacher if config.labeller in ("teacher", "mixed") else None
         source = CompletionPairSource(ctx, seed_pairs=prefs, oracle=oracle)
@@ -238,5 +248,5 @@ def build_text_loop(config: TextRLHFConfig, out: str | Path, model: Any = None, 
     labeller = labeller if labeller is not None else make_text_labeller(config, out, teacher)
     title = f"rlhf-gym text --algo {config.algo} --rounds {config.rounds} (seed {config.seed})"
     loop = PreferenceLoop(config, agent, source, reward_model, labeller, run_dir,
-                          callbacks=[_EvaluateBefore(agent), *callbacks], title=title)
+                          callbacks=[_EvaluateBefore(agent), *callbacks], title=title, report=False)
     return loop, agent

@@ -75,6 +75,8 @@ class CompletionPairSource:
     labels gathered online; ``oracle`` (a text teacher) gives the TRUE preferences of the loop's agreement metric.
     """
 
+    step_name = "steps (the initial labelling, then improvement iterations)"  # what the step budget counts
+
     def __init__(self, ctx: TextRLHFContext, seed_pairs: TextPreferencePairs | None = None, oracle: Any = None):
         self.ctx, self.seed_pairs, self.oracle = ctx, seed_pairs, oracle
         self.env_steps = 0
@@ -123,16 +125,27 @@ class CompletionPairSource:
         return TextPreferencePairs.load(path) if path.exists() else None
 
 
+def heldout_size(n_pairs: int, fraction: float) -> int:
+    """How many of a dataset's ``n_pairs`` are held out from training to judge the run (at least 4 to be worth it,
+    and never all)."""
+    n = int(round(n_pairs * fraction))
+    return n if 4 <= n < n_pairs else 0
+
+
 class DatasetPairSource(CompletionPairSource):
     """``PairSource`` over a labelled preference dataset: candidates are its next unused pairs (in an order shuffled
-    by the run's seed), their labels are the dataset's; the labeller is never asked."""
+    by the run's seed), their labels are the dataset's; the labeller is never asked. The last ``heldout_fraction``
+    of that order never trains anything: ``heldout`` judges the run (held-out preference accuracy)."""
 
-    def __init__(self, ctx: TextRLHFContext, pairs: TextPreferencePairs):
+    def __init__(self, ctx: TextRLHFContext, pairs: TextPreferencePairs, heldout_fraction: float = 0.0):
         super().__init__(ctx)
         if len(pairs) == 0:
             raise ValueError("the preference dataset holds no pair; give a file with at least one labelled pair")
         self.pairs = pairs
-        self.order = np.random.default_rng(ctx.config.seed).permutation(len(pairs)).tolist()
+        order = np.random.default_rng(ctx.config.seed).permutation(len(pairs)).tolist()
+        n_held = heldout_size(len(pairs), heldout_fraction)
+        self.order, held = order[: len(order) - n_held], order[len(order) - n_held:]
+        self.heldout = pairs[held] if held else None
         self.used: list[int] = []
 
     def _unused(self) -> list[int]:

@@ -46,7 +46,7 @@ def test_online_loop_spreads_labels_over_rounds_on_the_current_policy(tmp_path):
     rows = result.run_dir.read_metrics()
     used = [r["labels/used"] for r in rows if "labels/used" in r]
     assert used == np.cumsum(allocation).tolist()  # one row per round, labels as allocated
-    assert len([r for r in rows if "eval/true_return" in r]) == 3  # the oracle after every round's improvement
+    assert len([r for r in rows if "eval/oracle_score" in r]) == 4  # the oracle before, and after every round
     pairs = TextPreferencePairs.load(tmp_path / "run" / "pairs.jsonl")
     assert len(pairs) == 48 and np.isin(pairs.labels, [0.0, 0.5, 1.0]).all()
     # Labels are asked on the policy being trained (one object: the agent trains it in place, the source samples it).
