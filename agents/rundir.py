@@ -46,7 +46,8 @@ logger = logging.getLogger(__name__)
 
 #: What a training run writes into its directory (``prepare_out`` moves these aside for ``overwrite``). People's
 #: labels (labels.sqlite) and clips/ are not among them: they outlive a run and are found again by content hash.
-RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "curves.png", "tb", "checkpoints")
+RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "curves.png", "tb", "checkpoints", "sft", "policy",
+             "reward_model", "pairs.jsonl", "model", "adapters")
 LATEST = "latest.json"
 
 

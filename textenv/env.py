@@ -15,7 +15,8 @@ from textenv.default_lm import default_prompts
 from textenv.engine import ActionTypeError, EpisodeEndedError, GenerationEngine
 from textenv.kl import KLPenalty
 from textenv.models import REF_COPY, load_policy, load_reference, resolve_device
-from textenv.prompts import PromptSource, read_prompts
+from textenv.prompts import PromptSource, prompt_columns, read_prompts
+from textenv.reward_functions import WeightedRewards, is_trl_style
 
 
 @dataclasses.dataclass
@@ -35,6 +36,7 @@ class TextGenSettings:
     device: str | torch.device | None = None
     prompt_field: str = "prompt"
     use_cache: bool = True
+    reward_weights: Any = None
 
 
 def build_engine(num_rows: int, settings: TextGenSettings) -> tuple[GenerationEngine, PromptSource]:
@@ -44,8 +46,10 @@ def build_engine(num_rows: int, settings: TextGenSettings) -> tuple[GenerationEn
     check_number("temperature", s.temperature, low=0, low_open=True, hint="1.0 = the model's own distribution")
     for name in ("max_new_tokens", "max_prompt_tokens"):
         check_number(name, getattr(s, name), low=1, integer=True)
-    check(s.reward_fn is None or callable(s.reward_fn),
-          f"reward_fn must be callable as reward_fn(prompts, responses), got {type(s.reward_fn).__name__}", TypeError)
+    functions = list(s.reward_fn) if isinstance(s.reward_fn, (list, tuple)) else [s.reward_fn]
+    check(s.reward_fn is None or all(callable(f) for f in functions),
+          f"reward_fn must be callable as reward_fn(prompts, responses) (or TRL's f(prompts=, completions=, "
+          f"**columns)), or a list of such; got {type(s.reward_fn).__name__}", TypeError)
     policy, tokenizer = load_policy(s.model, s.tokenizer, s.device)
     dev = resolve_device(s.device, policy)
     # The default copy is made only when the reward needs it; a reference given explicitly is always used (a
@@ -54,9 +58,24 @@ def build_engine(num_rows: int, settings: TextGenSettings) -> tuple[GenerationEn
     ref = load_reference(s.ref_model, policy, dev) if wanted else None
     source = PromptSource(read_prompts(default_prompts() if s.prompts is None else s.prompts, s.prompt_field),
                           tokenizer, s.max_prompt_tokens)
-    engine = GenerationEngine(policy, tokenizer, ref, s.reward_fn, num_rows, kl, s.max_new_tokens,
+    reward_fn = _reward_fn(s, functions, source)
+    engine = GenerationEngine(policy, tokenizer, ref, reward_fn, num_rows, kl, s.max_new_tokens,
                               s.max_prompt_tokens, s.temperature, dev, use_cache=s.use_cache)
     return engine, source
+
+
+def _reward_fn(s: TextGenSettings, functions: list, source: PromptSource) -> Any:
+    """``reward_fn`` as the engine calls it: one function of the toolkit's protocol as it is; several, weights, or a
+    TRL-style function (``f(prompts=, completions=, **columns)``) as ``WeightedRewards`` with each prompt's other
+    columns (``textenv.reward_functions``)."""
+    if s.reward_fn is None or (len(functions) == 1 and s.reward_weights is None and not is_trl_style(functions[0])):
+        return s.reward_fn
+    columns = prompt_columns(s.prompts, s.prompt_field) if s.prompts is not None else []
+    by_text: dict[str, dict] = {}
+    for text, cols in zip(source.prompts, columns, strict=False):
+        check(by_text.setdefault(text, cols) == cols, f"the prompt {text[:60]!r} appears twice with different "
+              "columns: a reward function could not tell which row a completion answers; make the prompts unique")
+    return WeightedRewards(functions, s.reward_weights, by_text)
 
 
 def observation_space(engine: GenerationEngine) -> spaces.Dict:
@@ -146,7 +165,9 @@ class TextGenEnv(EngineViews, gym.Env):
     * ``tokenizer``: tokenizer object, id or path (required with a model object).
     * ``prompts``: list of strings, a ``.txt`` (one per line) / ``.jsonl`` path, or a ``datasets.Dataset``;
       ``None`` = the default LM's prompts. ``prompt_field``: the JSONL key / dataset column (default ``"prompt"``).
-    * ``reward_fn``: ``reward_fn(prompts, responses) -> (B,)`` floats (see ``textenv.rewards``), or ``None``.
+    * ``reward_fn``: ``reward_fn(prompts, responses) -> (B,)`` floats (see ``textenv.rewards``), TRL's
+      ``f(prompts=, completions=, **columns)`` (it gets the other columns of each prompt's row in a .jsonl / dataset
+      prompt source), a list of either (added up, with ``reward_weights``: one weight each), or ``None``.
     * ``ref_model``: ``"copy"`` (default: a frozen copy of the initial policy, made only if the penalty is on), a
       model / id / path (frozen: eval mode, no grads), or ``None``.
     * ``kl_coef`` (0.05, or a ``KLPenalty``), ``max_new_tokens`` (32), ``max_prompt_tokens`` (32; longer prompts raise
@@ -181,13 +202,14 @@ class TextGenEnv(EngineViews, gym.Env):
         prompt_field: str = "prompt",
         use_cache: bool = True,
         render_mode: str | None = None,
+        reward_weights: Any = None,
     ):
         if render_mode not in (None, "ansi"):
             raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
         self.render_mode = render_mode
         self.engine, self.prompt_source = build_engine(1, TextGenSettings(
             model, tokenizer, prompts, reward_fn, ref_model, kl_coef, max_new_tokens, max_prompt_tokens, temperature,
-            device, prompt_field, use_cache))
+            device, prompt_field, use_cache, reward_weights))
         self.observation_space = observation_space(self.engine)
         self.action_space = spaces.Discrete(self.engine.vocab_size)
         self._ended = True

@@ -118,6 +118,24 @@ def read_prompts(source: Any, field: str = "prompt") -> list[Prompt]:
     return prompts
 
 
+def prompt_columns(source: Any, field: str = "prompt") -> list[dict[str, Any]]:
+    """The other columns of each prompt's row in ``source`` (a .jsonl file, a ``datasets.Dataset`` or its saved
+    directory), in the order of :func:`read_prompts`; empty dicts for sources without columns (.txt, lists). What
+    TRL-style reward functions receive as keyword arguments (``textenv.reward_functions``)."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.is_dir():
+            return prompt_columns(load_saved_dataset(path), field)
+        if path.suffix != ".jsonl" or not path.is_file():
+            return [{} for _ in read_prompts(source, field)]
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [{k: v for k, v in row.items() if k != field} for row in rows]
+    if _is_dataset(source):
+        others = [c for c in source.column_names if c != field]
+        return [{c: source[i][c] for c in others} for i in range(len(source))]
+    return [{} for _ in read_prompts(source, field)]
+
+
 def _is_dataset(obj: Any) -> bool:
     # Duck-typed so that `datasets` stays optional; a real datasets.Dataset has both attributes.
     return hasattr(obj, "column_names") and hasattr(obj, "__getitem__") and not isinstance(obj, (list, tuple))
@@ -205,6 +223,11 @@ class PromptSource:
         ]
         self.max_prompt_tokens = int(max_prompt_tokens)
         self.token_ids: list[list[int]] = self.encode(self.prompts, templated=chat)
+
+    @classmethod
+    def tokenize(cls, prompts: list[Prompt], tokenizer: Any) -> list[list[int]]:
+        """The token ids the env would start episodes from, with no length limit (to measure the prompts)."""
+        return cls(list(prompts), tokenizer, max_prompt_tokens=2**62).token_ids
 
     def encode(self, texts: list[str], templated: Sequence[bool] | None = None) -> list[list[int]]:
         """Token ids of ``texts``; raises ``PromptTooLongError`` naming the first prompt that does not fit.

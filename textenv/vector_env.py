@@ -81,7 +81,8 @@ class TextGenVectorEnv(EngineViews, VectorEnv):
     ``num_envs`` (N), ``array_backend`` (``"numpy"``: NumPy arrays, for Gymnasium/SB3 tooling; ``"torch"``: device
     tensors, no host copies), ``autoreset_mode`` (an ``AutoresetMode``, its value ``"SameStep"`` or its name
     ``"same_step"``; default NEXT_STEP), and every argument of ``TextGenEnv`` (model, tokenizer, prompts, reward_fn,
-    ref_model, kl_coef, max_new_tokens, max_prompt_tokens, temperature, device, prompt_field, use_cache).
+    ref_model, kl_coef, max_new_tokens, max_prompt_tokens, temperature, device, prompt_field, use_cache,
+    reward_weights).
 
     ## Info
     Gymnasium's vector info, as ``SyncVectorEnv`` over N ``TextGenEnv`` gives it: ``info[key]`` of length N with the
@@ -116,6 +117,7 @@ class TextGenVectorEnv(EngineViews, VectorEnv):
         use_cache: bool = True,
         array_backend: str = "numpy",
         autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
+        reward_weights: Any = None,
     ):
         if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
@@ -127,7 +129,7 @@ class TextGenVectorEnv(EngineViews, VectorEnv):
         self.array_backend = array_backend
         self.engine, self.prompt_source = build_engine(self.num_envs, TextGenSettings(
             model, tokenizer, prompts, reward_fn, ref_model, kl_coef, max_new_tokens, max_prompt_tokens, temperature,
-            device, prompt_field, use_cache))
+            device, prompt_field, use_cache, reward_weights))
         self.single_observation_space = observation_space(self.engine)
         self.single_action_space = spaces.Discrete(self.engine.vocab_size)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)

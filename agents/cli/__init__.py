@@ -38,6 +38,7 @@ C = TypeVar("C")
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "prefs": ("agents.cli.prefs", "learn a reward from segment preferences and train any SB3 agent on it"),
+    "sft": ("agents.cli.sft", "supervised fine-tuning on demonstrations (TRL formats): the first stage of RLHF"),
     "text": ("agents.cli.text", "RLHF on TextGen-v0: reward model from text preferences, then PPO/GRPO/RLOO/DPO"),
     "label": ("agents.cli.label", "open the labelling web app on a run directory"),
     "build-default-lm": ("agents.cli.default_lm", "rebuild the offline default language model"),

@@ -23,6 +23,8 @@ import time
 from typing import TYPE_CHECKING
 
 from agents.cli import UsageError, check_threads, resume_hint, run_settings
+from agents.cli.settings import add_settings_flags, settings_from_args
+from agents.cli.sft import training_extra
 from agents.loop.text.algorithms import TEXT_ALGORITHMS
 from agents.rundir import RunError, RunInterrupted
 
@@ -38,14 +40,16 @@ _CONFIG_FIELDS = {"seed": "seed", "pairs": "num_pairs", "iterations": "iteration
                   "rounds": "rounds", "selection": "selection",
                   "rm_ensemble": "rm_ensemble", "labeller": "labeller", "human_fraction": "human_fraction",
                   "label_timeout": "label_timeout", "model": "model", "tokenizer": "tokenizer", "prompts": "prompts",
-                  "preferences": "preferences"}
+                  "preferences": "preferences", "reward_fn": "reward_fns", "reward_weights": "reward_weights",
+                  "sft_data": "sft_data", "sft_epochs": "sft_epochs",
+                  "sft_lr": "sft_learning_rate"}
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("\n\n", 1)[1]
     g = parser.add_argument_group("run")
-    g.add_argument("--algo", default="grpo", choices=sorted(TEXT_ALGORITHMS),
+    g.add_argument("--algo", default=None, choices=sorted(TEXT_ALGORITHMS),
                    help="how to improve the policy (grpo; agents.loop.text.algorithms)")
     g.add_argument("--out", required=True, help="run directory (summary.json, curves.png, policy/, ...)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out with its saved settings")
@@ -79,6 +83,17 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--preferences", default=None,
                    help="preference pairs: .jsonl (TRL standard / conversational / implicit prompt) or a dataset "
                         "directory; labelled by --labeller dataset, else added to the labels gathered online")
+    d.add_argument("--reward-fn", action="append", default=None, metavar="MODULE:FUNCTION",
+                   help="a reward function added to the learned reward (repeatable): module:function or "
+                        "path/to/file.py:function, called as TRL's f(prompts=, completions=, **columns) with the "
+                        "prompt file's other columns (a reference answer, a test case); with --pairs 0 the only reward")
+    d.add_argument("--reward-weights", type=float, nargs="+", default=None, metavar="W",
+                   help="one weight per --reward-fn (default: 1 each)")
+    d.add_argument("--sft-data", default=None,
+                   help="demonstrations (TRL SFT formats): fine-tune the model on them first (stage one, in OUT/sft/); "
+                        "the RL stage starts from the SFT model and its reference is the SFT model")
+    d.add_argument("--sft-epochs", type=int, default=None, help="SFT passes over the demonstrations (3)")
+    d.add_argument("--sft-lr", type=float, default=None, help="SFT learning rate (2e-5)")
     h = parser.add_argument_group("labeller")
     h.add_argument("--labeller", default=None, choices=("teacher", "human", "mixed", "dataset"),
                    help="teacher (VADER sentiment, simulated), human (people in `rlhf-gym label --run OUT`; the loop "
@@ -102,32 +117,26 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--gradient-checkpointing", action="store_true", default=None,
                    help="recompute activations in the backward pass (less memory, more compute)")
     t.add_argument("--grad-accum", type=int, default=None, help="split each minibatch into this many chunks")
+    add_settings_flags(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> TextRLHFConfig:
     """A validated ``TextRLHFConfig`` from parsed arguments (unset ones keep the algorithm's defaults)."""
     from agents.loop.text.config import TextRLHFConfig
-    from textenv.lora import LoraSettings
 
-    overrides = {field: getattr(args, flag) for flag, field in _CONFIG_FIELDS.items()
-                 if getattr(args, flag, None) is not None}
-    if "labeller" not in overrides and args.preferences is not None:
-        overrides["labeller"] = "dataset"
+    flags = {field: getattr(args, flag) for flag, field in _CONFIG_FIELDS.items()
+             if getattr(args, flag, None) is not None}
+    if args.algo is not None:
+        flags["algo"] = args.algo
     if args.no_progress:
-        overrides["progress_bar"] = False
-    extra = {}
-    if args.lora_r is not None:
-        alpha = args.lora_alpha if args.lora_alpha is not None else 2.0 * args.lora_r
-        extra["lora"] = LoraSettings(r=args.lora_r, alpha=alpha, targets=args.lora_targets)
-    elif args.lora_alpha is not None or args.lora_targets is not None:
-        raise UsageError("--lora-alpha and --lora-targets need --lora-r (the adapters' rank)")
-    if args.gradient_checkpointing:
-        extra["gradient_checkpointing"] = True
-    if args.grad_accum is not None:
-        extra["gradient_accumulation_steps"] = args.grad_accum
+        flags["progress_bar"] = False
+    extra = training_extra(args)
     if extra:
-        overrides["extra"] = extra
-    return TextRLHFConfig.for_algo(args.algo, **overrides)
+        flags["extra"] = extra
+    values = settings_from_args(args, TextRLHFConfig, flags)  # --config file < flags < --set
+    if "labeller" not in values and values.get("preferences") is not None:
+        values["labeller"] = "dataset"
+    return TextRLHFConfig.for_algo(values.pop("algo", "grpo"), **values)
 
 
 def run(args: argparse.Namespace) -> int:

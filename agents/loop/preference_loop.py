@@ -127,7 +127,7 @@ class LoopConfig:
     """Budgets and schedule of the preference loop (``agents.loop.preference_loop.PreferenceLoop``)."""
 
     labels: int = 150
-    """Preference-label budget of the whole run."""
+    """Preference-label budget of the whole run (0: no reward learning; the agent's reward is given)."""
     steps: int = 50_000
     """Env-step budget of the whole run (initial collection + training)."""
     rounds: int = 24
@@ -168,8 +168,10 @@ class LoopConfig:
         return self
 
     def __post_init__(self) -> None:
-        for count in ("labels", "steps", "rounds", "oversample", "eval_episodes", "round_eval_episodes"):
+        for count in ("steps", "rounds", "oversample", "eval_episodes", "round_eval_episodes"):
             check_number(count, getattr(self, count), low=1, integer=True)
+        check_number("labels", self.labels, low=0, integer=True, hint="0 = no reward learning (a run whose reward "
+                     "is given, e.g. verifiable reward functions)")
         check_number("seed", self.seed, low=0, high=2**32 - 1, integer=True)
         check_number("initial_label_fraction", self.initial_label_fraction, low=0, high=1)
         check_number("initial_steps", self.initial_steps, low=0, high=self.steps, high_open=True, integer=True,

@@ -319,6 +319,16 @@ def load_text_preferences(source: Any, tokenizer: Any = None, *, max_length: int
                                np.asarray([r.label for r in rows], dtype=np.float32))
 
 
+def is_conversational(source: Any) -> bool:
+    """Whether ``source``'s records are in TRL's conversational format (lists of role/content messages), judged by
+    its first record; ``TextPreferencePairs`` hold text already (False)."""
+    if isinstance(source, TextPreferencePairs):
+        return False
+    for rec, _ in iter_records(source):
+        return isinstance(rec, dict) and any(isinstance(rec.get(k), (list, tuple)) for k in ("prompt", "chosen"))
+    return False
+
+
 def read_preference_rows(source: Any, tokenizer: Any = None) -> list[PreferenceRow]:
     """Every record of ``source`` (as for :func:`load_text_preferences`) parsed into text, labels not yet checked
     against {0, 0.5, 1, NaN} (DPO reads any label in [0, 1]); conversational records are rendered with

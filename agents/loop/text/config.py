@@ -26,7 +26,7 @@ __all__ = ["LABELLERS", "TextRLHFConfig"]
 
 #: Who labels the pairs of a text run (``TextRLHFConfig.labeller``).
 LABELLERS = ("teacher", "human", "mixed", "dataset")
-_COUNTS = ("max_new_tokens", "max_prompt_tokens", "num_pairs", "rm_epochs", "rm_batch_size", "iterations", "num_envs",
+_COUNTS = ("max_new_tokens", "rm_epochs", "rm_batch_size", "iterations", "num_envs",
            "eval_prompts", "eval_samples", "rounds", "oversample", "rm_ensemble")
 
 
@@ -43,12 +43,13 @@ class TextRLHFConfig(RunConfig):
     """Torch device; None = CUDA if available, else CPU."""
     max_new_tokens: int = 24
     """Response length limit (tokens); the default LM's reviews end with EOS well within 24."""
-    max_prompt_tokens: int = 16
-    """Longest prompt (tokens); longer prompts are an error, never truncated."""
+    max_prompt_tokens: int | None = None
+    """Longest prompt (tokens); longer prompts are an error, never truncated. None: the longest of the run's prompts
+    (training and held-out), which must fit the model's context with ``max_new_tokens``."""
     temperature: float = 1.0
     """Sampling temperature of rollouts, pairs and evaluation."""
     num_pairs: int = 256
-    """Completion pairs labelled by the teacher (the label budget)."""
+    """Completion pairs labelled (the label budget); 0 = no reward model: the policy trains on ``reward_fns`` only."""
     teacher_beta: float = math.inf
     """Teacher rationality (B-Pref beta, in VADER units): inf = always prefers the higher score."""
     rm_epochs: int = 3
@@ -120,6 +121,19 @@ class TextRLHFConfig(RunConfig):
     """Preference file (.jsonl: TRL standard, conversational or implicit-prompt; this toolkit's pairs) or dataset
     directory. With ``labeller="dataset"`` it is what is labelled; with any other labeller its pairs join the
     labels gathered online."""
+    reward_fns: list[str] = dataclasses.field(default_factory=list)
+    """Reward functions added to the learned reward, as ``module:function`` or ``path/to/file.py:function`` (TRL's
+    convention: ``f(prompts=, completions=, **columns)`` with the prompt file's other columns, e.g. a reference
+    answer; or this toolkit's ``f(prompts, responses)``); ``textenv.reward_functions``."""
+    reward_weights: list[float] | None = None
+    """One weight per reward function (default: all 1)."""
+    sft_data: str | None = None
+    """Demonstrations (TRL SFT formats, ``agents.llm.sft``) to fine-tune the model on first (the SFT stage, in
+    ``OUT/sft/``); the RL stage then starts from the SFT model, which is also its reference. None = no SFT stage."""
+    sft_epochs: int = 3
+    """SFT passes over the demonstrations."""
+    sft_learning_rate: float = 2e-5
+    """SFT learning rate."""
     progress_bar: bool | None = None
     """Show a tqdm bar over the rounds; None = only when stderr is a terminal."""
 
@@ -129,6 +143,15 @@ class TextRLHFConfig(RunConfig):
         for name in _COUNTS:
             check_number(name, getattr(self, name), low=1, integer=True)
         check_number("seed", self.seed, low=0, high=2**32 - 1, integer=True)
+        check_number("num_pairs", self.num_pairs, low=0 if self.reward_fns else 1, integer=True,
+                     hint="0 needs reward functions (--reward-fn): the policy's reward")
+        check(self.num_pairs >= 1 or not self.algorithm.offline, f"{self.algo} learns from labelled pairs: "
+              "num_pairs must be >= 1")
+        self.reward_functions()  # imports them: a misspelt module or name fails here, before the run
+        check_number("sft_epochs", self.sft_epochs, low=1, integer=True)
+        check_number("sft_learning_rate", self.sft_learning_rate, low=0, low_open=True)
+        check_number("max_prompt_tokens", self.max_prompt_tokens, low=1, integer=True, none_ok=True,
+                     hint="None = the longest prompt of the run")
         check_number("eval_every", self.eval_every, low=0, integer=True, hint="0 = only before and after")
         check_number("temperature", self.temperature, low=0, low_open=True)
         check_number("rm_val_fraction", self.rm_val_fraction, low=0, high=1, high_open=True)
@@ -153,9 +176,30 @@ class TextRLHFConfig(RunConfig):
               "drop kl_target")
         if self.algorithm.kl is None:
             self.kl_penalty()  # validates kl_coef, kl_target, kl_horizon
+        if self.sft_data is not None:
+            self.sft_run_config()  # validates the SFT stage's settings
         self.agent_config()  # validates the algorithm's settings (its kl field, extra) where the algorithm defines them
         self.loop_config()  # validates the loop's settings (rounds, schedule, selection) where the loop defines them
         check_device(self.device)  # DeviceError (a RunError: one line, rc 2 in the CLI)
+
+    def reward_functions(self) -> list:
+        """The functions ``reward_fns`` names, imported (``RewardSpecError`` names what is wrong)."""
+        from textenv.reward_functions import load_reward_function
+
+        check(self.reward_weights is None or len(self.reward_weights) == len(self.reward_fns),
+              f"{len(self.reward_weights or [])} reward weights for {len(self.reward_fns)} reward functions: give one "
+              "weight per --reward-fn")
+        return [load_reward_function(spec) for spec in self.reward_fns]
+
+    def sft_run_config(self) -> Any:
+        """The SFT stage's settings (``agents.loop.text.sft.SFTRunConfig``): the run's model, data and seed; its
+        memory settings (LoRA, checkpointing) from ``extra``."""
+        from agents.loop.text.sft import SFTRunConfig
+
+        memory = {k: v for k, v in self.extra.items()
+                  if k in ("lora", "gradient_checkpointing", "gradient_accumulation_steps", "bf16")}
+        return SFTRunConfig(data=self.sft_data, model=self.model, tokenizer=self.tokenizer, epochs=self.sft_epochs,
+                            learning_rate=self.sft_learning_rate, seed=self.seed, device=self.device, extra=memory)
 
     @property
     def algorithm(self) -> TextAlgorithm:

@@ -15,6 +15,7 @@ from agents.llm.rollout import collect_rollout
 from agents.rundir import RunDir
 from textenv import TextGenVectorEnv
 from textenv.kl import KLPenalty
+from textenv.reward_functions import WeightedRewards
 
 if TYPE_CHECKING:
     from agents.loop.text.config import TextRLHFConfig
@@ -50,7 +51,18 @@ class TextRLHFContext:
     eval_rows: list[str]
     run_dir: RunDir
     device: torch.device
+    max_prompt_tokens: int = 16  # the run's prompt budget in tokens (agents.loop.text.loop.prompt_budget)
+    reward_fns: Any = None  # textenv.reward_functions.WeightedRewards of the run's reward functions, or None
     step_offset: int = 0
+
+    def reward(self) -> Any:
+        """The policy's reward: the learned reward model (normalised), plus the weighted reward functions."""
+        if self.reward_fns is None:
+            return self.reward_model
+        if self.reward_model is None:
+            return self.reward_fns
+        fns = self.reward_fns
+        return WeightedRewards([self.reward_model, *fns.functions], [1.0, *fns.weights], fns.columns)
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         """Log ``metrics`` of the improvement step's ``step`` on the run's axis (``step_offset + step``)."""
@@ -72,7 +84,7 @@ class TextRLHFContext:
             ref_model=self.ref_model if (reference or kl.active) else None,
             kl_coef=kl,
             max_new_tokens=cfg.max_new_tokens,
-            max_prompt_tokens=cfg.max_prompt_tokens,
+            max_prompt_tokens=self.max_prompt_tokens,
             temperature=cfg.temperature,
             device=self.device,
             array_backend="torch",

@@ -39,7 +39,7 @@ def _improve_rl(ctx: TextRLHFContext) -> dict:
     """An ``LMAgent`` on the vector env, rewarded by the learned reward (plus the env's KL penalty, if the algorithm
     takes its KL there)."""
     cfg = ctx.config
-    env = ctx.make_env(cfg.num_envs, ctx.reward_model, cfg.kl_penalty())
+    env = ctx.make_env(cfg.num_envs, ctx.reward(), cfg.kl_penalty())
     agent_class = cfg.algorithm.agent_class()
     kwargs = {"reward_model": ctx.reward_model} if "reward_model" in inspect.signature(agent_class).parameters else {}
     agent = agent_class(env, cfg.agent_config(), **kwargs)
@@ -94,9 +94,9 @@ def make_text_vec_env(ctx: TextRLHFContext, n_envs: int) -> DummyVecEnv:
 
     def make() -> TextGenEnv:
         return TextGenEnv(
-            model=ctx.policy, tokenizer=ctx.tokenizer, prompts=ctx.train_prompts, reward_fn=ctx.reward_model,
+            model=ctx.policy, tokenizer=ctx.tokenizer, prompts=ctx.train_prompts, reward_fn=ctx.reward(),
             ref_model=ctx.ref_model, kl_coef=penalty, max_new_tokens=cfg.max_new_tokens,
-            max_prompt_tokens=cfg.max_prompt_tokens, temperature=cfg.temperature, device=ctx.device,
+            max_prompt_tokens=ctx.max_prompt_tokens, temperature=cfg.temperature, device=ctx.device,
         )
 
     venv = DummyVecEnv([make for _ in range(n_envs)])

@@ -43,18 +43,20 @@ from agents.loop.text.pairs import (
     PairsAsReward,
     heldout_size,
 )
-from agents.rundir import RunDir
+from agents.rundir import RunDir, checkpoint_candidates
 from rewardmodels.text.ensemble import LMRewardEnsemble
-from rewardmodels.text.preferences import TextPreferencePairs, load_text_preferences
+from rewardmodels.text.preferences import TextPreferencePairs, is_conversational, load_text_preferences
 from rewardmodels.text.teachers import SentimentTeacher
 from textenv.default_lm import default_prompts
 from textenv.lora import LoraSettings, apply_lora, is_peft_model, load_adapter_weights, reference_view
-from textenv.models import load_policy
-from textenv.prompts import is_chat, read_prompts, render_chat
+from textenv.models import load_policy, max_positions
+from textenv.prompts import PromptSource, PromptTooLongError, is_chat, prompt_columns, read_prompts, render_chat
+from textenv.reward_functions import WeightedRewards
 
 logger = logging.getLogger(__name__)
 
 POLICY_DIR = "policy"
+SFT_DIR = "sft"
 
 
 def _evaluation_json(ev: Evaluation) -> dict[str, Any]:
@@ -181,22 +183,70 @@ def _split_prompts(prompts: list[str], n_eval: int) -> tuple[list[str], list[str
     return prompts, prompts[:n_eval]
 
 
-def _inputs(cfg: TextRLHFConfig, device: torch.device, model, tokenizer, train_prompts, eval_prompts):
+def sft_stage(config: TextRLHFConfig, out: str | Path, model: Any, tokenizer: Any, device: torch.device):
+    """Run the SFT stage into ``out/sft`` (resuming it if it stopped; skipping it if it finished) and return the SFT
+    model and its tokenizer: what the RL stage starts from and keeps as its reference."""
+    from agents.loop.text.sft import MODEL_DIR, run_sft, sft_done
+
+    sft_out = Path(out) / SFT_DIR
+    if not sft_done(sft_out):
+        logger.info("SFT stage on %s -> %s", config.sft_data, sft_out)
+        run_sft(config.sft_run_config(), sft_out, resume=bool(checkpoint_candidates(sft_out)), model=model,
+                tokenizer=tokenizer)
+    saved_tokenizer = tokenizer if tokenizer is not None else config.tokenizer
+    return load_policy(str(sft_out / MODEL_DIR), saved_tokenizer, device)
+
+
+def prompt_budget(cfg: TextRLHFConfig, tokenizer: Any, model: Any, train: Sequence[str],
+                  held_out: Sequence[str]) -> int:
+    """The run's ``max_prompt_tokens``: the config's, checked against every prompt (an error names the longest, by
+    its place among the training or held-out prompts, and how many are too long), or the longest prompt's length;
+    either way it must leave ``max_new_tokens`` in the model's context."""
+    prompts = [*train, *held_out]
+    lengths = [len(ids) for ids in PromptSource.tokenize(prompts, tokenizer)]
+    longest = int(np.argmax(lengths))
+    budget = cfg.max_prompt_tokens if cfg.max_prompt_tokens is not None else lengths[longest]
+    if lengths[longest] > budget:
+        where = (f"training prompt {longest + 1} of {len(train)}" if longest < len(train)
+                 else f"held-out prompt {longest - len(train) + 1} of {len(held_out)}")
+        too_long = sum(n > budget for n in lengths)
+        raise PromptTooLongError(f"{where} ({prompts[longest][:80]!r}) has {lengths[longest]} tokens, more than "
+                                 f"max_prompt_tokens={budget} ({too_long} of the run's {len(prompts)} prompts are): "
+                                 f"raise --max-prompt-tokens to {lengths[longest]}, leave it unset (the longest "
+                                 "prompt), or shorten those prompts; prompts are never truncated")
+    positions = max_positions(model)
+    if positions is not None and budget + cfg.max_new_tokens > positions:
+        raise PromptTooLongError(f"prompts of up to {budget} tokens and max_new_tokens={cfg.max_new_tokens} exceed the "
+                                 f"model's {positions} positions: lower --max-new-tokens or shorten the prompts")
+    return budget
+
+
+def _inputs(cfg: TextRLHFConfig, device: torch.device, model, tokenizer, train_prompts, eval_prompts,
+            chat_preferences: bool = False, default_lm: bool = False):
     """Policy, tokenizer and prompts: the arguments, else ``cfg.model`` / ``cfg.prompts``, else the default LM."""
     if model is None:
         model, tokenizer = load_policy(cfg.model, cfg.tokenizer, device)
-        if cfg.prompts is not None and not train_prompts:
-            # Chat prompts (message lists) as the text of the template, as preference files are read: pairs, reward
-            # model and people all see the prompt the policy continues.
-            prompts = [render_chat(p, tokenizer) if is_chat(p) else p for p in read_prompts(cfg.prompts)]
-            train_prompts, split_eval = _split_prompts(prompts, cfg.eval_prompts)
-            eval_prompts = eval_prompts or split_eval
-        elif cfg.model is None:
-            train_prompts = train_prompts or default_prompts("train")
-            eval_prompts = eval_prompts or default_prompts("test")
+    columns: dict[str, dict] = {}
+    if not train_prompts and cfg.prompts is not None:
+        # Chat prompts (message lists) as the text of the template, as preference files are read: pairs, reward
+        # model and people all see the prompt the policy continues.
+        prompts = read_prompts(cfg.prompts)
+        rows = prompt_columns(cfg.prompts)
+        if chat_preferences and getattr(tokenizer, "chat_template", None) and not any(map(is_chat, prompts)):
+            logger.warning("the preferences are conversational and the prompts plain text: each prompt is given "
+                           "to the policy as a user turn of the chat template, as the reward model reads the "
+                           "preferences' prompts")
+            prompts = [[{"role": "user", "content": p}] for p in prompts]
+        prompts = [render_chat(p, tokenizer) if is_chat(p) else p for p in prompts]
+        columns = {text: cols for text, cols in zip(prompts, rows, strict=True) if cols}
+        train_prompts, split_eval = _split_prompts(prompts, cfg.eval_prompts)
+        eval_prompts = eval_prompts or split_eval
+    elif not train_prompts and default_lm:  # the default LM (as given, or fine-tuned by the SFT stage)
+        train_prompts = default_prompts("train")
+        eval_prompts = eval_prompts or default_prompts("test")
     if tokenizer is None or not train_prompts or not eval_prompts:
         raise ValueError("with a custom model, pass its tokenizer, train_prompts and eval_prompts too")
-    return model.to(device), tokenizer, list(train_prompts), list(eval_prompts)
+    return model.to(device), tokenizer, list(train_prompts), list(eval_prompts), columns
 
 
 def build_text_loop(config: TextRLHFConfig, out: str | Path, model: Any = None, tokenizer: Any = None,
@@ -208,11 +258,17 @@ def build_text_loop(config: TextRLHFConfig, out: str | Path, model: Any = None, 
     teacher (the labeller, and the oracle of every evaluation), ``config.preferences``, ``config.labeller``."""
     torch.manual_seed(config.seed)
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, tokenizer, train_prompts, eval_prompts = _inputs(config, device, model, tokenizer, train_prompts,
-                                                            eval_prompts)
-    if teacher is None and config.labeller in ("teacher", "mixed"):  # with people or a dataset: no simulated judge
-        teacher = SentimentTeacher(beta=config.teacher_beta, seed=config.seed)
+    default_lm = model is None and config.model is None
+    if config.sft_data is not None:  # stage one: the policy (and the reference) become the SFT model
+        model, tokenizer = sft_stage(config, out, model, tokenizer, device)
     source_pairs = preferences if preferences is not None else config.preferences
+    chat_preferences = source_pairs is not None and is_conversational(source_pairs)
+    model, tokenizer, train_prompts, eval_prompts, columns = _inputs(
+        config, device, model, tokenizer, train_prompts, eval_prompts, chat_preferences, default_lm)
+    functions = config.reward_functions()
+    reward_fns = WeightedRewards(functions, config.reward_weights, columns) if functions else None
+    if teacher is None and config.labeller in ("teacher", "mixed") and config.num_pairs > 0:  # else no gold judge
+        teacher = SentimentTeacher(beta=config.teacher_beta, seed=config.seed)
     prefs = load_preferences(source_pairs, tokenizer) if source_pairs is not None else None
     if config.labeller == "dataset":
         if prefs is None:
@@ -230,10 +286,11 @@ def build_text_loop(config: TextRLHFConfig, out: str | Path, model: Any = None, 
         ref = reference_view(model)
     else:
         ref = copy.deepcopy(model).eval().requires_grad_(False)
+    budget = prompt_budget(config, tokenizer, model, train_prompts, eval_prompts[: config.eval_prompts])
     run_dir = RunDir(out)
     eval_rows = [p for p in eval_prompts[: config.eval_prompts] for _ in range(config.eval_samples)]
     ctx = TextRLHFContext(config, model, ref, tokenizer, teacher, None, None, train_prompts, eval_rows, run_dir,
-                          device)
+                          device, budget, reward_fns)
     if config.labeller == "dataset":
         source: CompletionPairSource = DatasetPairSource(ctx, prefs, heldout_fraction=config.rm_val_fraction)
     else:

@@ -112,7 +112,7 @@ def judged(ctx: TextRLHFContext, loop: PreferenceLoop, ensemble: LMRewardEnsembl
     and the agreement of people's last labels with the reward model before it saw them (``new_label_agreement``)."""
     out: dict[str, Any] = {}
     if ctx.teacher is not None:
-        gold = ctx.config.labeller in ("teacher", "mixed")
+        gold = ctx.config.labeller in ("teacher", "mixed") and ctx.config.num_pairs > 0
         prefix, win = ("oracle", "win_rate_vs_ref") if gold else ("teacher", "teacher_win_rate_vs_ref")
         wins = ctx.teacher.label(after.prompts, after.responses, before.responses)  # 1 = after preferred
         out.update({f"{prefix}_score_before": before.oracle_score, f"{prefix}_score_after": after.oracle_score,
@@ -124,6 +124,11 @@ def judged(ctx: TextRLHFContext, loop: PreferenceLoop, ensemble: LMRewardEnsembl
         out.update({"learned_reward_before": float(b.mean()), "learned_reward_after": float(a.mean()),
                     "rm_win_rate_vs_ref": float(((a > b).double() + 0.5 * (a == b).double()).mean())})
         out.setdefault("judge", "reward model (the run's final fit)")
+    if ctx.reward_fns is not None:  # given reward functions judge too (e.g. a verifiable answer check)
+        fb = ctx.reward_fns(before.prompts, before.responses)
+        fa = ctx.reward_fns(after.prompts, after.responses)
+        out.update({"reward_functions_before": float(np.mean(fb)), "reward_functions_after": float(np.mean(fa))})
+        out.setdefault("judge", f"reward functions ({ctx.reward_fns.__name__})")
     heldout = getattr(loop.source, "heldout", None)
     if heldout is not None and len(heldout.strict()):
         strict = heldout.strict()
@@ -179,6 +184,9 @@ def result_line(result: TextRLHFResult, out: Path | str) -> str:
                    f"{s['rm_win_rate_vs_ref']:.2f}")
     else:
         verdict = "no judge of completions"
+    if "reward_functions_after" in s:
+        verdict = ("" if verdict.startswith("no judge") else verdict + ", ") + (
+            f"reward functions {s['reward_functions_before']:+.3f} -> {s['reward_functions_after']:+.3f}")
     if "heldout_preference_accuracy" in s:
         verdict += f", held-out preference accuracy {s['heldout_preference_accuracy']:.2f} ({s['heldout_pairs']} pairs)"
     outputs = [f"{out}/summary.json", f"{out}/policy"]

@@ -44,7 +44,7 @@ def test_label_allocation_spends_exactly_the_budget_front_loaded(schedule):
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(labels=0), "labels must be an integer >= 1"),
+    (dict(labels=-1), "labels must be an integer >= 0"),
     (dict(initial_steps=60_000), "initial_steps"),
     (dict(selection="best"), "selection"),
     (dict(label_schedule="linear"), "label_schedule"),
