@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 #: What a training run writes into its directory (``prepare_out`` moves these aside for ``overwrite``). People's
 #: labels (labels.sqlite) and clips/ are not among them: they outlive a run and are found again by content hash.
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "curves.png", "tb", "checkpoints", "sft", "policy",
-             "reward_model", "pairs.jsonl", "model", "adapters")
+             "reward_model", "pairs.jsonl", "model", "adapters", "trackio", "wandb")
 LATEST = "latest.json"
 
 
@@ -197,12 +197,15 @@ def signals_deferred(signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM)) -
 class RunDir:
     """A run directory: config, TensorBoard logs, checkpoints, metrics, summary and curves."""
 
-    def __init__(self, path: str | os.PathLike, tensorboard: bool = True):
+    def __init__(self, path: str | os.PathLike, tensorboard: bool = True,
+                 report_to: Sequence[str] = ("tensorboard",)):
         self.path = Path(path)
         _check_writable(self.path)  # RunDirError naming the path, not a traceback from deep in a write
         self.checkpoints.mkdir(exist_ok=True)
-        self._tensorboard = tensorboard
+        self._tensorboard = tensorboard and "tensorboard" in report_to
         self._writer = None
+        self._others = [name for name in report_to if name in ("trackio", "wandb")]  # started by write_config
+        self._trackers: list[Any] = []
 
     @property
     def checkpoints(self) -> Path:
@@ -247,6 +250,13 @@ class RunDir:
 
     def write_config(self, config: Any) -> None:
         write_json(self.path / "config.json", config)
+        if self._others and not self._trackers:  # the other trackers start with the run's settings
+            self._start_trackers(config)
+
+    def _start_trackers(self, config: Any) -> None:
+        from agents.trackers import make_tracker
+
+        self._trackers = [make_tracker(name, self.path, config) for name in self._others]
 
     @property
     def writer(self):
@@ -265,6 +275,11 @@ class RunDir:
                 self.writer.add_scalar(key, value, step)
         with open(self.metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps({"step": int(step), **jsonable(clean)}) + "\n")
+        if self._others and not self._trackers:  # a resumed run: the trackers start with the saved settings
+            self._start_trackers(json.loads(self.path.joinpath("config.json").read_text(encoding="utf-8"))
+                                 if self.path.joinpath("config.json").is_file() else {})
+        for tracker in self._trackers:
+            tracker.log(int(step), clean)
 
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_path.exists():
@@ -312,3 +327,6 @@ class RunDir:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        for tracker in self._trackers:
+            tracker.close()
+        self._trackers = []

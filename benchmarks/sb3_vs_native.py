@@ -20,6 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agents.loop.text.run import TextRLHFConfig, run_text_rlhf  # noqa: E402
+from agents.rundir import prepare_out
 
 ALGOS = ("sb3-ppo", "sb3-a2c", "ppo", "grpo")
 
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for algo in args.algos:
         config = TextRLHFConfig.for_algo(algo, iterations=args.iterations, seed=args.seed, eval_every=0)
-        result = run_text_rlhf(config, Path(args.out) / algo)
+        result = run_text_rlhf(config, prepare_out(Path(args.out) / algo, overwrite=True))  # an earlier try: aside
         s = result.summary
         rows.append({
             "algo": algo,

@@ -29,6 +29,9 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
                    help="run settings as JSON or YAML: any field of the run config (flags override it)")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="set_values",
                    help="override one setting (repeatable), e.g. --set extra.ppo_epochs=2 --set rm_epochs=4")
+    g.add_argument("--report-to", nargs="+", default=None, metavar="BACKEND",
+                   help="where scalars go besides metrics.jsonl: tensorboard (default), trackio, wandb (offline unless "
+                        "WANDB_MODE=online), none; several may be given")
 
 
 def read_file(path: str) -> dict[str, Any]:
@@ -88,6 +91,8 @@ def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any
 def settings_from_args(args: argparse.Namespace, config_class: type, flags: Mapping[str, Any]) -> dict[str, Any]:
     """The run config's field values: ``--config`` file, then ``flags`` (the values given on the command line),
     then ``--set``; a key that is not a field of ``config_class`` is refused, naming the fields."""
+    if getattr(args, "report_to", None):
+        flags = {**flags, "report_to": list(args.report_to)}
     values = read_file(args.config) if getattr(args, "config", None) else {}
     values = merge(merge(values, flags), parse_sets(getattr(args, "set_values", []) or []))
     names = {f.name for f in dataclasses.fields(config_class)}

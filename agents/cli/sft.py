@@ -107,6 +107,9 @@ def run(args: argparse.Namespace) -> int:
     from textenv.prompts import PromptError
 
     torch.set_num_threads(args.threads)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the "Loading weights" bars of every model load: noise in a run's log
     cfg, out = run_settings(args, SFTRunConfig.load, lambda: config_from_args(args))
     try:
         summary = run_sft(cfg, out, resume=args.resume)

@@ -319,6 +319,16 @@ def load_text_preferences(source: Any, tokenizer: Any = None, *, max_length: int
                                np.asarray([r.label for r in rows], dtype=np.float32))
 
 
+def is_unpaired(source: Any) -> bool:
+    """Whether ``source``'s records are TRL's unpaired format (``prompt``, ``completion``, ``label``: KTO's data, not
+    preference pairs), judged by its first record."""
+    if isinstance(source, TextPreferencePairs):
+        return False
+    for rec, _ in iter_records(source):
+        return isinstance(rec, dict) and "completion" in rec and "chosen" not in rec
+    return False
+
+
 def is_conversational(source: Any) -> bool:
     """Whether ``source``'s records are in TRL's conversational format (lists of role/content messages), judged by
     its first record; ``TextPreferencePairs`` hold text already (False)."""

@@ -94,11 +94,41 @@ class SentimentTeacher(TextTeacher):
     """Prefers the response with the higher VADER compound sentiment (Hutto & Gilbert 2014; offline lexicon), the
     synthetic labeller of the sentiment task (Ziegler et al. 2019, arXiv:1909.08593). Scores lie in [-1, 1].
 
+    ``repetition_penalty`` makes it a harder judge: the score minus ``repetition_penalty`` times the share of the
+    response's words that repeat an earlier word (``1 - distinct / total``), so gushing by repetition ("great great
+    great") loses to a varied positive review. A reward model fitted on a policy's first, rarely repetitive samples
+    does not see this; a policy optimised on it can learn to repeat (the over-optimisation of Gao et al. 2022).
+
     Keyword arguments are the :class:`TextTeacher` noise settings.
     """
 
-    def __init__(self, **noise: Any) -> None:
-        super().__init__(SentimentReward(), **noise)
+    def __init__(self, repetition_penalty: float = 0.0, **noise: Any) -> None:
+        if not (math.isfinite(repetition_penalty) and repetition_penalty >= 0):
+            raise ValueError(f"repetition_penalty must be a finite number >= 0, got {repetition_penalty!r}")
+        scorer: Scorer = SentimentReward()
+        if repetition_penalty:
+            scorer = _RepetitionPenalised(scorer, repetition_penalty)
+        super().__init__(scorer, **noise)
+
+
+class _RepetitionPenalised:
+    """``scorer`` minus ``penalty`` times the share of repeated words of each response (punctuation and case
+    ignored)."""
+
+    def __init__(self, scorer: Scorer, penalty: float) -> None:
+        self.scorer, self.penalty = scorer, float(penalty)
+        self.__name__ = f"{type(scorer).__name__}-repetition"
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> np.ndarray:
+        base = np.asarray(self.scorer(prompts, responses), dtype=np.float64)
+        return base - self.penalty * np.array([repetition(r) for r in responses])
+
+
+def repetition(text: str) -> float:
+    """The share of a text's words that repeat an earlier word: ``1 - distinct / total`` (0 for no words)."""
+    words = [w.strip(".,;:!?\"'()").lower() for w in text.split()]
+    words = [w for w in words if w]
+    return 1.0 - len(set(words)) / len(words) if words else 0.0
 
 
 class _WordCount:

@@ -98,6 +98,7 @@ class PrefsConfig(LoopConfig, RunConfig):
         if self.atari_preprocessing:
             atari_env_id(self.env)  # NotAnAtariEnvError for anything but ALE ids; registers the preprocessed id
         check_env_id(self.env_id)  # UnknownEnvError suggests close ids
+        self.check_run()
         check(self.teacher in TEACHER_PRESETS,
               f"unknown teacher {self.teacher!r}; choose one of {', '.join(TEACHER_PRESETS)}")
         try:  # the teacher's own checks, now rather than when the loop is built (return_scale: any, to check)

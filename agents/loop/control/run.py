@@ -24,7 +24,7 @@ from agents.loop.control.frame_pairs import ImageSegmentPairSource
 from agents.loop.control.segment_pairs import SegmentPairSource
 from agents.loop.preference_loop import LoopCallback, PreferenceLoop
 from agents.loop.reward_model import EnsembleRewardModel
-from agents.rundir import prepare_out
+from agents.rundir import RunDir, prepare_out
 from agents.sb3.control import SB3Agent, default_hyperparams
 from rewardmodels.cnn import CNNRewardNet
 from rewardmodels.ensemble import FitConfig, RewardEnsemble
@@ -72,7 +72,8 @@ def build_loop(cfg: PrefsConfig, out: str | os.PathLike, callbacks: Sequence[Loo
     agent = SB3Agent(cfg.algo, cfg.env_id, ensemble.predict_reward, total_steps=cfg.steps, seed=cfg.seed,
                      device=cfg.device, hyperparams=hyper, wrap_venv=source.wrap)
     title = " ".join(str(x) for x in (cfg.preset, cfg.env, cfg.algo, f"seed {cfg.seed}") if x)
-    return PreferenceLoop(cfg, agent, source, reward_model, make_labeller(cfg, out), out,
+    run_dir = RunDir(out, report_to=cfg.report_to)
+    return PreferenceLoop(cfg, agent, source, reward_model, make_labeller(cfg, out), run_dir,
                           callbacks=[*callbacks, _RunInfo(cfg)], title=title)
 
 

@@ -143,11 +143,12 @@ class TextRLHFConfig(RunConfig):
         for name in _COUNTS:
             check_number(name, getattr(self, name), low=1, integer=True)
         check_number("seed", self.seed, low=0, high=2**32 - 1, integer=True)
-        check_number("num_pairs", self.num_pairs, low=0 if self.reward_fns else 1, integer=True,
-                     hint="0 needs reward functions (--reward-fn): the policy's reward")
-        check(self.num_pairs >= 1 or not self.algorithm.offline, f"{self.algo} learns from labelled pairs: "
-              "num_pairs must be >= 1")
+        check_number("num_pairs", self.num_pairs, low=0, integer=True, hint="0 = no labels: reward functions or KTO "
+                     "on unpaired examples train the policy")
         self.reward_functions()  # imports them: a misspelt module or name fails here, before the run
+        check(self.num_pairs > 0 or bool(self.reward_fns) or self._unpaired_kto(), "num_pairs=0 (no labels) needs "
+              "reward functions (--reward-fn), or KTO on unpaired examples (--algo kto --preferences FILE of "
+              "prompt/completion/label)")
         check_number("sft_epochs", self.sft_epochs, low=1, integer=True)
         check_number("sft_learning_rate", self.sft_learning_rate, low=0, low_open=True)
         check_number("max_prompt_tokens", self.max_prompt_tokens, low=1, integer=True, none_ok=True,
@@ -161,6 +162,7 @@ class TextRLHFConfig(RunConfig):
         for name in ("learning_rate", "rm_learning_rate"):
             check_number(name, getattr(self, name), low=0, low_open=True)
         self.check_labelling(LABELLERS)
+        self.check_run()
         check(self.labeller != "dataset" or self.preferences is not None,
               "labeller='dataset' labels from a preference file: pass preferences=FILE (--preferences)")
         check(self.model is None or self.prompts is not None,
@@ -181,6 +183,11 @@ class TextRLHFConfig(RunConfig):
         self.agent_config()  # validates the algorithm's settings (its kl field, extra) where the algorithm defines them
         self.loop_config()  # validates the loop's settings (rounds, schedule, selection) where the loop defines them
         check_device(self.device)  # DeviceError (a RunError: one line, rc 2 in the CLI)
+
+    def _unpaired_kto(self) -> bool:
+        from rewardmodels.text.preferences import is_unpaired
+
+        return self.algo == "kto" and self.preferences is not None and is_unpaired(self.preferences)
 
     def reward_functions(self) -> list:
         """The functions ``reward_fns`` names, imported (``RewardSpecError`` names what is wrong)."""

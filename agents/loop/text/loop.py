@@ -45,8 +45,9 @@ from agents.loop.text.pairs import (
 )
 from agents.rundir import RunDir, checkpoint_candidates
 from rewardmodels.text.ensemble import LMRewardEnsemble
-from rewardmodels.text.preferences import TextPreferencePairs, is_conversational, load_text_preferences
+from rewardmodels.text.preferences import TextPreferencePairs, is_conversational, is_unpaired, load_text_preferences
 from rewardmodels.text.teachers import SentimentTeacher
+from textenv.checks import check
 from textenv.default_lm import default_prompts
 from textenv.lora import LoraSettings, apply_lora, is_peft_model, load_adapter_weights, reference_view
 from textenv.models import load_policy, max_positions
@@ -249,6 +250,37 @@ def _inputs(cfg: TextRLHFConfig, device: torch.device, model, tokenizer, train_p
     return model.to(device), tokenizer, list(train_prompts), list(eval_prompts), columns
 
 
+def _preferences(config: TextRLHFConfig, source: Any, tokenizer: Any,
+                 examples: Any) -> tuple[TextRLHFConfig, TextPreferencePairs | None]:
+    """The preference pairs of ``source`` (or None), and the config with its label budget: capped at the dataset's
+    pairs that are not held out with ``labeller="dataset"``; 0 with KTO's unpaired ``examples`` (nothing to label:
+    KTO trains on them). A budget of 0 needs reward functions or such examples."""
+    prefs = load_preferences(source, tokenizer) if source is not None else None
+    if examples is not None:
+        logger.info("the preferences are unpaired examples (prompt, completion, label): KTO trains on them directly")
+        return dataclasses.replace(config, num_pairs=0), None
+    if config.labeller == "dataset":
+        check(prefs is not None, "labeller='dataset' needs preference pairs: pass preferences= or config.preferences")
+        usable = len(prefs) - heldout_size(len(prefs), config.rm_val_fraction)
+        if config.num_pairs > usable:
+            logger.info("label budget %d > the %d pairs of the dataset not held out: using them all", config.num_pairs,
+                        usable)
+            config = dataclasses.replace(config, num_pairs=usable)
+    return config, prefs
+
+
+def _policy_and_reference(config: TextRLHFConfig, model: Any) -> tuple[Any, Any]:
+    """The policy (with LoRA adapters if the config asks for them) and its frozen reference: the base with the
+    adapters disabled (no copy), else a frozen copy of the initial policy."""
+    lora = config.extra.get("lora")
+    if lora is None:
+        return model, copy.deepcopy(model).eval().requires_grad_(False)
+    check(not config.algo.startswith("sb3-"), f"lora is for the native agents (ppo, grpo, rloo, dpo, kto), not "
+          f"{config.algo}")
+    model = apply_lora(model, lora if isinstance(lora, LoraSettings) else LoraSettings(**lora))
+    return model, reference_view(model)
+
+
 def build_text_loop(config: TextRLHFConfig, out: str | Path, model: Any = None, tokenizer: Any = None,
                     train_prompts: Sequence[str] | None = None, eval_prompts: Sequence[str] | None = None,
                     teacher: Any = None, preferences: Any = None, labeller: Any = None,
@@ -267,37 +299,22 @@ def build_text_loop(config: TextRLHFConfig, out: str | Path, model: Any = None, 
         config, device, model, tokenizer, train_prompts, eval_prompts, chat_preferences, default_lm)
     functions = config.reward_functions()
     reward_fns = WeightedRewards(functions, config.reward_weights, columns) if functions else None
+    examples = source_pairs if config.algo == "kto" and source_pairs is not None and is_unpaired(source_pairs) else None
+    config, prefs = _preferences(config, None if examples is not None else source_pairs, tokenizer, examples)
     if teacher is None and config.labeller in ("teacher", "mixed") and config.num_pairs > 0:  # else no gold judge
         teacher = SentimentTeacher(beta=config.teacher_beta, seed=config.seed)
-    prefs = load_preferences(source_pairs, tokenizer) if source_pairs is not None else None
-    if config.labeller == "dataset":
-        if prefs is None:
-            raise ValueError("labeller='dataset' needs preference pairs: pass preferences= or config.preferences")
-        usable = len(prefs) - heldout_size(len(prefs), config.rm_val_fraction)
-        if config.num_pairs > usable:
-            logger.info("label budget %d > the %d pairs of the dataset not held out: using them all", config.num_pairs,
-                        usable)
-            config = dataclasses.replace(config, num_pairs=usable)
-    lora = config.extra.get("lora")
-    if lora is not None:  # LoRA: adapters on the policy; the reference is its base with them disabled (no copy)
-        if config.algo.startswith("sb3-"):
-            raise ValueError(f"lora is for the native agents (ppo, grpo, rloo, dpo, kto), not {config.algo}")
-        model = apply_lora(model, lora if isinstance(lora, LoraSettings) else LoraSettings(**lora))
-        ref = reference_view(model)
-    else:
-        ref = copy.deepcopy(model).eval().requires_grad_(False)
+    model, ref = _policy_and_reference(config, model)
     budget = prompt_budget(config, tokenizer, model, train_prompts, eval_prompts[: config.eval_prompts])
-    run_dir = RunDir(out)
+    run_dir = RunDir(out, report_to=config.report_to)
     eval_rows = [p for p in eval_prompts[: config.eval_prompts] for _ in range(config.eval_samples)]
-    ctx = TextRLHFContext(config, model, ref, tokenizer, teacher, None, None, train_prompts, eval_rows, run_dir,
+    ctx = TextRLHFContext(config, model, ref, tokenizer, teacher, examples, None, train_prompts, eval_rows, run_dir,
                           device, budget, reward_fns)
-    if config.labeller == "dataset":
+    if config.labeller == "dataset" and prefs is not None:
         source: CompletionPairSource = DatasetPairSource(ctx, prefs, heldout_fraction=config.rm_val_fraction)
     else:
         oracle = teacher if config.labeller in ("teacher", "mixed") else None
         source = CompletionPairSource(ctx, seed_pairs=prefs, oracle=oracle)
-    offline = config.algorithm.offline
-    reward_model = PairsAsReward(ctx) if offline else EnsembleRewardModel(LMRewardEnsemble(
+    reward_model = PairsAsReward(ctx) if config.algorithm.offline else EnsembleRewardModel(LMRewardEnsemble(
         ref, tokenizer, config.rm_ensemble, seed=config.seed, epochs=config.rm_epochs,
         learning_rate=config.rm_learning_rate, batch_size=config.rm_batch_size, val_fraction=config.rm_val_fraction,
         device=device, log=run_dir.log), shuffle_full_draw=False)

@@ -31,7 +31,7 @@ from agents.loop.text.config import TextRLHFConfig
 from agents.loop.text.context import Evaluation, TextRLHFContext
 from agents.loop.text.loop import POLICY_DIR, TextPolicyAgent, build_text_loop
 from agents.loop.text.pairs import REWARD_DIR
-from agents.rundir import RunDir
+from agents.rundir import RunDir, prepare_out
 from rewardmodels.text.ensemble import LMRewardEnsemble
 
 __all__ = [
@@ -65,8 +65,11 @@ def run_text_rlhf(
     (``agents.loop.text.loop``; ``config.rounds=1`` is the offline pipeline). Defaults: ``config.model`` else the
     offline default LM, its prompts, the VADER sentiment teacher. Writes config.json, metrics.jsonl, summary.json,
     curves.png, pairs.jsonl, checkpoints/, and the final ``policy/`` (``save_pretrained`` + tokenizer) and
-    ``reward_model/`` (LM reward model(s); none for DPO / KTO)."""
+    ``reward_model/`` (LM reward model(s); none for DPO / KTO). A fresh run (not ``resume``) refuses a directory
+    that holds an earlier run's files (``agents.rundir.RunDirError``), as ``run_prefs`` does."""
     start = time.perf_counter()
+    if not resume:  # never appended to an earlier run's files (prepare_out(out, overwrite=True) moves them aside)
+        prepare_out(out)
     loop, agent = build_text_loop(config, out, model, tokenizer, train_prompts, eval_prompts, teacher,
                                   preferences=preferences, labeller=labeller, callbacks=callbacks)
     return run_text_loop(loop, agent, resume=resume, start=start)

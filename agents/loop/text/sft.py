@@ -77,6 +77,7 @@ class SFTRunConfig(RunConfig):
 
     def __post_init__(self) -> None:
         check(self.data is not None, "SFT needs demonstrations: pass data=FILE (--data)")
+        self.check_run()
         check_number("epochs", self.epochs, low=1, integer=True)
         check_number("eval_fraction", self.eval_fraction, low=0, high=1, high_open=True)
         check_number("seed", self.seed, low=0, high=2**32 - 1, integer=True)
@@ -121,7 +122,7 @@ def run_sft(cfg: SFTRunConfig, out: str | Path, resume: bool = False, model: Any
     train, held = _split(read_demonstrations(cfg.data, tokenizer, sft), cfg.eval_fraction, cfg.seed)
     check(bool(train), "no demonstration is left to train on after the held-out share: give more, or lower "
           "eval_fraction", ValueError)
-    run_dir = RunDir(out)
+    run_dir = RunDir(out, report_to=cfg.report_to)
     trainer = SFTTrainer(model, tokenizer, train, sft)
     state = _resume(run_dir, trainer) if resume else None
     if state is None:

@@ -119,7 +119,13 @@ def test_lora_flags_train_adapters_against_the_base(tmp_path):
 
 
 @pytest.mark.parametrize(("flags", "message"), [
-    (["--pairs", "0"], "num_pairs must be an integer >= 1"),
+    (["--pairs", "-1"], "num_pairs must be an integer >= 0"),
+    (["--pairs", "0"], "num_pairs=0 (no labels) needs reward functions"),
+    (["--reward-fn", "no_such_module:f", "--pairs", "0"], "importing no_such_module failed"),
+    (["--reward-fn", "os:no_such_fn"], "os has no callable 'no_such_fn'"),
+    (["--report-to", "trackio", "nope"], "unknown backend 'nope'"),
+    (["--set", "no_such_field=1"], "no_such_field: not a setting of TextRLHFConfig"),
+    (["--set", "rm_epochs"], "write it as KEY=VALUE"),
     (["--lr", "-1"], "learning_rate must be a finite number > 0"),
     (["--kl-coef", "nan"], "kl_coef (= grpo's beta): beta must be a finite number >= 0"),
     (["--algo", "ppo", "--kl-coef", "-1"], "kl_coef must be a finite number >= 0"),
