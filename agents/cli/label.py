@@ -18,11 +18,12 @@ import os
 import signal
 import socket
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from agents.cli import UsageError
 from rewardmodels.feedback.label_store import InvalidLabelError, LabelStore, LabelStoreError, clip_dir, store_path
 from rewardmodels.feedback.webapp import InsecureBindError, check_bind, create_app, server_url, start_server
-from rewardmodels.feedback.webapp.auth import check_token, is_loopback
+from rewardmodels.feedback.webapp.auth import check_token, is_loopback, origin_of
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,19 @@ def _check_numbers(args: argparse.Namespace) -> None:
                         ("--idle-timeout", args.idle_timeout)):
         if value < 1:
             raise UsageError(f"{flag} must be >= 1, got {value}")
+
+
+def _check_public_url(url: str | None) -> None:
+    """--public-url goes into invitation links people click: only a plain http(s) address may (never
+    ``javascript:``), and it must be usable as the Origin of the pages it serves."""
+    if url is None:
+        return
+    if not (url.isprintable() and " " not in url) or origin_of(url) is None:
+        raise UsageError(f"--public-url must be an http(s) URL such as https://labels.example.org, got {url!r}")
+    parts = urlsplit(url)
+    if parts.query or parts.fragment or "@" in parts.netloc:
+        raise UsageError(f"--public-url must be the server's address alone (no query, fragment or user name), "
+                         f"such as https://labels.example.org, got {url!r}")
 
 
 def read_token(args: argparse.Namespace) -> str | None:
@@ -163,6 +177,7 @@ def _one_shot(args: argparse.Namespace, store: LabelStore) -> bool:
 def run(args: argparse.Namespace) -> int:
     """Serve, invite, revoke or export; a ``UsageError`` ends in one line and exit code 2 (``agents.cli.main``)."""
     _check_numbers(args)
+    _check_public_url(args.public_url)
     token = read_token(args)
     serving = args.export_text is None and args.invite is None and args.revoke is None
     if serving:

@@ -238,7 +238,7 @@ def _add_guards(app: Flask, store: LabelStore, policy: Policy) -> None:
                 request.headers.get("Origin"), request.headers.get("Referer"), request.host_url.rstrip("/"),
                 policy.allowed_origins):
             return _refuse(403, "writes from another origin are not allowed (behind a reverse proxy, start the "
-                                "server with --origin https://its-public-address)")
+                                "server with --public-url https://its-public-address)")
         return _authenticate(store, policy)
 
     @app.after_request

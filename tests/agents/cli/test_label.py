@@ -47,11 +47,35 @@ def fails(capsys, argv, *expected):
     (["--host", "0.0.0.0"], "without an access token"),
     (["--host", "0.0.0.0", "--token", "short"], "at least 16"),
     (["--token", "has space"], "printable ASCII"),
+    (["--public-url", "javascript:alert(1)"], "--public-url must be an http(s) URL"),
+    (["--public-url", "javascript://x.org/%0aalert(1)"], "--public-url must be an http(s) URL"),
+    (["--public-url", "ftp://labels.example.org"], "--public-url must be an http(s) URL"),
+    (["--public-url", "labels.example.org"], "--public-url must be an http(s) URL"),
+    (["--public-url", "https://labels.example.org/\njavascript:x"], "--public-url must be an http(s) URL"),
+    (["--public-url", "https://l.example.org/?x=1"], "no query"),
+    (["--invite", "ann", "--public-url", "javascript:alert(1)"], "--public-url must be an http(s) URL"),
 ])
 def test_bad_arguments_are_one_line_and_exit_2(run_dir, capsys, argv, expected):
     before = store_path(run_dir).read_bytes()
     fails(capsys, ["--run", str(run_dir), *argv], expected)
     assert store_path(run_dir).read_bytes() == before
+
+
+def test_flags_named_in_the_server_messages_exist():
+    """The 403 page once told users to pass --origin, which `rlhf-gym label` never had."""
+    import argparse
+    import re
+    from pathlib import Path
+
+    import rewardmodels.feedback.webapp as webapp
+
+    parser = argparse.ArgumentParser()
+    label_cmd.add_parser(parser)
+    known = set(parser._option_string_actions)
+    root = Path(webapp.__file__).parent
+    named = {flag for path in [*root.glob("*.py"), root.parent / "label_store.py", root.parent / "human.py"]
+             for flag in re.findall(r"(?<![\w-])--[a-z][a-z-]+", path.read_text())}
+    assert "--public-url" in named and named <= known, sorted(named - known)
 
 
 def test_labels_per_pair_that_differs_from_the_store(run_dir, capsys):
