@@ -17,7 +17,9 @@ import math
 import os
 import signal
 import socket
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from agents.cli import UsageError
@@ -26,6 +28,7 @@ from rewardmodels.feedback.webapp import InsecureBindError, check_bind, create_a
 from rewardmodels.feedback.webapp.auth import check_token, is_loopback, origin_of
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TOKEN_ENV = "RLHF_GYM_LABEL_TOKEN"
 
@@ -149,10 +152,22 @@ def _open_store(args: argparse.Namespace) -> LabelStore:
     return store
 
 
+def _write_to(flag: str, path: Path, write: Callable[[Path], T]) -> T:
+    """``write(path)``, with a directory or an unwritable place (read-only, a path through a file) as a UsageError."""
+    if path.is_dir():
+        raise UsageError(f"{flag} {path} is a directory; give a file name, such as {path / 'labels.jsonl'}")
+    try:
+        return write(path)
+    except OSError as exc:
+        raise UsageError(f"cannot write {flag} {path}: {exc.strerror or exc}; give a file in a writable "
+                         f"directory") from exc
+
+
 def _one_shot(args: argparse.Namespace, store: LabelStore) -> bool:
     """--export-text, --invite, --revoke: do it, print the result and return True (no server)."""
     if args.export_text is not None:
-        n = store.export_text_jsonl(args.export_text, run=args.run_tag)
+        n = _write_to("--export-text", args.export_text,
+                      lambda path: store.export_text_jsonl(path, run=args.run_tag))
         print(f"wrote {n} labelled text pairs to {args.export_text}", flush=True)
     elif args.invite is not None:
         base = _base_url(args)

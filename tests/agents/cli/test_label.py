@@ -95,6 +95,28 @@ def test_a_corrupt_label_database_is_refused_and_left_as_it_was(tmp_path, capsys
     assert path.read_bytes() == damaged  # nothing written over what may still be rescued
 
 
+def unwritable_targets(tmp_path):
+    """A directory, a path through a regular file, and read-only places (/proc even for root)."""
+    (tmp_path / "a-file").write_text("x")
+    targets = [tmp_path, tmp_path / "a-file" / "out.jsonl"]
+    if os.path.isdir("/proc/self"):
+        targets.append("/proc/rlhf-gym-test.jsonl")
+    if os.geteuid() != 0:  # root writes through permission bits
+        (tmp_path / "ro").mkdir()
+        (tmp_path / "ro").chmod(0o555)
+        targets.append(tmp_path / "ro" / "out.jsonl")
+    return targets
+
+
+def test_export_text_to_a_directory_or_an_unwritable_place_is_one_line(run_dir, tmp_path, capsys):
+    with LabelStore(store_path(run_dir)) as store:
+        store.submit("t-0", "left", "ann")
+    for target in unwritable_targets(tmp_path):
+        fails(capsys, ["--run", str(run_dir), "--export-text", str(target)], "--export-text", str(target))
+    assert main(["label", "--run", str(run_dir), "--export-text", str(tmp_path / "out.jsonl")]) == 0
+    assert json.loads((tmp_path / "out.jsonl").read_text())["label"] == 1.0
+
+
 def test_token_file_problems(run_dir, tmp_path, capsys):
     fails(capsys, ["--run", str(run_dir), "--token-file", str(tmp_path / "missing")], "cannot read --token-file")
     empty = tmp_path / "empty"
