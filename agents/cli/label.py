@@ -60,6 +60,9 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--export-text", type=Path, default=None, metavar="FILE",
                         help="write the labelled text pairs as JSONL {prompt, response_a, response_b, label} "
                              "(the TextPreferencePairs format) and exit, without serving")
+    parser.add_argument("--backup", type=Path, default=None, metavar="FILE",
+                        help="write a consistent copy of labels.sqlite to FILE (one self-contained file; safe while a "
+                             "server is running) and exit")
     parser.add_argument("--labels-per-pair", type=int, default=None,
                         help="different people per pair; only when creating a new store (default 1)")
     parser.add_argument("--threads", type=int, default=8, help="worker threads serving requests (default 8)")
@@ -161,11 +164,19 @@ def _write_to(flag: str, path: Path, write: Callable[[Path], T]) -> T:
     except OSError as exc:
         raise UsageError(f"cannot write {flag} {path}: {exc.strerror or exc}; give a file in a writable "
                          f"directory") from exc
+    except LabelStoreError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+ONE_SHOT = ("export_text", "backup", "invite", "revoke")
 
 
 def _one_shot(args: argparse.Namespace, store: LabelStore) -> bool:
-    """--export-text, --invite, --revoke: do it, print the result and return True (no server)."""
-    if args.export_text is not None:
+    """--export-text, --backup, --invite, --revoke: do it, print the result and return True (no server)."""
+    if args.backup is not None:
+        n = _write_to("--backup", args.backup, store.backup)
+        print(f"backed up {store.path} ({n} labels) to {args.backup}", flush=True)
+    elif args.export_text is not None:
         n = _write_to("--export-text", args.export_text,
                       lambda path: store.export_text_jsonl(path, run=args.run_tag))
         print(f"wrote {n} labelled text pairs to {args.export_text}", flush=True)
@@ -194,7 +205,10 @@ def run(args: argparse.Namespace) -> int:
     _check_numbers(args)
     _check_public_url(args.public_url)
     token = read_token(args)
-    serving = args.export_text is None and args.invite is None and args.revoke is None
+    chosen = [f"--{name.replace('_', '-')}" for name in ONE_SHOT if getattr(args, name) is not None]
+    if len(chosen) > 1:
+        raise UsageError(f"give one of {', '.join(chosen)} at a time")
+    serving = not chosen
     if serving:
         try:
             check_bind(args.host, token)  # before touching anything

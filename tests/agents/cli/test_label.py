@@ -117,6 +117,34 @@ def test_export_text_to_a_directory_or_an_unwritable_place_is_one_line(run_dir, 
     assert json.loads((tmp_path / "out.jsonl").read_text())["label"] == 1.0
 
 
+def test_backup_and_a_plain_copy_hold_every_acknowledged_label_while_the_server_is_open(run_dir, tmp_path, capsys):
+    """The server writes through the WAL; a `cp labels.sqlite` (the obvious backup) and `--backup FILE` (SQLite's
+    online backup) made while it still runs both hold every label it acknowledged."""
+    import shutil
+
+    from rewardmodels.feedback.webapp import ServerThread, create_app
+
+    with ServerThread(create_app(run_dir)) as url:
+        port = int(url.rsplit(":", 1)[1].strip("/"))
+        for pid, choice in (("t-0", "left"), ("t-1", "equal")):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            conn.request("POST", "/api/label", body=json.dumps({"pair_id": pid, "label": choice, "labeller": "ann"}),
+                         headers={"Content-Type": "application/json"})
+            assert conn.getresponse().status == 200
+            conn.close()
+        assert main(["label", "--run", str(run_dir), "--backup", str(tmp_path / "backup.sqlite")]) == 0
+        assert "2 labels" in capsys.readouterr().out
+        (tmp_path / "copy").mkdir()
+        shutil.copyfile(store_path(run_dir), tmp_path / "copy" / "labels.sqlite")  # without -wal and -shm
+        for path in (tmp_path / "backup.sqlite", tmp_path / "copy" / "labels.sqlite"):
+            with LabelStore(path) as copy:
+                assert [(r["pair_id"], r["choice"]) for r in copy.rows()] == [("t-0", "left"), ("t-1", "equal")]
+    for target in unwritable_targets(tmp_path):
+        fails(capsys, ["--run", str(run_dir), "--backup", str(target)], "--backup", str(target))
+    fails(capsys, ["--run", str(run_dir), "--backup", str(tmp_path / "b2"), "--export-text", str(tmp_path / "e")],
+          "give one of --export-text, --backup at a time")
+
+
 def test_token_file_problems(run_dir, tmp_path, capsys):
     fails(capsys, ["--run", str(run_dir), "--token-file", str(tmp_path / "missing")], "cannot read --token-file")
     empty = tmp_path / "empty"
