@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 from agents.cli import UsageError
 from rewardmodels.feedback.label_store import InvalidLabelError, LabelStore, LabelStoreError, clip_dir, store_path
 from rewardmodels.feedback.webapp import InsecureBindError, check_bind, create_app, server_url, start_server
-from rewardmodels.feedback.webapp.auth import check_token, is_loopback, origin_of
+from rewardmodels.feedback.webapp.auth import TrustedProxies, check_token, is_loopback, origin_of
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -51,6 +51,10 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--public-url", default=None, metavar="URL",
                         help="the address people reach the server at, when it differs from http://HOST:PORT/ (a "
                              "reverse proxy): used in invitation links and accepted as an Origin for writes")
+    parser.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDR",
+                        help="address or network (10.0.0.0/8) of a reverse proxy in front of the server, repeatable: "
+                             "its X-Forwarded-For header then names the client, for the per-client connection cap "
+                             "and the wrong-token limit (default: none; the header is ignored)")
     parser.add_argument("--run-tag", default=None,
                         help="serve only pairs queued with this tag: others cannot be shown, labelled or undone")
     parser.add_argument("--lease", type=float, default=300.0,
@@ -204,6 +208,10 @@ def run(args: argparse.Namespace) -> int:
     """Serve, invite, revoke or export; a ``UsageError`` ends in one line and exit code 2 (``agents.cli.main``)."""
     _check_numbers(args)
     _check_public_url(args.public_url)
+    try:
+        TrustedProxies(args.trusted_proxy)
+    except ValueError as exc:
+        raise UsageError(f"--trusted-proxy: {exc}") from exc
     token = read_token(args)
     chosen = [f"--{name.replace('_', '-')}" for name in ONE_SHOT if getattr(args, name) is not None]
     if len(chosen) > 1:
@@ -220,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         try:
             app = create_app(store=store, clip_root=clip_dir(args.run), host=args.host, token=token,
-                             run_tag=args.run_tag, undo_s=args.undo_window,
+                             run_tag=args.run_tag, undo_s=args.undo_window, trusted_proxies=args.trusted_proxy,
                              allowed_origins=(args.public_url,) if args.public_url else ())
             server = start_server(app, args.host, args.port, token, threads=args.threads,
                                   connection_limit=args.max_connections, channel_timeout=args.idle_timeout)
