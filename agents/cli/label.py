@@ -74,6 +74,13 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                         help="open connections held at once; more wait to be accepted (default 2000)")
     parser.add_argument("--idle-timeout", type=int, default=30,
                         help="seconds before a connection without traffic is closed (default 30)")
+    parser.add_argument("--max-connections-per-client", type=int, default=64, metavar="N",
+                        help="open connections one client address may hold; more are answered 503 (default 64; "
+                             "raise it when many people share one address behind a NAT; behind a reverse proxy, "
+                             "name it with --trusted-proxy instead)")
+    parser.add_argument("--request-timeout", type=int, default=30, metavar="SECONDS",
+                        help="seconds from a request's first byte until all of it, headers and body, must have "
+                             "arrived; slower connections are closed (default 30)")
 
 
 def _stop(signum, frame):  # SIGTERM -> the same clean shutdown as Ctrl-C
@@ -90,7 +97,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
     if args.labels_per_pair is not None and args.labels_per_pair < 1:
         raise UsageError(f"--labels-per-pair must be >= 1 (people who label each pair), got {args.labels_per_pair}")
     for flag, value in (("--threads", args.threads), ("--max-connections", args.max_connections),
-                        ("--idle-timeout", args.idle_timeout)):
+                        ("--idle-timeout", args.idle_timeout), ("--request-timeout", args.request_timeout),
+                        ("--max-connections-per-client", args.max_connections_per_client)):
         if value < 1:
             raise UsageError(f"{flag} must be >= 1, got {value}")
 
@@ -231,7 +239,9 @@ def run(args: argparse.Namespace) -> int:
                              run_tag=args.run_tag, undo_s=args.undo_window, trusted_proxies=args.trusted_proxy,
                              allowed_origins=(args.public_url,) if args.public_url else ())
             server = start_server(app, args.host, args.port, token, threads=args.threads,
-                                  connection_limit=args.max_connections, channel_timeout=args.idle_timeout)
+                                  connection_limit=args.max_connections, channel_timeout=args.idle_timeout,
+                                  per_client=args.max_connections_per_client, request_timeout=args.request_timeout,
+                                  trusted_proxies=args.trusted_proxy)
         except (ValueError, OSError) as exc:  # a bad --public-url, a port in use
             raise UsageError(f"cannot serve on {args.host}:{args.port}: {exc}") from exc
         _serve(args, store, server, token)

@@ -54,6 +54,8 @@ def fails(capsys, argv, *expected):
     (["--public-url", "https://labels.example.org/\njavascript:x"], "--public-url must be an http(s) URL"),
     (["--public-url", "https://l.example.org/?x=1"], "no query"),
     (["--invite", "ann", "--public-url", "javascript:alert(1)"], "--public-url must be an http(s) URL"),
+    (["--max-connections-per-client", "0"], "--max-connections-per-client must be >= 1"),
+    (["--request-timeout", "0"], "--request-timeout must be >= 1"),
     (["--trusted-proxy", "proxy.example.org"], "--trusted-proxy: trusted proxy 'proxy.example.org' is not an IP"),
 ])
 def test_bad_arguments_are_one_line_and_exit_2(run_dir, capsys, argv, expected):
