@@ -3,7 +3,12 @@
 People open the printed URL (on this machine), or their personal invitation link (``--invite NAME`` prints one;
 needed on a server other machines can reach), and label the pairs the loop queued (``--labeller human``) with the
 buttons or keys 1/left, 2/right, 0/E equal, S skip, U undo. Labels land in ``DIR/labels.sqlite`` the moment the
-server answers; clips are served only from ``DIR/clips/``.
+server answers (in the file itself, not only its WAL: a plain copy is a backup; ``--backup FILE`` makes one with
+SQLite's online backup API while a server runs); clips are served only from ``DIR/clips/``.
+
+On the open network: one client address holds at most ``--max-connections-per-client`` connections, a request must
+arrive whole within ``--request-timeout`` seconds, and wrong tokens from a client are answered 429 once too many
+(never its valid ones); behind a reverse proxy, ``--trusted-proxy ADDR`` makes these count the forwarded client.
 
 The shared access token is read from ``--token-file FILE`` or ``$RLHF_GYM_LABEL_TOKEN``, not from the command line
 (``--token`` still works, with a warning: every user of the machine can read it with ``ps``).
