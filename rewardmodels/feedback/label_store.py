@@ -88,6 +88,15 @@ def _sql_key(name: Any) -> str | None:
     return labeller_key(name) if isinstance(name, str) else None
 
 
+def _checkpoint(conn: sqlite3.Connection) -> bool:
+    """PRAGMA wal_checkpoint(PASSIVE) on ``conn``: True when every page of the WAL is in the database file."""
+    try:
+        busy, log, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    except sqlite3.OperationalError:  # another connection is checkpointing right now
+        return False
+    return not busy and done >= log
+
+
 def _damaged(path: Path, reason: Any) -> str:
     return (f"{path} is not a usable label database ({reason}); nothing was changed. If it is damaged, move it "
             f"aside (`mv {path} {path}.damaged`; `sqlite3 {path}.damaged .recover` may rescue its labels) and start "
@@ -141,7 +150,7 @@ class LabelStore:
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._closed = threading.Event()
-        self._catching_up = False
+        self._catching_up, self._wanted = False, 0
         try:
             stored = self._create(labels_per_pair)
         except sqlite3.DatabaseError as exc:  # not a database, truncated, unreadable, read-only...
@@ -222,27 +231,35 @@ class LabelStore:
         pages), so copying labels.sqlite alone, the obvious backup, gave an empty store. PASSIVE never waits for
         readers or writers: pages a reader still needs stay in the WAL, and a background retry copies them once it
         has moved on (``_catch_up``). Costs one fsync of the database file per call."""
-        try:
-            busy, log, done = self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        except sqlite3.OperationalError:  # another connection is checkpointing right now
-            return False
-        return not busy and done >= log
+        return _checkpoint(self._conn())
 
     def _catch_up(self) -> None:
-        """Retry ``checkpoint`` in one background thread until it completes (or the store is closed)."""
+        """Retry the checkpoint in one background thread (its own connection) until one completes after the last
+        request for it, or the store is closed."""
         with self._lock:
+            self._wanted += 1
             if self._catching_up:
                 return
             self._catching_up = True
         closed = self._closed
 
         def retry():
+            conn = None
             try:
-                while not closed.wait(0.05) and not self.checkpoint():
-                    pass
-            except sqlite3.Error:  # the store was closed under it: closing checkpoints anyway
+                conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
+                while not closed.wait(0.05):
+                    with self._lock:
+                        seen = self._wanted
+                    done = _checkpoint(conn)
+                    with self._lock:
+                        if done and seen == self._wanted:  # nothing asked for since: the WAL is all copied
+                            self._catching_up = False
+                            return
+            except sqlite3.Error:  # the file went away under it: closing the store checkpoints anyway
                 pass
             finally:
+                if conn is not None:
+                    conn.close()
                 with self._lock:
                     self._catching_up = False
 

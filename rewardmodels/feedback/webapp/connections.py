@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 _ACCEPTS_PER_EVENT = 256
 #: Refused sockets kept half-closed until the next sweep (at least this long), so their 503 is read, not reset; at
 #: most this many (under a flood the oldest is closed at once: a file descriptor each).
-_LINGER_S, _LINGER_MAX = 1.0, 256
+_LINGER_S, LINGER_MAX = 1.0, 256
 _BUSY_BODY = b"too many connections from your address; close some and try again\n"
 _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nRetry-After: 10\r\n"
          b"Connection: close\r\nContent-Length: " + str(len(_BUSY_BODY)).encode() + b"\r\n\r\n" + _BUSY_BODY)
@@ -163,7 +163,7 @@ class GuardedServer(TcpWSGIServer):
         except OSError:
             conn.close()
         else:  # closed now, with the request unread, the kernel would reset it and the 503 could be lost
-            if len(self._lingering) >= _LINGER_MAX:  # a flood: the oldest goes now, reset or not
+            if len(self._lingering) >= LINGER_MAX:  # a flood: the oldest goes now, reset or not
                 self._lingering.popleft()[1].close()
             self._lingering.append((time.monotonic() + _LINGER_S, conn))
         now = time.monotonic()

@@ -24,7 +24,7 @@ from waitress.adjustments import Adjustments
 from waitress.task import ThreadedTaskDispatcher
 
 from rewardmodels.feedback.webapp.auth import TrustedProxies, check_bind
-from rewardmodels.feedback.webapp.connections import GuardedServer
+from rewardmodels.feedback.webapp.connections import LINGER_MAX, GuardedServer
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +141,8 @@ def start_server(app: Flask, host: str = "127.0.0.1", port: int = 0, token: str 
               "per_client": per_client, "request_timeout": request_timeout}
     if min(limits.values()) < 1:
         raise ValueError(f"{', '.join(limits)} must be >= 1, got {', '.join(map(str, limits.values()))}")
-    allowed = raise_fd_limit(connection_limit + _SPARE_FDS) - _SPARE_FDS
+    spare = _SPARE_FDS + LINGER_MAX  # and the refused sockets that linger until the next sweep
+    allowed = raise_fd_limit(connection_limit + spare) - spare
     if allowed < connection_limit:
         logger.warning("the open-file limit allows %d connections, not %d; raise it (ulimit -n) to hold more",
                        allowed, connection_limit)
