@@ -371,11 +371,15 @@ class PreferenceLoop:
         for cb in self.callbacks:
             if cb.on_labels(self, pairs) is False:
                 self._stop = True
-        self.dataset = self.source.merge(self.dataset, pairs)
         self.state.labels_used += len(labels)
+        metrics["labels/skipped"] = float((~used).sum())
+        if not used.any():  # people labelled none in time (--label-timeout): skipped, as documented, not a crash
+            logger.warning("none of this batch's %d pairs was labelled (skipped, or nobody labelled them in time): "
+                           "the reward model keeps its previous fit", len(labels))
+            return metrics
+        self.dataset = self.source.merge(self.dataset, pairs)
         fit_metrics = self.reward_model.fit(self.dataset)
         metrics.update({k if "/" in k else f"reward_model/{k}": float(v) for k, v in fit_metrics.items()})
-        metrics["labels/skipped"] = float((~used).sum())
         relabelled = self.agent.set_reward_fn(self.reward_model.reward_fn())
         if relabelled:
             metrics["agent/relabelled"] = float(relabelled)

@@ -25,7 +25,14 @@ import gymnasium as gym
 import numpy as np
 
 from rewardmodels.feedback.clips import hold_and_dim, pad_and_dim, render_gif
-from rewardmodels.feedback.label_store import LabelStore, LabelTimeoutError, Query, clip_dir, store_path
+from rewardmodels.feedback.label_store import (
+    LabelStore,
+    LabelStoreError,
+    LabelTimeoutError,
+    Query,
+    clip_dir,
+    store_path,
+)
 from textenv.checks import check_number
 from textenv.files import atomic_path
 
@@ -117,6 +124,11 @@ class HumanLabeller:
         self.clip_dir = clip_dir(self.run_dir)
         self.clip_dir.mkdir(parents=True, exist_ok=True)
         self.store = LabelStore(store_path(self.run_dir), labels_per_pair=labels_per_pair)
+        try:  # a damaged page fails here, naming the file, not hours later in a query that reads it
+            self.store.check_integrity()
+        except LabelStoreError:
+            self.store.close()
+            raise
         self.timeout, self.on_timeout, self.poll_s, self.progress = timeout, on_timeout, poll_s, progress
         self.run_tag, self.fps, self.max_side = run_tag, fps, max_side
         self.renderer = StateRenderer(renderer) if isinstance(renderer, str) else renderer

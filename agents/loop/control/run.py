@@ -24,11 +24,12 @@ from agents.loop.control.frame_pairs import ImageSegmentPairSource
 from agents.loop.control.segment_pairs import SegmentPairSource
 from agents.loop.preference_loop import LoopCallback, PreferenceLoop
 from agents.loop.reward_model import EnsembleRewardModel
-from agents.rundir import RunDir, prepare_out
+from agents.rundir import RunDir, RunDirError, prepare_out
 from agents.sb3.control import SB3Agent, default_hyperparams
 from rewardmodels.cnn import CNNRewardNet
 from rewardmodels.ensemble import FitConfig, RewardEnsemble
 from rewardmodels.feedback.human import HumanLabeller, MixedLabeller, StateRenderer
+from rewardmodels.feedback.label_store import LabelStoreError
 from rewardmodels.teachers import make_teacher
 
 __all__ = ["PrefsConfig", "build_loop", "build_reward_ensemble", "make_labeller", "run_prefs"]
@@ -39,8 +40,11 @@ def make_labeller(cfg: PrefsConfig, out: str | os.PathLike):
     teacher = make_teacher(cfg.teacher, seed=cfg.seed, **cfg.teacher_params)
     if cfg.labeller == "teacher":
         return teacher
-    human = HumanLabeller(out, renderer=StateRenderer(cfg.env_id), timeout=cfg.label_timeout,
-                          on_timeout="raise" if cfg.label_timeout is None else "nan", progress=cfg.progress_bar)
+    try:
+        human = HumanLabeller(out, renderer=StateRenderer(cfg.env_id), timeout=cfg.label_timeout,
+                              on_timeout="raise" if cfg.label_timeout is None else "nan", progress=cfg.progress_bar)
+    except LabelStoreError as err:  # a damaged labels.sqlite: one line naming it and what to do
+        raise RunDirError(str(err)) from err
     if cfg.labeller == "human":
         return human
     return MixedLabeller(human, teacher, cfg.human_fraction, seed=cfg.seed)

@@ -43,7 +43,7 @@ from agents.loop.text.pairs import (
     PairsAsReward,
     heldout_size,
 )
-from agents.rundir import RunDir, checkpoint_candidates
+from agents.rundir import RunDir, RunDirError, checkpoint_candidates
 from rewardmodels.text.ensemble import LMRewardEnsemble
 from rewardmodels.text.preferences import TextPreferencePairs, is_conversational, is_unpaired, load_text_preferences
 from rewardmodels.text.teachers import SentimentTeacher
@@ -168,9 +168,13 @@ def make_text_labeller(cfg: TextRLHFConfig, out: str | Path, teacher: Any) -> An
     if cfg.labeller in ("teacher", "dataset"):
         return teacher
     from rewardmodels.feedback.human import HumanLabeller, MixedLabeller
+    from rewardmodels.feedback.label_store import LabelStoreError
 
-    human = HumanLabeller(out, timeout=cfg.label_timeout, on_timeout="raise" if cfg.label_timeout is None else "nan",
-                          progress=cfg.progress_bar)
+    try:
+        human = HumanLabeller(out, timeout=cfg.label_timeout,
+                              on_timeout="raise" if cfg.label_timeout is None else "nan", progress=cfg.progress_bar)
+    except LabelStoreError as err:  # a damaged labels.sqlite: one line naming it and what to do
+        raise RunDirError(str(err)) from err
     return human if cfg.labeller == "human" else MixedLabeller(human, teacher, cfg.human_fraction, cfg.seed)
 
 

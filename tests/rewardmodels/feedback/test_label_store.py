@@ -183,6 +183,73 @@ def test_wal_mode_and_labels_survive_reopening(tmp_path):
     np.testing.assert_array_equal(again.labels_array(ids, missing="nan"), [np.nan, 0.0])
 
 
+def copy_alone(path, dest):
+    """labels.sqlite copied without its -wal and -shm files: the backup a user makes with cp."""
+    import shutil
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, dest)
+    return dest
+
+
+def label_rows(path):
+    with LabelStore(path) as copy:
+        return [(r["pair_id"], r["choice"], r["labeller"]) for r in copy.rows()]
+
+
+def test_a_copy_of_the_database_file_alone_holds_every_label_while_the_store_is_open(store, tmp_path):
+    """Labels sat in labels.sqlite-wal while a server held the store (SQLite checkpoints at 1000 pages): a copy of
+    labels.sqlite alone was an empty store. Each durable write now ends with a checkpoint."""
+    ids = store.enqueue(texts(5))
+    acked = []
+    for k, pid in enumerate(ids[:4]):
+        store.submit(pid, "left" if k % 2 else "right", f"person {k}")
+        acked.append((pid, "left" if k % 2 else "right", f"person {k}"))
+        assert label_rows(copy_alone(store.path, tmp_path / f"copy{k}" / "labels.sqlite")) == acked
+    store.undo_last("person 3")
+    assert label_rows(copy_alone(store.path, tmp_path / "undone" / "labels.sqlite")) == acked[:3]
+
+
+def test_a_checkpoint_a_reader_held_back_is_finished_once_it_moves_on(store, tmp_path):
+    ids = store.enqueue(texts(2))
+    reader = sqlite3.connect(store.path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT COUNT(*) FROM labels").fetchone()  # a snapshot from before the label
+    store.submit(ids[0], "left", "ann")
+    assert label_rows(copy_alone(store.path, tmp_path / "held" / "labels.sqlite")) == []  # the reader needs the WAL
+    reader.execute("COMMIT")
+    reader.close()
+    deadline = time.monotonic() + 60  # the background retry copies it now; wait for that, generously
+    later = tmp_path / "later" / "labels.sqlite"
+    while label_rows(copy_alone(store.path, later)) == [] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert label_rows(tmp_path / "later" / "labels.sqlite") == [(ids[0], "left", "ann")]
+
+
+def test_backup_is_one_consistent_file_made_while_another_thread_labels(store, tmp_path):
+    ids = store.enqueue(texts(300))
+    done = threading.Event()
+
+    def person():
+        for pid in ids:
+            store.submit(pid, "left", "ann")
+        done.set()
+
+    writer = threading.Thread(target=person)
+    writer.start()
+    backups = []
+    while not done.is_set() or not backups:
+        path = tmp_path / f"backup{len(backups)}.sqlite"
+        backups.append((store.backup(path), path))
+    writer.join()
+    for n, path in backups:
+        assert not path.with_name(path.name + "-wal").exists()  # one self-contained file
+        with sqlite3.connect(path) as db:
+            assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        assert [r[0] for r in label_rows(path)] == ids[:n]  # a consistent prefix, never a torn copy
+    assert backups[-1][0] == 300 or store.backup(tmp_path / "final.sqlite") == 300
+
+
 def test_wait_for_labels_blocks_until_people_label(store):
     ids = store.enqueue(texts(3))
 
