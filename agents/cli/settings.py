@@ -29,6 +29,9 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
                    help="run settings as JSON or YAML: any field of the run config (flags override it)")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="set_values",
                    help="override one setting (repeatable), e.g. --set extra.ppo_epochs=2 --set rm_epochs=4")
+    g.add_argument("--instructions", default=None, metavar="TEXT|FILE",
+                   help="what people labelling this run are asked to judge (shown on the labelling page); a file's "
+                        "text, or the text itself")
     g.add_argument("--report-to", nargs="+", default=None, metavar="BACKEND",
                    help="where scalars go besides metrics.jsonl: tensorboard (default), trackio, wandb (offline unless "
                         "WANDB_MODE=online), none; several may be given")
@@ -93,6 +96,9 @@ def settings_from_args(args: argparse.Namespace, config_class: type, flags: Mapp
     then ``--set``; a key that is not a field of ``config_class`` is refused, naming the fields."""
     if getattr(args, "report_to", None):
         flags = {**flags, "report_to": list(args.report_to)}
+    if getattr(args, "instructions", None):
+        value = args.instructions
+        flags = {**flags, "instructions": Path(value).read_text(encoding="utf-8") if Path(value).is_file() else value}
     values = read_file(args.config) if getattr(args, "config", None) else {}
     values = merge(merge(values, flags), parse_sets(getattr(args, "set_values", []) or []))
     names = {f.name for f in dataclasses.fields(config_class)}

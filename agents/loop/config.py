@@ -40,6 +40,9 @@ class RunConfigError(RunError, ValueError):
 class RunConfig:
     """The shared part of ``PrefsConfig``, ``TextRLHFConfig`` and ``SFTRunConfig`` (module docstring)."""
 
+    instructions: str | None = None
+    """What people are asked to judge, shown on the labelling page (``--instructions TEXT|FILE``); None = the run's
+    default (for the paper's tasks, a guide in the manner of its labellers' instructions)."""
     report_to: list[str] = dataclasses.field(default_factory=lambda: ["tensorboard"])
     """Where the run's scalars go besides metrics.jsonl: ``tensorboard`` (``tb/``), ``trackio``, ``wandb`` (offline
     unless ``WANDB_MODE=online``), several, or ``none`` (``agents.trackers``)."""

@@ -380,10 +380,24 @@ class PreferenceLoop:
         self.dataset = self.source.merge(self.dataset, pairs)
         fit_metrics = self.reward_model.fit(self.dataset)
         metrics.update({k if "/" in k else f"reward_model/{k}": float(v) for k, v in fit_metrics.items()})
+        self._tell_people(metrics.get("reward_model/heldout_accuracy"))
         relabelled = self.agent.set_reward_fn(self.reward_model.reward_fn())
         if relabelled:
             metrics["agent/relabelled"] = float(relabelled)
         return metrics
+
+    def _tell_people(self, agreement: float | None) -> None:
+        """People who label see how the run goes (``post_status`` of a human labeller: the labelling page): the
+        labels so far and how often the reward model agreed with their last batch before it saw it, the
+        over-optimisation signal people can watch (it falls as the policy exploits the model)."""
+        post = getattr(self.labeller, "post_status", None)
+        if post is None:
+            return
+        text = f"Round {self.state.round + 1}: {self.state.labels_used} labels so far."
+        if agreement is not None:
+            text += (f" Before it saw your last labels, the reward model agreed with {agreement:.0%} of them (falling "
+                     "agreement: the policy is exploiting the reward model).")
+        post(text)
 
     # -- run -------------------------------------------------------------------------------------------------------
     def run(self, resume: bool = False) -> dict[str, Any]:

@@ -108,6 +108,7 @@ class HumanLabeller:
         renderer: ``obs (T, *obs_shape) -> frames (T, H, W, 3)`` used when pairs come as observations only
             (``label(..., obs_a=, obs_b=)`` or ``label_pairs(dataset)``); ``StateRenderer(env_id)`` for classic
             control, or an env id string as a shortcut for it.
+        instructions: what people are asked to judge, shown on the labelling page (the run's task description).
     """
 
     #: Tells the loop that this labeller needs clips/frames/text, not just rewards.
@@ -115,7 +116,8 @@ class HumanLabeller:
 
     def __init__(self, run_dir: str | os.PathLike, *, timeout: float | None = None, on_timeout: str = "raise",
                  poll_s: float = 0.5, progress: bool | None = None, run_tag: str = "", fps: float = 15.0,
-                 max_side: int | None = 160, labels_per_pair: int | None = None, renderer=None):
+                 max_side: int | None = 160, labels_per_pair: int | None = None, renderer=None,
+                 instructions: str | None = None):
         if on_timeout not in ("raise", "nan"):
             raise ValueError(f"on_timeout must be 'raise' or 'nan', got {on_timeout!r}")
         if timeout is not None and timeout <= 0:
@@ -132,6 +134,12 @@ class HumanLabeller:
         self.timeout, self.on_timeout, self.poll_s, self.progress = timeout, on_timeout, poll_s, progress
         self.run_tag, self.fps, self.max_side = run_tag, fps, max_side
         self.renderer = StateRenderer(renderer) if isinstance(renderer, str) else renderer
+        if instructions:
+            self.store.set_note("instructions", instructions)
+
+    def post_status(self, text: str) -> None:
+        """Tell the people who label how the run goes (the labelling page shows it)."""
+        self.store.set_note("status", text)
 
     # -- the loop-facing call --------------------------------------------------------------------------------------
     def label(self, rew_a=None, rew_b=None, mask_a=None, mask_b=None, *, clips=None, frames_a=None, frames_b=None,
@@ -293,6 +301,9 @@ class MixedLabeller:
         check_number("human_fraction", human_fraction, low=0, high=1)
         self.human, self.teacher, self.human_fraction = human, teacher, float(human_fraction)
         self._rng = np.random.default_rng(seed)
+
+    def post_status(self, text: str) -> None:
+        self.human.post_status(text)
 
     def _split(self, n: int) -> tuple[tuple[np.ndarray, object], tuple[np.ndarray, object]]:
         """(rows for the teacher, teacher), (rows for people, human): this batch's random ``human_fraction``."""

@@ -70,6 +70,10 @@ LABEL_DB_NAME = "labels.sqlite"
 CLIP_DIR_NAME = "clips"
 SCHEMA_VERSION = 1
 
+#: The notes a run leaves for its labellers (``LabelStore.set_note``).
+NOTES = ("instructions", "status")
+
+
 def store_path(run_dir: str | os.PathLike) -> Path:
     """Where a run keeps its label database."""
     return Path(run_dir) / LABEL_DB_NAME
@@ -437,6 +441,19 @@ class LabelStore:
         """The invited person's name for an invitation token, or None."""
         row = self._conn().execute("SELECT name FROM people WHERE token_sha256 = ?", (_token_hash(token),)).fetchone()
         return None if row is None else row[0]
+
+    def set_note(self, key: str, text: str) -> None:
+        """A note for the people who label, kept in the store and shown by the web app: ``instructions`` (what to
+        judge) or ``status`` (how the run goes, e.g. how often the reward model agreed with their last labels)."""
+        if key not in NOTES:
+            raise ValueError(f"note must be one of {', '.join(NOTES)}, got {key!r}")
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"note:{key}", str(text)))
+
+    def notes(self) -> dict[str, str]:
+        """The notes set with :meth:`set_note`, by key."""
+        rows = self._conn().execute("SELECT key, value FROM meta WHERE key LIKE 'note:%'").fetchall()
+        return {key[len("note:"):]: value for key, value in rows}
 
     # -- reading ---------------------------------------------------------------------------------------------------
     def progress(self, run: str | None = None) -> dict[str, int]:

@@ -21,6 +21,7 @@ import torch
 
 from agents.loop.control.config import PrefsConfig
 from agents.loop.control.frame_pairs import ImageSegmentPairSource
+from agents.loop.control.presets import task_instructions
 from agents.loop.control.segment_pairs import SegmentPairSource
 from agents.loop.preference_loop import LoopCallback, PreferenceLoop
 from agents.loop.reward_model import EnsembleRewardModel
@@ -42,7 +43,8 @@ def make_labeller(cfg: PrefsConfig, out: str | os.PathLike):
         return teacher
     try:
         human = HumanLabeller(out, renderer=StateRenderer(cfg.env_id), timeout=cfg.label_timeout,
-                              on_timeout="raise" if cfg.label_timeout is None else "nan", progress=cfg.progress_bar)
+                              on_timeout="raise" if cfg.label_timeout is None else "nan", progress=cfg.progress_bar,
+                              instructions=cfg.instructions or task_instructions(cfg.env))
     except LabelStoreError as err:  # a damaged labels.sqlite: one line naming it and what to do
         raise RunDirError(str(err)) from err
     if cfg.labeller == "human":

@@ -162,7 +162,17 @@ def load_preferences(source: Any, tokenizer: Any = None) -> TextPreferencePairs:
     return load_text_preferences(source, tokenizer=tokenizer)
 
 
-def make_text_labeller(cfg: TextRLHFConfig, out: str | Path, teacher: Any) -> Any:
+def default_text_instructions(default_lm: bool) -> str:
+    """What people judge in a text run by default: the demo's task on the default LM, else the general question."""
+    if default_lm:
+        return ("Each pair is two reviews written after the same opening (the prompt). The task of this demo run: "
+                "the more positive review is better. Judge the response as a whole; 'equal' when neither is more "
+                "positive, 'skip' when you cannot tell.")
+    return ("Each pair is two responses to the same prompt. Choose the better response for the person who wrote the "
+            "prompt; 'equal' when they are as good, 'skip' when you cannot tell.")
+
+
+def make_text_labeller(cfg: TextRLHFConfig, out: str | Path, teacher: Any, default_lm: bool = False) -> Any:
     """The simulated teacher, people in the web app (``HumanLabeller`` on ``out``), or both, per ``cfg.labeller``
     (``dataset``: no labeller is asked; the teacher stands in)."""
     if cfg.labeller in ("teacher", "dataset"):
@@ -172,7 +182,8 @@ def make_text_labeller(cfg: TextRLHFConfig, out: str | Path, teacher: Any) -> An
 
     try:
         human = HumanLabeller(out, timeout=cfg.label_timeout,
-                              on_timeout="raise" if cfg.label_timeout is None else "nan", progress=cfg.progress_bar)
+                              on_timeout="raise" if cfg.label_timeout is None else "nan", progress=cfg.progress_bar,
+                              instructions=cfg.instructions or default_text_instructions(default_lm))
     except LabelStoreError as err:  # a damaged labels.sqlite: one line naming it and what to do
         raise RunDirError(str(err)) from err
     return human if cfg.labeller == "human" else MixedLabeller(human, teacher, cfg.human_fraction, cfg.seed)
@@ -323,7 +334,7 @@ def build_text_loop(config: TextRLHFConfig, out: str | Path, model: Any = None, 
         learning_rate=config.rm_learning_rate, batch_size=config.rm_batch_size, val_fraction=config.rm_val_fraction,
         device=device, log=run_dir.log), shuffle_full_draw=False)
     agent = TextPolicyAgent(ctx, source)
-    labeller = labeller if labeller is not None else make_text_labeller(config, out, teacher)
+    labeller = labeller if labeller is not None else make_text_labeller(config, out, teacher, default_lm)
     title = f"rlhf-gym text --algo {config.algo} --rounds {config.rounds} (seed {config.seed})"
     loop = PreferenceLoop(config, agent, source, reward_model, labeller, run_dir,
                           callbacks=[_EvaluateBefore(agent), *callbacks], title=title, report=False)

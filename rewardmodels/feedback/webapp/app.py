@@ -332,12 +332,13 @@ def _add_routes(app: Flask, store: LabelStore, root: Path, policy: Policy) -> No
 
     @app.get("/api/progress")
     def progress():
-        return jsonify(store.progress(run_tag))
+        return jsonify({**store.progress(run_tag), "notes": store.notes()})
 
     @app.get("/api/next")
     def next_pair():
         pair = store.next_pair(_who(request.args.get("labeller"), policy), run=run_tag)
-        return jsonify({"pair": _pair_json(pair) if pair else None, "progress": store.progress(run_tag)})
+        return jsonify({"pair": _pair_json(pair) if pair else None, "progress": store.progress(run_tag),
+                        "notes": store.notes()})
 
     @app.post("/api/label")
     def label():

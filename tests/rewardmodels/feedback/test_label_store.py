@@ -404,3 +404,15 @@ def test_a_file_that_is_not_a_label_database(tmp_path):
     with pytest.raises(LabelStoreError, match="not a usable label database.*move it aside"):
         LabelStore(path)
     assert path.read_bytes() == b"definitely not SQLite" * 100
+
+
+def test_notes_for_labellers_are_kept_and_refused_for_unknown_keys(tmp_path):
+    with LabelStore(tmp_path / "labels.sqlite") as store:
+        assert store.notes() == {}
+        store.set_note("instructions", "judge positivity")
+        store.set_note("status", "round 1")
+        store.set_note("status", "round 2")
+        with pytest.raises(ValueError, match="note must be one of"):
+            store.set_note("html", "x")
+    with LabelStore(tmp_path / "labels.sqlite") as store:  # kept in the file
+        assert store.notes() == {"instructions": "judge positivity", "status": "round 2"}

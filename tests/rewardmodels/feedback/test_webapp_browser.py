@@ -296,3 +296,21 @@ def test_person_in_the_browser_teaches_the_loop_and_the_agent_improves_as_with_t
     assert summary["true_return_mean"] > 60  # a random CartPole policy lasts about 22 steps
     with LabelStore(store_path(tmp_path / "human")) as store:
         assert len(store.rows()) == 24 and {r["labeller"] for r in store.rows()} == {"scripted person"}
+
+
+def test_people_see_the_runs_instructions_and_status_as_text(page, tmp_path):
+    run = tmp_path / "run"
+    labeller = HumanLabeller(run, instructions="Judge the <i>positivity</i> of the review.")
+    labeller.store.enqueue([Query.text("Prompt?", "good", "bad", pair_id="t-0")])
+    labeller.post_status("Round 2: 40 labels so far. Before it saw your last labels, the reward model agreed with "
+                         "75% of them.")
+    with ServerThread(create_app(run)) as url:
+        page.goto(url)
+        page.fill("#labeller", "ada")
+        page.click("#save-name")
+        wait_ready_after(page, "")
+        assert page.is_visible("#instructions")
+        assert page.inner_text("#instructions-text") == "Judge the <i>positivity</i> of the review."
+        assert page.locator("#instructions-text i").count() == 0  # shown as text, never as markup
+        assert "agreed with 75%" in page.inner_text("#run-status")
+    labeller.close()

@@ -35,6 +35,15 @@ function showProgress(p) {
   $("queued").textContent = p.queued;
 }
 
+function showNotes(notes) {  // the run's task description and how it goes (text only: textContent, never HTML)
+  if (!notes) return;
+  for (const [key, id] of [["instructions", "instructions-text"], ["status", "run-status"]]) {
+    const text = notes[key] || "";
+    $(id).textContent = text;
+    (key === "instructions" ? $("instructions") : $(id)).hidden = !text;
+  }
+}
+
 function mediaElement(url) {
   let el;
   if (VIDEO.test(url)) {
@@ -97,6 +106,7 @@ async function fetchNext() {
     const { status, body } = await api("/api/next?labeller=" + encodeURIComponent(labeller));
     if (status !== 200) throw new Error(body.error || "could not load the next pair");
     showProgress(body.progress);
+    showNotes(body.notes);
     if (body.pair) {
       setStatus("Which one is better?");
       render(body.pair);

@@ -137,6 +137,9 @@ def test_people_label_the_loops_pairs_through_the_label_store(tmp_path):
     assert result.summary["labels_used"] == 12
     with LabelStore(store_path(tmp_path / "run")) as store:
         assert len(store.rows()) == 12 and {r["labeller"] for r in store.rows()} == {"ada"}
+        notes = store.notes()  # what the labelling page shows people: the task, and how the run goes
+    assert notes["instructions"].startswith("Each pair is two responses") and "12 labels so far" in notes["status"]
+    assert "agreed with" in notes["status"]  # round 2's labels measured against the round-1 model
 
 
 def test_mixed_labeller_sends_a_share_to_people_and_the_rest_to_the_teacher(tmp_path):
