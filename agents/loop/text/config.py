@@ -225,6 +225,9 @@ class TextRLHFConfig(RunConfig):
         algorithm = self.algorithm
         if algorithm.kind == "sb3":
             return _sb3_settings(algorithm, self.extra)
+        if algorithm.kind == "bon":  # nothing trains
+            check(not self.extra, f"best-of-n trains nothing: extra settings {sorted(self.extra)} do not apply")
+            return None
         config_class = algorithm.agent_class().config_class
         names = {f.name for f in dataclasses.fields(config_class)}
         fields: dict[str, Any] = {"learning_rate": self.learning_rate, "seed": self.seed,

@@ -53,6 +53,8 @@ class TextRLHFContext:
     device: torch.device
     max_prompt_tokens: int = 16  # the run's prompt budget in tokens (agents.loop.text.loop.prompt_budget)
     reward_fns: Any = None  # textenv.reward_functions.WeightedRewards of the run's reward functions, or None
+    kl: KLPenalty = dataclasses.field(default_factory=lambda: KLPenalty(0.0))  # the run's env KL penalty: one object
+    best_of: int = 1  # the policy as evaluated: n samples per prompt, the reward model's best kept (best-of-n)
     step_offset: int = 0
 
     def reward(self) -> Any:
@@ -90,22 +92,47 @@ class TextRLHFContext:
             array_backend="torch",
         )
 
-    def evaluate(self) -> Evaluation:
-        """Sample ``eval_samples`` completions per held-out prompt (fixed seed: common random numbers across calls),
-        scored by the teacher (zeros without one: the run's reward model judges them at the end)."""
+    def _sample(self, draw: int = 0) -> Evaluation:
+        """One completion per held-out row, from a fixed seed (common random numbers across calls; ``draw`` picks
+        another fixed stream), scored by the teacher (zeros without one)."""
         env = getattr(self, "_eval_env", None)
         if env is None:  # the KL to the reference is measured, not penalised; the reward is the teacher's score
             judge = self.teacher.score if self.teacher is not None else None
             env = self._eval_env = self.make_env(len(self.eval_rows), judge, prompts=self.eval_rows)
-        gen = torch.Generator(device=self.device).manual_seed(self.config.seed + 12345)
+        gen = torch.Generator(device=self.device).manual_seed(self.config.seed + 12345 + 7919 * draw)
         batch = collect_rollout(env, prompts=self.eval_rows, seed=self.config.seed, generator=gen)
         return Evaluation(batch.prompts, batch.responses, batch.scores.cpu().numpy(), batch.kl_sum.cpu().numpy())
 
+    def evaluate(self) -> Evaluation:
+        """``eval_samples`` completions per held-out prompt of the policy as it is now, or with ``best_of = n`` of
+        the best-of-n policy: n draws per row, the reward model's best kept; its KL to the initial policy is the
+        analytic ``log n - (n - 1) / n`` (Stiennon et al. 2020, App. G.3)."""
+        first = self._sample()
+        if self.best_of == 1:
+            return first
+        draws = [first, *(self._sample(k) for k in range(1, self.best_of))]
+        proxy = np.stack([self.proxy_scores(d.prompts, d.responses) for d in draws])  # (n, B)
+        best = proxy.argmax(0)
+        rows = range(len(first.prompts))
+        kl = np.full(len(first.prompts), np.log(self.best_of) - (self.best_of - 1) / self.best_of)
+        return Evaluation(first.prompts, [draws[best[i]].responses[i] for i in rows],
+                          np.array([draws[best[i]].oracle_scores[i] for i in rows]), kl)
+
+    def proxy_scores(self, prompts: list[str], responses: list[str]) -> np.ndarray:
+        """(B,) the learned reward (the proxy of Gao et al. 2022: the run's reward model as it is now)."""
+        return torch.as_tensor(self.reward_model(prompts, responses), dtype=torch.float64).cpu().numpy()
+
     def evaluate_and_log(self, step: int) -> Evaluation:
+        """The held-out evaluation, logged: ``eval/kl_to_ref`` (and ``eval/sqrt_kl``, the x axis of the
+        over-optimisation picture), the gold ``eval/oracle_score`` with a teacher, the proxy ``eval/proxy_score``
+        with a learned reward model."""
         ev = self.evaluate()
-        metrics = {"eval/kl_to_ref": float(ev.kl_to_ref.mean())}
+        kl = float(ev.kl_to_ref.mean())
+        metrics = {"eval/kl_to_ref": kl, "eval/sqrt_kl": float(np.sqrt(max(kl, 0.0)))}
         if self.teacher is not None:
             metrics["eval/oracle_score"] = ev.oracle_score
+        if self.reward_model is not None and not self.config.algorithm.offline:
+            metrics["eval/proxy_score"] = float(self.proxy_scores(ev.prompts, ev.responses).mean())
         self.log(step, metrics)
         return ev
 

@@ -36,7 +36,7 @@ from agents.loop.preference_loop import LoopCallback, PreferenceLoop
 from agents.loop.reward_model import EnsembleRewardModel
 from agents.loop.text.config import TextRLHFConfig
 from agents.loop.text.context import Evaluation, TextRLHFContext
-from agents.loop.text.improve import improve
+from agents.loop.text.improve import make_learner
 from agents.loop.text.pairs import (
     CompletionPairSource,
     DatasetPairSource,
@@ -49,6 +49,7 @@ from rewardmodels.text.preferences import TextPreferencePairs, is_conversational
 from rewardmodels.text.teachers import SentimentTeacher
 from textenv.checks import check
 from textenv.default_lm import default_prompts
+from textenv.files import atomic_write
 from textenv.lora import LoraSettings, apply_lora, is_peft_model, load_adapter_weights, reference_view
 from textenv.models import load_policy, max_positions
 from textenv.prompts import PromptSource, PromptTooLongError, is_chat, prompt_columns, read_prompts, render_chat
@@ -57,6 +58,7 @@ from textenv.reward_functions import WeightedRewards
 logger = logging.getLogger(__name__)
 
 POLICY_DIR = "policy"
+LEARNER_FILE = "learner.pt"
 SFT_DIR = "sft"
 
 
@@ -66,11 +68,10 @@ def _evaluation_json(ev: Evaluation) -> dict[str, Any]:
 
 
 class TextPolicyAgent:
-    """The loop's ``Agent`` for text: ``learn(k)`` runs the run's algorithm for k iterations (DPO / KTO: epochs) on
-    ``ctx.policy`` in place; ``evaluate`` is the oracle (teacher) score of completions on the held-out prompts.
-
-    Each round's improvement step seeds with ``seed + 1000 * round`` (round 1: the run's seed, as the offline
-    pipeline), so rounds draw different prompts and tokens. ``source`` counts the iterations as the loop's steps.
+    """The loop's ``Agent`` for text: ``learn(k)`` runs the run's learner (``agents.loop.text.improve``, made at the
+    first round and kept: its optimiser, value head, KL penalty and random streams go on across rounds) for k
+    iterations (DPO / KTO: epochs) on ``ctx.policy`` in place; ``evaluate`` is the teacher's score of completions on
+    the held-out prompts. ``source`` counts the iterations as the loop's steps; checkpoints hold the learner too.
     """
 
     eval_key = None  # the loop does not evaluate it: it evaluates itself (every ``eval_every`` iterations, after every
@@ -83,16 +84,16 @@ class TextPolicyAgent:
         self.summary: dict[str, float] = {}
         self.before: Evaluation | None = None
         self._eval: tuple[int, Evaluation] | None = None
+        self.learner: Any = None
 
     def learn(self, n_steps: int, max_steps: int | None = None) -> dict[str, float]:
         its = int(min(n_steps, max_steps if max_steps is not None else n_steps))
-        cfg = dataclasses.replace(self.ctx.config, iterations=its, rounds=1,
-                                  seed=self.ctx.config.seed + 1000 * self.rounds_done)
-        round_ctx = dataclasses.replace(self.ctx, config=cfg, step_offset=self.step)
+        if self.learner is None:
+            self.learner = make_learner(self.ctx)
         start = time.perf_counter()
-        out = dict(improve(round_ctx) or {})
+        out = dict(self.learner.learn(its) or {})
         wall = time.perf_counter() - start
-        self.step += int(out.pop("final_step", its))
+        self.step = int(self.learner.step)
         self.source.env_steps += its
         self.rounds_done += 1
         out = {k: float(v) for k, v in out.items() if isinstance(v, (int, float))}
@@ -127,6 +128,8 @@ class TextPolicyAgent:
         state = {"rounds_done": self.rounds_done, "step": self.step, "summary": self.summary,
                  "before": _evaluation_json(self.before) if self.before is not None else None}
         save_checkpoint(Path(directory) / POLICY_DIR, self.ctx.policy, self.ctx.tokenizer, {}, state)
+        if self.learner is not None:  # the optimiser, value head, KL penalty and random streams: --resume goes on
+            atomic_write(Path(directory) / LEARNER_FILE, lambda f: torch.save(self.learner.state_dict(), f))
 
     def load(self, directory: Path) -> None:
         path = Path(directory) / POLICY_DIR
@@ -141,6 +144,9 @@ class TextPolicyAgent:
             b = state["before"]
             self.before = Evaluation(b["prompts"], b["responses"], np.asarray(b["oracle_scores"]),
                                      np.asarray(b["kl_to_ref"]))
+        if (Path(directory) / LEARNER_FILE).is_file():  # a checkpoint of rlhf-gym 0.2 has none: the learner starts anew
+            self.learner = make_learner(self.ctx)
+            self.learner.load_state_dict(torch.load(Path(directory) / LEARNER_FILE, weights_only=False))
 
 
 class _EvaluateBefore(LoopCallback):
@@ -323,7 +329,7 @@ def build_text_loop(config: TextRLHFConfig, out: str | Path, model: Any = None, 
     run_dir = RunDir(out, report_to=config.report_to)
     eval_rows = [p for p in eval_prompts[: config.eval_prompts] for _ in range(config.eval_samples)]
     ctx = TextRLHFContext(config, model, ref, tokenizer, teacher, examples, None, train_prompts, eval_rows, run_dir,
-                          device, budget, reward_fns)
+                          device, budget, reward_fns, config.kl_penalty())
     if config.labeller == "dataset" and prefs is not None:
         source: CompletionPairSource = DatasetPairSource(ctx, prefs, heldout_fraction=config.rm_val_fraction)
     else:

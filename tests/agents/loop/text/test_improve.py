@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from agents.loop.text.improve import improve, make_text_vec_env
+from agents.loop.text.improve import make_learner, make_text_vec_env
 from agents.loop.text.run import TextRLHFConfig, TextRLHFContext, run_text_rlhf
 from agents.rundir import RunDir
 from rewardmodels.text.teachers import KeywordTeacher
@@ -56,7 +56,7 @@ def _context(tmp_path, **config) -> TextRLHFContext:
         return torch.tensor([float(len(r)) for r in responses])
 
     return TextRLHFContext(cfg, model, frozen_copy(model), tokenizer, None, None, length_reward, PROMPTS, [],
-                           RunDir(tmp_path, tensorboard=False), torch.device("cpu"))
+                           RunDir(tmp_path, tensorboard=False), torch.device("cpu"), kl=cfg.kl_penalty())
 
 
 def test_sb3_text_envs_act_with_the_pipeline_policy_against_its_frozen_reference(tmp_path):
@@ -75,7 +75,7 @@ def test_sb3_a2c_step_spends_the_token_budget_and_logs_episode_means(tmp_path):
     ctx = _context(tmp_path, iterations=2, num_envs=4, eval_every=0, extra={"n_envs": 2, "n_steps": 8})
     before = snapshot(ctx.policy)
     ref_before = snapshot(ctx.ref_model)
-    extra = improve(ctx)  # cfg.algo is sb3-a2c
+    extra = make_learner(ctx).learn(ctx.config.iterations)  # cfg.algo is sb3-a2c
     assert extra == {"tokens_seen": 2 * 4 * 4, "sb3_n_envs": 2, "sb3_n_steps": 8}
     assert changed(before, ctx.policy)
     assert not changed(ref_before, ctx.ref_model)  # the KL anchor stays frozen
