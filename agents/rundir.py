@@ -296,8 +296,9 @@ class RunDir:
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         write_json(self.summary_path, summary)
 
-    def plot(self, panels: Sequence[tuple[str, Sequence[str]]], x_key: str = "step", title: str | None = None) -> Path:
-        """Draw ``curves.png`` from metrics.jsonl: one panel per ``(panel_title, [metric keys])``, against ``x_key``."""
+    def plot(self, panels: Sequence[tuple[Any, ...]], x_key: str = "step", title: str | None = None) -> Path:
+        """Draw ``curves.png`` from metrics.jsonl: one panel per ``(panel_title, [metric keys])``, against ``x_key``
+        (a panel ``(panel_title, [keys], its_x_key)`` has its own x axis, e.g. the KL of a run's evaluations)."""
         import matplotlib  # lazy: a second of import, and only the end of a run draws
 
         matplotlib.use("Agg")
@@ -305,14 +306,15 @@ class RunDir:
 
         rows = self.read_metrics()
         fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
-        for ax, (panel_title, keys) in zip(axes[0], panels, strict=True):
+        for ax, (panel_title, keys, *own_x) in zip(axes[0], panels, strict=True):
+            x = own_x[0] if own_x else x_key
             for key in keys:
-                pts = [(r[x_key], r[key]) for r in rows if key in r and x_key in r]
+                pts = [(r[x], r[key]) for r in rows if key in r and x in r]
                 if pts:
                     xs, ys = zip(*pts, strict=True)
                     ax.plot(xs, ys, marker="o", markersize=3, label=key)
             ax.set_title(panel_title)
-            ax.set_xlabel(x_key)
+            ax.set_xlabel(x)
             ax.grid(alpha=0.3)
             if ax.lines:
                 ax.legend(fontsize=7)

@@ -35,7 +35,8 @@ logger = logging.getLogger(__name__)
 
 #: Flags that set the ``TextRLHFConfig`` field named here (unset flags keep the algorithm's defaults).
 _CONFIG_FIELDS = {"seed": "seed", "pairs": "num_pairs", "iterations": "iterations", "lr": "learning_rate",
-                  "kl_coef": "kl_coef", "kl_target": "kl_target", "max_new_tokens": "max_new_tokens",
+                  "kl_coef": "kl_coef", "kl_target": "kl_target",
+                  "teacher_repetition_penalty": "teacher_repetition_penalty", "max_new_tokens": "max_new_tokens",
                   "max_prompt_tokens": "max_prompt_tokens", "eval_prompts": "eval_prompts", "device": "device",
                   "rounds": "rounds", "selection": "selection",
                   "rm_ensemble": "rm_ensemble", "labeller": "labeller", "human_fraction": "human_fraction",
@@ -99,6 +100,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                    help="teacher (VADER sentiment, simulated), human (people in `rlhf-gym label --run OUT`; the loop "
                         "waits), mixed (--human-fraction to people), dataset (the pairs of --preferences); default: "
                         "dataset with --preferences, else teacher")
+    h.add_argument("--teacher-repetition-penalty", type=float, default=None,
+                   help="a harder simulated teacher: VADER minus this times the share of repeated words (0)")
     h.add_argument("--human-fraction", type=float, default=None, help="share of pairs people label with --labeller "
                                                                       "mixed (0.5)")
     h.add_argument("--label-timeout", type=float, default=None,

@@ -52,6 +52,9 @@ class TextRLHFConfig(RunConfig):
     """Completion pairs labelled (the label budget); 0 = no reward model: the policy trains on ``reward_fns`` only."""
     teacher_beta: float = math.inf
     """Teacher rationality (B-Pref beta, in VADER units): inf = always prefers the higher score."""
+    teacher_repetition_penalty: float = 0.0
+    """A harder teacher: its score is VADER minus this times the share of repeated words (gushing by repetition
+    loses; ``rewardmodels.text.teachers.SentimentTeacher``)."""
     rm_epochs: int = 3
     """Reward-model epochs over the labelled pairs."""
     rm_learning_rate: float = 3e-4
@@ -143,6 +146,7 @@ class TextRLHFConfig(RunConfig):
         for name in _COUNTS:
             check_number(name, getattr(self, name), low=1, integer=True)
         check_number("seed", self.seed, low=0, high=2**32 - 1, integer=True)
+        check_number("teacher_repetition_penalty", self.teacher_repetition_penalty, low=0)
         check_number("num_pairs", self.num_pairs, low=0, integer=True, hint="0 = no labels: reward functions or KTO "
                      "on unpaired examples train the policy")
         self.reward_functions()  # imports them: a misspelt module or name fails here, before the run

@@ -323,7 +323,7 @@ def build_text_loop(config: TextRLHFConfig, out: str | Path, model: Any = None, 
     examples = source_pairs if config.algo == "kto" and source_pairs is not None and is_unpaired(source_pairs) else None
     config, prefs = _preferences(config, None if examples is not None else source_pairs, tokenizer, examples)
     if teacher is None and config.labeller in ("teacher", "mixed") and config.num_pairs > 0:  # else no gold judge
-        teacher = SentimentTeacher(beta=config.teacher_beta, seed=config.seed)
+        teacher = SentimentTeacher(config.teacher_repetition_penalty, beta=config.teacher_beta, seed=config.seed)
     model, ref = _policy_and_reference(config, model)
     budget = prompt_budget(config, tokenizer, model, train_prompts, eval_prompts[: config.eval_prompts])
     run_dir = RunDir(out, report_to=config.report_to)

@@ -168,6 +168,12 @@ def _plot(run_dir: RunDir, config: TextRLHFConfig, teacher: bool) -> None:
     if teacher:  # no simulated judge with people or a dataset: no such curve
         panels.append(("oracle score (teacher)" if config.labeller in ("teacher", "mixed") else "teacher score",
                        ["eval/oracle_score"]))
+    if not config.algorithm.offline:  # Gao et al. 2022's picture: gold and proxy against sqrt(KL to the reference)
+        gold = ["eval/oracle_score"] if teacher else []
+        panels.append(("gold (teacher) and proxy (reward model) vs sqrt KL", [*gold, "eval/proxy_score"],
+                       "eval/sqrt_kl"))
+    if config.labeller in ("human", "mixed"):  # no gold: the signal people can see
+        panels.append(("reward model vs new labels", ["reward_model/heldout_accuracy", "reward_model/accuracy"]))
     panels += [("KL to reference", ["env/kl_to_ref", "eval/kl_to_ref"]), ("labels used", ["labels/used"])]
     run_dir.plot(panels, title=f"rlhf-gym text --algo {config.algo} --rounds {config.rounds}")
 
