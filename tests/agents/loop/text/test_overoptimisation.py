@@ -99,3 +99,14 @@ def test_the_repetition_penalised_teacher():
     assert np.isnan(hard.label([""], [repeated], [varied])).sum() == 0
     with pytest.raises(ValueError, match="repetition_penalty"):
         SentimentTeacher(repetition_penalty=-1.0)
+
+
+def test_the_benchmarks_matched_kl_comparison_by_hand():
+    from benchmarks.text_overoptimisation import binned, matched
+
+    one_shot = [(0.5, 0.2, 1.0), (1.5, 0.6, 2.0), (1.8, 0.4, 2.5), (4.2, 0.1, 3.0)]  # (sqrt KL, gold, proxy)
+    online = [(0.4, 0.3, 0.0), (1.2, 0.7, 0.0), (2.5, 0.9, 0.0)]
+    assert binned(one_shot) == {0: 0.2, 1: pytest.approx(0.5), 4: 0.1}
+    gold_one, gold_onl, bins = matched(one_shot, online)  # bins 0 and 1 are common
+    assert (gold_one, gold_onl, bins) == (pytest.approx((0.2 + 0.5) / 2), pytest.approx((0.3 + 0.7) / 2), 2)
+    assert matched(one_shot, [(9.0, 1.0, 0.0)])[2] == 0
