@@ -142,19 +142,19 @@ def run(args: argparse.Namespace) -> int:
     from textenv.prompts import PromptError
 
     torch.set_num_threads(args.threads)
-    cfg, out = run_settings(args, TextRLHFConfig.load, lambda: config_from_args(args))
-    start = time.perf_counter()
     # Errors of the user's inputs (files, model, prompts too long for --max-prompt-tokens) become one line.
     user_errors = (PromptError, TextPreferenceError, ModelLoadError, FileNotFoundError)
-    try:
-        loop, agent = build_text_loop(cfg, out)
-        result = run_text_loop(loop, agent, resume=args.resume, start=start)
-    except RunError:
-        raise
-    except user_errors as err:
-        raise UsageError(str(err)) from err
-    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (agents.cli.main): say how to go on
-        raise RunInterrupted(resume_hint("text", out)) from err
+    with run_settings(args, TextRLHFConfig.load, lambda: config_from_args(args)) as (cfg, out):
+        start = time.perf_counter()
+        try:
+            loop, agent = build_text_loop(cfg, out)
+            result = run_text_loop(loop, agent, resume=args.resume, start=start)
+        except RunError:
+            raise
+        except user_errors as err:
+            raise UsageError(str(err)) from err
+        except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (agents.cli.main): say how to go on
+            raise RunInterrupted(resume_hint("text", out)) from err
     print_samples(result, n=args.samples)
     s = result.summary
     print(
