@@ -69,8 +69,8 @@ class _PipelineLogging(BaseCallback):
         self.kls: list[float] = []
 
     def _on_step(self) -> bool:
-        for info in self.locals.get("infos", ()):
-            if "score" in info:
+        for info, done in zip(self.locals.get("infos", ()), self.locals.get("dones", ()), strict=False):
+            if done:  # score and kl_sum are in every step's info, NaN before the end (TextGenEnv, ## Info)
                 self.scores.append(float(info["score"]))
                 self.kls.append(float(info["kl_sum"]))
         return True

@@ -68,7 +68,7 @@ def test_sb3_text_envs_act_with_the_pipeline_policy_against_its_frozen_reference
         assert inner.policy is ctx.policy and inner.ref_model is ctx.ref_model  # no copies: one set of weights
         assert inner.engine.kl_coef == 0.1 and inner.engine.temperature == ctx.config.temperature
     venv.reset()
-    assert all(info["prompt"] in PROMPTS for info in venv.reset_infos)  # the pipeline's training prompts
+    assert all(env.unwrapped.engine.prompt_text[0] in PROMPTS for env in venv.envs)  # the pipeline's training prompts
 
 
 def test_sb3_a2c_step_spends_the_token_budget_and_logs_episode_means(tmp_path):
