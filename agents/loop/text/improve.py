@@ -8,9 +8,9 @@ penalise it). Agents get no run directory: they report through the ``learn()`` c
 
 The SB3 steps (``sb3-ppo``, ``sb3-a2c``) train on the very env configuration the native agents use (same policy
 object, frozen reference, learned reward, KL penalty, lengths and prompts), through unmodified SB3 and
-``CausalLMPolicy``, so ``summary.json`` compares like with like. SB3 steps single ``TextGenEnv`` copies in a
-``DummyVecEnv`` (one process: the envs must share the policy's weights) and re-runs the whole context through the LM
-at every step.
+``CausalLMPolicy``, so ``summary.json`` compares like with like. SB3 steps the rows of one batched
+``TextGenVectorEnv`` through ``TextGenSB3VecEnv`` (one process: the env must share the policy's weights), and the
+policy keeps its own KV cache (``agents.sb3.lm_forward``).
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ import inspect
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.logger import Logger, configure
-from stable_baselines3.common.vec_env import DummyVecEnv
 
 from agents.loop.text.context import TextRLHFContext
 from agents.sb3.text_policy import SyncTextEnvCallback, make_sb3_text_model
-from textenv import TextGenEnv
+from agents.sb3.text_vec_env import TextGenSB3VecEnv
+from textenv import TextGenVectorEnv
 
 __all__ = ["improve", "make_text_vec_env"]
 
@@ -86,20 +86,16 @@ class _PipelineLogging(BaseCallback):
             self.ctx.evaluate_and_log(self.rollouts)
 
 
-def make_text_vec_env(ctx: TextRLHFContext, n_envs: int) -> DummyVecEnv:
-    """``n_envs`` single TextGen envs in a DummyVecEnv, all acting with ``ctx.policy`` against ``ctx.ref_model``,
-    sharing the run's KL penalty (one object: an adaptive beta follows every env's episodes)."""
+def make_text_vec_env(ctx: TextRLHFContext, n_envs: int) -> TextGenSB3VecEnv:
+    """An SB3 VecEnv of ``n_envs`` rows of one batched TextGen vector env (``agents.sb3.text_vec_env``) acting with
+    ``ctx.policy`` against ``ctx.ref_model``, with the run's KL penalty (an adaptive beta follows every episode)."""
     cfg = ctx.config
-    penalty = cfg.kl_penalty()
-
-    def make() -> TextGenEnv:
-        return TextGenEnv(
-            model=ctx.policy, tokenizer=ctx.tokenizer, prompts=ctx.train_prompts, reward_fn=ctx.reward_model,
-            ref_model=ctx.ref_model, kl_coef=penalty, max_new_tokens=cfg.max_new_tokens,
-            max_prompt_tokens=cfg.max_prompt_tokens, temperature=cfg.temperature, device=ctx.device,
-        )
-
-    venv = DummyVecEnv([make for _ in range(n_envs)])
+    venv = TextGenSB3VecEnv(TextGenVectorEnv(
+        n_envs, model=ctx.policy, tokenizer=ctx.tokenizer, prompts=ctx.train_prompts, reward_fn=ctx.reward_model,
+        ref_model=ctx.ref_model, kl_coef=cfg.kl_penalty(), max_new_tokens=cfg.max_new_tokens,
+        max_prompt_tokens=cfg.max_prompt_tokens, temperature=cfg.temperature, device=ctx.device,
+        autoreset_mode="SameStep",
+    ))
     venv.seed(cfg.seed)
     return venv
 
