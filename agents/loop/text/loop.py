@@ -81,8 +81,9 @@ class TextPolicyAgent:
         its = int(min(n_steps, max_steps if max_steps is not None else n_steps))
         cfg = dataclasses.replace(self.ctx.config, iterations=its, rounds=1,
                                   seed=self.ctx.config.seed + 1000 * self.rounds_done)
-        round_ctx = dataclasses.replace(self.ctx, config=cfg, step_offset=self.step)
         start = time.perf_counter()
+        round_ctx = dataclasses.replace(self.ctx, config=cfg, step_offset=self.step,
+                                        improve_clock=start - self.summary.get("improve_wall_s", 0.0))
         out = dict(improve(round_ctx) or {})
         wall = time.perf_counter() - start
         self.step += int(out.pop("final_step", its))
