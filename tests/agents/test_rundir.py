@@ -4,7 +4,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ from agents.rundir import (
     signals_deferred,
     write_json,
 )
+from tests.waiting import OUTER_TIMEOUT_S
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -149,10 +149,8 @@ def test_signals_are_delivered_after_the_deferred_block():
     old = signal.signal(signal.SIGUSR1, lambda *_: got.append("delivered"))
     try:
         with signals_deferred((signal.SIGUSR1,)):
-            os.kill(os.getpid(), signal.SIGUSR1)
-            time.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGUSR1)  # to this process: delivered before kill() returns, held back here
             got.append("saved")
-        time.sleep(0.05)
     finally:
         signal.signal(signal.SIGUSR1, old)
     assert got == ["saved", "delivered"]
@@ -190,7 +188,7 @@ def test_a_second_process_is_refused_with_the_holders_pid_and_nothing_is_moved(t
         assert not list(out.glob("superseded-*")) and (out / "config.json").exists()  # --overwrite moved nothing
     finally:
         holder.stdin.close()
-        assert holder.wait(timeout=600) == 0
+        assert holder.wait(timeout=OUTER_TIMEOUT_S) == 0
     with lock_run_dir(out):  # released when its holder ends
         assert (out / LOCK_FILE).read_text().strip() == str(os.getpid())
 
@@ -199,7 +197,7 @@ def test_a_killed_holders_lock_is_free_at_once(tmp_path):
     out = tmp_path / "run"
     holder = _holder(out)
     holder.kill()  # kill -9: no cleanup code runs; the kernel drops the flock with the process
-    holder.wait(timeout=600)
+    holder.wait(timeout=OUTER_TIMEOUT_S)
     holder.stdin.close()
     assert (out / LOCK_FILE).read_text().strip() == str(holder.pid)  # a stale file, no stale lock
     with lock_run_dir(out):
