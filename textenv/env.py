@@ -37,6 +37,7 @@ class TextGenSettings:
     prompt_field: str = "prompt"
     use_cache: bool = True
     reward_weights: Any = None
+    info_text: bool = False
 
 
 def build_engine(num_rows: int, settings: TextGenSettings) -> tuple[GenerationEngine, PromptSource]:
@@ -46,6 +47,7 @@ def build_engine(num_rows: int, settings: TextGenSettings) -> tuple[GenerationEn
     check_number("temperature", s.temperature, low=0, low_open=True, hint="1.0 = the model's own distribution")
     for name in ("max_new_tokens", "max_prompt_tokens"):
         check_number(name, getattr(s, name), low=1, integer=True)
+    check(isinstance(s.info_text, bool), f"info_text must be True or False, got {s.info_text!r}", TypeError)
     functions = list(s.reward_fn) if isinstance(s.reward_fn, (list, tuple)) else [s.reward_fn]
     check(s.reward_fn is None or all(callable(f) for f in functions),
           f"reward_fn must be callable as reward_fn(prompts, responses) (or TRL's f(prompts=, completions=, "
@@ -174,15 +176,30 @@ class TextGenEnv(EngineViews, gym.Env):
       ``PromptTooLongError``, never truncated), ``temperature`` (1.0), ``device`` (default: the model's).
     * ``use_cache`` (True): KV-cached decoding; False recomputes the full forward each step (a reference path).
     * ``render_mode``: ``None`` or ``"ansi"``.
+    * ``info_text`` (False): also put the text in ``info`` (``prompt``, ``response``; see ## Info).
 
     ## Info
-    Every step: ``policy_logprob`` and (with a reference) ``ref_logprob`` of the taken token (``np.float32``). At
-    episode end also ``prompt``, ``response`` (``str``; decoded, without the final EOS), ``score`` (reward_fn) and
-    ``kl_sum`` (sum over the episode of ``log pi - log pi_ref``), both ``np.float64``. ``reset`` returns
-    ``{"prompt": text}``.
+    Every key at every step, so that vectorised wrappers and TorchRL's info readers (which fix the keys when they
+    first read an info) see the same keys throughout:
+
+    * ``policy_logprob`` and (with a reference) ``ref_logprob``: log-probabilities of the taken token
+      (``np.float32``).
+    * ``score`` (reward_fn's score of the response; 0.0 before the step that ends the episode, terminated or
+      truncated: use those flags to tell) and ``kl_sum`` (sum of ``log pi - log pi_ref`` over the episode so far,
+      0.0 without a reference), both ``np.float64``. (Not NaN before the end: Gymnasium's ``check_env`` compares
+      infos by value, and NaN != NaN.)
+    * With ``info_text=True`` only: ``prompt`` (the episode's prompt, every step) and ``response`` (``""`` before
+      the end; at it the decoded response without the final EOS), ``str``; ``reset`` returns ``{"prompt": text}``
+      (else ``{}``). Text is off by default because TorchRL's vectorised entry point,
+      ``torchrl.envs.GymEnv("textenv:TextGen-v0", num_envs=N)``, reads every info key as a tensor and refuses
+      strings. Without it, ``env.render()`` (``render_mode="ansi"``) shows the prompt and the response so far.
 
     ## Version History
-    * v0: initial version (Gymnasium 1.x).
+    * v0: initial version (Gymnasium 1.x). Changed in rlhf-gym 0.4 (issue 25): ``score`` and ``kl_sum`` are in
+      ``info`` at every step (0.0 and the KL so far before the end; before, they appeared at the end only), and
+      the text keys (``prompt``, ``response``, the reset info's ``prompt``) only with ``info_text=True``, so that
+      ``GymEnv("textenv:TextGen-v0", num_envs=N)`` passes TorchRL's ``check_env_specs``. Trajectories, rewards
+      and the numeric values at an episode's end are unchanged.
     """
 
     metadata = {"render_modes": ["ansi"]}
@@ -203,13 +220,15 @@ class TextGenEnv(EngineViews, gym.Env):
         use_cache: bool = True,
         render_mode: str | None = None,
         reward_weights: Any = None,
+        info_text: bool = False,
     ):
         if render_mode not in (None, "ansi"):
             raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
         self.render_mode = render_mode
         self.engine, self.prompt_source = build_engine(1, TextGenSettings(
             model, tokenizer, prompts, reward_fn, ref_model, kl_coef, max_new_tokens, max_prompt_tokens, temperature,
-            device, prompt_field, use_cache, reward_weights))
+            device, prompt_field, use_cache, reward_weights, info_text))
+        self.info_text = info_text
         self.observation_space = observation_space(self.engine)
         self.action_space = spaces.Discrete(self.engine.vocab_size)
         self._ended = True
@@ -228,7 +247,7 @@ class TextGenEnv(EngineViews, gym.Env):
             text, ids = self.prompt_source.prompts[i], [self.prompt_source.token_ids[i]]
         self.engine.load_prompts(np.zeros(1, dtype=np.int64), ids, [text])
         self._ended = False
-        return self._obs(), {"prompt": text}
+        return self._obs(), ({"prompt": text} if self.info_text else {})
 
     def step(self, action: Any):
         if self._ended:
@@ -238,15 +257,18 @@ class TextGenEnv(EngineViews, gym.Env):
         # An exception after the action was accepted (reward_fn, the model) ends the episode in the engine: the
         # next step() raises EpisodeEndedError there, naming it.
         res = self.engine.step(_as_single_action(action))
-        # NumPy scalars, as Gymnasium's vector envs batch them and TorchRL's info readers expect (they need .dtype).
+        # NumPy scalars, as Gymnasium's vector envs batch them and TorchRL's info readers expect (they need .dtype);
+        # every key at every step (## Info).
         info: dict[str, Any] = {"policy_logprob": res.policy_logprob.cpu().numpy()[0]}
         if res.ref_logprob is not None:
             info["ref_logprob"] = res.ref_logprob.cpu().numpy()[0]
-        terminated, truncated = bool(res.terminated[0]), bool(res.truncated[0])
-        if len(res.ended):
-            self._ended = True
-            info.update(prompt=res.prompts[0], response=res.responses[0], score=res.scores[0], kl_sum=res.kl_sums[0])
-        return self._obs(), float(res.reward[0]), terminated, truncated, info
+        ended = bool(len(res.ended))
+        info["score"] = np.float64(res.scores[0] if ended else 0.0)
+        info["kl_sum"] = np.float64(res.kl_sums[0] if ended else self.engine.kl_sum[0].item())
+        if self.info_text:
+            info.update(prompt=self.engine.prompt_text[0], response=res.responses[0] if ended else "")
+        self._ended = ended
+        return self._obs(), float(res.reward[0]), bool(res.terminated[0]), bool(res.truncated[0]), info
 
     def render(self) -> str | None:
         if self.render_mode != "ansi":

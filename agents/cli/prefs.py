@@ -132,13 +132,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg, out = run_settings(args, PrefsConfig.load, lambda: config_from_args(args), default_out)
-    try:
-        summary = run_prefs(cfg, out, resume=args.resume)
-    except (IncompatibleSpaceError, BadHyperparameterError) as err:
-        raise UsageError(str(err)) from err
-    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (agents.cli.main): say how to go on
-        raise RunInterrupted(resume_hint("prefs", out)) from err
+    with run_settings(args, PrefsConfig.load, lambda: config_from_args(args), default_out) as (cfg, out):
+        try:
+            summary = run_prefs(cfg, out, resume=args.resume)
+        except (IncompatibleSpaceError, BadHyperparameterError) as err:
+            raise UsageError(str(err)) from err
+        except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (agents.cli.main): say how to go on
+            raise RunInterrupted(resume_hint("prefs", out)) from err
     keys = ("true_return_mean", "true_return_std", "labels_used", "env_steps", "wall_s", "preset", "env")
     print(json.dumps({k: summary[k] for k in keys if summary.get(k) is not None}, indent=2))
     print(f"run directory: {out} (summary.json, curves.png, tensorboard --logdir {out / 'tb'})")

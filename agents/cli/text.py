@@ -163,24 +163,24 @@ def run(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the "Loading weights" bars of every model load: noise in a run's log
-    cfg, out = run_settings(args, TextRLHFConfig.load, lambda: config_from_args(args))
-    start = time.perf_counter()
     # Errors of the user's inputs (files, model, prompts too long for --max-prompt-tokens) become one line.
     user_errors = (PromptError, TextPreferenceError, ModelLoadError, FileNotFoundError)
-    try:
-        loop, agent = build_text_loop(cfg, out)
-    except RunError:
-        raise
-    except (*user_errors, ValueError, TypeError) as err:  # wiring the run: the inputs and settings do not fit
-        raise UsageError(str(err)) from err
-    try:
-        result = run_text_loop(loop, agent, resume=args.resume, start=start)
-    except RunError:
-        raise
-    except user_errors as err:
-        raise UsageError(str(err)) from err
-    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (agents.cli.main): say how to go on
-        raise RunInterrupted(resume_hint("text", out)) from err
+    with run_settings(args, TextRLHFConfig.load, lambda: config_from_args(args)) as (cfg, out):
+        start = time.perf_counter()
+        try:
+            loop, agent = build_text_loop(cfg, out)
+        except RunError:
+            raise
+        except (*user_errors, ValueError, TypeError) as err:  # wiring the run: the inputs and settings do not fit
+            raise UsageError(str(err)) from err
+        try:
+            result = run_text_loop(loop, agent, resume=args.resume, start=start)
+        except RunError:
+            raise
+        except user_errors as err:
+            raise UsageError(str(err)) from err
+        except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (agents.cli.main): say how to go on
+            raise RunInterrupted(resume_hint("text", out)) from err
     print_samples(result, n=args.samples)
     print(result_line(result, out))
     return 0

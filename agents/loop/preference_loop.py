@@ -30,7 +30,9 @@ the one before stays, so a damaged latest has a fallback) hold the labelled pair
 collector's experience, the loop state, RNG states and the config. Before it waits for people (a labeller with
 ``needs_media``), the loop also saves ``round-NNNN-labelling/`` with the pairs it queued: stopped there (Ctrl-C,
 SIGTERM, even kill -9), a resumed run asks for the same pairs and finds the labels people gave meanwhile.
-``PreferenceLoop.resume`` continues to the same budgets with every label kept.
+``PreferenceLoop.resume`` continues to the same budgets with every label kept; ``run(resume=True)`` first cuts
+metrics.jsonl back to what it held when that checkpoint was saved (the rounds after it are run, and logged, again).
+``run`` holds the run directory's lock (``agents.rundir.lock_run_dir``): a second process on it is refused.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from agents.rundir import CheckpointError, RunDir, signals_deferred
+from agents.rundir import CheckpointError, RunDir, lock_run_dir, signals_deferred
 from rewardmodels.schedules import make_schedule
 from textenv.checks import check, check_number
 from textenv.files import atomic_directory, atomic_write, write_json
@@ -250,6 +252,7 @@ class PreferenceLoop:
         self._stop = False
         self._pending: tuple[Any, dict[str, float]] | None = None  # pairs (and the round's metrics) awaiting labels
         self._checkpoint: str | None = None  # the last checkpoint saved or resumed from
+        self._metrics_bytes: int | None = None  # metrics.jsonl's length when the resumed checkpoint was saved
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
     def _config_record(self) -> dict[str, Any]:
@@ -267,7 +270,8 @@ class PreferenceLoop:
         name = (f"round-{self.state.round:04d}" if pending is None else f"round-{self.state.round + 1:04d}-labelling")
         ckpt = self.run_dir.checkpoints / name
         saved: dict[str, Any] = {"loop": asdict(self.state), "rng": self.rng.bit_generator.state,
-                                 "labeller_rng": {k: g.bit_generator.state for k, g in _rngs(self.labeller).items()}}
+                                 "labeller_rng": {k: g.bit_generator.state for k, g in _rngs(self.labeller).items()},
+                                 "metrics_bytes": self.run_dir.metrics_size()}
         with signals_deferred(), atomic_directory(ckpt) as tmp:
             self.source.save(tmp, self.dataset)
             self.reward_model.save(tmp)
@@ -329,6 +333,7 @@ class PreferenceLoop:
             if key in labeller_rngs:
                 labeller_rngs[key].bit_generator.state = rng_state
         self.state, self.dataset, self._pending, self._checkpoint = state, dataset, pending, ckpt.name
+        self._metrics_bytes = saved.get("metrics_bytes")  # None: a checkpoint of rlhf-gym <= 0.3
         self.agent.set_reward_fn(self.reward_model.reward_fn())
         torch.set_rng_state(rng)  # last: whatever the steps above drew, the run continues from the saved state
 
@@ -405,9 +410,16 @@ class PreferenceLoop:
 
         Ctrl-C / SIGTERM (a KeyboardInterrupt) stop it where it is; the last checkpoint (the previous round's, or the
         one saved before waiting for people) is what ``resume`` continues from."""
+        with lock_run_dir(self.run_dir.path):  # one process per run directory (re-entered under the CLI's hold)
+            resumed = resume and self.resume()
+            if resumed and self._metrics_bytes is not None:  # the rows of rounds done after it are done again
+                self.run_dir.cut_metrics(self._metrics_bytes)
+            if not resumed or not _readable_json(self.run_dir.path / "config.json"):
+                self.run_dir.write_config(self._config_record())  # on resume: repairs a damaged config.json
+            return self._run_rounds()
+
+    def _run_rounds(self) -> dict[str, Any]:
         cfg = self.config
-        if not (resume and self.resume()) or not _readable_json(self.run_dir.path / "config.json"):
-            self.run_dir.write_config(self._config_record())  # on resume: repairs a damaged config.json
         start = time.perf_counter() - self.state.wall_s
         cpu_start = time.process_time() - self.state.cpu_s
         for cb in self.callbacks:

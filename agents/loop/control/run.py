@@ -25,7 +25,7 @@ from agents.loop.control.presets import task_instructions
 from agents.loop.control.segment_pairs import SegmentPairSource
 from agents.loop.preference_loop import LoopCallback, PreferenceLoop
 from agents.loop.reward_model import EnsembleRewardModel
-from agents.rundir import RunDir, RunDirError, prepare_out
+from agents.rundir import RunDir, RunDirError, lock_run_dir, prepare_out
 from agents.sb3.control import SB3Agent, default_hyperparams
 from rewardmodels.cnn import CNNRewardNet
 from rewardmodels.ensemble import FitConfig, RewardEnsemble
@@ -88,14 +88,15 @@ def run_prefs(cfg: PrefsConfig, out: str | os.PathLike, resume: bool = False,
     """Run (or resume) the preference loop of ``cfg`` into run directory ``out``; returns summary.json's content.
 
     A fresh run (not ``resume``) refuses a directory that holds an earlier run's files (``agents.rundir.RunDirError``):
-    they are never appended to (``agents.rundir.prepare_out(out, overwrite=True)`` moves them aside first)."""
-    if not resume:
-        prepare_out(out)
-    loop = build_loop(cfg, out, callbacks)  # seeds torch
-    try:
-        summary = loop.run(resume=resume)
-    finally:
-        loop.agent.close()
+    they are never appended to (``agents.rundir.prepare_out(out, overwrite=True)`` moves them aside first). The run
+    holds ``out``'s lock (``agents.rundir.lock_run_dir``): another process running in it raises ``RunDirBusy``."""
+    with lock_run_dir(out):  # RunDirBusy if another process runs in ``out``
+        prepare_out(out, resume=resume)
+        loop = build_loop(cfg, out, callbacks)  # seeds torch
+        try:
+            summary = loop.run(resume=resume)
+        finally:
+            loop.agent.close()
     return {**summary, "env": cfg.env, "algo": cfg.algo, "preset": cfg.preset}
 
 

@@ -5,6 +5,7 @@ reference, tokenizer, teacher, labelled pairs, learned reward, the run directory
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -56,6 +57,9 @@ class TextRLHFContext:
     kl: KLPenalty = dataclasses.field(default_factory=lambda: KLPenalty(0.0))  # the run's env KL penalty: one object
     best_of: int = 1  # the policy as evaluated: n samples per prompt, the reward model's best kept (best-of-n)
     step_offset: int = 0
+    improve_clock: float | None = None
+    """``time.perf_counter()`` when the run's improvement began, less the rounds before this one: ``log`` adds
+    ``time/improve_s``, the improvement wall-clock so far (the x axis of "time to a learned reward")."""
 
     def reward(self) -> Any:
         """The policy's reward: the learned reward model (normalised), plus the weighted reward functions."""
@@ -67,7 +71,10 @@ class TextRLHFContext:
         return WeightedRewards([self.reward_model, *fns.functions], [1.0, *fns.weights], fns.columns)
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
-        """Log ``metrics`` of the improvement step's ``step`` on the run's axis (``step_offset + step``)."""
+        """Log ``metrics`` of the improvement step's ``step`` on the run's axis (``step_offset + step``), with
+        ``time/improve_s`` when the context has an ``improve_clock``."""
+        if self.improve_clock is not None:
+            metrics = {**metrics, "time/improve_s": time.perf_counter() - self.improve_clock}
         self.run_dir.log(self.step_offset + int(step), metrics)
 
     def make_env(self, num_envs: int, reward_fn: Any, kl: KLPenalty | None = None, prompts: list[str] | None = None,

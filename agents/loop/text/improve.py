@@ -12,10 +12,11 @@ penalise it). Agents get no run directory: they report through the ``learn()`` c
 
 The SB3 learners (``sb3-ppo``, ``sb3-a2c``) train on the very env configuration the native agents use (same policy
 object, frozen reference, learned reward, KL penalty, lengths and prompts), through unmodified SB3 and
-``CausalLMPolicy``, so ``summary.json`` compares like with like. SB3 steps single ``TextGenEnv`` copies in a
-``DummyVecEnv`` (one process: the envs must share the policy's weights) and re-runs the whole context through the LM
-at every step. The best-of-n learner (``bon``) trains nothing: each iteration doubles n, and the policy it is
-evaluated as samples n completions per prompt and keeps the reward model's best (``ctx.best_of``).
+``CausalLMPolicy``, so ``summary.json`` compares like with like. SB3 steps the rows of one batched
+``TextGenVectorEnv`` through ``TextGenSB3VecEnv`` (one process: the env must share the policy's weights), and the
+policy keeps its own KV cache (``agents.sb3.lm_forward``). The best-of-n learner (``bon``) trains nothing: each
+iteration doubles n, and the policy it is evaluated as samples n completions per prompt and keeps the reward model's
+best (``ctx.best_of``).
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ from typing import Any
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.logger import Logger, configure
-from stable_baselines3.common.vec_env import DummyVecEnv
 
 from agents.loop.text.context import TextRLHFContext
 from agents.sb3.text_policy import SyncTextEnvCallback, make_sb3_text_model
-from textenv import TextGenEnv
+from agents.sb3.text_vec_env import TextGenSB3VecEnv
+from textenv import TextGenVectorEnv
 
 __all__ = ["make_learner", "make_text_vec_env"]
 
@@ -155,8 +156,8 @@ class _PipelineLogging(BaseCallback):
         self.kls: list[float] = []
 
     def _on_step(self) -> bool:
-        for info in self.locals.get("infos", ()):
-            if "score" in info:
+        for info, done in zip(self.locals.get("infos", ()), self.locals.get("dones", ()), strict=False):
+            if done:  # the finished episode's score and kl_sum (TextGenEnv, ## Info)
                 self.scores.append(float(info["score"]))
                 self.kls.append(float(info["kl_sum"]))
         return True
@@ -172,26 +173,22 @@ class _PipelineLogging(BaseCallback):
             self.ctx.evaluate_and_log(self.rollouts)
 
 
-def make_text_vec_env(ctx: TextRLHFContext, n_envs: int) -> DummyVecEnv:
-    """``n_envs`` single TextGen envs in a DummyVecEnv, all acting with ``ctx.policy`` against ``ctx.ref_model``,
-    sharing the run's KL penalty (one object: an adaptive beta follows every env's episodes)."""
+def make_text_vec_env(ctx: TextRLHFContext, n_envs: int) -> TextGenSB3VecEnv:
+    """An SB3 VecEnv of ``n_envs`` rows of one batched TextGen vector env (``agents.sb3.text_vec_env``) acting with
+    ``ctx.policy`` against ``ctx.ref_model``, with the run's KL penalty (an adaptive beta follows every episode)."""
     cfg = ctx.config
-    penalty = ctx.kl
-
-    def make() -> TextGenEnv:
-        return TextGenEnv(
-            model=ctx.policy, tokenizer=ctx.tokenizer, prompts=ctx.train_prompts, reward_fn=ctx.reward(),
-            ref_model=ctx.ref_model, kl_coef=penalty, max_new_tokens=cfg.max_new_tokens,
-            max_prompt_tokens=ctx.max_prompt_tokens, temperature=cfg.temperature, device=ctx.device,
-        )
-
-    venv = DummyVecEnv([make for _ in range(n_envs)])
+    venv = TextGenSB3VecEnv(TextGenVectorEnv(
+        n_envs, model=ctx.policy, tokenizer=ctx.tokenizer, prompts=ctx.train_prompts, reward_fn=ctx.reward(),
+        ref_model=ctx.ref_model, kl_coef=ctx.kl, max_new_tokens=cfg.max_new_tokens,
+        max_prompt_tokens=ctx.max_prompt_tokens, temperature=cfg.temperature, device=ctx.device,
+        autoreset_mode="SameStep",
+    ))
     venv.seed(cfg.seed)
     return venv
 
 
 class SB3Learner:
-    """An SB3 algorithm (``make_sb3_text_model``) on ``TextGenEnv`` copies; the model and its envs are kept, each
+    """An SB3 algorithm (``make_sb3_text_model``) on ``make_text_vec_env``; the model and its env are kept, each
     round gets the loop's current reward and trains on for its budget (``reset_num_timesteps=False``)."""
 
     def __init__(self, ctx: TextRLHFContext):
@@ -210,8 +207,7 @@ class SB3Learner:
 
     def learn(self, iterations: int) -> dict[str, Any]:
         cfg = self.ctx.config
-        for env in self.venv.envs:
-            env.unwrapped.engine.reward_fn = self.ctx.reward()
+        self.venv.engine.reward_fn = self.ctx.reward()  # the reward model the loop refitted since the last round
         # The native agents' budget in env steps (tokens): iterations of num_envs episodes of at most max_new_tokens.
         before = int(self.model.num_timesteps)
         self.model.learn(iterations * cfg.num_envs * cfg.max_new_tokens, reset_num_timesteps=False,

@@ -91,6 +91,7 @@ class TextPolicyAgent:
         if self.learner is None:
             self.learner = make_learner(self.ctx)
         start = time.perf_counter()
+        self.ctx.improve_clock = start - self.summary.get("improve_wall_s", 0.0)  # time/improve_s across rounds
         out = dict(self.learner.learn(its) or {})
         wall = time.perf_counter() - start
         self.step = int(self.learner.step)

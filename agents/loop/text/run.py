@@ -31,7 +31,7 @@ from agents.loop.text.config import TextRLHFConfig
 from agents.loop.text.context import Evaluation, TextRLHFContext
 from agents.loop.text.loop import POLICY_DIR, TextPolicyAgent, build_text_loop
 from agents.loop.text.pairs import REWARD_DIR
-from agents.rundir import RunDir, prepare_out
+from agents.rundir import RunDir, lock_run_dir, prepare_out
 from rewardmodels.text.ensemble import LMRewardEnsemble
 
 __all__ = [
@@ -66,20 +66,26 @@ def run_text_rlhf(
     offline default LM, its prompts, the VADER sentiment teacher. Writes config.json, metrics.jsonl, summary.json,
     curves.png, pairs.jsonl, checkpoints/, and the final ``policy/`` (``save_pretrained`` + tokenizer) and
     ``reward_model/`` (LM reward model(s); none for DPO / KTO). A fresh run (not ``resume``) refuses a directory
-    that holds an earlier run's files (``agents.rundir.RunDirError``), as ``run_prefs`` does."""
+    that holds an earlier run's files (``agents.rundir.RunDirError``), as ``run_prefs`` does. Holds ``out``'s lock
+    throughout (``agents.rundir.lock_run_dir``: another process running in ``out`` raises ``RunDirBusy``)."""
     start = time.perf_counter()
-    if not resume:  # never appended to an earlier run's files (prepare_out(out, overwrite=True) moves them aside)
-        prepare_out(out)
-    loop, agent = build_text_loop(config, out, model, tokenizer, train_prompts, eval_prompts, teacher,
-                                  preferences=preferences, labeller=labeller, callbacks=callbacks)
-    return run_text_loop(loop, agent, resume=resume, start=start)
+    with lock_run_dir(out):  # RunDirBusy if another process runs in ``out``
+        if not resume:  # never appended to an earlier run's files (prepare_out(out, overwrite=True) moves them aside)
+            prepare_out(out)
+        loop, agent = build_text_loop(config, out, model, tokenizer, train_prompts, eval_prompts, teacher,
+                                      preferences=preferences, labeller=labeller, callbacks=callbacks)
+        return run_text_loop(loop, agent, resume=resume, start=start)
 
 
 def run_text_loop(loop: PreferenceLoop, agent: TextPolicyAgent, resume: bool = False,
                   start: float | None = None) -> TextRLHFResult:
     """Run a loop of :func:`build_text_loop` to its budgets; write the summary, the curves, ``policy/`` and
     ``reward_model/``."""
-    start = time.perf_counter() if start is None else start
+    with lock_run_dir(loop.run_dir.path):  # the loop's run and the outputs after it: one process per directory
+        return _run_and_save(loop, agent, resume, time.perf_counter() if start is None else start)
+
+
+def _run_and_save(loop: PreferenceLoop, agent: TextPolicyAgent, resume: bool, start: float) -> TextRLHFResult:
     config, ctx = agent.ctx.config, agent.ctx
     loop_summary = loop.run(resume=resume)
     before, after = agent.before, agent.after

@@ -13,6 +13,7 @@ import pytest
 from agents.cli import label as label_cmd
 from agents.cli import main
 from rewardmodels.feedback.label_store import LabelStore, Query, store_path
+from tests.waiting import OUTER_TIMEOUT_S
 
 TOKEN = "s3cret-token-for-tests"
 
@@ -205,13 +206,13 @@ def test_public_server_process_reads_the_token_file_and_labels_as_the_invited_pe
         line: list[str] = []
         reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
         reader.start()
-        reader.join(timeout=120)  # importing torch on a busy 2-core machine is slow
+        reader.join(timeout=OUTER_TIMEOUT_S)  # its first line (importing torch on a busy 2-core machine is slow)
         assert line and "http://" in line[0], line
         port = int(line[0].rsplit(":", 1)[1].strip().rstrip("/"))
         assert TOKEN not in " ".join(proc.args)
 
         def call(method, path, headers, body=None):
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=OUTER_TIMEOUT_S)
             conn.request(method, path, body=None if body is None else json.dumps(body),
                          headers={**headers, **({"Content-Type": "application/json"} if body else {})})
             response = conn.getresponse()
@@ -227,7 +228,7 @@ def test_public_server_process_reads_the_token_file_and_labels_as_the_invited_pe
         assert call("POST", "/api/label", {"X-Label-Invite": invite}, {"pair_id": "t-0", "label": "left"})[0] == 200
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        proc.wait(timeout=OUTER_TIMEOUT_S)
     assert proc.returncode == 0  # SIGTERM: a clean stop
     with LabelStore(store_path(run_dir)) as store:
         assert [(r["pair_id"], r["labeller"]) for r in store.rows()] == [("t-0", "Ann")]

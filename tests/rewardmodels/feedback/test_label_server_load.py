@@ -11,6 +11,7 @@ import pytest
 from benchmarks.label_server_load import Slowloris, closed_by_server, make_run, open_idle, run_load
 from rewardmodels.feedback.label_store import LabelStore, store_path
 from rewardmodels.feedback.webapp import ServerThread, create_app
+from tests.waiting import OUTER_TIMEOUT_S, wait_until
 
 
 def server_threads() -> int:
@@ -26,14 +27,13 @@ def test_200_idle_sockets_and_20_labellers_with_a_bounded_thread_pool(tmp_path):
         port = int(url.rsplit(":", 1)[1].strip("/"))
         before = server_threads()
         idle = open_idle(port, 200)  # 100 silent, 100 stopped in the middle of their headers
-        time.sleep(0.5)
+        wait_until(lambda: server.server.open_connections() == 200, "the server holding the 200 idle sockets")
         assert server_threads() == before  # werkzeug's server started one thread per connection here
-        assert server.server.open_connections() == 200
-        stats = run_load(port, 20, probe=server_threads, timeout_s=120)
+        stats = run_load(port, 20, probe=server_threads, timeout_s=OUTER_TIMEOUT_S)
         assert stats["finished"] and not stats["failures"], stats["failures"][:3]
         assert stats["peak_threads"] <= before and server.server.worker_threads() == 4
         # the idle timeout closes what sends nothing, so the server is not held open by them for ever
-        assert closed_by_server(idle, wait_s=idle_timeout + 8) == len(idle)
+        assert closed_by_server(idle, wait_s=OUTER_TIMEOUT_S) == len(idle)  # returns when they are all closed
         for s in idle:
             s.close()
     assert len(stats["acked"]) == 200 and len({a[0] for a in stats["acked"]}) == 200

@@ -22,6 +22,7 @@ from rewardmodels.feedback.label_store import (
     UnknownPairError,
     parse_label,
 )
+from tests.waiting import OUTER_TIMEOUT_S
 
 
 @pytest.fixture
@@ -117,14 +118,31 @@ def test_enqueue_is_idempotent_by_content(store):
     assert store.enqueue([Query.text("p", "a", "b", pair_id="mine")]) == ["mine"]
 
 
-def test_concurrent_labellers_get_different_pairs_and_leases_expire(tmp_path):
-    store = LabelStore(tmp_path / "l.sqlite", lease_s=0.3)
+class Clock:
+    """The label store's clock, moved by hand: a lease expires when the test says, not when a busy machine does."""
+
+    def __init__(self):
+        self.now = time.time()
+
+    def time(self):
+        return self.now
+
+    def __getattr__(self, name):  # monotonic, sleep: the real ones
+        return getattr(time, name)
+
+
+def test_concurrent_labellers_get_different_pairs_and_leases_expire(tmp_path, monkeypatch):
+    import rewardmodels.feedback.label_store as label_store
+
+    clock = Clock()
+    monkeypatch.setattr(label_store, "time", clock)
+    store = LabelStore(tmp_path / "l.sqlite", lease_s=300)
     ids = store.enqueue(texts(2))
     a, b = store.next_pair("ann"), store.next_pair("bob")
     assert {a["pair_id"], b["pair_id"]} == set(ids)
     assert store.next_pair("cy") is None  # both held
     assert store.next_pair("ann")["pair_id"] == a["pair_id"]  # a reload shows the same pair again
-    time.sleep(0.35)
+    clock.now += 301
     assert store.next_pair("cy")["pair_id"] == ids[0]  # ann's lease expired
     store.release(ids[0], "cy")
     assert store.next_pair("dee")["pair_id"] == ids[0]
@@ -261,7 +279,7 @@ def test_wait_for_labels_blocks_until_people_label(store):
 
     t = threading.Thread(target=person)
     t.start()
-    labels = store.wait_for_labels(ids, timeout=20, poll_s=0.02, progress=True)
+    labels = store.wait_for_labels(ids, timeout=OUTER_TIMEOUT_S, poll_s=0.02, progress=True)
     t.join()
     np.testing.assert_array_equal(labels, [0, 0, 0])
 
@@ -337,7 +355,7 @@ def test_threads_never_double_label(store):
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=60)
+        t.join(timeout=OUTER_TIMEOUT_S)
     assert not errors
     assert sorted(got) == sorted(ids) and n_labels(store) == 120
 
@@ -356,7 +374,7 @@ def test_processes_share_the_queue_without_overlap(tmp_path):
         "print(json.dumps(got))\n")
     procs = [subprocess.Popen([sys.executable, "-c", script, str(path), f"p{i}"], stdout=subprocess.PIPE, text=True)
              for i in range(3)]
-    claimed = [json.loads(p.communicate(timeout=180)[0]) for p in procs]  # importing torch is slow on a busy machine
+    claimed = [json.loads(p.communicate(timeout=OUTER_TIMEOUT_S)[0]) for p in procs]  # a busy machine: slow imports
     flat = [pid for c in claimed for pid in c]
     assert sorted(flat) == sorted(ids)  # every pair handed out once, to one process
     assert all(p.returncode == 0 for p in procs)  # and no AlreadyLabelledError in any of them

@@ -61,14 +61,12 @@ def _context(tmp_path, **config) -> TextRLHFContext:
 
 def test_sb3_text_envs_act_with_the_pipeline_policy_against_its_frozen_reference(tmp_path):
     ctx = _context(tmp_path, kl_coef=0.1, seed=3)
-    venv = make_text_vec_env(ctx, 3)
-    assert venv.num_envs == 3
-    for env in venv.envs:
-        inner = env.unwrapped
-        assert inner.policy is ctx.policy and inner.ref_model is ctx.ref_model  # no copies: one set of weights
-        assert inner.engine.kl_coef == 0.1 and inner.engine.temperature == ctx.config.temperature
+    venv = make_text_vec_env(ctx, 3)  # one batched engine behind SB3's VecEnv
+    assert venv.num_envs == 3 == venv.engine.num_rows
+    assert venv.policy is ctx.policy and venv.engine.ref_model is ctx.ref_model  # no copies: one set of weights
+    assert venv.engine.kl_coef == 0.1 and venv.engine.temperature == ctx.config.temperature
     venv.reset()
-    assert all(info["prompt"] in PROMPTS for info in venv.reset_infos)  # the pipeline's training prompts
+    assert all(p in PROMPTS for p in venv.engine.prompt_text)  # the pipeline's training prompts
 
 
 def test_sb3_a2c_step_spends_the_token_budget_and_logs_episode_means(tmp_path):

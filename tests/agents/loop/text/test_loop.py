@@ -17,6 +17,7 @@ from rewardmodels.text.ensemble import LMRewardEnsemble
 from rewardmodels.text.preferences import TextPreferencePairs
 from rewardmodels.text.teachers import KeywordTeacher
 from tests.agents.lm_fixtures import PROMPTS, TARGET_WORD
+from tests.waiting import OUTER_TIMEOUT_S
 from textenv.testing import make_tiny_lm
 
 TINY = dict(max_new_tokens=6, max_prompt_tokens=4, rm_epochs=2, rm_learning_rate=3e-3, learning_rate=1e-2,
@@ -148,7 +149,7 @@ def test_mixed_labeller_sends_a_share_to_people_and_the_rest_to_the_teacher(tmp_
     prompts = ["the movie was"] * 6
     a = [f"good {w}" for w in "fun story plot music price screen".split()]
     b = [f"bad {w}" for w in "fun story plot music price screen".split()]
-    human = HumanLabeller(tmp_path, timeout=30, poll_s=0.05)
+    human = HumanLabeller(tmp_path, timeout=OUTER_TIMEOUT_S, poll_s=0.05)  # the bound of a broken test
     mixed = MixedLabeller(human, teacher(), human_fraction=0.5, seed=0)
     done = threading.Event()
 

@@ -62,6 +62,9 @@ def test_pipeline_writes_the_run_directory_and_improves_the_oracle(algo, tmp_pat
     assert torch.isfinite(reward(["the movie was"], ["good good"])).all()
     keys = set().union(*(row.keys() for row in result.run_dir.read_metrics()))
     assert {"eval/oracle_score", "env/score_mean", "env/kl_to_ref", "rm/loss"} <= keys
+    # every improvement row is stamped with the improvement wall-clock so far (time to a learned reward)
+    clock = [row["time/improve_s"] for row in result.run_dir.read_metrics() if "env/score_mean" in row]
+    assert clock == sorted(clock) and 0 < clock[-1] <= summary["improve_wall_s"]
 
 
 def test_dpo_pipeline_runs_on_the_labelled_pairs(tmp_path):
