@@ -195,7 +195,7 @@ class TextGenEnv(EngineViews, gym.Env):
       strings. Without it, ``env.render()`` (``render_mode="ansi"``) shows the prompt and the response so far.
 
     ## Version History
-    * v0: initial version (Gymnasium 1.x). Changed in rlhf-gym 0.4 (issue 25): ``score`` and ``kl_sum`` are in
+    * v0: initial version (Gymnasium 1.x). Changed in rlhf-gym 0.3 (issue 25): ``score`` and ``kl_sum`` are in
       ``info`` at every step (0.0 and the KL so far before the end; before, they appeared at the end only), and
       the text keys (``prompt``, ``response``, the reset info's ``prompt``) only with ``info_text=True``, so that
       ``GymEnv("textenv:TextGen-v0", num_envs=N)`` passes TorchRL's ``check_env_specs``. Trajectories, rewards

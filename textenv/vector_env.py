@@ -99,7 +99,7 @@ class TextGenVectorEnv(EngineViews, VectorEnv):
     ## Version History
     * v0: initial version (Gymnasium 1.x, NEXT_STEP autoreset); ``autoreset_mode`` (SAME_STEP, DISABLED),
       ``reset_mask`` and the reset rows' ``prompt`` in info added without changing NEXT_STEP trajectories; in
-      rlhf-gym 0.4, as in ``TextGenEnv``, ``score`` and ``kl_sum`` are reported for every row that acted (before:
+      rlhf-gym 0.3, as in ``TextGenEnv``, ``score`` and ``kl_sum`` are reported for every row that acted (before:
       the rows that ended) and the text keys only with ``info_text=True``.
     """
 

@@ -110,15 +110,15 @@ def run(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the "Loading weights" bars of every model load: noise in a run's log
-    cfg, out = run_settings(args, SFTRunConfig.load, lambda: config_from_args(args))
-    try:
-        summary = run_sft(cfg, out, resume=args.resume)
-    except RunError:
-        raise
-    except (PromptError, TextPreferenceError, ModelLoadError, FileNotFoundError) as err:
-        raise UsageError(str(err)) from err
-    except KeyboardInterrupt as err:
-        raise RunInterrupted(resume_hint("sft", out)) from err
+    with run_settings(args, SFTRunConfig.load, lambda: config_from_args(args)) as (cfg, out):
+        try:
+            summary = run_sft(cfg, out, resume=args.resume)
+        except RunError:
+            raise
+        except (PromptError, TextPreferenceError, ModelLoadError, FileNotFoundError) as err:
+            raise UsageError(str(err)) from err
+        except KeyboardInterrupt as err:
+            raise RunInterrupted(resume_hint("sft", out)) from err
     print(f"sft: held-out completion loss {summary['heldout_loss_before']:.4f} -> {summary['heldout_loss_after']:.4f} "
           f"({summary['heldout_examples']} held-out, {summary['train_examples']} trained on, {summary['epochs']} "
           f"epochs) -> {out}/model")

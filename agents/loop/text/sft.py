@@ -27,7 +27,7 @@ import torch
 from agents.llm.base import save_checkpoint
 from agents.llm.sft import SFTConfig, SFTTrainer, read_demonstrations
 from agents.loop.config import RunConfig
-from agents.rundir import RunDir, check_device, signals_deferred
+from agents.rundir import RunDir, check_device, lock_run_dir, signals_deferred
 from textenv.checks import check, check_number
 from textenv.files import atomic_directory, atomic_write, write_json
 from textenv.lora import is_peft_model, load_adapter_weights, merged_copy
@@ -113,7 +113,13 @@ def _split(examples: list, fraction: float, seed: int) -> tuple[list, list]:
 def run_sft(cfg: SFTRunConfig, out: str | Path, resume: bool = False, model: Any = None,
             tokenizer: Any = None) -> dict[str, Any]:
     """Fine-tune ``cfg.model`` (or the ``model`` object, in place) on ``cfg.data`` into run directory ``out``
-    (module docstring); returns summary.json's content. With ``resume``, continue after the last finished epoch."""
+    (module docstring); returns summary.json's content. With ``resume``, continue after the last finished epoch.
+    Holds ``out``'s lock (``agents.rundir.lock_run_dir``: another process running in it raises ``RunDirBusy``)."""
+    with lock_run_dir(out):
+        return _run_sft(cfg, out, resume, model, tokenizer)
+
+
+def _run_sft(cfg: SFTRunConfig, out: str | Path, resume: bool, model: Any, tokenizer: Any) -> dict[str, Any]:
     start = time.perf_counter()
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if model is None:
