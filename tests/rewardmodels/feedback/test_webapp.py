@@ -61,7 +61,7 @@ def test_page_next_label_and_clip(run_dir):
 
     nxt = client.get("/api/next?labeller=ann").get_json()
     assert nxt["pair"] == {"pair_id": "seg-0", "kind": "segment", "clip_a": "/clips/a.gif", "clip_b": "/clips/b.gif"}
-    assert nxt["progress"] == {"queued": 2, "labelled": 0, "labels": 0}
+    assert nxt["progress"] == {"queued": 2, "labelled": 0, "labels": 0, "notes": {}}
     clip = client.get(nxt["pair"]["clip_a"])
     assert clip.status_code == 200 and clip.mimetype == "image/gif" and clip.data.startswith(b"GIF8")
 
@@ -71,7 +71,7 @@ def test_page_next_label_and_clip(run_dir):
     assert ok.status_code == 200 and ok.get_json()["label"] == 0.0
     skip = post_label(client, {"pair_id": "txt-0", "label": "skip", "labeller": "bob"})
     assert skip.status_code == 200 and skip.get_json()["label"] is None
-    assert client.get("/api/progress").get_json() == {"queued": 2, "labelled": 2, "labels": 2}
+    assert client.get("/api/progress").get_json() == {"queued": 2, "labelled": 2, "labels": 2, "notes": {}}
     assert client.get("/api/next?labeller=ann").get_json()["pair"] is None
 
 

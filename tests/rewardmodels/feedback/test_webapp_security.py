@@ -152,7 +152,7 @@ def test_run_tag_confines_labelling_to_its_pairs(run_dir):
     assert rows(run_dir) == []
     assert client.get("/api/next?labeller=ann").get_json()["pair"]["pair_id"] == "other-0"
     assert post(client, "/api/label", {"pair_id": "other-0", "label": "left", "labeller": "ann"}).status_code == 200
-    assert client.get("/api/progress").get_json() == {"queued": 1, "labelled": 1, "labels": 1}
+    assert client.get("/api/progress").get_json() == {"queued": 1, "labelled": 1, "labels": 1, "notes": {}}
     r1 = create_app(run_dir, run_tag="r1").test_client()
     assert post(r1, "/api/undo", {"labeller": "ann"}).status_code == 404  # her r2 label is not r1's to undo
     assert rows(run_dir) == [("other-0", "left", "ann")]
