@@ -61,7 +61,7 @@ def test_page_next_label_and_clip(run_dir):
 
     nxt = client.get("/api/next?labeller=ann").get_json()
     assert nxt["pair"] == {"pair_id": "seg-0", "kind": "segment", "clip_a": "/clips/a.gif", "clip_b": "/clips/b.gif"}
-    assert nxt["progress"] == {"queued": 2, "labelled": 0, "labels": 0, "notes": {}}
+    assert nxt["progress"] == {"queued": 2, "labelled": 0, "labels": 0}
     clip = client.get(nxt["pair"]["clip_a"])
     assert clip.status_code == 200 and clip.mimetype == "image/gif" and clip.data.startswith(b"GIF8")
 
