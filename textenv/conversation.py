@@ -21,7 +21,6 @@ This module holds what the engine needs beside its token state: the rendering of
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +29,7 @@ import numpy as np
 
 from textenv.prompts import PromptTooLongError
 
-__all__ = ["Conversations", "Turn", "TurnFormat", "environment_factory"]
+__all__ = ["Conversations", "Turn", "TurnFormat"]
 
 _PROBE = [{"role": "user", "content": "\x00u"}, {"role": "assistant", "content": "\x00a"}]
 
@@ -123,7 +122,8 @@ class Turn:
 
 
 class Conversations:
-    """One environment per engine row (``factory()`` each), with each row's turn count, return and transcript.
+    """One environment per engine row (``factory()`` each: a ``textenv.environments`` factory of checked
+    environments, whose returns are validated there), with each row's turn count, return and transcript.
 
     ``messages[r]`` is row ``r``'s conversation as chat messages (``user``: the environment, ``assistant``: the
     policy), for labelling and display.
@@ -142,10 +142,7 @@ class Conversations:
         """Reset the environments of ``rows`` (with ``seeds``); their first observations, rendered: ``(texts, ids)``."""
         texts, ids = [], []
         for r, seed in zip(rows, seeds, strict=True):
-            out = self.envs[r].reset(seed=None if seed is None else int(seed))
-            if not (isinstance(out, tuple) and len(out) == 2):
-                raise TypeError(f"{_name(self.envs[r])}.reset() must return (observation, info), got {out!r:.80}")
-            observation = _observation(out[0], self.envs[r], "reset()")
+            observation, _ = self.envs[r].reset(seed=None if seed is None else int(seed))
             text, tok = self.format.prompt(observation)
             if len(tok) > self.max_prompt_tokens:
                 raise PromptTooLongError(
@@ -159,19 +156,7 @@ class Conversations:
 
     def respond(self, row: int, text: str) -> Turn:
         """Send the policy's turn ``text`` of ``row`` to its environment; returns what it answered."""
-        env = self.envs[row]
-        out = env.step(text)
-        if not (isinstance(out, tuple) and len(out) == 5):
-            raise TypeError(f"{_name(env)}.step() must return (observation, reward, terminated, truncated, info), "
-                            f"got {out!r:.80}")
-        observation, reward, terminated, truncated, info = out
-        observation = _observation(observation, env, "step()")
-        reward = _reward(reward, env)
-        for name, flag in (("terminated", terminated), ("truncated", truncated)):
-            if not isinstance(flag, (bool, np.bool_)):
-                raise TypeError(f"{_name(env)}.step() returned {name}={flag!r}: a bool")
-        if not isinstance(info, dict):
-            raise TypeError(f"{_name(env)}.step() returned info of type {type(info).__name__}: a dict")
+        observation, reward, terminated, truncated, info = self.envs[row].step(text)
         self.returns[row] += reward
         self.turns[row] += 1
         self.messages[row].append({"role": "assistant", "content": text})
@@ -188,34 +173,5 @@ class Conversations:
                 close()
 
 
-def environment_factory(environment: Any, num_rows: int) -> Callable[[], Any]:
-    """A factory of fresh environments from ``environment``: a class or zero-argument callable (called once per
-    row), or one environment object (a single row only)."""
-    if hasattr(environment, "step") and hasattr(environment, "reset") and not isinstance(environment, type):
-        if num_rows > 1:
-            raise ValueError(f"one environment object cannot serve {num_rows} rows, each of which needs its own: pass "
-                             f"its class or a zero-argument factory (e.g. lambda: {type(environment).__name__}(...))")
-        return lambda: environment
-    if callable(environment):
-        return environment
-    raise TypeError(f"environment must be a turn-level text environment (reset/step), its class or a factory, got "
-                    f"{type(environment).__name__}")
-
-
 def _name(env: Any) -> str:
     return type(env).__name__
-
-
-def _observation(value: Any, env: Any, call: str) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"{_name(env)}.{call} returned an observation of type {type(value).__name__}: the text "
-                        f"environment's observations are strings")
-    return value
-
-
-def _reward(value: Any, env: Any) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{_name(env)}.step() returned reward {value!r}: a real number")
-    if not math.isfinite(float(value)):
-        raise ValueError(f"{_name(env)}.step() returned reward {value!r}: a finite number")
-    return float(value)

@@ -590,7 +590,8 @@ class GenerationEngine:
             # Out of place: observations already handed out (torch backend) must not change under the caller.
             self.tokens = self.tokens.index_put((idx,), torch.cat([self.tokens[r, k:], new])[None])
             self.mask = self.mask.index_put((idx,), torch.cat([self.mask[r, k:], torch.ones_like(new)])[None])
-            self.ctx = self.ctx.index_put((idx,), torch.cat([self.ctx[r, k:], torch.ones_like(new, dtype=torch.bool)])[None])
+            ctx = torch.cat([self.ctx[r, k:], torch.ones_like(new, dtype=torch.bool)])
+            self.ctx = self.ctx.index_put((idx,), ctx[None])
             self.pos = self.pos.index_put((idx,), self.pos[r] + k)
             self.t_dev = self.t_dev.index_put((idx,), self.t_dev[r] + k)
             self.t[r] += k

@@ -12,9 +12,10 @@ import torch
 from gymnasium import spaces
 
 from textenv.checks import check, check_number
-from textenv.conversation import Conversations, TurnFormat, environment_factory
+from textenv.conversation import Conversations, TurnFormat
 from textenv.default_lm import default_prompts
 from textenv.engine import ActionTypeError, EpisodeEndedError, GenerationEngine
+from textenv.environments.factory import make_environment_factory
 from textenv.kl import KLPenalty
 from textenv.models import REF_COPY, load_policy, load_reference, resolve_device
 from textenv.prompts import PromptSource, prompt_columns, read_prompts
@@ -72,7 +73,7 @@ def build_engine(num_rows: int, settings: TextGenSettings) -> tuple[GenerationEn
     ref = load_reference(s.ref_model, policy, dev) if wanted else None
     conversations, source = None, None
     if s.environment is not None:  # multi-turn: the environments give the prompts (textenv.conversation)
-        factory = environment_factory(s.environment, num_rows)
+        factory = make_environment_factory(s.environment)  # a class, factory, instance or "gem:<id>"-style string
         conversations = Conversations(factory, num_rows, TurnFormat(tokenizer, s.end_of_turn), s.max_prompt_tokens)
     else:
         source = PromptSource(read_prompts(default_prompts() if s.prompts is None else s.prompts, s.prompt_field),
@@ -326,7 +327,8 @@ class TextGenEnv(EngineViews, gym.Env):
         if self.multi_turn:
             lines = [f"{m['role']}: {m['content']}" for m in e.conv.messages[0]]
             if e.turn_t[0]:
-                lines.append(f"assistant: {e.tokenizer.decode(e.tokens[0, e.L - int(e.turn_t[0]):].tolist(), skip_special_tokens=True)}")
+                turn = e.tokens[0, e.L - int(e.turn_t[0]) :].tolist()
+                lines.append(f"assistant: {e.tokenizer.decode(turn, skip_special_tokens=True)}")
             return "\n".join(lines)
         resp = e.tokens[0, e.L - int(e.t[0]) :].tolist() if e.t[0] else []
         return f"{e.prompt_text[0]} | {e.tokenizer.decode(resp, skip_special_tokens=True)}"

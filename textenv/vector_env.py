@@ -175,7 +175,8 @@ class TextGenVectorEnv(EngineViews, VectorEnv):
             if key in options:
                 values = list(options[key])
                 if len(values) != n:
-                    raise ValueError(f"options[{key!r}] must hold num_envs={n} entries (one per row), got {len(values)}")
+                    raise ValueError(f"options[{key!r}] must hold num_envs={n} entries (one per row), got "
+                                     f"{len(values)}")
                 chosen[key] = [values[i] for i in rows]
         texts, ids = self._starts(rows, chosen.get("prompts"), chosen.get("environment_seeds"))
         self.engine.load_prompts(rows, ids, texts)

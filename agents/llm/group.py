@@ -96,7 +96,7 @@ class GroupAgent(LMAgent):
         if not prompts and not self.multi_turn:
             raise ValueError("no prompts: pass prompts=[...] or build the env with prompts")
         self.prompts = prompts
-        if prompts and len(prompts) < config.prompts_per_step:  # a small prompt set: some prompts get two groups in a step
+        if prompts and len(prompts) < config.prompts_per_step:  # a small prompt set: some prompts get two groups
             logger.warning("%d prompts for %d groups per step: prompts are drawn with replacement (give more prompts, "
                            "or fewer rows: num_envs = prompts_per_step * group_size)", len(prompts),
                            config.prompts_per_step)

@@ -189,12 +189,13 @@ def collect_rollout(
     query_ids, query_mask = left_pack(ids, torch.as_tensor(obs["attention_mask"], device=device))
     if callable(getattr(env, "play", None)):  # whole episodes in one call: same MDP, no per-token step() round trips
         ep = env.play(generator, draw_tokens)
-        tokens, mask, logp, ref_logp = ep.tokens.masked_fill(~ep.mask, 0), ep.mask, ep.policy_logprob, ep.ref_logprob
+        context = ep.context_mask  # multi-turn: the environment's tokens between the actions
+        seen = ep.mask if context is None else ep.mask | context
+        tokens, mask, logp, ref_logp = ep.tokens.masked_fill(~seen, 0), ep.mask, ep.policy_logprob, ep.ref_logprob
         rewards = ep.reward * ep.mask
         scores = torch.as_tensor(ep.scores, dtype=torch.float32, device=device)
         eos = torch.as_tensor(ep.terminated, device=device)
         prompt_text, response_text = list(ep.prompts), list(ep.responses)
-        context = ep.context_mask
     else:
         if getattr(env, "multi_turn", False):
             raise EnvCapabilityError("a multi-turn env is collected with its play(): step-by-step collection does "

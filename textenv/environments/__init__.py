@@ -18,6 +18,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "textenv.environments.factory": ("EnvironmentFactory", "InstanceFactory", "make_environment_factory"),
     "textenv.environments.gem": ("GemEnvironment",),
     "textenv.environments.openenv": ("OpenEnvEnvironment",),
+    "textenv.environments.reviews": ("SecondOpinion",),
     "textenv.environments.rng": ("PrivateGlobalRandom",),
     "textenv.environments.textarena": ("TextArenaEnvironment",),
 })
