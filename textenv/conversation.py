@@ -92,9 +92,12 @@ class TurnFormat:
         if not self.chat:
             return [int(x) for x in self.tokenizer(observation, add_special_tokens=False)["input_ids"]]
         text = self._between(observation)
-        if closed:  # the policy wrote the closing's first token itself
-            first = self.tokenizer(self.closing, add_special_tokens=False)["input_ids"][:1]
-            text = text[len(self.tokenizer.decode(first)):] if first and int(first[0]) in self.end_ids else text
+        first = self.tokenizer(self.closing, add_special_tokens=False)["input_ids"][:1]
+        if closed and first and int(first[0]) in self.end_ids:  # the policy wrote the closing's first token itself
+            head = self.tokenizer.decode(first)
+            at = text.find(head)
+            if at >= 0 and not text[:at].strip():
+                text = text[at + len(head) :]
         return [int(x) for x in self.tokenizer(text, add_special_tokens=False)["input_ids"]]
 
     def _between(self, observation: str) -> str:
