@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -11,8 +12,10 @@ import torch
 from gymnasium import spaces
 
 from textenv.checks import check, check_number
+from textenv.conversation import Conversations, TurnFormat
 from textenv.default_lm import default_prompts
 from textenv.engine import ActionTypeError, EpisodeEndedError, GenerationEngine
+from textenv.environments.factory import make_environment_factory
 from textenv.kl import KLPenalty
 from textenv.models import REF_COPY, load_policy, load_reference, resolve_device
 from textenv.prompts import PromptSource, prompt_columns, read_prompts
@@ -38,15 +41,25 @@ class TextGenSettings:
     use_cache: bool = True
     reward_weights: Any = None
     info_text: bool = False
+    environment: Any = None
+    max_turn_tokens: int | None = None
+    end_of_turn: Any = None
 
 
-def build_engine(num_rows: int, settings: TextGenSettings) -> tuple[GenerationEngine, PromptSource]:
+def build_engine(num_rows: int, settings: TextGenSettings) -> tuple[GenerationEngine, PromptSource | None]:
     """Validate the env arguments (raising errors that say what to change) and build the shared engine."""
     s = settings
     kl = s.kl_coef if isinstance(s.kl_coef, KLPenalty) else KLPenalty(s.kl_coef)  # validates a plain number
     check_number("temperature", s.temperature, low=0, low_open=True, hint="1.0 = the model's own distribution")
     for name in ("max_new_tokens", "max_prompt_tokens"):
         check_number(name, getattr(s, name), low=1, integer=True)
+    if s.max_turn_tokens is not None:
+        check_number("max_turn_tokens", s.max_turn_tokens, low=1, integer=True,
+                     hint="the policy's tokens per turn; None: the whole budget, max_new_tokens")
+    check(s.environment is None or s.prompts is None, "an environment gives each episode's prompt (its first "
+          "observation): pass prompts=None with environment=...")
+    check(s.environment is not None or (s.max_turn_tokens is None and s.end_of_turn is None),
+          "max_turn_tokens and end_of_turn are settings of multi-turn episodes: pass environment=... too")
     check(isinstance(s.info_text, bool), f"info_text must be True or False, got {s.info_text!r}", TypeError)
     functions = list(s.reward_fn) if isinstance(s.reward_fn, (list, tuple)) else [s.reward_fn]
     check(s.reward_fn is None or all(callable(f) for f in functions),
@@ -58,11 +71,17 @@ def build_engine(num_rows: int, settings: TextGenSettings) -> tuple[GenerationEn
     # penalty of 0 then measures the KL without penalising it).
     wanted = kl.active or not (isinstance(s.ref_model, str) and s.ref_model == REF_COPY)
     ref = load_reference(s.ref_model, policy, dev) if wanted else None
-    source = PromptSource(read_prompts(default_prompts() if s.prompts is None else s.prompts, s.prompt_field),
-                          tokenizer, s.max_prompt_tokens)
+    conversations, source = None, None
+    if s.environment is not None:  # multi-turn: the environments give the prompts (textenv.conversation)
+        factory = make_environment_factory(s.environment)  # a class, factory, instance or "gem:<id>"-style string
+        conversations = Conversations(factory, num_rows, TurnFormat(tokenizer, s.end_of_turn), s.max_prompt_tokens)
+    else:
+        source = PromptSource(read_prompts(default_prompts() if s.prompts is None else s.prompts, s.prompt_field),
+                              tokenizer, s.max_prompt_tokens)
     reward_fn = _reward_fn(s, functions, source)
     engine = GenerationEngine(policy, tokenizer, ref, reward_fn, num_rows, kl, s.max_new_tokens,
-                              s.max_prompt_tokens, s.temperature, dev, use_cache=s.use_cache)
+                              s.max_prompt_tokens, s.temperature, dev, use_cache=s.use_cache,
+                              conversations=conversations, max_turn_tokens=s.max_turn_tokens)
     return engine, source
 
 
@@ -74,7 +93,7 @@ def _reward_fn(s: TextGenSettings, functions: list, source: PromptSource) -> Any
         return s.reward_fn
     columns = prompt_columns(s.prompts, s.prompt_field) if s.prompts is not None else []
     by_text: dict[str, dict] = {}
-    for text, cols in zip(source.prompts, columns, strict=False):
+    for text, cols in zip(source.prompts if source is not None else [], columns, strict=False):
         check(by_text.setdefault(text, cols) == cols, f"the prompt {text[:60]!r} appears twice with different "
               "columns: a reward function could not tell which row a completion answers; make the prompts unique")
     return WeightedRewards(functions, s.reward_weights, by_text)
@@ -112,6 +131,34 @@ class EngineViews:
     def refresh(self) -> None:
         """Recompute the KV caches on the next forward: call after updating the policy weights mid-episode."""
         self.engine.refresh()
+
+    @property
+    def multi_turn(self) -> bool:
+        """True when an environment answers the policy's turns (``environment=...``)."""
+        return self.engine.conv is not None
+
+    def _starts(self, rows: Sequence[int], prompts: Sequence[str] | None = None,
+                seeds: Sequence[int] | None = None) -> tuple[list[str], list[list[int]]]:
+        """The first turns of new episodes in ``rows``: ``(texts, token ids)``. Single-turn: ``prompts``, else drawn
+        from the prompt source with ``self.np_random``. Multi-turn: the rows' environments reset with ``seeds``,
+        else seeds drawn from ``self.np_random`` (so a seeded env replays the same tasks)."""
+        conv = self.engine.conv
+        if conv is None:
+            check(seeds is None, "environment seeds choose the tasks of an environment that answers: this env has "
+                  "none (pass environment=...), or choose prompts instead")
+            if prompts is not None:
+                return list(prompts), self.prompt_source.encode(list(prompts))
+            idx = self.prompt_source.sample(self.np_random, len(rows))
+            src = self.prompt_source
+            return [src.prompts[i] for i in idx], [src.token_ids[i] for i in idx]
+        check(prompts is None, "with an environment the prompts are its first observations: choose its tasks with "
+              "environment seeds (options={'environment_seed': s}, vector env: {'environment_seeds': [...]})")
+        if seeds is None:
+            seeds = self.np_random.integers(2**31, size=len(rows)).tolist()
+        for x in seeds:
+            check(isinstance(x, (int, np.integer)) and not isinstance(x, bool) and x >= 0,
+                  f"environment seeds are integers >= 0, got {x!r}", TypeError)
+        return conv.start(list(rows), [int(x) for x in seeds])
 
 
 class TextGenEnv(EngineViews, gym.Env):
@@ -221,13 +268,16 @@ class TextGenEnv(EngineViews, gym.Env):
         render_mode: str | None = None,
         reward_weights: Any = None,
         info_text: bool = False,
+        environment: Any = None,
+        max_turn_tokens: int | None = None,
+        end_of_turn: Any = None,
     ):
         if render_mode not in (None, "ansi"):
             raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
         self.render_mode = render_mode
         self.engine, self.prompt_source = build_engine(1, TextGenSettings(
             model, tokenizer, prompts, reward_fn, ref_model, kl_coef, max_new_tokens, max_prompt_tokens, temperature,
-            device, prompt_field, use_cache, reward_weights, info_text))
+            device, prompt_field, use_cache, reward_weights, info_text, environment, max_turn_tokens, end_of_turn))
         self.info_text = info_text
         self.observation_space = observation_space(self.engine)
         self.action_space = spaces.Discrete(self.engine.vocab_size)
@@ -239,15 +289,13 @@ class TextGenEnv(EngineViews, gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        if options and "prompt" in options:
-            text = options["prompt"]
-            ids = self.prompt_source.encode([text])
-        else:
-            i = int(self.prompt_source.sample(self.np_random, 1)[0])
-            text, ids = self.prompt_source.prompts[i], [self.prompt_source.token_ids[i]]
-        self.engine.load_prompts(np.zeros(1, dtype=np.int64), ids, [text])
+        options = options or {}
+        prompts = [options["prompt"]] if "prompt" in options else None
+        seeds = [options["environment_seed"]] if "environment_seed" in options else None
+        texts, ids = self._starts([0], prompts, seeds)
+        self.engine.load_prompts(np.zeros(1, dtype=np.int64), ids, texts)
         self._ended = False
-        return self._obs(), ({"prompt": text} if self.info_text else {})
+        return self._obs(), ({"prompt": texts[0]} if self.info_text else {})
 
     def step(self, action: Any):
         if self._ended:
@@ -265,6 +313,8 @@ class TextGenEnv(EngineViews, gym.Env):
         ended = bool(len(res.ended))
         info["score"] = np.float64(res.scores[0] if ended else 0.0)
         info["kl_sum"] = np.float64(res.kl_sums[0] if ended else self.engine.kl_sum[0].item())
+        if self.multi_turn:
+            info["turns"] = np.int64(self.engine.conv.turns[0])
         if self.info_text:
             info.update(prompt=self.engine.prompt_text[0], response=res.responses[0] if ended else "")
         self._ended = ended
@@ -274,6 +324,12 @@ class TextGenEnv(EngineViews, gym.Env):
         if self.render_mode != "ansi":
             return None
         e = self.engine
+        if self.multi_turn:
+            lines = [f"{m['role']}: {m['content']}" for m in e.conv.messages[0]]
+            if e.turn_t[0]:
+                turn = e.tokens[0, e.L - int(e.turn_t[0]) :].tolist()
+                lines.append(f"assistant: {e.tokenizer.decode(turn, skip_special_tokens=True)}")
+            return "\n".join(lines)
         resp = e.tokens[0, e.L - int(e.t[0]) :].tolist() if e.t[0] else []
         return f"{e.prompt_text[0]} | {e.tokenizer.decode(resp, skip_special_tokens=True)}"
 

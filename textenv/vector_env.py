@@ -124,6 +124,9 @@ class TextGenVectorEnv(EngineViews, VectorEnv):
         autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
         reward_weights: Any = None,
         info_text: bool = False,
+        environment: Any = None,
+        max_turn_tokens: int | None = None,
+        end_of_turn: Any = None,
     ):
         if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
@@ -135,7 +138,7 @@ class TextGenVectorEnv(EngineViews, VectorEnv):
         self.array_backend = array_backend
         self.engine, self.prompt_source = build_engine(self.num_envs, TextGenSettings(
             model, tokenizer, prompts, reward_fn, ref_model, kl_coef, max_new_tokens, max_prompt_tokens, temperature,
-            device, prompt_field, use_cache, reward_weights, info_text))
+            device, prompt_field, use_cache, reward_weights, info_text, environment, max_turn_tokens, end_of_turn))
         self.info_text = info_text
         self.single_observation_space = observation_space(self.engine)
         self.single_action_space = spaces.Discrete(self.engine.vocab_size)
@@ -167,14 +170,15 @@ class TextGenVectorEnv(EngineViews, VectorEnv):
             if not self._started:
                 raise EpisodeEndedError("reset(options={'reset_mask': ...}) resets some rows: call reset() first")
             rows = np.flatnonzero(_reset_mask(options["reset_mask"], n))
-        if "prompts" in options:
-            texts = list(options["prompts"])
-            if len(texts) != n:
-                raise ValueError(f"options['prompts'] must hold num_envs={n} prompts (one per row), got {len(texts)}")
-            texts = [texts[i] for i in rows]
-            ids = self.prompt_source.encode(texts)
-        else:
-            texts, ids = self._draw(len(rows))
+        chosen = {}
+        for key in ("prompts", "environment_seeds"):
+            if key in options:
+                values = list(options[key])
+                if len(values) != n:
+                    raise ValueError(f"options[{key!r}] must hold num_envs={n} entries (one per row), got "
+                                     f"{len(values)}")
+                chosen[key] = [values[i] for i in rows]
+        texts, ids = self._starts(rows, chosen.get("prompts"), chosen.get("environment_seeds"))
         self.engine.load_prompts(rows, ids, texts)
         self._autoreset[rows] = False
         self._started = True
@@ -192,7 +196,7 @@ class TextGenVectorEnv(EngineViews, VectorEnv):
                 f"the episodes of rows {rows.tolist()} ended and autoreset_mode is DISABLED: start new ones with "
                 "env.reset(options={'reset_mask': mask}) (mask: a bool array, True on the rows to reset) first"
             )
-        texts, ids = self._draw(len(rows)) if len(rows) else (None, None)
+        texts, ids = self._starts(rows) if len(rows) else (None, None)
         # An exception after the actions were accepted (reward_fn, the model) ends every row's episode in the
         # engine: the next step() raises EpisodeEndedError there, naming it, until reset().
         res = self.engine.step(actions, rows, ids, texts)
@@ -255,6 +259,8 @@ class TextGenVectorEnv(EngineViews, VectorEnv):
         if not acted.all():  # no host->device copy of the mask in the common case
             kl = kl.where(torch.as_tensor(acted, device=kl.device), 0.0)
         info["kl_sum"], info["_kl_sum"] = (kl if self.array_backend == "torch" else kl.cpu().numpy()), acted.copy()
+        if self.multi_turn:
+            info["turns"], info["_turns"] = np.where(acted, self.engine.conv.turns, 0), acted.copy()
         if self.info_text and len(rows):
             responses = dict(zip(res.ended.tolist(), res.responses, strict=True))
             _put(info, "prompt", rows, [self.engine.prompt_text[r] for r in rows.tolist()], n)
@@ -275,7 +281,7 @@ class TextGenVectorEnv(EngineViews, VectorEnv):
         _put(info, "final_obs", ended, final_obs, n)
         info["final_info"] = {**self._logprob_info(res, done), **self._episode_info(res, done)}
         info["_final_info"] = done
-        texts, ids = self._draw(len(ended))
+        texts, ids = self._starts(ended)
         e.load_prompts(ended, ids, texts)
         if self.info_text:
             _put(info, "prompt", ended, texts, n)
@@ -290,11 +296,6 @@ class TextGenVectorEnv(EngineViews, VectorEnv):
             trunc = res.truncated_t if res.truncated_t is not None else torch.as_tensor(res.truncated, device=dev)
             return res.reward, term, trunc
         return res.reward.cpu().numpy().astype(np.float64), res.terminated.copy(), res.truncated.copy()
-
-    def _draw(self, k: int) -> tuple[list[str], list[list[int]]]:
-        idx = self.prompt_source.sample(self.np_random, k)
-        src = self.prompt_source
-        return [src.prompts[i] for i in idx], [src.token_ids[i] for i in idx]
 
     def _obs(self) -> dict[str, Any]:
         e = self.engine
