@@ -54,7 +54,7 @@ except ImportError:  # Windows: no flock; runs there are not locked
 
 __all__ = ["CheckpointError", "DeviceError", "LOCK_FILE", "RUN_FILES", "RunDir", "RunDirBusy", "RunDirError",
            "RunError", "RunInterrupted", "atomic_write_text", "check_device", "checkpoint_candidates",
-           "earlier_run_files", "lock_run_dir", "prepare_out", "signals_deferred", "write_json"]
+           "discard_unstarted", "earlier_run_files", "lock_run_dir", "prepare_out", "signals_deferred", "write_json"]
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def check_device(device: str | None) -> str | None:
 
 
 def _check_writable(path: Path) -> None:
-    if path.exists() and not path.is_dir():
+    if os.path.exists(path) and not os.path.isdir(path):  # os.path: no OSError for a name too long
         raise RunDirError(f"--out {path} is a file, not a directory; choose another --out")
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -170,6 +170,31 @@ def _check_earlier_run(path: Path, overwrite: bool) -> Path:
     return path
 
 
+#: What a run writes before it has started (logged a scalar, saved a checkpoint): ``discard_unstarted`` takes these
+#: back when the start fails.
+_STARTING_FILES = ("config.json", "tb", "checkpoints")
+
+
+def discard_unstarted(path: str | os.PathLike) -> bool:
+    """Remove what a run that failed before it started wrote into ``path`` (config.json, an empty checkpoints/, a
+    tb/ whose writer logged nothing), so that the corrected command needs no ``--overwrite``; returns whether it did.
+
+    Only when nothing else of a run is there (``RUN_FILES``): metrics.jsonl (every scalar, TensorBoard's included, is
+    logged there first), a checkpoint, a trained model or an SFT stage mean the run started, and everything stays.
+    Files that are not a run's (labels.sqlite, clips/, the user's own) are never touched, nor is ``path`` itself
+    (``lock_run_dir`` removes a directory it created once only its lock file is left)."""
+    path = Path(path)
+    if not set(earlier_run_files(path)) <= {"config.json", "tb"}:
+        return False
+    for name in _STARTING_FILES:
+        target = path / name
+        if target.is_dir():
+            shutil.rmtree(target, ignore_errors=True)
+        elif target.is_file():
+            target.unlink(missing_ok=True)
+    return True
+
+
 _held: dict[str, list[Any]] = {}  # real path of a run directory -> [lock file descriptor, re-entries, created it]
 _held_guard = threading.Lock()
 
@@ -188,7 +213,7 @@ def lock_run_dir(path: str | os.PathLike) -> Iterator[Path]:
         if key in _held:
             _held[key][1] += 1
         else:
-            created = not path.exists()
+            created = not os.path.exists(path)
             _held[key] = [_acquire(path), 1, created]
     try:
         yield path

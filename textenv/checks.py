@@ -43,7 +43,7 @@ def check_number(name: str, value: Any, *, low: float | None = None, high: float
     is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
     if integer:
         is_number = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    ok = is_number and math.isfinite(value)
+    ok = is_number and (isinstance(value, numbers.Integral) or math.isfinite(value))  # 10**400: no float
     if ok and low is not None:
         ok = value > low if low_open else value >= low
     if ok and high is not None:

@@ -4,7 +4,13 @@ Every file the toolkit writes that someone else may read while it is written (la
 metadata) goes through here: the content is written to a temporary name in the same directory, flushed to disk,
 then renamed onto the target (``os.replace`` is atomic on POSIX and Windows within one filesystem). If the writer
 raises, the target is untouched and the temporary file is removed. This is the lowest layer that writes such files
-(``textenv``: the default LM's build); ``rewardmodels`` and ``agents`` use the same helpers.
+(``textenv``: the default LM's build); ``rewardmodels`` and ``agents`` use the same helpers. A write that fails
+(a full disk) raises an ``OSError`` that names the file it was writing.
+
+Also here, for every reader of a user's files (prompts, preferences, demonstrations, ``--set``, ``--config``):
+``read_text_file``, whose errors (not UTF-8, unreadable) name the file and line, and ``json_loads``, which reports
+nesting too deep for Python's parser as the ``json.JSONDecodeError`` the readers already turn into a message naming
+the file and line, where ``json.loads`` raises ``RecursionError``. Each reader raises them as its own error type.
 """
 
 from __future__ import annotations
@@ -57,12 +63,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``write(fileobj)`` on a temporary binary file beside ``path``, fsync it, then rename it onto ``path``."""
+    """Call ``write(fileobj)`` on a temporary binary file beside ``path``, fsync it, then rename it onto ``path``.
+    An ``OSError`` without a file name (``write`` on a full disk) is raised again naming ``path``."""
     path = Path(path)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        if err.filename is not None or err.errno is None:
+            raise
+        raise OSError(err.errno, err.strerror, os.fspath(path)) from err
     return path
 
 
@@ -121,3 +133,32 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def json_loads(text: str) -> Any:
+    """``json.loads(text)``, except that nesting too deep for Python's recursive parser (``[[[[...``, which makes
+    ``json.loads`` raise ``RecursionError``) raises ``json.JSONDecodeError`` like any other bad JSON."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply (more levels of lists/objects than Python's JSON parser "
+                                   "reads)", text, 0) from None
+
+
+def read_text_file(path: str | os.PathLike) -> str:
+    """The UTF-8 text of file ``path`` (newlines as ``Path.read_text`` gives them). A byte that is not UTF-8, or a
+    file that cannot be read, raises ``ValueError`` with a message naming the file and line (a reader raises it
+    again as its own error type); a missing file raises ``FileNotFoundError``."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise
+    except OSError as err:  # a directory, no permission
+        raise ValueError(f"{os.fspath(path)}: cannot be read ({err.strerror or err})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ValueError(f"{os.fspath(path)}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x}); save the file "
+                         "as UTF-8") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")  # universal newlines, as Path.read_text

@@ -90,6 +90,30 @@ def _has_conv1d_targets(model: nn.Module, targets) -> bool:
     return False
 
 
+def check_targets(model_config: Any, settings: LoraSettings) -> None:
+    """Raise ``ValueError`` when a target of ``settings`` names no module of the model ``model_config`` describes (a
+    transformers config): before any weight is loaded, the model is built on the meta device (no memory) to list
+    its modules. ``apply_lora`` refuses only targets of which none fits; here each must."""
+    if settings.targets is None or settings.targets == ("all-linear",):
+        return
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(model_config)
+    names = [name for name, _ in skeleton.named_modules()]
+    missing = [t for t in settings.targets if not any(n == t or n.endswith(f".{t}") for n in names)]
+    if missing:
+        raise ValueError(f"LoRA targets {', '.join(missing)}: no module of {type(skeleton).__name__} is named so; "
+                         f"name some of its layers, e.g. from {_layer_names(skeleton)[:12]}, or all-linear, or leave "
+                         "the targets to peft's default")
+
+
+def _layer_names(model: nn.Module) -> list[str]:
+    """The names (last part) of the layers LoRA can adapt: linear ones, GPT-2's ``Conv1D`` included."""
+    return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                   if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"})
+
+
 def apply_lora(model: nn.Module, settings: LoraSettings, task_type: str = "CAUSAL_LM") -> nn.Module:
     """``model`` with LoRA adapters: a ``peft.PeftModel`` whose base weights are frozen and whose adapters train.
 
@@ -119,10 +143,9 @@ def apply_lora(model: nn.Module, settings: LoraSettings, task_type: str = "CAUSA
         # wrapper's mode" recursively would otherwise switch the model's dropout on).
         return peft.get_peft_model(model, config).train(training)
     except ValueError as exc:
-        names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
         raise ValueError(
             f"LoRA targets {settings.targets} do not fit {type(model).__name__} ({exc}); name some of its layers, "
-            f"e.g. from {names[:12]}, or give targets=None for peft's default"
+            f"e.g. from {_layer_names(model)[:12]}, or give targets=None for peft's default"
         ) from exc
 
 

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
-from textenv.default_lm import load_default_lm
+from textenv.default_lm import DEFAULT_LM_PATH, load_default_lm
+from textenv.files import json_loads, read_text_file
 from textenv.sources import ModelLoadError, locate
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ def load_policy(model: Any, tokenizer: Any, device: str | torch.device | None = 
         tokenizer = default_tok if tokenizer is None else _load_tokenizer(tokenizer)
     elif isinstance(model, (str, os.PathLike)):
         name = locate(model, "model")
+        causal_lm_config(name)  # an encoder (BERT) loads as a "causal LM" that cannot generate: refused here
         try:
             loaded = AutoModelForCausalLM.from_pretrained(name)
         except (OSError, ValueError) as exc:
@@ -83,6 +85,47 @@ def load_policy(model: Any, tokenizer: Any, device: str | torch.device | None = 
     return model, tokenizer
 
 
+def causal_lm_config(model: str | os.PathLike | None) -> Any:
+    """The ``transformers`` config of ``model`` (a hub id or local directory, a LoRA adapter directory's base;
+    None: the default LM), read without loading any weight, after checking that the model generates text left to
+    right. Raises ``ModelLoadError`` for what cannot be a policy: no readable config, an encoder-decoder (T5, BART),
+    a family without a causal-LM class, or an encoder (BERT, RoBERTa: ``AutoModelForCausalLM`` loads them, but
+    their causal head attends to the future unless the config says ``is_decoder``)."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    name = os.fspath(DEFAULT_LM_PATH) if model is None else locate(model, "model")
+    adapter = Path(name) / "adapter_config.json"
+    if adapter.is_file() and not (Path(name) / "config.json").is_file():  # LoRA adapters: their base is the model
+        try:
+            base = json_loads(read_text_file(adapter))["base_model_name_or_path"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ModelLoadError(f"model {name!r}: {adapter} does not name the base model ({exc})") from exc
+        if not isinstance(base, str):
+            raise ModelLoadError(f"model {name!r}: {adapter} names no base model (base_model_name_or_path: {base!r})")
+        return causal_lm_config(base)
+    try:
+        config = AutoConfig.from_pretrained(name)
+    except Exception as exc:  # noqa: BLE001 - the user's file: transformers raises whatever its parsing meets
+        raise ModelLoadError(f"model {name!r} has no readable config.json ({exc}); give a directory in Hugging Face "
+                             "format or a hub id") from exc
+    kind = getattr(config, "model_type", None)
+    fix = "give a decoder-only causal LM (GPT-2, Llama, Qwen, ...)"
+    if getattr(config, "is_encoder_decoder", False):
+        raise ModelLoadError(f"model {name!r} is an encoder-decoder ({kind}); rlhf-gym trains a policy that "
+                             f"continues its prompt token by token: {fix}")
+    if kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ModelLoadError(f"model {name!r} ({kind}) has no causal-LM class in transformers: {fix}")
+    if kind in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False):
+        raise ModelLoadError(f"model {name!r} is an encoder ({kind}, a masked LM): it reads the whole text at "
+                             f"once and cannot generate; {fix} (or, for a {kind} trained as a decoder, set "
+                             '"is_decoder": true in its config.json)')
+    return config
+
+
 def load_tokenizer(path: str | os.PathLike) -> Any:
     """The tokenizer saved in directory (or hub id) ``path``, as saved.
 
@@ -98,12 +141,18 @@ def load_tokenizer(path: str | os.PathLike) -> Any:
     return AutoTokenizer.from_pretrained(os.fspath(path))
 
 
+def check_tokenizer(source: str | os.PathLike) -> None:
+    """Load the tokenizer in directory (or hub id) ``source`` once, as ``load_policy`` will: ``ModelLoadError``
+    (naming it) when it cannot be loaded."""
+    _load_tokenizer(source)
+
+
 def _load_tokenizer(tokenizer: Any) -> Any:
     if isinstance(tokenizer, (str, os.PathLike)):
         name = locate(tokenizer, "tokenizer")
         try:
             return load_tokenizer(name)
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - the user's files: transformers raises whatever its parsing meets
             raise ModelLoadError(f"could not load a tokenizer from {os.fspath(tokenizer)!r} ({exc})") from exc
     if not callable(tokenizer) or not hasattr(tokenizer, "decode"):
         raise ModelLoadError(f"tokenizer must be a Hugging Face tokenizer, an id or a path; got {type(tokenizer)}")
@@ -148,7 +197,11 @@ def vocab_size(model: Any) -> int:
 
 def max_positions(model: Any) -> int | None:
     """The longest sequence the model's position embeddings allow, if the config says."""
-    cfg = getattr(model, "config", None)
+    return config_positions(getattr(model, "config", None))
+
+
+def config_positions(cfg: Any) -> int | None:
+    """The longest sequence a model of config ``cfg`` reads, if the config says (``max_positions``)."""
     for name in ("n_positions", "max_position_embeddings", "n_ctx"):
         value = getattr(cfg, name, None)
         if isinstance(value, int) and value > 0:

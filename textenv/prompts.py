@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from textenv.files import json_loads, read_text_file
+
 
 class PromptError(ValueError):
     """Base class of prompt-source errors."""
@@ -124,11 +126,12 @@ def prompt_columns(source: Any, field: str = "prompt") -> list[dict[str, Any]]:
     TRL-style reward functions receive as keyword arguments (``textenv.reward_functions``)."""
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
-        if path.is_dir():
+        if os.path.isdir(path):
             return prompt_columns(load_saved_dataset(path), field)
-        if path.suffix != ".jsonl" or not path.is_file():
+        if path.suffix != ".jsonl" or not os.path.isfile(path):
             return [{} for _ in read_prompts(source, field)]
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        read_prompts(path, field)  # the file's errors, naming its line
+        rows = [json_loads(line) for line in read_text_file(path).splitlines() if line.strip()]
         return [{k: v for k, v in row.items() if k != field} for row in rows]
     if _is_dataset(source):
         others = [c for c in source.column_names if c != field]
@@ -167,21 +170,24 @@ def load_saved_dataset(path: str | os.PathLike) -> Any:
 
 
 def _read_file(path: Path, field: str) -> list[str]:
-    if path.is_dir():
+    if os.path.isdir(path):  # os.path: a name too long for the system is neither, no OSError
         return read_prompts(load_saved_dataset(path), field)
-    if not path.is_file():
+    if not os.path.isfile(path):
         raise PromptError(
             f"prompt file {str(path)!r} does not exist. To give prompts directly, pass a list of strings "
             "(a single string is read as a file path)."
         )
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = read_text_file(path)
+    except ValueError as exc:  # not UTF-8, unreadable: the message names the file and line
+        raise PromptError(str(exc)) from exc
     if path.suffix == ".jsonl":
         prompts = []
         for lineno, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj = json_loads(line)
             except json.JSONDecodeError as exc:
                 raise PromptError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
             if not isinstance(obj, dict) or field not in obj:

@@ -7,7 +7,14 @@ What every sub-command gets from ``main``:
 
 - Bad input: raise ``UsageError`` (or any ``agents.rundir.RunError``: ``RunDirError``, ``CheckpointError``,
   ``DeviceError``) with a message that says what to do; ``main`` prints ``rlhf-gym <cmd>: error: <message>`` as one
-  line on stderr and returns 2 (``-v`` adds the traceback). Nothing else is caught: a bug keeps its traceback.
+  line on stderr and returns 2 (``-v`` adds the traceback). argparse's own errors (an unknown flag, a value of the
+  wrong type, a missing flag) end the same way, in one line that points to ``--help``, not the usage block. Nothing
+  else is caught: a bug keeps its traceback.
+- The boundary: a long command checks every flag and input file (``validate(args)`` in its module: the settings,
+  the files it reads, the env's spaces or the model) before it creates or writes anything. A fresh run that still
+  fails with a user error (``RunError``) or a full disk before it logged anything takes back what it wrote: no
+  config.json of a failed start keeps the corrected command from running without ``--overwrite``
+  (``agents.rundir.discard_unstarted``).
 - Ctrl-C and SIGTERM: both raise KeyboardInterrupt in the main thread (SIGTERM through the handler installed here),
   so a command stops within seconds wherever it is, running its ``finally`` blocks. ``main`` prints one line,
   ``rlhf-gym <cmd>: interrupted (SIGTERM)[: <message>]``, and returns 128 + the signal number (130, 143), as a shell
@@ -22,17 +29,29 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agents.rundir import DeviceError, RunError, RunInterrupted, checkpoint_candidates, lock_run_dir, prepare_out
+from agents.rundir import (
+    DeviceError,
+    RunDirError,
+    RunError,
+    RunInterrupted,
+    checkpoint_candidates,
+    discard_unstarted,
+    lock_run_dir,
+    prepare_out,
+)
 
-__all__ = ["COMMANDS", "RunInterrupted", "UsageError", "check_threads", "main", "resume_hint", "run_settings"]
+__all__ = ["COMMANDS", "BadArguments", "RunInterrupted", "UsageError", "build_parser", "check_threads", "main",
+           "resume_hint", "run_settings", "usage_errors"]
 
 logger = logging.getLogger(__name__)
 C = TypeVar("C")
@@ -52,34 +71,71 @@ class UsageError(RunError, ValueError):
 
 
 @contextlib.contextmanager
+def usage_errors(*kinds: type[Exception]) -> Iterator[None]:
+    """Turn ``kinds`` raised in the block (default: ``ValueError`` and ``TypeError``, what unknown names and config
+    validation raise, with messages that say what to change) into ``UsageError``; a ``RunError`` passes as it is."""
+    caught = kinds or (ValueError, TypeError)
+    try:
+        yield
+    except RunError:
+        raise
+    except caught as err:
+        raise UsageError(str(err)) from err
+
+
+@contextlib.contextmanager
 def run_settings(args: argparse.Namespace, load: Callable[[Path], C], build: Callable[[], C],
                  default_out: Callable[[C], Path] | None = None) -> Iterator[tuple[C, Path]]:
     """``with run_settings(...) as (settings, out):`` the settings and run directory of a long command with
     ``--out``, ``--resume``, ``--overwrite`` (and ``--no-progress``), with ``out``'s lock held for the block
     (``agents.rundir.lock_run_dir``: a second process on ``out`` gets ``RunDirBusy``, before anything is read,
     moved or written). With ``--resume`` the run's saved settings (``load(out)``), else ``build()`` from the
-    arguments, in an ``--out`` (default ``default_out(settings)``) that holds no other run
-    (``agents.rundir.prepare_out``). A bad value becomes a ``UsageError``; a ``RunError`` passes as it is."""
+    arguments (the command's ``validate``, before anything is created), in an ``--out`` (default
+    ``default_out(settings)``) that holds no other run (``agents.rundir.prepare_out``). A bad value becomes a
+    ``UsageError``; a ``RunError`` passes as it is. A fresh run that fails with a ``RunError`` (or a full disk,
+    turned into one) before it started takes back what it wrote (``agents.rundir.discard_unstarted``)."""
     if args.resume and args.overwrite:
         raise UsageError("--resume continues the run in --out and --overwrite moves it aside: pass one of them")
     if args.resume:
-        if not args.out or not Path(args.out).is_dir():
+        if not args.out or not os.path.isdir(args.out):
             raise UsageError(f"--resume: {args.out} has no checkpoint to resume from (checkpoints/); drop --resume "
                              "to start a new run")
         with lock_run_dir(args.out) as out:  # first: a running process's checkpoints are its own
-            yield _saved_settings(args, load, prepare_out(out, resume=True)), out
+            cfg = _saved_settings(args, load, prepare_out(out, resume=True))
+            try:
+                yield cfg, out
+            except OSError as err:
+                if not _is_disk_full(err):
+                    raise
+                raise _disk_full(err, args, out) from err
         return
-    try:
+    with usage_errors():
         cfg = build()
-    except RunError:
-        raise
-    except (ValueError, TypeError) as err:  # unknown names, config validation: messages that say what to change
-        raise UsageError(str(err)) from err
     out = args.out or (default_out(cfg) if default_out is not None else None)
     if out is None:
         raise UsageError("--out is required: the run directory")
     with lock_run_dir(out):
-        yield cfg, prepare_out(out, overwrite=args.overwrite)
+        out = prepare_out(out, overwrite=args.overwrite)
+        try:
+            yield cfg, out
+        except RunError:  # a start that failed on the user's input: the corrected command needs no --overwrite
+            discard_unstarted(out)
+            raise
+        except OSError as err:
+            if not _is_disk_full(err):
+                raise
+            raise _disk_full(err, args, out, discarded=discard_unstarted(out)) from err
+
+
+def _is_disk_full(err: OSError) -> bool:
+    return err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def _disk_full(err: OSError, args: argparse.Namespace, out: Path, discarded: bool = False) -> RunDirError:
+    """A full disk (or quota) while a run writes: one line naming the file and how to go on."""
+    hint = ("run the command again" if discarded
+            else resume_hint(getattr(args, "command", None) or "<command>", out))
+    return RunDirError(f"no space left writing {err.filename or out} ({err.strerror}): free some space; {hint}")
 
 
 def _saved_settings(args: argparse.Namespace, load: Callable[[Path], C], out: Path) -> C:
@@ -145,19 +201,67 @@ class _Stop:
         return previous
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run ``rlhf-gym`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status (module docstring)."""
-    argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="rlhf-gym", description=__doc__.splitlines()[0])
+class BadArguments(Exception):
+    """What argparse refused (an unknown flag, a value of the wrong type, a missing flag), for ``main`` to print in
+    one line instead of the usage block."""
+
+    def __init__(self, prog: str, message: str):
+        super().__init__(message)
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` (and its sub-parsers: ``add_subparsers`` makes them of the parser's class) whose errors
+    are raised as ``BadArguments``, not printed with the usage block and ended with ``sys.exit``."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise BadArguments(self.prog, message)
+
+
+def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
+    """The ``rlhf-gym`` parser; only the sub-command ``chosen`` gets its flags (the others' modules stay unimported).
+    Every ``type=int`` flag reads a 64-bit integer (``int64``)."""
+    parser = _Parser(prog="rlhf-gym", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, (module, help_text) in COMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
         sub_parser.set_defaults(_module=module)
         if name == chosen:
             importlib.import_module(module).add_parser(sub_parser)
-    args = parser.parse_args(argv)
+            for action in sub_parser._actions:  # argparse keeps no public list of them
+                if action.type is int:
+                    action.type = int64
+    return parser
+
+
+def int64(text: str) -> int:
+    """An int flag's value: Python reads any number of digits, but torch, numpy and SQLite hold 64 bits, and a
+    larger count or seed would fail deep in a run (an ``OverflowError`` traceback), not at the command line."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {_clip(text)!r}") from None
+    if not -(2**63) <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"{_clip(text)} is more than a 64-bit integer holds")
+    return value
+
+
+def _clip(text: str, n: int = 40) -> str:
+    return text if len(text) <= n else text[:n] + "..."
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``rlhf-gym`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status (module docstring)."""
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    try:
+        args = build_parser(chosen).parse_args(argv)
+    except BadArguments as err:
+        # The top-level parser reports unknown flags of a sub-command too: name the sub-command all the same.
+        prog = f"rlhf-gym {chosen}" if chosen in COMMANDS else err.prog
+        print(f"{prog}: error: {_one_line(err)} (see {prog} --help)", file=sys.stderr, flush=True)
+        return 2
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -36,10 +36,12 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 TOKEN_ENV = "RLHF_GYM_LABEL_TOKEN"
+MAX_THREADS = 1024
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", required=True, type=Path, help="run directory (holds labels.sqlite and clips/)")
+    parser.add_argument("--run", required=True, type=Path, metavar="DIR",
+                        help="run directory (holds labels.sqlite and clips/)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="interface to bind; anything but loopback needs an access token of 16+ characters and "
                              "personal invitations for the labellers (default 127.0.0.1)")
@@ -106,6 +108,9 @@ def _check_numbers(args: argparse.Namespace) -> None:
                         ("--max-connections-per-client", args.max_connections_per_client)):
         if value < 1:
             raise UsageError(f"{flag} must be >= 1, got {value}")
+    if args.threads > MAX_THREADS:  # each is an OS thread, started at once
+        raise UsageError(f"--threads must be at most {MAX_THREADS} (requests are short: a few threads serve "
+                         f"hundreds of people), got {args.threads}")
 
 
 def _check_public_url(url: str | None) -> None:
@@ -157,7 +162,7 @@ def _base_url(args: argparse.Namespace) -> str:
 
 
 def _open_store(args: argparse.Namespace) -> LabelStore:
-    if not args.run.is_dir():
+    if not os.path.isdir(args.run):  # (os.path: a name too long for the system is no directory either)
         raise UsageError(f"run directory {args.run} does not exist; pass the DIR of a run started with "
                          f"--labeller human")
     try:
@@ -174,7 +179,7 @@ def _open_store(args: argparse.Namespace) -> LabelStore:
 
 def _write_to(flag: str, path: Path, write: Callable[[Path], T]) -> T:
     """``write(path)``, with a directory or an unwritable place (read-only, a path through a file) as a UsageError."""
-    if path.is_dir():
+    if os.path.isdir(path):
         raise UsageError(f"{flag} {path} is a directory; give a file name, such as {path / 'labels.jsonl'}")
     try:
         return write(path)
@@ -217,8 +222,9 @@ def _one_shot(args: argparse.Namespace, store: LabelStore) -> bool:
     return True
 
 
-def run(args: argparse.Namespace) -> int:
-    """Serve, invite, revoke or export; a ``UsageError`` ends in one line and exit code 2 (``agents.cli.main``)."""
+def validate(args: argparse.Namespace) -> str | None:
+    """Every check of the flags, before the store is opened or anything served; returns the access token (None:
+    none). Bad input raises ``UsageError``."""
     _check_numbers(args)
     _check_public_url(args.public_url)
     try:
@@ -229,12 +235,17 @@ def run(args: argparse.Namespace) -> int:
     chosen = [f"--{name.replace('_', '-')}" for name in ONE_SHOT if getattr(args, name) is not None]
     if len(chosen) > 1:
         raise UsageError(f"give one of {', '.join(chosen)} at a time")
-    serving = not chosen
-    if serving:
+    if not chosen:  # serving
         try:
-            check_bind(args.host, token)  # before touching anything
+            check_bind(args.host, token)
         except InsecureBindError as exc:
             raise UsageError(str(exc)) from exc
+    return token
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve, invite, revoke or export; a ``UsageError`` ends in one line and exit code 2 (``agents.cli.main``)."""
+    token = validate(args)
     store = _open_store(args)
     try:
         if _one_shot(args, store):

@@ -23,8 +23,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agents.cli import UsageError, check_threads, resume_hint, run_settings
-from agents.cli.settings import add_settings_flags, settings_from_args
+from agents.cli import UsageError, check_threads, resume_hint, run_settings, usage_errors
+from agents.cli.settings import add_settings_flags, json_argument, settings_from_args
 from agents.loop.control.presets import PREFS_PRESETS
 from agents.rundir import RunInterrupted
 
@@ -59,7 +59,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                    help="start afresh in an --out that holds an earlier run: its files are moved into "
                         "--out/superseded-<time>/ (labels.sqlite and clips/ stay)")
     g.add_argument("--device", default=None, help="torch device (default: cpu; tiny MLPs are fastest there)")
-    g.add_argument("--hyperparams", type=json.loads, default=None,
+    g.add_argument("--hyperparams", type=json_argument, default=None,
                    help="SB3 constructor kwargs as JSON, replacing the preset, e.g. "
                         "'{\"n_envs\": 4, \"n_epochs\": 10}'")
     g.add_argument("--threads", type=int, default=1,
@@ -122,6 +122,19 @@ def default_out(cfg: PrefsConfig) -> Path:
     return Path("runs") / f"{safe_env}-{cfg.algo}-seed{cfg.seed}"
 
 
+def validate(args: argparse.Namespace) -> PrefsConfig:
+    """The settings of a fresh run, after every check that needs nothing created: the flags, ``--config`` and
+    ``--set``, the teacher, the hyperparameters, and the env's spaces (an env the agent or the reward net cannot
+    use: one line, before a run directory exists). Bad input raises ``UsageError``."""
+    check_threads(args.threads, low=0)
+    from agents.loop.control.run import check_spaces
+
+    with usage_errors():
+        cfg = config_from_args(args)
+        check_spaces(cfg)
+    return cfg
+
+
 def run(args: argparse.Namespace) -> int:
     check_threads(args.threads, low=0)
     import torch  # the command boundary: `rlhf-gym prefs --help` imports none of the training stack
@@ -132,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    with run_settings(args, PrefsConfig.load, lambda: config_from_args(args), default_out) as (cfg, out):
+    with run_settings(args, PrefsConfig.load, lambda: validate(args), default_out) as (cfg, out):
         try:
             summary = run_prefs(cfg, out, resume=args.resume)
         except (IncompatibleSpaceError, BadHyperparameterError) as err:

@@ -12,11 +12,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import types
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_settings_flags", "merge", "settings_from_args"]
+from textenv.files import json_loads, read_text_file
+
+__all__ = ["add_settings_flags", "json_argument", "merge", "read_instructions", "settings_from_args"]
 
 
 class SettingsError(ValueError):
@@ -37,21 +42,29 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
                         "WANDB_MODE=online), none; several may be given")
 
 
+def json_argument(raw: str) -> Any:
+    """An argparse ``type``: ``raw`` read as JSON (a bad value is refused in one line naming the flag)."""
+    try:
+        return json_loads(raw)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err.msg}): {raw[:60]!r}") from None
+
+
 def read_file(path: str) -> dict[str, Any]:
     file = Path(path)
-    if not file.is_file():
+    if not os.path.isfile(file):  # os.path: a name too long for the system is no file either
         raise SettingsError(f"--config {path}: no such file")
     try:
-        text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise SettingsError(f"--config {path}: cannot be read as UTF-8 text ({err})") from err
+        text = read_text_file(file)
+    except ValueError as err:
+        raise SettingsError(f"--config {err}") from err
     try:
         if file.suffix.lower() in (".yaml", ".yml"):
             import yaml
 
             values = yaml.safe_load(text)
         else:
-            values = json.loads(text)
+            values = json_loads(text)
     except Exception as err:  # noqa: BLE001 - json and yaml raise their own error types; both say where
         raise SettingsError(f"--config {path}: not valid {file.suffix[1:] or 'JSON'} ({err})") from err
     if not isinstance(values, dict):
@@ -67,7 +80,7 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise SettingsError(f"--set {item!r}: write it as KEY=VALUE, e.g. --set rm_epochs=4")
         try:
-            value = json.loads(raw)
+            value = json_loads(raw)
         except ValueError:
             value = raw
         node = out
@@ -91,14 +104,24 @@ def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any
     return out
 
 
+def read_instructions(value: str) -> str:
+    """``--instructions TEXT|FILE``: a file's text (UTF-8), else the text itself."""
+    if not os.path.isfile(value):  # long instructions are text: os.path, as a name too long is no file
+        return value
+    try:
+        text = read_text_file(value)
+    except ValueError as err:
+        raise SettingsError(f"--instructions {err}") from err
+    return text
+
+
 def settings_from_args(args: argparse.Namespace, config_class: type, flags: Mapping[str, Any]) -> dict[str, Any]:
     """The run config's field values: ``--config`` file, then ``flags`` (the values given on the command line),
     then ``--set``; a key that is not a field of ``config_class`` is refused, naming the fields."""
     if getattr(args, "report_to", None):
         flags = {**flags, "report_to": list(args.report_to)}
     if getattr(args, "instructions", None):
-        value = args.instructions
-        flags = {**flags, "instructions": Path(value).read_text(encoding="utf-8") if Path(value).is_file() else value}
+        flags = {**flags, "instructions": read_instructions(args.instructions)}
     values = read_file(args.config) if getattr(args, "config", None) else {}
     values = merge(merge(values, flags), parse_sets(getattr(args, "set_values", []) or []))
     names = {f.name for f in dataclasses.fields(config_class)}
@@ -106,4 +129,53 @@ def settings_from_args(args: argparse.Namespace, config_class: type, flags: Mapp
     if unknown:
         raise SettingsError(f"{', '.join(unknown)}: not a setting of {config_class.__name__}; its settings: "
                             f"{', '.join(sorted(names))}")
+    hints = typing.get_type_hints(config_class)
+    for name, value in values.items():
+        if not _fits(value, hints.get(name, Any)):
+            raise SettingsError(f"{name} takes {_describe(hints[name])}, got {type(value).__name__} "
+                                f"{_clip(repr(value))}")
     return values
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether ``value`` (read from JSON or YAML, or given by a flag) has the type the field's annotation says, so
+    that a config's checks see the kind of value they check: ``model=NaN`` or ``seed="0"`` would otherwise reach
+    code that expects a path or a number (a TypeError traceback). Containers are checked one level deep."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is dict:
+        return isinstance(value, Mapping) and (not args or all(_fits(v, args[1]) for v in value.values()))
+    if origin in (list, tuple):
+        return isinstance(value, (list, tuple)) and (not args or all(_fits(v, args[0]) for v in value))
+    return True  # a type this check does not know: the config's own checks decide
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in args)
+    names = {type(None): "null", bool: "true or false", int: "an integer", float: "a number", str: "a text"}
+    if hint in names:
+        return names[hint]
+    if origin is dict:
+        return f"a mapping{f' of {_describe(args[1])} values' if args and args[1] is not Any else ''}"
+    if origin in (list, tuple):
+        return f"a list{f' of {_describe(args[0])} items' if args and args[0] is not Any else ''}"
+    return str(hint)
+
+
+def _clip(text: str, n: int = 60) -> str:
+    return text if len(text) <= n else text[:n] + "..."

@@ -17,9 +17,9 @@ import argparse
 import logging
 from typing import TYPE_CHECKING
 
-from agents.cli import UsageError, check_threads, resume_hint, run_settings
+from agents.cli import UsageError, check_threads, resume_hint, run_settings, usage_errors
 from agents.cli.settings import add_settings_flags, settings_from_args
-from agents.rundir import RunError, RunInterrupted
+from agents.rundir import RunInterrupted
 
 if TYPE_CHECKING:
     from agents.loop.text.sft import SFTRunConfig
@@ -40,11 +40,13 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", action="store_true", help="continue the run in --out with its saved settings")
     g.add_argument("--overwrite", action="store_true",
                    help="start afresh in an --out that holds an earlier run (its files are moved aside)")
-    g.add_argument("--model", default=None, help="Hugging Face causal LM id or local directory (default: the "
-                                                 "offline default LM)")
-    g.add_argument("--tokenizer", default=None, help="tokenizer id or directory (default: the model's)")
-    g.add_argument("--data", default=None, help="demonstrations: .jsonl / .json or a dataset directory (TRL SFT "
-                                                "formats: text, prompt/completion, messages)")
+    g.add_argument("--model", default=None, metavar="DIR|HUB_ID",
+                   help="Hugging Face causal LM id or local directory (default: the offline default LM)")
+    g.add_argument("--tokenizer", default=None, metavar="DIR|HUB_ID",
+                   help="tokenizer id or directory (default: the model's)")
+    g.add_argument("--data", default=None, metavar="FILE|DIR",
+                   help="demonstrations: .jsonl / .json or a dataset directory (TRL SFT formats: text, "
+                        "prompt/completion, messages)")
     g.add_argument("--epochs", type=int, default=None, help="passes over the demonstrations (3)")
     g.add_argument("--lr", type=float, default=None, help="learning rate (2e-5)")
     g.add_argument("--batch-size", type=int, default=None, help="demonstrations per step (8)")
@@ -97,6 +99,21 @@ def config_from_args(args: argparse.Namespace) -> SFTRunConfig:
     return SFTRunConfig(**settings_from_args(args, SFTRunConfig, {**flags, **({"extra": extra} if extra else {})}))
 
 
+def validate(args: argparse.Namespace) -> SFTRunConfig:
+    """The settings of a fresh run, after every check that needs nothing created: the flags, ``--config`` and
+    ``--set``, the model and the demonstrations (``agents.cli.inputs``). Bad input raises ``UsageError``."""
+    from agents.cli.inputs import check_files, check_model, locate_sources
+
+    check_threads(args.threads, low=1)
+    locate_sources(args.model, args.tokenizer)  # a mistyped path fails here, before seconds of imports
+    with usage_errors():
+        cfg = config_from_args(args)
+    lengths = {f"--max-length {cfg.max_length}": cfg.max_length} if cfg.max_length is not None else {}
+    check_model(cfg.model, cfg.tokenizer, cfg.extra.get("lora"), lengths)
+    check_files(demonstrations=cfg.data)
+    return cfg
+
+
 def run(args: argparse.Namespace) -> int:
     check_threads(args.threads, low=1)
     import torch  # the command boundary
@@ -110,13 +127,10 @@ def run(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the "Loading weights" bars of every model load: noise in a run's log
-    with run_settings(args, SFTRunConfig.load, lambda: config_from_args(args)) as (cfg, out):
+    with run_settings(args, SFTRunConfig.load, lambda: validate(args)) as (cfg, out):
         try:
-            summary = run_sft(cfg, out, resume=args.resume)
-        except RunError:
-            raise
-        except (PromptError, TextPreferenceError, ModelLoadError, FileNotFoundError) as err:
-            raise UsageError(str(err)) from err
+            with usage_errors(PromptError, TextPreferenceError, ModelLoadError, FileNotFoundError):
+                summary = run_sft(cfg, out, resume=args.resume)
         except KeyboardInterrupt as err:
             raise RunInterrupted(resume_hint("sft", out)) from err
     print(f"sft: held-out completion loss {summary['heldout_loss_before']:.4f} -> {summary['heldout_loss_after']:.4f} "

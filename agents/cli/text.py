@@ -22,11 +22,12 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from agents.cli import UsageError, check_threads, resume_hint, run_settings
+from agents.cli import UsageError, check_threads, resume_hint, run_settings, usage_errors
+from agents.cli.inputs import check_files, check_model, locate_sources
 from agents.cli.settings import add_settings_flags, settings_from_args
 from agents.cli.sft import training_extra
 from agents.loop.text.algorithms import TEXT_ALGORITHMS
-from agents.rundir import RunError, RunInterrupted
+from agents.rundir import RunInterrupted
 
 if TYPE_CHECKING:
     from agents.loop.text.config import TextRLHFConfig
@@ -76,12 +77,13 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--samples", type=int, default=3, help="before/after samples to print")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (it is off anyway without a TTY)")
     d = parser.add_argument_group("your model and data")
-    d.add_argument("--model", default=None, help="Hugging Face causal LM id or local directory (default: the "
-                                                 "offline default LM)")
-    d.add_argument("--tokenizer", default=None, help="tokenizer id or directory (default: the model's)")
-    d.add_argument("--prompts", default=None, help="prompts: .txt (one per line) or .jsonl file, or a dataset "
-                                                   "directory (needed with --model)")
-    d.add_argument("--preferences", default=None,
+    d.add_argument("--model", default=None, metavar="DIR|HUB_ID",
+                   help="Hugging Face causal LM id or local directory (default: the offline default LM)")
+    d.add_argument("--tokenizer", default=None, metavar="DIR|HUB_ID",
+                   help="tokenizer id or directory (default: the model's)")
+    d.add_argument("--prompts", default=None, metavar="FILE|DIR",
+                   help="prompts: .txt (one per line) or .jsonl file, or a dataset directory (needed with --model)")
+    d.add_argument("--preferences", default=None, metavar="FILE|DIR",
                    help="preference pairs: .jsonl (TRL standard / conversational / implicit prompt) or a dataset "
                         "directory; labelled by --labeller dataset, else added to the labels gathered online")
     d.add_argument("--reward-fn", action="append", default=None, metavar="MODULE:FUNCTION",
@@ -90,7 +92,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                         "prompt file's other columns (a reference answer, a test case); with --pairs 0 the only reward")
     d.add_argument("--reward-weights", type=float, nargs="+", default=None, metavar="W",
                    help="one weight per --reward-fn (default: 1 each)")
-    d.add_argument("--sft-data", default=None,
+    d.add_argument("--sft-data", default=None, metavar="FILE|DIR",
                    help="demonstrations (TRL SFT formats): fine-tune the model on them first (stage one, in OUT/sft/); "
                         "the RL stage starts from the SFT model and its reference is the SFT model")
     d.add_argument("--sft-epochs", type=int, default=None, help="SFT passes over the demonstrations (3)")
@@ -142,22 +144,39 @@ def config_from_args(args: argparse.Namespace) -> TextRLHFConfig:
     return TextRLHFConfig.for_algo(values.pop("algo", "grpo"), **values)
 
 
-def run(args: argparse.Namespace) -> int:
-    check_threads(args.threads, low=1)
-    from textenv.sources import ModelLoadError, locate
+def validate(args: argparse.Namespace) -> TextRLHFConfig:
+    """The settings of a fresh run, after every check that needs nothing created: the flags, ``--config`` and
+    ``--set``, the model (``agents.cli.inputs.check_model``) and the files the run reads (``check_files``). Bad
+    input raises ``UsageError``."""
+    check_flags(args)
+    locate_sources(args.model, args.tokenizer)  # a mistyped path fails here, before seconds of imports
+    with usage_errors():
+        cfg = config_from_args(args)
+    lengths = {f"--max-new-tokens {cfg.max_new_tokens} with a prompt of one token or more": cfg.max_new_tokens + 1}
+    if cfg.max_prompt_tokens is not None:
+        lengths[f"--max-prompt-tokens {cfg.max_prompt_tokens} with --max-new-tokens {cfg.max_new_tokens}"] = \
+            cfg.max_prompt_tokens + cfg.max_new_tokens
+    check_model(cfg.model, cfg.tokenizer, cfg.extra.get("lora"), lengths)
+    check_files(cfg.prompts, cfg.preferences, cfg.sft_data)
+    return cfg
 
-    for what in ("model", "tokenizer"):  # a mistyped path fails here, before seconds of imports and hub retries
-        if getattr(args, what) is not None:
-            try:
-                locate(getattr(args, what), what)
-            except ModelLoadError as err:
-                raise UsageError(f"--{what}: {err}") from err
+
+def check_flags(args: argparse.Namespace) -> None:
+    """The flags that are no setting of the run (they apply to ``--resume`` too)."""
+    check_threads(args.threads, low=1)
+    if args.samples < 0:
+        raise UsageError(f"--samples must be >= 0 (before/after samples to print; 0 = none), got {args.samples}")
+
+
+def run(args: argparse.Namespace) -> int:
+    check_flags(args)
     import torch  # the command boundary: `rlhf-gym text --help` imports none of the training stack
 
     from agents.loop.text.config import TextRLHFConfig
     from agents.loop.text.run import build_text_loop, print_samples, result_line, run_text_loop
     from rewardmodels.text.preferences import TextPreferenceError
     from textenv.prompts import PromptError
+    from textenv.sources import ModelLoadError
 
     torch.set_num_threads(args.threads)
     from transformers.utils import logging as hf_logging
@@ -165,20 +184,13 @@ def run(args: argparse.Namespace) -> int:
     hf_logging.disable_progress_bar()  # the "Loading weights" bars of every model load: noise in a run's log
     # Errors of the user's inputs (files, model, prompts too long for --max-prompt-tokens) become one line.
     user_errors = (PromptError, TextPreferenceError, ModelLoadError, FileNotFoundError)
-    with run_settings(args, TextRLHFConfig.load, lambda: config_from_args(args)) as (cfg, out):
+    with run_settings(args, TextRLHFConfig.load, lambda: validate(args)) as (cfg, out):
         start = time.perf_counter()
-        try:
+        with usage_errors(*user_errors, ValueError, TypeError):  # wiring the run: the inputs and settings do not fit
             loop, agent = build_text_loop(cfg, out)
-        except RunError:
-            raise
-        except (*user_errors, ValueError, TypeError) as err:  # wiring the run: the inputs and settings do not fit
-            raise UsageError(str(err)) from err
         try:
-            result = run_text_loop(loop, agent, resume=args.resume, start=start)
-        except RunError:
-            raise
-        except user_errors as err:
-            raise UsageError(str(err)) from err
+            with usage_errors(*user_errors):
+                result = run_text_loop(loop, agent, resume=args.resume, start=start)
         except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (agents.cli.main): say how to go on
             raise RunInterrupted(resume_hint("text", out)) from err
     print_samples(result, n=args.samples)

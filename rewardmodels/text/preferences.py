@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from textenv.files import atomic_write_text
+from textenv.files import atomic_write_text, json_loads, read_text_file
 from textenv.prompts import PromptError, check_chat, load_saved_dataset, render_chat
 
 __all__ = [
@@ -375,19 +375,22 @@ def _file_records(path: Path) -> Iterator[tuple[Any, str]]:
             f"{path}: {path.suffix} files are not read directly; write JSON lines, or load it with "
             f"datasets.load_dataset({path.suffix[1:]!r}, data_files=...)['train'] and pass the Dataset"
         )
-    if path.is_dir():  # Dataset.save_to_disk
+    if os.path.isdir(path):  # Dataset.save_to_disk (os.path: a name too long is no directory, no OSError)
         try:
             data = load_saved_dataset(path)
         except PromptError as exc:
             raise TextPreferenceFileError(str(exc)) from exc
         yield from ((rec, f"{path} row {i}") for i, rec in enumerate(data))
         return
-    if not path.is_file():
+    if not os.path.isfile(path):
         raise FileNotFoundError(f"preference file {str(path)!r} does not exist")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = read_text_file(path)
+    except ValueError as exc:  # not UTF-8, unreadable: the message names the file and line
+        raise TextPreferenceFileError(str(exc)) from exc
     if text.lstrip().startswith("["):  # a .json file holding one list of records
         try:
-            records = json.loads(text)
+            records = json_loads(text)
         except json.JSONDecodeError as exc:
             raise TextPreferenceFileError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from exc
         yield from ((rec, f"{path} item #{i}") for i, rec in enumerate(records))
@@ -396,7 +399,7 @@ def _file_records(path: Path) -> Iterator[tuple[Any, str]]:
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
+            rec = json_loads(line)
         except json.JSONDecodeError as exc:
             raise TextPreferenceFileError(
                 f"{path}:{lineno}: not valid JSON ({exc.msg}); the file may be truncated or corrupted"

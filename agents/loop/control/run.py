@@ -4,6 +4,7 @@
     summary = run_prefs(PrefsConfig.for_env("CartPole-v1", seed=1), "runs/cartpole")
     summary = run_prefs(PrefsConfig.from_preset("christiano-mujoco", "Hopper-v5", steps=150_000), "runs/hopper")
 
+``check_spaces`` refuses an env whose spaces the agent or the reward net cannot use, before anything is built.
 ``build_loop`` wires the env's SB3 agent, the reward ensemble, the labeller (teacher, people or both) and the pair
 source (state segments, or frame windows for the CNN reward net) into a ``PreferenceLoop`` writing to the run
 directory. The default config is the embedded default run: CartPole-v1, PPO, 150 labels, 50k env steps.
@@ -22,18 +23,19 @@ import torch
 from agents.loop.control.config import PrefsConfig
 from agents.loop.control.frame_pairs import ImageSegmentPairSource
 from agents.loop.control.presets import task_instructions
-from agents.loop.control.segment_pairs import SegmentPairSource
+from agents.loop.control.segment_pairs import SegmentPairSource, probe_spaces
 from agents.loop.preference_loop import LoopCallback, PreferenceLoop
 from agents.loop.reward_model import EnsembleRewardModel
 from agents.rundir import RunDir, RunDirError, lock_run_dir, prepare_out
-from agents.sb3.control import SB3Agent, default_hyperparams
-from rewardmodels.cnn import CNNRewardNet
+from agents.sb3.control import SB3Agent, check_action_space, default_hyperparams
+from rewardmodels.cnn import CNNRewardNet, image_layout
 from rewardmodels.ensemble import FitConfig, RewardEnsemble
 from rewardmodels.feedback.human import HumanLabeller, MixedLabeller, StateRenderer
 from rewardmodels.feedback.label_store import LabelStoreError
+from rewardmodels.nets import UnsupportedSpaceError, space_feature_dim
 from rewardmodels.teachers import make_teacher
 
-__all__ = ["PrefsConfig", "build_loop", "build_reward_ensemble", "make_labeller", "run_prefs"]
+__all__ = ["PrefsConfig", "build_loop", "build_reward_ensemble", "check_spaces", "make_labeller", "run_prefs"]
 
 
 def make_labeller(cfg: PrefsConfig, out: str | os.PathLike):
@@ -98,6 +100,27 @@ def run_prefs(cfg: PrefsConfig, out: str | os.PathLike, resume: bool = False,
         finally:
             loop.agent.close()
     return {**summary, "env": cfg.env, "algo": cfg.algo, "preset": cfg.preset}
+
+
+def check_spaces(cfg: PrefsConfig) -> None:
+    """Refuse an env whose spaces the run cannot use, before anything is built or written: an action space
+    ``cfg.algo`` cannot act in (``IncompatibleSpaceError``), or a space the reward net cannot encode
+    (``UnsupportedSpaceError``: a Tuple or Dict space such as Blackjack's for the MLP, a vector for the CNN). Makes
+    the env once, to read its spaces."""
+    try:
+        obs_space, act_space = probe_spaces(cfg.env_id, cfg.seed)
+    except (gym.error.Error, ImportError) as err:  # a missing dependency (mujoco, ale-py), a bad render mode
+        raise ValueError(f"cannot make {cfg.env_id} here: {err}") from err
+    check_action_space(cfg.algo, act_space, cfg.env)
+    try:
+        if cfg.reward_net == "cnn":
+            image_layout(obs_space)
+        else:
+            space_feature_dim(obs_space)
+            if cfg.reward_net_kwargs.get("use_action", True):
+                space_feature_dim(act_space)
+    except UnsupportedSpaceError as err:
+        raise UnsupportedSpaceError(f"{cfg.env}: {err}") from err
 
 
 def build_reward_ensemble(cfg: PrefsConfig, obs_space: gym.Space, act_space: gym.Space) -> RewardEnsemble:

@@ -237,6 +237,7 @@ class TextRLHFConfig(RunConfig):
         fields: dict[str, Any] = {"learning_rate": self.learning_rate, "seed": self.seed,
                                   "epochs" if algorithm.offline else "iterations": self.iterations}
         if "group_size" in names:
+            check_number("group_size", self.group_size, low=1, integer=True)  # before the modulo below divides by it
             check(self.num_envs % self.group_size == 0,
                   f"num_envs={self.num_envs} must be a multiple of group_size={self.group_size}")
             fields.update(group_size=self.group_size, prompts_per_step=self.num_envs // self.group_size)

@@ -28,6 +28,7 @@ from agents.llm.base import save_checkpoint
 from agents.llm.sft import SFTConfig, SFTTrainer, read_demonstrations
 from agents.loop.config import RunConfig
 from agents.rundir import RunDir, check_device, lock_run_dir, signals_deferred
+from rewardmodels.text.preferences import TextPreferenceFileError
 from textenv.checks import check, check_number
 from textenv.files import atomic_directory, atomic_write, write_json
 from textenv.lora import is_peft_model, load_adapter_weights, merged_copy
@@ -127,7 +128,7 @@ def _run_sft(cfg: SFTRunConfig, out: str | Path, resume: bool, model: Any, token
     sft = cfg.sft_config()
     train, held = _split(read_demonstrations(cfg.data, tokenizer, sft), cfg.eval_fraction, cfg.seed)
     check(bool(train), "no demonstration is left to train on after the held-out share: give more, or lower "
-          "eval_fraction", ValueError)
+          "eval_fraction", TextPreferenceFileError)
     run_dir = RunDir(out, report_to=cfg.report_to)
     trainer = SFTTrainer(model, tokenizer, train, sft)
     state = _resume(run_dir, trainer) if resume else None
