@@ -78,12 +78,12 @@ def budget(env_id: str, table: str, steps: int | None, algo: str | None) -> dict
 
 
 def prefs_config(env_id: str, seed: int, labels: int, row: dict[str, Any], eval_episodes: int,
-                 extra: dict[str, Any] | None = None):
+                 extra: dict[str, Any] | None = None, preset: str = "christiano-mujoco"):
     from agents.loop import PrefsConfig
 
     overrides = dict(labels=labels, steps=row["steps"], seed=seed, progress_bar=False, eval_every=0,
                      eval_episodes=eval_episodes, algo=row["algo"], hyperparams=row["hyperparams"], **(extra or {}))
-    return PrefsConfig.from_preset("christiano-mujoco", env_id, **overrides)
+    return PrefsConfig.from_preset(preset, env_id, **overrides)
 
 
 def evaluate(model, env_id: str, episodes: int, deterministic: bool = True) -> np.ndarray:
@@ -235,7 +235,7 @@ def run_one(env_id: str, seed: int, side: str, args: argparse.Namespace) -> dict
 
     torch.set_num_threads(args.threads)
     row = budget(env_id, args.table, args.steps, args.algo)
-    cfg = prefs_config(env_id, seed, args.labels, row, args.eval_episodes, json.loads(args.set))
+    cfg = prefs_config(env_id, seed, args.labels, row, args.eval_episodes, json.loads(args.set), args.preset)
     run_dir = Path(args.out) / f"{env_id}-seed{seed}"
     if side == "prefs":
         summary = run_prefs(cfg, prepare_out(run_dir / "prefs", overwrite=True))  # an interrupted try: aside
@@ -299,6 +299,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=None, help="env steps per run, all envs (default: the table's)")
     parser.add_argument("--algo", choices=("ppo", "sac"), default=None, help="agent, all envs (default: the table's)")
     parser.add_argument("--labels", type=int, default=700)
+    parser.add_argument("--preset", default="christiano-mujoco",
+                        help="the prefs side's preset, e.g. christiano-mujoco+pebble+surf (PEBBLE's pre-training and "
+                        "SURF's reward learning added to the paper's protocol)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--eval-episodes", type=int, default=20)
     parser.add_argument("--jobs", type=int, default=2, help="runs at once, each in its own process")
@@ -317,7 +320,8 @@ def main(argv: list[str] | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2))
         return
-    passthrough = ["--table", args.table, "--labels", str(args.labels), "--eval-episodes", str(args.eval_episodes),
+    passthrough = ["--table", args.table, "--labels", str(args.labels), "--preset", args.preset,
+                   "--eval-episodes", str(args.eval_episodes),
                    "--threads", str(args.threads), "--set", args.set, "--out", args.out]
     passthrough += ["--steps", str(args.steps)] if args.steps else []
     passthrough += ["--algo", args.algo] if args.algo else []

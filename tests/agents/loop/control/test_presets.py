@@ -143,7 +143,7 @@ def test_bad_presets_raise_preset_errors():
 
 
 def test_one_registry_holds_every_preset_and_unset_overrides_keep_its_values():
-    assert set(PREFS_PRESETS) == {"tuned", "christiano-mujoco", "christiano-atari"}
+    assert set(PREFS_PRESETS) == {"tuned", "christiano-mujoco", "christiano-atari", "pebble", "surf"}
     tuned = PrefsConfig.for_env("CartPole-v1", labels=None, seed=4)  # None = "keep the preset's"
     cartpole = TUNED_PER_ENV["CartPole-v1"]
     assert tuned.labels == cartpole["labels"] and tuned.segment_len == cartpole["segment_len"]
