@@ -80,6 +80,19 @@ class UnlabelledPool:
         self.pairs = PreferenceDataset.load(path) if path.exists() else None
 
 
+def _pseudo_label_metrics(probs: np.ndarray, pool: Any, threshold: float) -> dict[str, float]:
+    """After a fit: the share of (member, unlabelled pair) predictions confident enough to be SURF pseudo-labels,
+    and how often those agree with the TRUE preference (pairs whose true returns differ; a diagnostic the labeller
+    never sees)."""
+    confident = np.maximum(probs, 1.0 - probs) >= threshold  # (M, N)
+    ret_a, ret_b = pool.true_returns()
+    decided = ret_a != ret_b
+    right = (probs > 0.5) == (ret_a > ret_b)[None, :]
+    judged = confident & decided[None, :]
+    return {"pseudo_confident": float(confident.mean()),
+            "pseudo_true_accuracy": float(right[judged].mean()) if judged.any() else float("nan")}
+
+
 class EnsembleRewardModel:
     """The loop's ``RewardModel`` over a reward ensemble (module docstring).
 
@@ -130,7 +143,10 @@ class EnsembleRewardModel:
             return self.ensemble.fit(dataset, cfg)
         pool = self.unlabelled.update(n_labels)
         metrics = self.ensemble.fit(dataset, cfg, unlabelled=pool)
-        return {**metrics, "unlabelled_pairs": float(len(pool) if pool is not None else 0)}
+        metrics["unlabelled_pairs"] = float(len(pool) if pool is not None else 0)
+        if pool is not None and getattr(cfg, "pseudo_threshold", None) is not None:
+            metrics.update(_pseudo_label_metrics(self.ensemble.preference_probs(pool), pool, cfg.pseudo_threshold))
+        return metrics
 
     def preference_probs(self, pairs: Any) -> np.ndarray:
         return self.ensemble.preference_probs(pairs).mean(axis=0)

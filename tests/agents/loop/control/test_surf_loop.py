@@ -64,6 +64,7 @@ def test_a_surf_run_fits_on_unlabelled_pairs_and_resumes_with_its_pool(tmp_path)
     assert not first["finished"]
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["reward_model/unlabelled_pairs"] for m in metrics] == [60, 90]  # 5 per label: 12, then 18 labels
+    assert all(0 <= m["reward_model/pseudo_confident"] <= 1 for m in metrics)
     resumed = run_prefs(_surf_config(), tmp_path / "run", resume=True)
     assert resumed["finished"] and resumed["labels_used"] == 24
     pool = build_loop(_surf_config(), tmp_path / "other").reward_model.unlabelled
