@@ -9,8 +9,9 @@ One round (read top to bottom in ``PreferenceLoop.run``)::
     reward_model.fit(dataset)             Bradley-Terry on every label so far
     agent.set_reward_fn(...)              new reward for the agent (off-policy agents relabel their buffer: PEBBLE)
 
-Round 0 labels pairs from an initial collection (a random policy or the untrained agent), so that the agent never
-trains on an unfitted reward. Labels follow a schedule over env steps (``constant`` or the paper's c/(t+c) rate), front
+Round 0 labels pairs from an initial collection (a random policy, the untrained agent, or the agent learning on an
+intrinsic reward first: PEBBLE's unsupervised pre-training, an ``Explorer``), so that the agent never trains on an
+unfitted reward. Labels follow a schedule over env steps (``constant`` or the paper's c/(t+c) rate), front
 loaded: early labels shape the reward the agent learns most from.
 
 Nothing here knows about control envs: the four parts are protocols (``Agent``, ``PairSource``, ``RewardModel``,
