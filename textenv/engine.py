@@ -129,6 +129,9 @@ class GenerationEngine:
         conversations: multi-turn episodes with an environment that answers (``textenv.conversation``: one
             environment per row); None: single-turn. ``max_new_tokens`` is then the episode's budget of tokens after
             the prompt (the policy's and the environment's), and ``max_turn_tokens`` the policy's tokens per turn.
+        environment_reward_weight: multi-turn, the weight of the environment's rewards in the policy's reward and
+            score (0: they are recorded, in ``Conversations.returns``, but not given: the RLHF setting, where a
+            teacher judges by them and the policy learns from a reward model).
     """
 
     def __init__(
@@ -147,6 +150,7 @@ class GenerationEngine:
         fast_decode: bool = True,
         conversations: Conversations | None = None,
         max_turn_tokens: int | None = None,
+        environment_reward_weight: float = 1.0,
     ):
         self.policy, self.tokenizer, self.reward_fn = policy, tokenizer, reward_fn
         self.ref_model = ref_model
@@ -196,6 +200,7 @@ class GenerationEngine:
         # Multi-turn (textenv.conversation): t counts every token after the prompt (the policy's and the
         # environment's); turn_t the policy's tokens in its current turn; ctx marks the environment's tokens.
         self.conv = conversations
+        self.env_weight = float(environment_reward_weight)
         self.max_turn_tokens = int(max_turn_tokens or self.max_new_tokens)
         end_ids = conversations.format.end_ids if conversations is not None else (
             () if self.eos_id is None else (int(self.eos_id),))
@@ -345,7 +350,7 @@ class GenerationEngine:
                 idx = torch.as_tensor(ended, device=self.device)
                 reward = reward.index_add(0, idx, torch.as_tensor(scores, dtype=reward.dtype, device=self.device))
             if self.conv is not None:  # the episode's score: reward_fn's and the environment's (already rewarded)
-                scores = scores + self.conv.returns[ended]
+                scores = scores + self.env_weight * self.conv.returns[ended]
             kl_sums = self.kl_sum[torch.as_tensor(ended, device=self.device)].double().cpu().numpy()
             if self.ref_model is not None:
                 self.kl.observe(float(kl_sums.mean()), len(ended))  # an adaptive beta follows the finished episodes
@@ -530,7 +535,7 @@ class GenerationEngine:
             scores = validate_scores(self.reward_fn(prompts, responses), n, self.reward_fn)
             last = (acts.long() * (cols + 1)).argmax(1, keepdim=True)  # each row's last action
             reward = reward.scatter_add(1, last, torch.as_tensor(scores, dtype=reward.dtype, device=dev)[:, None])
-        scores = scores + self.conv.returns
+        scores = scores + self.env_weight * self.conv.returns
         kl_sums = self.kl_sum.double().cpu().numpy()
         if ref_logp is not None:
             self.kl.observe(float(kl_sums.mean()), n)
@@ -569,7 +574,7 @@ class GenerationEngine:
             ids = toks[j, width - self.turn_t[r] :]
             text = self.tokenizer.decode(ids[:-1] if closed else ids, skip_special_tokens=True)
             turn = conv.respond(r, text)
-            env_reward[r] = turn.reward
+            env_reward[r] = self.env_weight * turn.reward
             if turn.terminated or turn.truncated:
                 terminated[r], truncated[r] = turn.terminated, not turn.terminated
                 continue
