@@ -8,7 +8,7 @@ scores 0 in expectation; the untrained default LM scores about 0.05. Reported pe
 episodes (held-out tasks) before and after, and separately when the sister loved it and when she hated it (both must
 rise for the policy to be reading her), and the wall-clock time.
 
-    python benchmarks/multiturn_second_opinion.py --seeds 1 2 3   # ~25 minutes on 2 cores
+    python benchmarks/multiturn_second_opinion.py --seeds 1 2 3   # ~10 minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def evaluate(lm, tok, seed: int) -> dict[str, float]:
             "hated": float(scores[sides < 0].mean())}
 
 
-def train(algo: str, lm, tok, seed: int, out: Path) -> None:
+def train(algo: str, lm, tok, seed: int, out: Path, rlhf_pairs: int = 64) -> None:
     its = BUDGET[algo]
     if algo == "grpo":
         from agents.llm.grpo import GRPOAgent, GRPOConfig
@@ -68,9 +68,9 @@ def train(algo: str, lm, tok, seed: int, out: Path) -> None:
         from agents.rundir import prepare_out
 
         cfg = TextRLHFConfig.for_algo(
-            "grpo", environment="textenv.environments.reviews:SecondOpinion", num_pairs=64, iterations=its,
+            "grpo", environment="textenv.environments.reviews:SecondOpinion", num_pairs=rlhf_pairs, iterations=its,
             max_new_tokens=40, max_turn_tokens=16, eval_prompts=8, eval_every=0, seed=seed, progress_bar=False)
-        run_dir = prepare_out(out / f"rlhf-seed{seed}", overwrite=True)
+        run_dir = prepare_out(out / f"rlhf-{rlhf_pairs}-seed{seed}", overwrite=True)
         run_text_rlhf(cfg, run_dir, model=lm, tokenizer=tok)
 
 
@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--algos", nargs="+", default=list(BUDGET), choices=list(BUDGET))
     parser.add_argument("--out", type=Path, default=Path("runs/bench-multiturn"))
+    parser.add_argument("--rlhf-pairs", type=int, default=64, help="labels of the rlhf-grpo row (64)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -89,19 +90,22 @@ def main() -> None:
             torch.manual_seed(seed)
             before = evaluate(lm, tok, seed)
             start = time.perf_counter()
-            train(algo, lm, tok, seed, args.out)
+            train(algo, lm, tok, seed, args.out, args.rlhf_pairs)
             wall = time.perf_counter() - start
             after = evaluate(lm, tok, seed)
-            rows.append({"algo": algo, "seed": seed, "before": before, "after": after, "wall_s": wall})
+            name = f"{algo} ({args.rlhf_pairs} labels)" if algo == "rlhf-grpo" else algo
+            rows.append({"algo": name, "budget": BUDGET[algo], "seed": seed, "before": before, "after": after,
+                         "wall_s": wall})
             print(f"{algo} seed {seed}: return {before['return']:+.3f} -> {after['return']:+.3f} (loved "
                   f"{after['loved']:+.3f}, hated {after['hated']:+.3f}), {wall:.0f} s", flush=True)
-    (args.out / "results.json").write_text(json.dumps(rows, indent=1))
+    (args.out / "results.json").write_text(json.dumps(rows, indent=1))  # --algos/--seeds subsets: one file per --out
     lines = ["| algorithm | budget | seed | return before | return after | after, sister loved it | after, she hated "
              "it | both sides > 0.3 | wall-clock (s) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         unit = "rollouts" if r["algo"] == "sb3-ppo" else "iterations"
+        budget = r["budget"]
         ok = "yes" if min(r["after"]["loved"], r["after"]["hated"]) > 0.3 else "no"
-        lines.append(f"| {r['algo']} | {BUDGET[r['algo']]} {unit} | {r['seed']} | {r['before']['return']:+.3f} | "
+        lines.append(f"| {r['algo']} | {budget} {unit} | {r['seed']} | {r['before']['return']:+.3f} | "
                      f"{r['after']['return']:+.3f} | {r['after']['loved']:+.3f} | {r['after']['hated']:+.3f} | {ok} | "
                      f"{r['wall_s']:.0f} |")
     (args.out / "table.md").write_text("\n".join(lines) + "\n")
