@@ -77,6 +77,12 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                    help="torch CPU threads (default 1: the default LM is tiny, and more threads mostly contend)")
     g.add_argument("--samples", type=int, default=3, help="before/after samples to print")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (it is off anyway without a TTY)")
+    _add_data_flags(parser)
+    _add_labeller_and_memory_flags(parser)
+    add_settings_flags(parser)
+
+
+def _add_data_flags(parser: argparse.ArgumentParser) -> None:
     d = parser.add_argument_group("your model and data")
     d.add_argument("--model", default=None, help="Hugging Face causal LM id or local directory (default: the "
                                                  "offline default LM)")
@@ -107,6 +113,9 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     e.add_argument("--environment-reward", type=float, default=None, metavar="W",
                    help="weight of the environment's rewards in the policy's reward (0: the policy learns from the "
                         "reward model only, the environment's rewards reach it through the labels)")
+
+
+def _add_labeller_and_memory_flags(parser: argparse.ArgumentParser) -> None:
     h = parser.add_argument_group("labeller")
     h.add_argument("--labeller", default=None, choices=("teacher", "human", "mixed", "dataset"),
                    help="teacher (VADER sentiment, simulated), human (people in `rlhf-gym label --run OUT`; the loop "
@@ -132,7 +141,6 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--gradient-checkpointing", action="store_true", default=None,
                    help="recompute activations in the backward pass (less memory, more compute)")
     t.add_argument("--grad-accum", type=int, default=None, help="split each minibatch into this many chunks")
-    add_settings_flags(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> TextRLHFConfig:
