@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from agents.loop.text.run import TextRLHFConfig, run_text_rlhf
+from agents.rundir import prepare_out
 from rewardmodels.text.teachers import SentimentTeacher
 
 
@@ -36,7 +37,7 @@ def run_pair(args: argparse.Namespace, seed: int) -> dict:
                                       rounds=rounds, eval_prompts=args.eval_prompts, progress_bar=False)
         out = Path(args.out) / f"{name}-seed{seed}"
         start = time.perf_counter()
-        result = run_text_rlhf(cfg, out)
+        result = run_text_rlhf(cfg, prepare_out(out, overwrite=True))  # an earlier try: moved aside
         s = result.summary
         results[name] = result
         rows[name] = {"oracle_gain": s["oracle_score_gain"], "oracle_after": s["oracle_score_after"],

@@ -21,6 +21,7 @@ import torch
 
 from agents.loop.text.algorithms import TEXT_ALGORITHMS
 from agents.loop.text.run import TextRLHFConfig, print_samples, run_text_rlhf
+from agents.rundir import prepare_out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
     iterations = max(args.rounds, min(args.iterations, 2)) if offline else args.iterations
     config = TextRLHFConfig.for_algo(args.algo, seed=args.seed, iterations=iterations, num_pairs=args.pairs,
                                      eval_prompts=args.eval_prompts, rounds=args.rounds)
-    result = run_text_rlhf(config, args.out or f"runs/examples/text-{args.algo}")
+    result = run_text_rlhf(config, prepare_out(args.out or f"runs/examples/text-{args.algo}", overwrite=True))
     s = result.summary
     print(f"{args.algo}, {args.rounds} round(s): teacher score {s['oracle_score_before']:+.3f} -> "
           f"{s['oracle_score_after']:+.3f}, KL to reference {s['kl_to_ref']:.3f}, win rate vs the initial model "

@@ -30,7 +30,9 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(1)  # the default LM is tiny: more threads only contend
 
     # -- the single env: gym.make works with no arguments; here we add a sentiment score and a KL coefficient
-    env = gym.make("TextGen-v0", reward_fn=SentimentReward(), kl_coef=0.05, max_new_tokens=args.max_new_tokens)
+    # info_text=True: the prompt and response text in info too (off by default: TorchRL's readers take numbers only)
+    env = gym.make("TextGen-v0", reward_fn=SentimentReward(), kl_coef=0.05, max_new_tokens=args.max_new_tokens,
+                   info_text=True)
     print(f"action space {env.action_space}, observation {list(env.observation_space.spaces)} "
           f"of length {env.observation_space['input_ids'].shape[0]} (left-padded)")
     generator = torch.Generator().manual_seed(args.seed)
@@ -58,8 +60,8 @@ def main(argv: list[str] | None = None) -> dict:
     while len(finished) < args.num_envs:
         actions = venv.action_space.sample()  # any policy works; random tokens make poor reviews
         obs, rewards, terminated, truncated, info = venv.step(actions)
-        if "score" in info:  # Gymnasium's vector info: values where "_score" is True (rows whose episode ended)
-            finished += [float(s) for s in np.asarray(info["score"])[np.asarray(info["_score"])]]
+        ended = terminated | truncated  # info["score"] holds every row's score: 0 until its episode ends
+        finished += [float(s) for s in np.asarray(info["score"])[ended]]
     venv.close()
     print(f"\nvector env: {len(finished)} random-token episodes, mean score {np.mean(finished):+.3f}")
     return {"episode_returns": returns, "vector_scores": finished}

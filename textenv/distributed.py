@@ -1,10 +1,12 @@
 """Data-parallel training of the LLM trainers and the LM reward model on ``accelerate`` (DDP), with no code change
 in the training script.
 
-Launched with ``accelerate launch --num_processes N train.py`` (``--cpu`` for gloo on CPU), every process builds
-its own env and agent, on its own device (``data_parallel().device``). The RL agents (PPO, GRPO, RLOO) then roll out
-their own share of the batch (seeds offset by the process rank, so the shares differ); the offline trainers (DPO,
-KTO) take every ``N``-th row of each global minibatch (all processes shuffle alike). Gradients are averaged by
+Launched with ``accelerate launch --multi_gpu --num_processes N train.py`` (on CPU:
+``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N --num_machines 1 --mixed_precision no
+--dynamo_backend no train.py``, N gloo processes; accelerate's ``--cpu`` flag alone starts ONE process), every process
+builds its own env and agent, on its own device (``data_parallel().device``). The RL agents (PPO, GRPO, RLOO) then
+roll out their own share of the batch (seeds offset by the process rank, so the shares differ); the offline trainers
+(DPO, KTO) take every ``N``-th row of each global minibatch (all processes shuffle alike). Gradients are averaged by
 DDP (``Accelerator.prepare_model``); each process weights its loss by its share of the global minibatch's loss units
 (``agents.llm.training.chunk_weights``), so N processes compute the update of one process on the combined batch.
 The LM reward model's trainer (``rewardmodels.text.lm_reward.train_reward_model``) shards each minibatch of pairs alike.

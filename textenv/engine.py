@@ -26,13 +26,15 @@ import contextlib
 import inspect
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from textenv.conversation import Conversations
 from textenv.decoders import fast_decoder
+from textenv.engine_turns import MultiTurnMixin
+from textenv.episodes import Episodes, StepResult
 from textenv.kl import KLPenalty
 from textenv.kvcache import cache_width, splice_rows, supports_splicing, trim_cache
 from textenv.models import max_positions, pad_token_id, vocab_size
@@ -62,43 +64,7 @@ class EpisodeEndedError(RuntimeError):
 # ----------------------------------------------------------------------------------------------------- the engine
 
 
-@dataclass
-class StepResult:
-    """What one engine step produced. Device tensors are ``(N,)``; host arrays are NumPy ``(N,)``."""
-
-    reward: torch.Tensor  # float32, KL penalty + score at episode end
-    policy_logprob: torch.Tensor  # float32, log pi(a|s) of the taken token (temperature-scaled)
-    ref_logprob: torch.Tensor | None  # float32, log pi_ref(a|s); None without a reference model
-    active: np.ndarray  # bool, rows that took an action (False: the row was reset at this step)
-    terminated: np.ndarray  # bool
-    truncated: np.ndarray  # bool
-    terminated_t: torch.Tensor | None  # the same on the device, when the actions came as a tensor (no host copy)
-    truncated_t: torch.Tensor | None
-    ended: np.ndarray  # row indices whose episode ended at this step
-    prompts: list[str]  # for the ended rows
-    responses: list[str]  # for the ended rows
-    scores: np.ndarray  # float64, reward_fn scores of the ended rows
-    kl_sums: np.ndarray  # float64, sum over the episode of log pi - log pi_ref, for the ended rows
-
-
-@dataclass
-class Episodes:
-    """One whole episode per row, as :meth:`GenerationEngine.play` returns it. Device tensors are ``(N, T)`` with
-    ``T`` the longest episode; host arrays are NumPy ``(N,)``."""
-
-    tokens: torch.Tensor  # long, the actions; padding after a row's last action
-    mask: torch.Tensor  # bool, True on the actions taken (an ending EOS included)
-    policy_logprob: torch.Tensor  # float32, log pi(a_t|s_t) (temperature-scaled), 0 on padding
-    ref_logprob: torch.Tensor | None  # float32, log pi_ref(a_t|s_t), 0 on padding; None without a reference model
-    reward: torch.Tensor  # float32, what step() returns at each step: KL penalty, plus the score at the last one
-    terminated: np.ndarray  # bool, ended with EOS (else truncated at max_new_tokens)
-    prompts: list[str]
-    responses: list[str]
-    scores: np.ndarray  # float64, reward_fn scores
-    kl_sums: np.ndarray  # float64, sum over the episode of log pi - log pi_ref
-
-
-class GenerationEngine:
+class GenerationEngine(MultiTurnMixin):
     """Batched token-level MDP over ``num_rows`` rows sharing one policy (and reference) forward per step.
 
     Args:
@@ -118,6 +84,12 @@ class GenerationEngine:
         fast_decode: decode with the hand-written step of ``textenv.decoders`` where the architecture has one (same
             logits as the model's own cached forward, without the per-call overhead of the Hugging Face module
             stack that dominates small models); False always calls the model.
+        conversations: multi-turn episodes with an environment that answers (``textenv.conversation``: one
+            environment per row); None: single-turn. ``max_new_tokens`` is then the episode's budget of tokens after
+            the prompt (the policy's and the environment's), and ``max_turn_tokens`` the policy's tokens per turn.
+        environment_reward_weight: multi-turn, the weight of the environment's rewards in the policy's reward and
+            score (0: they are recorded, in ``Conversations.returns``, but not given: the RLHF setting, where a
+            teacher judges by them and the policy learns from a reward model).
     """
 
     def __init__(
@@ -134,6 +106,9 @@ class GenerationEngine:
         device: torch.device,
         use_cache: bool = True,
         fast_decode: bool = True,
+        conversations: Conversations | None = None,
+        max_turn_tokens: int | None = None,
+        environment_reward_weight: float = 1.0,
     ):
         self.policy, self.tokenizer, self.reward_fn = policy, tokenizer, reward_fn
         self.ref_model = ref_model
@@ -180,6 +155,17 @@ class GenerationEngine:
         self._ref_logits: torch.Tensor | None = None
         self._caches: dict[int, Any] = {}
         self.failure: str | None = None  # why the rows cannot go on (a step raised midway), until all are reset
+        # Multi-turn (textenv.conversation): t counts every token after the prompt (the policy's and the
+        # environment's); turn_t the policy's tokens in its current turn; ctx marks the environment's tokens.
+        self.conv = conversations
+        self.env_weight = float(environment_reward_weight)
+        self.max_turn_tokens = int(max_turn_tokens or self.max_new_tokens)
+        end_ids = conversations.format.end_ids if conversations is not None else (
+            () if self.eos_id is None else (int(self.eos_id),))
+        self.end_ids = np.array(end_ids, dtype=np.int64)
+        self._end_ids_t = torch.as_tensor(self.end_ids, device=device)
+        self.turn_t = np.zeros(n, dtype=np.int64)
+        self.ctx = torch.zeros((n, L), dtype=torch.bool, device=device) if conversations is not None else None
 
     @property
     def kl_coef(self) -> float:
@@ -205,7 +191,9 @@ class GenerationEngine:
         self.pos = self.pos.index_put((idx,), torch.as_tensor(plen - 1, device=self.device))
         self.kl_sum = self.kl_sum.index_fill(0, idx, 0.0)
         self.t_dev = self.t_dev.index_fill(0, idx, 0)
-        self.plen[rows], self.t[rows] = plen, 0
+        self.plen[rows], self.t[rows], self.turn_t[rows] = plen, 0, 0
+        if self.ctx is not None:
+            self.ctx = self.ctx.index_fill(0, idx, False)
         for r, text in zip(rows.tolist(), texts, strict=True):
             self.prompt_text[r] = text
         self._need_prefill[rows], self._need_decode[rows] = True, False
@@ -297,8 +285,14 @@ class GenerationEngine:
         self.t[active] += 1
         self.t_dev = self.t_dev + (1 if act_t is None else act_t.long())
         self._need_decode[:], self._need_prefill[:] = active, False
-        terminated = eos_hit & active
-        truncated = (self.t >= self.max_new_tokens) & active & ~terminated
+        if self.conv is None:
+            terminated = eos_hit & active
+            truncated = (self.t >= self.max_new_tokens) & active & ~terminated
+        else:  # the turns that ended go to their environments (host-side), whose replies join those rows' states
+            terminated, truncated, env_reward = self._turns(active, eos_hit)
+            if env_reward.any():
+                reward = reward + torch.as_tensor(env_reward, dtype=reward.dtype, device=self.device)
+            eos_t = None  # the episode ends are the environments' (host) answers
         ended = np.flatnonzero(terminated | truncated)
         term_t = trunc_t = None
         if eos_t is not None:
@@ -313,6 +307,8 @@ class GenerationEngine:
                 scores = validate_scores(self.reward_fn(prompts, responses), len(ended), self.reward_fn)
                 idx = torch.as_tensor(ended, device=self.device)
                 reward = reward.index_add(0, idx, torch.as_tensor(scores, dtype=reward.dtype, device=self.device))
+            if self.conv is not None:  # the episode's score: reward_fn's and the environment's (already rewarded)
+                scores = scores + self.env_weight * self.conv.returns[ended]
             kl_sums = self.kl_sum[torch.as_tensor(ended, device=self.device)].double().cpu().numpy()
             if self.ref_model is not None:
                 self.kl.observe(float(kl_sums.mean()), len(ended))  # an adaptive beta follows the finished episodes
@@ -343,6 +339,8 @@ class GenerationEngine:
         self.ensure_usable()
         if (self.t != 0).any():
             raise RuntimeError("play() plays episodes from their start: load new prompts (reset) first")
+        if self.conv is not None:
+            return self._play_turns(sample, generator)
         eos_id = -1 if self.eos_id is None else self.eos_id
 
         def one_token(alive: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -420,6 +418,8 @@ class GenerationEngine:
         last; the cached logits are stale afterwards."""
         self.tokens = torch.cat([self.tokens[:, 1:], a[:, None]], dim=1)
         self.mask = torch.cat([self.mask[:, 1:], self._ones], dim=1)
+        if self.ctx is not None:
+            self.ctx = torch.cat([self.ctx[:, 1:], self.ctx.new_zeros((self.num_rows, 1))], dim=1)
         self.pos = self.pos + 1
         self._logits = self._ref_logits = None
 
@@ -438,7 +438,7 @@ class GenerationEngine:
             if not active.all():
                 a = a.where(torch.as_tensor(active, device=self.device), self.pad_id)
             bad = ((a < 0) | (a >= V)).any()
-            eos = a == self.eos_id if self.eos_id is not None else torch.zeros_like(a, dtype=torch.bool)
+            eos = self._is_end(a)
             flags = torch.cat([bad[None], eos]).cpu().numpy()  # the one device->host transfer of a step
             if flags[0]:
                 first = int(torch.nonzero((a < 0) | (a >= V))[0, 0])
@@ -462,16 +462,22 @@ class GenerationEngine:
                 f"action {arr[bad[0]]} (row {bad[0]}) is not a token id: the action space is Discrete({V}), "
                 f"ids 0..{V - 1}"
             )
-        eos = arr == self.eos_id if self.eos_id is not None else np.zeros(n, dtype=bool)
+        eos = arr == self.end_ids[0] if len(self.end_ids) == 1 else np.isin(arr, self.end_ids)
         return torch.from_numpy(arr).to(self.device), eos, None
+
+    def _is_end(self, a: torch.Tensor) -> torch.Tensor:
+        """(N,) bool on the device: ``a`` is an end-of-turn token (single-turn: EOS, which ends the episode)."""
+        if len(self.end_ids) == 1:
+            return a == int(self.end_ids[0])
+        return torch.isin(a, self._end_ids_t)
 
     def _decode_episodes(self, rows: np.ndarray, terminated: np.ndarray) -> tuple[list[str], list[str]]:
         toks = self.tokens[torch.as_tensor(rows, device=self.device)].cpu().numpy()
         resp = []
         for j, r in enumerate(rows.tolist()):
             ids = toks[j, self.L - self.t[r] :]
-            if terminated[r]:
-                ids = ids[:-1]  # the EOS token is the "stop" action, not text
+            if len(ids) and ids[-1] in self.end_ids:
+                ids = ids[:-1]  # the EOS (end-of-turn) token is the "stop" action, not text
             resp.append(ids.tolist())
         return [self.prompt_text[r] for r in rows.tolist()], self.tokenizer.batch_decode(resp, skip_special_tokens=True)
 

@@ -212,6 +212,20 @@ def trainable_parameters(model: nn.Module) -> tuple[int, int]:
 
 
 @torch.no_grad()
+def base_copy(model: nn.Module) -> nn.Module:
+    """A plain copy of ``model``'s base weights: for a LoRA model (a peft model, or its adapters-disabled view) the
+    base without adapters; any other model deep-copied. What a second model that trains in full (an LM reward model)
+    starts from."""
+    import copy
+
+    if isinstance(model, AdapterDisabledView):
+        model = model.peft_model
+    if is_peft_model(model):
+        return copy.deepcopy(model).unload()
+    return copy.deepcopy(model)
+
+
+@torch.no_grad()
 def merged_copy(peft_model: nn.Module) -> nn.Module:
     """A plain model with the adapters folded into its weights (``merge_and_unload`` of a deep copy), for export
     or for the fast decoders; ``peft_model`` keeps its adapters."""

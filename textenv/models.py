@@ -18,6 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from textenv.default_lm import load_default_lm
+from textenv.sources import ModelLoadError, locate
 
 logger = logging.getLogger(__name__)
 
@@ -27,10 +28,6 @@ REF_COPY = "copy"
 
 class VocabularyMismatchError(ValueError):
     """The tokenizer can produce ids that the model has no embedding/logit for."""
-
-
-class ModelLoadError(ValueError):
-    """A model or tokenizer argument could not be turned into a usable object."""
 
 
 def resolve_device(device: str | torch.device | None, model: Any | None = None) -> torch.device:
@@ -57,7 +54,7 @@ def load_policy(model: Any, tokenizer: Any, device: str | torch.device | None = 
         model, default_tok = load_default_lm(device=device)
         tokenizer = default_tok if tokenizer is None else _load_tokenizer(tokenizer)
     elif isinstance(model, (str, os.PathLike)):
-        name = os.fspath(model)
+        name = locate(model, "model")
         try:
             loaded = AutoModelForCausalLM.from_pretrained(name)
         except (OSError, ValueError) as exc:
@@ -65,6 +62,8 @@ def load_policy(model: Any, tokenizer: Any, device: str | torch.device | None = 
                 f"could not load a causal LM from {name!r} ({exc}). Pass a local directory in Hugging Face format, "
                 "a hub id reachable from this machine, or a model object with its tokenizer."
             ) from exc
+        if os.path.isdir(name):  # adapters saved later record where their base lives: an absolute path
+            loaded.config._name_or_path = loaded.name_or_path = name
         tokenizer = _load_tokenizer(name if tokenizer is None else tokenizer)
         model = loaded
     else:
@@ -101,8 +100,9 @@ def load_tokenizer(path: str | os.PathLike) -> Any:
 
 def _load_tokenizer(tokenizer: Any) -> Any:
     if isinstance(tokenizer, (str, os.PathLike)):
+        name = locate(tokenizer, "tokenizer")
         try:
-            return load_tokenizer(tokenizer)
+            return load_tokenizer(name)
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"could not load a tokenizer from {os.fspath(tokenizer)!r} ({exc})") from exc
     if not callable(tokenizer) or not hasattr(tokenizer, "decode"):

@@ -118,6 +118,24 @@ def read_prompts(source: Any, field: str = "prompt") -> list[Prompt]:
     return prompts
 
 
+def prompt_columns(source: Any, field: str = "prompt") -> list[dict[str, Any]]:
+    """The other columns of each prompt's row in ``source`` (a .jsonl file, a ``datasets.Dataset`` or its saved
+    directory), in the order of :func:`read_prompts`; empty dicts for sources without columns (.txt, lists). What
+    TRL-style reward functions receive as keyword arguments (``textenv.reward_functions``)."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.is_dir():
+            return prompt_columns(load_saved_dataset(path), field)
+        if path.suffix != ".jsonl" or not path.is_file():
+            return [{} for _ in read_prompts(source, field)]
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [{k: v for k, v in row.items() if k != field} for row in rows]
+    if _is_dataset(source):
+        others = [c for c in source.column_names if c != field]
+        return [{c: source[i][c] for c in others} for i in range(len(source))]
+    return [{} for _ in read_prompts(source, field)]
+
+
 def _is_dataset(obj: Any) -> bool:
     # Duck-typed so that `datasets` stays optional; a real datasets.Dataset has both attributes.
     return hasattr(obj, "column_names") and hasattr(obj, "__getitem__") and not isinstance(obj, (list, tuple))
@@ -127,7 +145,30 @@ def _describe(source: Any) -> str:
     return repr(os.fspath(source)) if isinstance(source, (str, os.PathLike)) else f"({type(source).__name__})"
 
 
+def load_saved_dataset(path: str | os.PathLike) -> Any:
+    """The ``datasets.Dataset`` that ``Dataset.save_to_disk`` wrote into directory ``path`` (of a ``DatasetDict``, its
+    ``train`` split, or its only one). Needs the ``datasets`` package (``pip install rlhf-gym[data]``)."""
+    try:
+        import datasets
+    except ImportError as exc:
+        raise PromptError(f"{os.fspath(path)} is a directory: reading a saved dataset needs the datasets package "
+                          "(pip install 'rlhf-gym[data]'), or give a .jsonl file") from exc
+    try:
+        data = datasets.load_from_disk(os.fspath(path))
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        raise PromptError(f"{os.fspath(path)} is a directory but not a dataset saved with Dataset.save_to_disk "
+                          f"({exc}); give a .jsonl file or such a directory") from exc
+    if isinstance(data, datasets.DatasetDict):
+        splits = list(data)
+        if "train" not in splits and len(splits) != 1:
+            raise PromptError(f"{os.fspath(path)} holds the splits {splits}; save one split, or name one called train")
+        data = data["train" if "train" in splits else splits[0]]
+    return data
+
+
 def _read_file(path: Path, field: str) -> list[str]:
+    if path.is_dir():
+        return read_prompts(load_saved_dataset(path), field)
     if not path.is_file():
         raise PromptError(
             f"prompt file {str(path)!r} does not exist. To give prompts directly, pass a list of strings "
@@ -182,6 +223,11 @@ class PromptSource:
         ]
         self.max_prompt_tokens = int(max_prompt_tokens)
         self.token_ids: list[list[int]] = self.encode(self.prompts, templated=chat)
+
+    @classmethod
+    def tokenize(cls, prompts: list[Prompt], tokenizer: Any) -> list[list[int]]:
+        """The token ids the env would start episodes from, with no length limit (to measure the prompts)."""
+        return cls(list(prompts), tokenizer, max_prompt_tokens=2**62).token_ids
 
     def encode(self, texts: list[str], templated: Sequence[bool] | None = None) -> list[list[int]]:
         """Token ids of ``texts``; raises ``PromptTooLongError`` naming the first prompt that does not fit.

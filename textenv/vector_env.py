@@ -81,20 +81,26 @@ class TextGenVectorEnv(EngineViews, VectorEnv):
     ``num_envs`` (N), ``array_backend`` (``"numpy"``: NumPy arrays, for Gymnasium/SB3 tooling; ``"torch"``: device
     tensors, no host copies), ``autoreset_mode`` (an ``AutoresetMode``, its value ``"SameStep"`` or its name
     ``"same_step"``; default NEXT_STEP), and every argument of ``TextGenEnv`` (model, tokenizer, prompts, reward_fn,
-    ref_model, kl_coef, max_new_tokens, max_prompt_tokens, temperature, device, prompt_field, use_cache).
+    ref_model, kl_coef, max_new_tokens, max_prompt_tokens, temperature, device, prompt_field, use_cache,
+    reward_weights, info_text).
 
     ## Info
     Gymnasium's vector info, as ``SyncVectorEnv`` over N ``TextGenEnv`` gives it: ``info[key]`` of length N with the
     bool mask ``info["_" + key]`` of the rows that reported it; numbers in arrays of their dtype (0 where masked),
     text in object arrays (None where masked). Rows that acted: ``policy_logprob`` and ``ref_logprob`` (float32;
     device tensors with the torch backend; unlike ``SyncVectorEnv``, present even when no row acted, all masked);
-    rows whose episode ended: ``prompt``, ``response`` (text), ``score``, ``kl_sum`` (float64); rows that started
-    an episode (``reset``, autoreset): ``prompt``. In SAME_STEP mode the ended rows' step info moves into
-    ``final_info`` (and their observation into ``final_obs``, an object array of per-row dicts).
+    also ``score`` (float64; at the step that ends the row's episode, 0.0 before: tell the end by ``terminated |
+    truncated``) and ``kl_sum`` (float64, the KL summed over the episode so far; a device tensor with the torch
+    backend) and, with ``info_text=True``, ``prompt`` and ``response`` (text; ``""`` before the end); with
+    ``info_text=True``, rows that started an episode (``reset``, autoreset): ``prompt``. In SAME_STEP mode the
+    ended rows' step info moves into ``final_info`` (and their observation into ``final_obs``, an object array of
+    per-row dicts).
 
     ## Version History
     * v0: initial version (Gymnasium 1.x, NEXT_STEP autoreset); ``autoreset_mode`` (SAME_STEP, DISABLED),
-      ``reset_mask`` and the reset rows' ``prompt`` in info added without changing NEXT_STEP trajectories.
+      ``reset_mask`` and the reset rows' ``prompt`` in info added without changing NEXT_STEP trajectories; in
+      rlhf-gym 0.3, as in ``TextGenEnv``, ``score`` and ``kl_sum`` are reported for every row that acted (before:
+      the rows that ended) and the text keys only with ``info_text=True``.
     """
 
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}  # an instance holds its own mode
@@ -116,6 +122,12 @@ class TextGenVectorEnv(EngineViews, VectorEnv):
         use_cache: bool = True,
         array_backend: str = "numpy",
         autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
+        reward_weights: Any = None,
+        info_text: bool = False,
+        environment: Any = None,
+        max_turn_tokens: int | None = None,
+        end_of_turn: Any = None,
+        environment_reward_weight: float = 1.0,
     ):
         if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
@@ -127,7 +139,9 @@ class TextGenVectorEnv(EngineViews, VectorEnv):
         self.array_backend = array_backend
         self.engine, self.prompt_source = build_engine(self.num_envs, TextGenSettings(
             model, tokenizer, prompts, reward_fn, ref_model, kl_coef, max_new_tokens, max_prompt_tokens, temperature,
-            device, prompt_field, use_cache))
+            device, prompt_field, use_cache, reward_weights, info_text, environment, max_turn_tokens, end_of_turn,
+            environment_reward_weight))
+        self.info_text = info_text
         self.single_observation_space = observation_space(self.engine)
         self.single_action_space = spaces.Discrete(self.engine.vocab_size)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
@@ -158,19 +172,21 @@ class TextGenVectorEnv(EngineViews, VectorEnv):
             if not self._started:
                 raise EpisodeEndedError("reset(options={'reset_mask': ...}) resets some rows: call reset() first")
             rows = np.flatnonzero(_reset_mask(options["reset_mask"], n))
-        if "prompts" in options:
-            texts = list(options["prompts"])
-            if len(texts) != n:
-                raise ValueError(f"options['prompts'] must hold num_envs={n} prompts (one per row), got {len(texts)}")
-            texts = [texts[i] for i in rows]
-            ids = self.prompt_source.encode(texts)
-        else:
-            texts, ids = self._draw(len(rows))
+        chosen = {}
+        for key in ("prompts", "environment_seeds"):
+            if key in options:
+                values = list(options[key])
+                if len(values) != n:
+                    raise ValueError(f"options[{key!r}] must hold num_envs={n} entries (one per row), got "
+                                     f"{len(values)}")
+                chosen[key] = [values[i] for i in rows]
+        texts, ids = self._starts(rows, chosen.get("prompts"), chosen.get("environment_seeds"))
         self.engine.load_prompts(rows, ids, texts)
         self._autoreset[rows] = False
         self._started = True
         info: dict[str, Any] = {}
-        _put(info, "prompt", rows, texts, n)
+        if self.info_text:
+            _put(info, "prompt", rows, texts, n)
         return self._obs(), info
 
     def step(self, actions: Any):
@@ -182,7 +198,7 @@ class TextGenVectorEnv(EngineViews, VectorEnv):
                 f"the episodes of rows {rows.tolist()} ended and autoreset_mode is DISABLED: start new ones with "
                 "env.reset(options={'reset_mask': mask}) (mask: a bool array, True on the rows to reset) first"
             )
-        texts, ids = self._draw(len(rows)) if len(rows) else (None, None)
+        texts, ids = self._starts(rows) if len(rows) else (None, None)
         # An exception after the actions were accepted (reward_fn, the model) ends every row's episode in the
         # engine: the next step() raises EpisodeEndedError there, naming it, until reset().
         res = self.engine.step(actions, rows, ids, texts)
@@ -190,8 +206,8 @@ class TextGenVectorEnv(EngineViews, VectorEnv):
         if len(res.ended) and self.autoreset_mode == AutoresetMode.SAME_STEP:
             info = self._reset_same_step(res)
         else:
-            info = {**self._logprob_info(res, res.active), **self._episode_info(res)}
-        if len(rows):  # NEXT_STEP: these rows started new episodes instead of acting (as SyncVectorEnv reports it)
+            info = {**self._logprob_info(res, res.active), **self._episode_info(res, res.active)}
+        if len(rows) and self.info_text:  # NEXT_STEP: these rows started new episodes instead of acting
             _put(info, "prompt", rows, texts, n)
         return (self._obs(), *self._step_arrays(res), info)
 
@@ -232,35 +248,47 @@ class TextGenVectorEnv(EngineViews, VectorEnv):
             info["_" + key] = acted.copy()
         return info
 
-    def _episode_info(self, res: StepResult) -> dict[str, Any]:
-        """``prompt``, ``response``, ``score`` and ``kl_sum`` of the rows whose episode ended."""
-        info: dict[str, Any] = {}
-        if len(res.ended):
-            for key, values in (
-                ("prompt", res.prompts),
-                ("response", res.responses),
-                ("score", res.scores),
-                ("kl_sum", res.kl_sums),
-            ):
-                _put(info, key, res.ended, values, self.num_envs)
+    def _episode_info(self, res: StepResult, acted: np.ndarray) -> dict[str, Any]:
+        """What ``TextGenEnv`` reports at every step, for the rows ``acted`` (bool (N,)) marks: ``score`` (at an
+        episode's end; 0.0 before), ``kl_sum`` (over the episode so far; a device tensor with the torch backend)
+        and, with ``info_text``, ``prompt`` and ``response`` ("" before the end). Present, all masked, when no
+        row acted."""
+        n, rows = self.num_envs, np.flatnonzero(acted)
+        info: dict[str, Any] = {"score": np.zeros(n), "_score": acted.copy()}
+        info["score"][res.ended] = res.scores
+        info["score"][~acted] = 0.0
+        kl = self.engine.kl_sum.double()
+        if not acted.all():  # no host->device copy of the mask in the common case
+            kl = kl.where(torch.as_tensor(acted, device=kl.device), 0.0)
+        info["kl_sum"], info["_kl_sum"] = (kl if self.array_backend == "torch" else kl.cpu().numpy()), acted.copy()
+        if self.multi_turn:
+            info["turns"], info["_turns"] = np.where(acted, self.engine.conv.turns, 0), acted.copy()
+            returns = np.where(acted, self.engine.conv.returns, 0.0)
+            info["environment_return"], info["_environment_return"] = returns, acted.copy()
+        if self.info_text and len(rows):
+            responses = dict(zip(res.ended.tolist(), res.responses, strict=True))
+            _put(info, "prompt", rows, [self.engine.prompt_text[r] for r in rows.tolist()], n)
+            _put(info, "response", rows, [responses.get(r, "") for r in rows.tolist()], n)
         return info
 
     def _reset_same_step(self, res: StepResult) -> dict[str, Any]:
         """SAME_STEP autoreset, as ``SyncVectorEnv`` does it: the rows that ended report their last observation in
         ``info["final_obs"]`` and their step's info in ``info["final_info"]``, then start new episodes in this step
-        (their observation is the new prompt; ``info["prompt"]`` names it). Returns the step's info."""
+        (their observation is the new prompt; with ``info_text``, ``info["prompt"]`` names it). Returns the step's
+        info."""
         n, ended, e = self.num_envs, res.ended, self.engine
         done = np.zeros(n, dtype=bool)
         done[ended] = True
-        info = self._logprob_info(res, res.active & ~done)
+        info = {**self._logprob_info(res, res.active & ~done), **self._episode_info(res, res.active & ~done)}
         obs = self._obs()  # the state the step reached (torch: tensors the engine replaces, never modifies)
         final_obs = [{k: v[r] for k, v in obs.items()} for r in ended.tolist()]
         _put(info, "final_obs", ended, final_obs, n)
-        info["final_info"] = {**self._logprob_info(res, done), **self._episode_info(res)}
+        info["final_info"] = {**self._logprob_info(res, done), **self._episode_info(res, done)}
         info["_final_info"] = done
-        texts, ids = self._draw(len(ended))
+        texts, ids = self._starts(ended)
         e.load_prompts(ended, ids, texts)
-        _put(info, "prompt", ended, texts, n)
+        if self.info_text:
+            _put(info, "prompt", ended, texts, n)
         self._autoreset[ended] = False
         return info
 
@@ -272,11 +300,6 @@ class TextGenVectorEnv(EngineViews, VectorEnv):
             trunc = res.truncated_t if res.truncated_t is not None else torch.as_tensor(res.truncated, device=dev)
             return res.reward, term, trunc
         return res.reward.cpu().numpy().astype(np.float64), res.terminated.copy(), res.truncated.copy()
-
-    def _draw(self, k: int) -> tuple[list[str], list[list[int]]]:
-        idx = self.prompt_source.sample(self.np_random, k)
-        src = self.prompt_source
-        return [src.prompts[i] for i in idx], [src.token_ids[i] for i in idx]
 
     def _obs(self) -> dict[str, Any]:
         e = self.engine

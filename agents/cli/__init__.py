@@ -14,23 +14,25 @@ What every sub-command gets from ``main``:
   does. A long command raises ``agents.rundir.RunInterrupted("<what was kept>; resume with: ...")`` from its
   KeyboardInterrupt to say how to resume (``resume_hint``).
 - Long commands with ``--out``, ``--resume`` and ``--overwrite`` get their settings and run directory from
-  ``run_settings``: the saved settings with ``--resume``, else fresh ones in an ``--out`` that holds no other run.
+  ``run_settings``: the saved settings with ``--resume``, else fresh ones in an ``--out`` that holds no other run;
+  the run directory's lock is held for the command (a second process on it: one line naming the holder's pid, 2).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agents.rundir import DeviceError, RunError, RunInterrupted, checkpoint_candidates, prepare_out
+from agents.rundir import DeviceError, RunError, RunInterrupted, checkpoint_candidates, lock_run_dir, prepare_out
 
-__all__ = ["COMMANDS", "RunInterrupted", "UsageError", "main", "resume_hint", "run_settings"]
+__all__ = ["COMMANDS", "RunInterrupted", "UsageError", "check_threads", "main", "resume_hint", "run_settings"]
 
 logger = logging.getLogger(__name__)
 C = TypeVar("C")
@@ -38,6 +40,7 @@ C = TypeVar("C")
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "prefs": ("agents.cli.prefs", "learn a reward from segment preferences and train any SB3 agent on it"),
+    "sft": ("agents.cli.sft", "supervised fine-tuning on demonstrations (TRL formats): the first stage of RLHF"),
     "text": ("agents.cli.text", "RLHF on TextGen-v0: reward model from text preferences, then PPO/GRPO/RLOO/DPO"),
     "label": ("agents.cli.label", "open the labelling web app on a run directory"),
     "build-default-lm": ("agents.cli.default_lm", "rebuild the offline default language model"),
@@ -48,32 +51,24 @@ class UsageError(RunError, ValueError):
     """A command-line value the user must change: ``main`` prints the message on one line and returns 2."""
 
 
+@contextlib.contextmanager
 def run_settings(args: argparse.Namespace, load: Callable[[Path], C], build: Callable[[], C],
-                 default_out: Callable[[C], Path] | None = None) -> tuple[C, Path]:
-    """The settings and run directory of a long command with ``--out``, ``--resume``, ``--overwrite`` (and
-    ``--no-progress``): with ``--resume`` the run's saved settings (``load(out)``), else ``build()`` from the
+                 default_out: Callable[[C], Path] | None = None) -> Iterator[tuple[C, Path]]:
+    """``with run_settings(...) as (settings, out):`` the settings and run directory of a long command with
+    ``--out``, ``--resume``, ``--overwrite`` (and ``--no-progress``), with ``out``'s lock held for the block
+    (``agents.rundir.lock_run_dir``: a second process on ``out`` gets ``RunDirBusy``, before anything is read,
+    moved or written). With ``--resume`` the run's saved settings (``load(out)``), else ``build()`` from the
     arguments, in an ``--out`` (default ``default_out(settings)``) that holds no other run
     (``agents.rundir.prepare_out``). A bad value becomes a ``UsageError``; a ``RunError`` passes as it is."""
     if args.resume and args.overwrite:
         raise UsageError("--resume continues the run in --out and --overwrite moves it aside: pass one of them")
     if args.resume:
-        if not args.out or not checkpoint_candidates(args.out):
+        if not args.out or not Path(args.out).is_dir():
             raise UsageError(f"--resume: {args.out} has no checkpoint to resume from (checkpoints/); drop --resume "
                              "to start a new run")
-        out = prepare_out(args.out, resume=True)
-        try:
-            cfg = load(out)
-        except DeviceError as err:  # saved with a device this machine lacks; --resume ignores --device
-            raise DeviceError(f"{err}. --resume keeps the run's saved settings: to continue it here, set \"device\": "
-                              f"\"cpu\" under \"config\" in {out}/config.json") from err
-        except RunError:  # e.g. config.json and every checkpoint's copy of it damaged
-            raise
-        except (ValueError, TypeError) as err:  # saved settings this version refuses
-            raise UsageError(f"{out}/config.json: {err}") from err
-        if getattr(args, "no_progress", False):
-            cfg.progress_bar = False  # type: ignore[attr-defined]
-        logger.info("resuming %s with its saved settings (command-line settings other than --out are ignored)", out)
-        return cfg, out
+        with lock_run_dir(args.out) as out:  # first: a running process's checkpoints are its own
+            yield _saved_settings(args, load, prepare_out(out, resume=True)), out
+        return
     try:
         cfg = build()
     except RunError:
@@ -83,7 +78,39 @@ def run_settings(args: argparse.Namespace, load: Callable[[Path], C], build: Cal
     out = args.out or (default_out(cfg) if default_out is not None else None)
     if out is None:
         raise UsageError("--out is required: the run directory")
-    return cfg, prepare_out(out, overwrite=args.overwrite)
+    with lock_run_dir(out):
+        yield cfg, prepare_out(out, overwrite=args.overwrite)
+
+
+def _saved_settings(args: argparse.Namespace, load: Callable[[Path], C], out: Path) -> C:
+    """The settings the run in ``out`` was started with, for ``--resume`` (``run_settings``)."""
+    if not checkpoint_candidates(out):
+        raise UsageError(f"--resume: {out} has no checkpoint to resume from (checkpoints/); drop --resume to start a "
+                         "new run")
+    try:
+        cfg = load(out)
+    except DeviceError as err:  # saved with a device this machine lacks; --resume ignores --device
+        raise DeviceError(f"{err}. --resume keeps the run's saved settings: to continue it here, set \"device\": "
+                          f"\"cpu\" under \"config\" in {out}/config.json") from err
+    except RunError:  # e.g. config.json and every checkpoint's copy of it damaged
+        raise
+    except (ValueError, TypeError) as err:  # saved settings this version refuses
+        raise UsageError(f"{out}/config.json: {err}") from err
+    if getattr(args, "no_progress", False):
+        cfg.progress_bar = False  # type: ignore[attr-defined]
+    logger.info("resuming %s with its saved settings (command-line settings other than --out are ignored)", out)
+    return cfg
+
+
+def check_threads(threads: int, low: int = 1) -> None:
+    """``--threads``: at least ``low`` (0 = torch's default where allowed), at most 4 per CPU of this machine (far
+    more threads than cores only contend, and huge counts crash the thread pool)."""
+    import os
+
+    high = 4 * (os.cpu_count() or 1)
+    if not low <= threads <= high:
+        zero = " (0 = torch's default)" if low == 0 else ""
+        raise UsageError(f"--threads must be between {low}{zero} and {high} (4 per CPU here), got {threads}")
 
 
 def resume_hint(command: str, out: Path) -> str:

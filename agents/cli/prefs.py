@@ -23,7 +23,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agents.cli import UsageError, resume_hint, run_settings
+from agents.cli import UsageError, check_threads, resume_hint, run_settings
+from agents.cli.settings import add_settings_flags, settings_from_args
 from agents.loop.control.presets import PREFS_PRESETS
 from agents.rundir import RunInterrupted
 
@@ -45,12 +46,12 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("\n\n", 1)[1]
     g = parser.add_argument_group("run")
-    g.add_argument("--env", default="CartPole-v1", help="any registered Gymnasium env id (default: CartPole-v1)")
+    g.add_argument("--env", default=None, help="any registered Gymnasium env id (default: CartPole-v1)")
     g.add_argument("--algo", default=None, help="SB3 algorithm: ppo, a2c, sac, dqn, td3, ddpg (default: the env's "
                                                 "preset, else ppo)")
     g.add_argument("--labels", type=int, default=None, help="preference-label budget (CartPole preset: 150)")
     g.add_argument("--steps", type=int, default=None, help="env-step budget (CartPole preset: 50000)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=None, help="seed of everything in the run (0)")
     g.add_argument("--out", default=None, help="run directory (default: runs/<env>-<algo>-seed<seed>)")
     g.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its latest checkpoint (or the one before it, if the latest "
@@ -102,23 +103,23 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--reward-epochs", type=int, default=None, help="passes over the labels per reward fit")
     r.add_argument("--eval-episodes", type=int, default=None, help="final evaluation episodes (default: 20)")
     r.add_argument("--eval-every", type=int, default=None, help="in-run evaluation every N rounds (0 = off)")
+    add_settings_flags(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> PrefsConfig:
     """A validated ``PrefsConfig`` from parsed arguments (unset ones keep the preset's value)."""
-    teacher_params = {field: getattr(args, arg) for arg, field in _TEACHER_FIELDS.items()
-                      if getattr(args, arg, None) is not None}
-    if "beta" in teacher_params and teacher_params["beta"] < 0:
-        raise ValueError(f"--teacher-beta must be >= 0 (use a large value for a near-perfect teacher), got "
-                         f"{teacher_params['beta']}")
     from agents.loop.control.config import PrefsConfig
 
-    overrides: dict[str, Any] = {n: getattr(args, n, None) for n in _CONFIG_FIELDS}
+    teacher_params = {field: getattr(args, arg) for arg, field in _TEACHER_FIELDS.items()
+                      if getattr(args, arg, None) is not None}
+    flags: dict[str, Any] = {n: getattr(args, n) for n in (*_CONFIG_FIELDS, "env", "preset")
+                             if getattr(args, n, None) is not None}
     if teacher_params:
-        overrides["teacher_params"] = teacher_params
+        flags["teacher_params"] = teacher_params
     if getattr(args, "no_progress", False):
-        overrides["progress_bar"] = False
-    return PrefsConfig.from_preset(getattr(args, "preset", None), args.env, **overrides)
+        flags["progress_bar"] = False
+    values = settings_from_args(args, PrefsConfig, flags)  # --config file < flags < --set
+    return PrefsConfig.from_preset(values.pop("preset", None), values.pop("env", "CartPole-v1"), **values)
 
 
 def default_out(cfg: PrefsConfig) -> Path:
@@ -129,8 +130,7 @@ def default_out(cfg: PrefsConfig) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads < 0:
-        raise UsageError(f"--threads must be >= 0 (0 = torch's default), got {args.threads}")
+    check_threads(args.threads, low=0)
     import torch  # the command boundary: `rlhf-gym prefs --help` imports none of the training stack
 
     from agents.loop.control.config import PrefsConfig
@@ -139,13 +139,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg, out = run_settings(args, PrefsConfig.load, lambda: config_from_args(args), default_out)
-    try:
-        summary = run_prefs(cfg, out, resume=args.resume)
-    except (IncompatibleSpaceError, BadHyperparameterError) as err:
-        raise UsageError(str(err)) from err
-    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (agents.cli.main): say how to go on
-        raise RunInterrupted(resume_hint("prefs", out)) from err
+    with run_settings(args, PrefsConfig.load, lambda: config_from_args(args), default_out) as (cfg, out):
+        try:
+            summary = run_prefs(cfg, out, resume=args.resume)
+        except (IncompatibleSpaceError, BadHyperparameterError) as err:
+            raise UsageError(str(err)) from err
+        except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (agents.cli.main): say how to go on
+            raise RunInterrupted(resume_hint("prefs", out)) from err
     keys = ("true_return_mean", "true_return_std", "labels_used", "env_steps", "wall_s", "preset", "env")
     print(json.dumps({k: summary[k] for k in keys if summary.get(k) is not None}, indent=2))
     print(f"run directory: {out} (summary.json, curves.png, tensorboard --logdir {out / 'tb'})")

@@ -6,6 +6,7 @@
     rlhf-gym text --model DIR --prompts prompts.txt --preferences prefs.jsonl --algo grpo --out runs/mine-rm
     rlhf-gym text --labeller human --rounds 2 --pairs 32 --out runs/people   # then: rlhf-gym label --run runs/people
     rlhf-gym text --out runs/text-online --resume                      # continue a stopped run, no label lost
+    rlhf-gym text --environment textenv.environments.reviews:SecondOpinion --algo grpo --out runs/turns
 
 Each round: completion pairs of the current policy on training prompts -> labels (``--labeller``: the simulated
 teacher, people in the web app, both, or the pairs of ``--preferences``) -> the LM reward model refitted on every label
@@ -22,7 +23,9 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from agents.cli import UsageError, resume_hint, run_settings
+from agents.cli import UsageError, check_threads, resume_hint, run_settings
+from agents.cli.settings import add_settings_flags, settings_from_args
+from agents.cli.sft import training_extra
 from agents.loop.text.algorithms import TEXT_ALGORITHMS
 from agents.rundir import RunError, RunInterrupted
 
@@ -33,19 +36,23 @@ logger = logging.getLogger(__name__)
 
 #: Flags that set the ``TextRLHFConfig`` field named here (unset flags keep the algorithm's defaults).
 _CONFIG_FIELDS = {"seed": "seed", "pairs": "num_pairs", "iterations": "iterations", "lr": "learning_rate",
-                  "kl_coef": "kl_coef", "kl_target": "kl_target", "max_new_tokens": "max_new_tokens",
+                  "kl_coef": "kl_coef", "kl_target": "kl_target",
+                  "teacher_repetition_penalty": "teacher_repetition_penalty", "max_new_tokens": "max_new_tokens",
                   "max_prompt_tokens": "max_prompt_tokens", "eval_prompts": "eval_prompts", "device": "device",
                   "rounds": "rounds", "selection": "selection",
                   "rm_ensemble": "rm_ensemble", "labeller": "labeller", "human_fraction": "human_fraction",
                   "label_timeout": "label_timeout", "model": "model", "tokenizer": "tokenizer", "prompts": "prompts",
-                  "preferences": "preferences"}
+                  "preferences": "preferences", "reward_fn": "reward_fns", "reward_weights": "reward_weights",
+                  "sft_data": "sft_data", "sft_epochs": "sft_epochs",
+                  "sft_lr": "sft_learning_rate", "environment": "environment", "max_turn_tokens": "max_turn_tokens",
+                  "environment_reward": "environment_reward"}
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("\n\n", 1)[1]
     g = parser.add_argument_group("run")
-    g.add_argument("--algo", default="grpo", choices=sorted(TEXT_ALGORITHMS),
+    g.add_argument("--algo", default=None, choices=sorted(TEXT_ALGORITHMS),
                    help="how to improve the policy (grpo; agents.loop.text.algorithms)")
     g.add_argument("--out", required=True, help="run directory (summary.json, curves.png, policy/, ...)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out with its saved settings")
@@ -70,6 +77,12 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                    help="torch CPU threads (default 1: the default LM is tiny, and more threads mostly contend)")
     g.add_argument("--samples", type=int, default=3, help="before/after samples to print")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (it is off anyway without a TTY)")
+    _add_data_flags(parser)
+    _add_labeller_and_memory_flags(parser)
+    add_settings_flags(parser)
+
+
+def _add_data_flags(parser: argparse.ArgumentParser) -> None:
     d = parser.add_argument_group("your model and data")
     d.add_argument("--model", default=None, help="Hugging Face causal LM id or local directory (default: the "
                                                  "offline default LM)")
@@ -79,11 +92,37 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--preferences", default=None,
                    help="preference pairs: .jsonl (TRL standard / conversational / implicit prompt) or a dataset "
                         "directory; labelled by --labeller dataset, else added to the labels gathered online")
+    d.add_argument("--reward-fn", action="append", default=None, metavar="MODULE:FUNCTION",
+                   help="a reward function added to the learned reward (repeatable): module:function or "
+                        "path/to/file.py:function, called as TRL's f(prompts=, completions=, **columns) with the "
+                        "prompt file's other columns (a reference answer, a test case); with --pairs 0 the only reward")
+    d.add_argument("--reward-weights", type=float, nargs="+", default=None, metavar="W",
+                   help="one weight per --reward-fn (default: 1 each)")
+    d.add_argument("--sft-data", default=None,
+                   help="demonstrations (TRL SFT formats): fine-tune the model on them first (stage one, in OUT/sft/); "
+                        "the RL stage starts from the SFT model and its reference is the SFT model")
+    d.add_argument("--sft-epochs", type=int, default=None, help="SFT passes over the demonstrations (3)")
+    d.add_argument("--sft-lr", type=float, default=None, help="SFT learning rate (2e-5)")
+    e = parser.add_argument_group("an environment that answers (multi-turn)")
+    e.add_argument("--environment", default=None, metavar="SPEC",
+                   help="conversations with an environment instead of prompts: gem:<id>, textarena:<id>, "
+                        "openenv:<url> or module:Class (textenv.environments); the teacher judges by its returns, "
+                        "--max-new-tokens is each episode's token budget")
+    e.add_argument("--max-turn-tokens", type=int, default=None, help="the policy's tokens per turn (default: the "
+                                                                     "whole budget)")
+    e.add_argument("--environment-reward", type=float, default=None, metavar="W",
+                   help="weight of the environment's rewards in the policy's reward (0: the policy learns from the "
+                        "reward model only, the environment's rewards reach it through the labels)")
+
+
+def _add_labeller_and_memory_flags(parser: argparse.ArgumentParser) -> None:
     h = parser.add_argument_group("labeller")
     h.add_argument("--labeller", default=None, choices=("teacher", "human", "mixed", "dataset"),
                    help="teacher (VADER sentiment, simulated), human (people in `rlhf-gym label --run OUT`; the loop "
                         "waits), mixed (--human-fraction to people), dataset (the pairs of --preferences); default: "
                         "dataset with --preferences, else teacher")
+    h.add_argument("--teacher-repetition-penalty", type=float, default=None,
+                   help="a harder simulated teacher: VADER minus this times the share of repeated words (0)")
     h.add_argument("--human-fraction", type=float, default=None, help="share of pairs people label with --labeller "
                                                                       "mixed (0.5)")
     h.add_argument("--label-timeout", type=float, default=None,
@@ -107,59 +146,61 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> TextRLHFConfig:
     """A validated ``TextRLHFConfig`` from parsed arguments (unset ones keep the algorithm's defaults)."""
     from agents.loop.text.config import TextRLHFConfig
-    from textenv.lora import LoraSettings
 
-    overrides = {field: getattr(args, flag) for flag, field in _CONFIG_FIELDS.items()
-                 if getattr(args, flag, None) is not None}
-    if "labeller" not in overrides and args.preferences is not None:
-        overrides["labeller"] = "dataset"
+    flags = {field: getattr(args, flag) for flag, field in _CONFIG_FIELDS.items()
+             if getattr(args, flag, None) is not None}
+    if args.algo is not None:
+        flags["algo"] = args.algo
     if args.no_progress:
-        overrides["progress_bar"] = False
-    extra = {}
-    if args.lora_r is not None:
-        alpha = args.lora_alpha if args.lora_alpha is not None else 2.0 * args.lora_r
-        extra["lora"] = LoraSettings(r=args.lora_r, alpha=alpha, targets=args.lora_targets)
-    elif args.lora_alpha is not None or args.lora_targets is not None:
-        raise UsageError("--lora-alpha and --lora-targets need --lora-r (the adapters' rank)")
-    if args.gradient_checkpointing:
-        extra["gradient_checkpointing"] = True
-    if args.grad_accum is not None:
-        extra["gradient_accumulation_steps"] = args.grad_accum
+        flags["progress_bar"] = False
+    extra = training_extra(args)
     if extra:
-        overrides["extra"] = extra
-    return TextRLHFConfig.for_algo(args.algo, **overrides)
+        flags["extra"] = extra
+    values = settings_from_args(args, TextRLHFConfig, flags)  # --config file < flags < --set
+    if "labeller" not in values and values.get("preferences") is not None:
+        values["labeller"] = "dataset"
+    return TextRLHFConfig.for_algo(values.pop("algo", "grpo"), **values)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads < 1:
-        raise UsageError(f"--threads must be >= 1, got {args.threads}")
+    check_threads(args.threads, low=1)
+    from textenv.sources import ModelLoadError, locate
+
+    for what in ("model", "tokenizer"):  # a mistyped path fails here, before seconds of imports and hub retries
+        if getattr(args, what) is not None:
+            try:
+                locate(getattr(args, what), what)
+            except ModelLoadError as err:
+                raise UsageError(f"--{what}: {err}") from err
     import torch  # the command boundary: `rlhf-gym text --help` imports none of the training stack
 
     from agents.loop.text.config import TextRLHFConfig
-    from agents.loop.text.run import build_text_loop, print_samples, run_text_loop
+    from agents.loop.text.run import build_text_loop, print_samples, result_line, run_text_loop
     from rewardmodels.text.preferences import TextPreferenceError
-    from textenv.models import ModelLoadError
     from textenv.prompts import PromptError
 
     torch.set_num_threads(args.threads)
-    cfg, out = run_settings(args, TextRLHFConfig.load, lambda: config_from_args(args))
-    start = time.perf_counter()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the "Loading weights" bars of every model load: noise in a run's log
     # Errors of the user's inputs (files, model, prompts too long for --max-prompt-tokens) become one line.
     user_errors = (PromptError, TextPreferenceError, ModelLoadError, FileNotFoundError)
-    try:
-        loop, agent = build_text_loop(cfg, out)
-        result = run_text_loop(loop, agent, resume=args.resume, start=start)
-    except RunError:
-        raise
-    except user_errors as err:
-        raise UsageError(str(err)) from err
-    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (agents.cli.main): say how to go on
-        raise RunInterrupted(resume_hint("text", out)) from err
+    with run_settings(args, TextRLHFConfig.load, lambda: config_from_args(args)) as (cfg, out):
+        start = time.perf_counter()
+        try:
+            loop, agent = build_text_loop(cfg, out)
+        except RunError:
+            raise
+        except (*user_errors, ValueError, TypeError) as err:  # wiring the run: the inputs and settings do not fit
+            raise UsageError(str(err)) from err
+        try:
+            result = run_text_loop(loop, agent, resume=args.resume, start=start)
+        except RunError:
+            raise
+        except user_errors as err:
+            raise UsageError(str(err)) from err
+        except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (agents.cli.main): say how to go on
+            raise RunInterrupted(resume_hint("text", out)) from err
     print_samples(result, n=args.samples)
-    s = result.summary
-    print(
-        f"{cfg.algo}, {cfg.rounds} round(s): oracle score {s['oracle_score_before']:+.3f} -> "
-        f"{s['oracle_score_after']:+.3f}, KL to ref {s['kl_to_ref']:.2f}, win rate vs ref {s['win_rate_vs_ref']:.2f}, "
-        f"{s['labels_used']} labels, {s['wall_s']:.0f} s -> {out}/summary.json, {out}/policy, {out}/reward_model"
-    )
+    print(result_line(result, out))
     return 0

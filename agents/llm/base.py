@@ -268,7 +268,7 @@ class LMAgent:
         """:func:`sequence_forward` of the policy over ``batch`` at the env's sampling temperature."""
         return sequence_forward(
             self.trained(self.policy), *batch[:4], self.temperature, output_hidden=output_hidden,
-            entropy_grad=entropy_grad,
+            entropy_grad=entropy_grad, context_mask=batch.context_mask,
         )
 
     def loss_units(self, batch: RolloutBatch) -> torch.Tensor:

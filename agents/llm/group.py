@@ -9,6 +9,7 @@ et al. 2024; RLOO: the mean of the other ``G - 1``, Ahmadian et al. 2024), so ne
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Sequence
 
@@ -21,6 +22,8 @@ from agents.llm.losses import GroupSizeError
 from agents.llm.rollout import RolloutBatch, collect_rollout, env_prompts
 from agents.rundir import RunDir
 from textenv.checks import check
+
+logger = logging.getLogger(__name__)
 
 
 def check_group_size(group_size: int, algo: str) -> None:
@@ -86,17 +89,30 @@ class GroupAgent(LMAgent):
                 f"{config.prompts_per_step} * {config.group_size} = {config.batch_size}; build the env with "
                 f"num_envs={config.batch_size}"
             )
+        self.multi_turn = bool(getattr(env, "multi_turn", False))  # groups share a task: an environment seed
         prompts = list(prompts) if prompts is not None else env_prompts(env)
-        if not prompts:
+        if self.multi_turn and prompts:
+            raise ValueError("a multi-turn env's environment gives the prompts: do not pass prompts=")
+        if not prompts and not self.multi_turn:
             raise ValueError("no prompts: pass prompts=[...] or build the env with prompts")
         self.prompts = prompts
+        if prompts and len(prompts) < config.prompts_per_step:  # a small prompt set: some prompts get two groups
+            logger.warning("%d prompts for %d groups per step: prompts are drawn with replacement (give more prompts, "
+                           "or fewer rows: num_envs = prompts_per_step * group_size)", len(prompts),
+                           config.prompts_per_step)
         # Under a multi-process launch each process draws its own groups (rank 0: the one-process stream).
         self.prompt_rng = np.random.default_rng(config.seed + data_parallel().rank)
         super().__init__(env, config, run_dir, ref_model)
 
     def collect(self) -> RolloutBatch:
         cfg = self.config
-        chosen = self.prompt_rng.choice(len(self.prompts), size=cfg.prompts_per_step, replace=False)
+        if self.multi_turn:  # group g = rows g*G .. g*G+G-1 on one task of the environment (one seed)
+            seeds = self.prompt_rng.integers(2**31, size=cfg.prompts_per_step)
+            return collect_rollout(self.env, seed=self._reset_seed(), generator=self.generator,
+                                   ref_model=self._batched_ref,
+                                   environment_seeds=[int(s) for s in seeds for _ in range(cfg.group_size)])
+        few = len(self.prompts) < cfg.prompts_per_step
+        chosen = self.prompt_rng.choice(len(self.prompts), size=cfg.prompts_per_step, replace=few)
         rows = [self.prompts[i] for i in chosen for _ in range(cfg.group_size)]  # group g = rows g*G .. g*G+G-1
         return collect_rollout(
             self.env, prompts=rows, seed=self._reset_seed(), generator=self.generator, ref_model=self._batched_ref

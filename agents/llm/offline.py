@@ -159,6 +159,8 @@ class OfflineTrainer:
     """What one row of the data is: ``charts/<unit>_per_s`` and the row count in ``config.json``."""
     min_batch = 1
     """Smallest minibatch the loss can use; a smaller remainder of an epoch joins the minibatch before it."""
+    uses_reference = True
+    """Whether the loss compares with a frozen reference (SFT's does not: no copy of the model is made)."""
     config: OfflineConfig
     config_class: type[OfflineConfig] = OfflineConfig
 
@@ -178,7 +180,7 @@ class OfflineTrainer:
         self.num_rows = self.read_data(data)
         self.device = next(model.parameters()).device
         check_bf16(config, self.device)
-        self.ref_model = frozen_reference(model, ref_model)
+        self.ref_model = frozen_reference(model, ref_model) if self.uses_reference else None
         self.model.eval()  # dropout off: the losses compare deterministic log-probs of policy and reference
         run_dir = run_dir if self.parallel.is_main else None  # one writer per run: the main process
         self.run_dir = run_dir if isinstance(run_dir, RunDir) or run_dir is None else RunDir(run_dir)

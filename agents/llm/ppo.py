@@ -140,7 +140,7 @@ class ValueHead(nn.Module):
 def token_rewards(batch: RolloutBatch, scores: torch.Tensor) -> torch.Tensor:
     """(B, T) per-token rewards: the env's (its KL penalty, and the score at each row's last token), with that score
     replaced by ``scores`` (B,) (the score after clipping and the missing-EOS penalty, :func:`shaped_scores`)."""
-    last = (batch.lengths - 1).clamp(min=0).unsqueeze(1)  # (B, 1)
+    last = batch.last_index.unsqueeze(1)  # (B, 1)
     shaping = (scores.float() - batch.scores.float()).unsqueeze(1)
     return batch.env_rewards.scatter_add(1, last, shaping) * batch.response_mask
 
@@ -196,7 +196,7 @@ class PPOAgent(LMAgent):
         if shared:
             return logprobs, entropy, self.trained(self.value_head)(hidden)
         ids = torch.cat([batch.query_ids, batch.response_ids], 1)
-        attention = torch.cat([batch.query_mask, batch.response_mask], 1).long()
+        attention = torch.cat([batch.query_mask, batch.sequence_mask], 1).long()
         values = self.trained(self.critic)(ids, attention)  # (B, Lq+T)
         lq = batch.query_ids.shape[1]
         return logprobs, entropy, values[:, lq - 1 : -1].float()

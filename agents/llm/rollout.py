@@ -29,7 +29,12 @@ class EnvCapabilityError(TypeError):
 
 
 class RolloutBatch(NamedTuple):
-    """One finished episode per row. ``B`` rows, queries left-padded to ``Lq``, responses right-padded to ``T``."""
+    """One finished episode per row. ``B`` rows, queries left-padded to ``Lq``, responses right-padded to ``T``.
+
+    Multi-turn episodes (an environment that answers) hold the environment's replies between the policy's tokens:
+    ``context_mask`` marks them. They are part of the sequence every forward reads (``sequence_mask``) but never
+    actions: ``response_mask`` (what losses, KL and advantages use) is False there, and log-probs and rewards 0.
+    """
 
     query_ids: torch.Tensor  # (B, Lq) long, left-padded
     query_mask: torch.Tensor  # (B, Lq) bool
@@ -44,6 +49,21 @@ class RolloutBatch(NamedTuple):
     rewards: torch.Tensor | None = None  # (B, T) the env's reward of each step (KL penalty + score at the last), 0 on
     # padding; None = a batch built by hand: the score at the last token, no KL penalty (see ``env_rewards``)
     kl_coef: float = 0.0  # the env's KL-penalty beta when the batch was sampled
+    context_mask: torch.Tensor | None = None  # (B, T) bool, True on the environment's tokens; None: single-turn
+
+    @property
+    def sequence_mask(self) -> torch.Tensor:
+        """(B, T) bool, True on every token of the response part of the sequence: the actions and, multi-turn, the
+        environment's replies between them (the attention mask of a forward)."""
+        return self.response_mask if self.context_mask is None else self.response_mask | self.context_mask
+
+    @property
+    def last_index(self) -> torch.Tensor:
+        """(B,) position of each row's last action (where the score is rewarded)."""
+        if self.context_mask is None:
+            return (self.lengths - 1).clamp(min=0)
+        cols = torch.arange(1, self.response_mask.shape[1] + 1, device=self.response_mask.device)
+        return (self.response_mask.long() * cols).argmax(1)
 
     @property
     def kl(self) -> torch.Tensor:
@@ -65,7 +85,7 @@ class RolloutBatch(NamedTuple):
         token."""
         if self.rewards is not None:
             return self.rewards
-        last = (self.lengths - 1).clamp(min=0)[:, None]
+        last = self.last_index[:, None]
         zeros = torch.zeros(self.response_mask.shape, dtype=torch.float32, device=self.scores.device)
         return zeros.scatter_add(1, last, self.scores.float()[:, None]) * self.response_mask
 
@@ -74,8 +94,9 @@ class RolloutBatch(NamedTuple):
         idx = index.tolist()
         fields = [f[index] for f in self[:8]]
         rewards = self.rewards[index] if self.rewards is not None else None
+        context = self.context_mask[index] if self.context_mask is not None else None
         return RolloutBatch(*fields, [self.prompts[i] for i in idx], [self.responses[i] for i in idx], rewards,
-                            self.kl_coef)
+                            self.kl_coef, context)
 
 
 def left_pack(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,7 +141,9 @@ def env_prompts(env) -> list[str]:
     return list(getattr(source, "prompts", None) or getattr(env, "prompts", None) or [])
 
 
-def _reset(env, prompts: Sequence[str] | None, seed: int | None):
+def _reset(env, prompts: Sequence[str] | None, seed: int | None, environment_seeds: Sequence[int] | None = None):
+    if environment_seeds is not None:  # multi-turn: the rows' tasks (textenv.conversation)
+        return env.reset(seed=seed, options={"environment_seeds": [int(x) for x in environment_seeds]})
     if prompts is None:
         return env.reset(seed=seed)
     if len(prompts) != env.num_envs:
@@ -141,6 +164,7 @@ def collect_rollout(
     seed: int | None = None,
     generator: torch.Generator | None = None,
     ref_model: nn.Module | None = None,
+    environment_seeds: Sequence[int] | None = None,
 ) -> RolloutBatch:
     """Play one episode in every row of ``env`` (a ``TextGenVectorEnv`` with ``array_backend="torch"``).
 
@@ -151,36 +175,44 @@ def collect_rollout(
     plays the episodes in one call; any other env is stepped token by token with ``env.next_token_logits()``, rows that
     finish early stepping on (Gymnasium's next-step autoreset) until every row is done, what they do after their first
     episode discarded. Both give the same batch for the same generator. ``prompts`` (one per row) needs an env whose
-    reset accepts ``options={"prompts": [...]}``.
+    reset accepts ``options={"prompts": [...]}``; ``environment_seeds`` (one per row) chooses the tasks of a
+    multi-turn env (``environment=...``), whose replies the batch marks in ``context_mask`` (``play()`` only).
 
     Reference log-probs: the env's when it computes them; else, with ``ref_model``, ONE batched forward of it over the
     finished sequences (cheaper than a forward per token when the model is small and per-call overhead dominates, and
     the same numbers); else they equal the policy's (KL 0).
     """
-    obs, _ = _reset(env, prompts, seed)
+    obs, _ = _reset(env, prompts, seed, environment_seeds)
     kl_coef = float(env_setting(env, "kl_coef", 0.0))  # before the episodes: an adaptive beta moves after them
     ids = torch.as_tensor(obs["input_ids"])
     device = ids.device
     query_ids, query_mask = left_pack(ids, torch.as_tensor(obs["attention_mask"], device=device))
     if callable(getattr(env, "play", None)):  # whole episodes in one call: same MDP, no per-token step() round trips
         ep = env.play(generator, draw_tokens)
-        tokens, mask, logp, ref_logp = ep.tokens.masked_fill(~ep.mask, 0), ep.mask, ep.policy_logprob, ep.ref_logprob
+        context = ep.context_mask  # multi-turn: the environment's tokens between the actions
+        seen = ep.mask if context is None else ep.mask | context
+        tokens, mask, logp, ref_logp = ep.tokens.masked_fill(~seen, 0), ep.mask, ep.policy_logprob, ep.ref_logprob
         rewards = ep.reward * ep.mask
         scores = torch.as_tensor(ep.scores, dtype=torch.float32, device=device)
         eos = torch.as_tensor(ep.terminated, device=device)
         prompt_text, response_text = list(ep.prompts), list(ep.responses)
     else:
+        if getattr(env, "multi_turn", False):
+            raise EnvCapabilityError("a multi-turn env is collected with its play(): step-by-step collection does "
+                                     "not see the environment's replies")
+        context = None
         tokens, mask, logp, ref_logp, rewards, scores, eos, prompt_text, response_text = _step_episodes(
             env, generator, query_ids, query_mask
         )
     if ref_logp is None:  # the env has no reference model
         if ref_model is not None:
             temperature = float(env_setting(env, "temperature", 1.0))
-            ref_logp = sequence_forward(ref_model, query_ids, query_mask, tokens, mask, temperature)[0]
+            ref_logp = sequence_forward(ref_model, query_ids, query_mask, tokens, mask, temperature,
+                                        context_mask=context)[0]
         else:
             ref_logp = logp  # KL 0
     return RolloutBatch(query_ids, query_mask, tokens, mask, logp, ref_logp, scores, eos, prompt_text, response_text,
-                        rewards.float(), kl_coef)
+                        rewards.float(), kl_coef, context)
 
 
 def _step_episodes(env, generator, query_ids: torch.Tensor, query_mask: torch.Tensor) -> tuple:
@@ -252,6 +284,7 @@ def sequence_forward(
     temperature: float = 1.0,
     output_hidden: bool = False,
     entropy_grad: bool = False,
+    context_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """One forward over ``[query; response]``: per-token log-probs and entropy of the response, (B, T) each.
 
@@ -260,9 +293,12 @@ def sequence_forward(
     attention mask, as in the env, so left padding never shifts positions. With ``output_hidden`` the third output is
     the last layer's hidden states at the positions that predict each response token, (B, T, H); else None. The
     entropy carries a gradient only with ``entropy_grad`` (an entropy bonus); otherwise it is a detached diagnostic.
+    ``context_mask`` (multi-turn) marks response tokens that are the environment's: read, but not scored (their
+    log-probs are 0, so no loss reaches them).
     """
     input_ids = torch.cat([query_ids, response_ids], dim=1)  # (B, Lq+T)
-    attention = torch.cat([query_mask, response_mask], dim=1).long()
+    seen = response_mask if context_mask is None else response_mask | context_mask
+    attention = torch.cat([query_mask, seen], dim=1).long()
     position_ids = (attention.cumsum(1) - 1).clamp(min=0)
     lq = query_ids.shape[1]
     # Gradient checkpointing is transformers' (the fast decoders keep every activation): a checkpointed model with

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from agents.rundir import RunError, checkpoint_candidates
+from agents.trackers import check_report_to
 from textenv.checks import check, check_number
 
 __all__ = ["RunConfig", "RunConfigError"]
@@ -35,11 +36,23 @@ class RunConfigError(RunError, ValueError):
     config."""
 
 
+@dataclasses.dataclass
 class RunConfig:
-    """The shared part of ``PrefsConfig`` and ``TextRLHFConfig`` (module docstring); a mixin of dataclasses."""
+    """The shared part of ``PrefsConfig``, ``TextRLHFConfig`` and ``SFTRunConfig`` (module docstring)."""
+
+    instructions: str | None = None
+    """What people are asked to judge, shown on the labelling page (``--instructions TEXT|FILE``); None = the run's
+    default (for the paper's tasks, a guide in the manner of its labellers' instructions)."""
+    report_to: list[str] = dataclasses.field(default_factory=lambda: ["tensorboard"])
+    """Where the run's scalars go besides metrics.jsonl: ``tensorboard`` (``tb/``), ``trackio``, ``wandb`` (offline
+    unless ``WANDB_MODE=online``), several, or ``none`` (``agents.trackers``)."""
 
     #: Settings not restored by ``load``: they belong to the process, not the run (a progress bar on a terminal).
     NOT_RESTORED: tuple[str, ...] = ("progress_bar",)
+
+    def check_run(self) -> None:
+        """The shared settings' checks (subclasses call it from ``__post_init__``)."""
+        self.report_to = check_report_to(self.report_to)
 
     def check_labelling(self, labellers: tuple[str, ...]) -> None:
         """The settings of who labels, which every run config has: ``labeller`` one of ``labellers``,

@@ -31,7 +31,9 @@ the one before stays, so a damaged latest has a fallback) hold the labelled pair
 collector's experience, the loop state, RNG states and the config. Before it waits for people (a labeller with
 ``needs_media``), the loop also saves ``round-NNNN-labelling/`` with the pairs it queued: stopped there (Ctrl-C,
 SIGTERM, even kill -9), a resumed run asks for the same pairs and finds the labels people gave meanwhile.
-``PreferenceLoop.resume`` continues to the same budgets with every label kept.
+``PreferenceLoop.resume`` continues to the same budgets with every label kept; ``run(resume=True)`` first cuts
+metrics.jsonl back to what it held when that checkpoint was saved (the rounds after it are run, and logged, again).
+``run`` holds the run directory's lock (``agents.rundir.lock_run_dir``): a second process on it is refused.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from agents.rundir import CheckpointError, RunDir, signals_deferred
+from agents.rundir import CheckpointError, RunDir, lock_run_dir, signals_deferred
 from rewardmodels.schedules import make_schedule
 from textenv.checks import check, check_number
 from textenv.files import atomic_directory, atomic_write, write_json
@@ -65,6 +67,10 @@ INITIAL_POLICIES = ("random", "agent", "explore")
 # -- the four parts -------------------------------------------------------------------------------------------------
 @runtime_checkable
 class Agent(Protocol):
+    """May also set ``eval_key`` (the metric of ``evaluate``'s mean, default ``eval/true_return``; None: the loop does
+    not evaluate the agent, which reports its own evaluation) and ``score_name`` (what ``evaluate`` returns, for the
+    log; default ``true return``)."""
+
     def learn(self, n_steps: int, max_steps: int | None = None) -> Mapping[str, float]: ...  # ~n_steps, <= max
     def set_reward_fn(self, reward_fn: Any) -> int | None: ...  # new learned reward (relabel stored experience)
     def evaluate(self, n_episodes: int) -> np.ndarray: ...  # TRUE returns of the current policy
@@ -131,7 +137,7 @@ class LoopConfig:
     """Budgets and schedule of the preference loop (``agents.loop.preference_loop.PreferenceLoop``)."""
 
     labels: int = 150
-    """Preference-label budget of the whole run."""
+    """Preference-label budget of the whole run (0: no reward learning; the agent's reward is given)."""
     steps: int = 50_000
     """Env-step budget of the whole run (initial collection + training)."""
     rounds: int = 24
@@ -174,8 +180,10 @@ class LoopConfig:
         return self
 
     def __post_init__(self) -> None:
-        for count in ("labels", "steps", "rounds", "oversample", "eval_episodes", "round_eval_episodes"):
+        for count in ("steps", "rounds", "oversample", "eval_episodes", "round_eval_episodes"):
             check_number(count, getattr(self, count), low=1, integer=True)
+        check_number("labels", self.labels, low=0, integer=True, hint="0 = no reward learning (a run whose reward "
+                     "is given, e.g. verifiable reward functions)")
         check_number("seed", self.seed, low=0, high=2**32 - 1, integer=True)
         check_number("initial_label_fraction", self.initial_label_fraction, low=0, high=1)
         check_number("initial_steps", self.initial_steps, low=0, high=self.steps, high_open=True, integer=True,
@@ -241,7 +249,8 @@ class PreferenceLoop:
 
     def __init__(self, config: Any, agent: Agent, source: PairSource, reward_model: RewardModel,
                  labeller: Labeller, run_dir: RunDir | str | Path,
-                 callbacks: Sequence[LoopCallback] = (), title: str | None = None, explorer: Explorer | None = None):
+                 callbacks: Sequence[LoopCallback] = (), title: str | None = None, report: bool = True,
+                 explorer: Explorer | None = None):
         # config: the run config (``agents.loop.config``: PrefsConfig, TextRLHFConfig) or a bare LoopConfig
         self.run_config, self.config = config, config.loop_config()
         check(self.config.initial_policy != "explore" or explorer is not None,
@@ -251,6 +260,8 @@ class PreferenceLoop:
         self.run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
         self.callbacks = list(callbacks)
         self.title = title
+        self.report = report  # False: the caller writes summary.json and curves.png itself (the text run)
+        self.eval_key: str | None = getattr(agent, "eval_key", "eval/true_return")
         config = self.config
         self.rng = np.random.default_rng(config.seed)
         torch.manual_seed(config.seed)
@@ -259,6 +270,7 @@ class PreferenceLoop:
         self._stop = False
         self._pending: tuple[Any, dict[str, float]] | None = None  # pairs (and the round's metrics) awaiting labels
         self._checkpoint: str | None = None  # the last checkpoint saved or resumed from
+        self._metrics_bytes: int | None = None  # metrics.jsonl's length when the resumed checkpoint was saved
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
     def _config_record(self) -> dict[str, Any]:
@@ -276,7 +288,8 @@ class PreferenceLoop:
         name = (f"round-{self.state.round:04d}" if pending is None else f"round-{self.state.round + 1:04d}-labelling")
         ckpt = self.run_dir.checkpoints / name
         saved: dict[str, Any] = {"loop": asdict(self.state), "rng": self.rng.bit_generator.state,
-                                 "labeller_rng": {k: g.bit_generator.state for k, g in _rngs(self.labeller).items()}}
+                                 "labeller_rng": {k: g.bit_generator.state for k, g in _rngs(self.labeller).items()},
+                                 "metrics_bytes": self.run_dir.metrics_size()}
         with signals_deferred(), atomic_directory(ckpt) as tmp:
             self.source.save(tmp, self.dataset)
             self.reward_model.save(tmp)
@@ -338,6 +351,7 @@ class PreferenceLoop:
             if key in labeller_rngs:
                 labeller_rngs[key].bit_generator.state = rng_state
         self.state, self.dataset, self._pending, self._checkpoint = state, dataset, pending, ckpt.name
+        self._metrics_bytes = saved.get("metrics_bytes")  # None: a checkpoint of rlhf-gym <= 0.3
         self.agent.set_reward_fn(self.reward_model.reward_fn())
         torch.set_rng_state(rng)  # last: whatever the steps above drew, the run continues from the saved state
 
@@ -380,15 +394,33 @@ class PreferenceLoop:
         for cb in self.callbacks:
             if cb.on_labels(self, pairs) is False:
                 self._stop = True
-        self.dataset = self.source.merge(self.dataset, pairs)
         self.state.labels_used += len(labels)
+        metrics["labels/skipped"] = float((~used).sum())
+        if not used.any():  # people labelled none in time (--label-timeout): skipped, as documented, not a crash
+            logger.warning("none of this batch's %d pairs was labelled (skipped, or nobody labelled them in time): "
+                           "the reward model keeps its previous fit", len(labels))
+            return metrics
+        self.dataset = self.source.merge(self.dataset, pairs)
         fit_metrics = self.reward_model.fit(self.dataset)
         metrics.update({k if "/" in k else f"reward_model/{k}": float(v) for k, v in fit_metrics.items()})
-        metrics["labels/skipped"] = float((~used).sum())
+        self._tell_people(metrics.get("reward_model/heldout_accuracy"))
         relabelled = self.agent.set_reward_fn(self.reward_model.reward_fn())
         if relabelled:
             metrics["agent/relabelled"] = float(relabelled)
         return metrics
+
+    def _tell_people(self, agreement: float | None) -> None:
+        """People who label see how the run goes (``post_status`` of a human labeller: the labelling page): the
+        labels so far and how often the reward model agreed with their last batch before it saw it, the
+        over-optimisation signal people can watch (it falls as the policy exploits the model)."""
+        post = getattr(self.labeller, "post_status", None)
+        if post is None:
+            return
+        text = f"Round {self.state.round + 1}: {self.state.labels_used} labels so far."
+        if agreement is not None:
+            text += (f" Before it saw your last labels, the reward model agreed with {agreement:.0%} of them (falling "
+                     "agreement: the policy is exploiting the reward model).")
+        post(text)
 
     # -- run -------------------------------------------------------------------------------------------------------
     def run(self, resume: bool = False) -> dict[str, Any]:
@@ -396,9 +428,16 @@ class PreferenceLoop:
 
         Ctrl-C / SIGTERM (a KeyboardInterrupt) stop it where it is; the last checkpoint (the previous round's, or the
         one saved before waiting for people) is what ``resume`` continues from."""
+        with lock_run_dir(self.run_dir.path):  # one process per run directory (re-entered under the CLI's hold)
+            resumed = resume and self.resume()
+            if resumed and self._metrics_bytes is not None:  # the rows of rounds done after it are done again
+                self.run_dir.cut_metrics(self._metrics_bytes)
+            if not resumed or not _readable_json(self.run_dir.path / "config.json"):
+                self.run_dir.write_config(self._config_record())  # on resume: repairs a damaged config.json
+            return self._run_rounds()
+
+    def _run_rounds(self) -> dict[str, Any]:
         cfg = self.config
-        if not (resume and self.resume()) or not _readable_json(self.run_dir.path / "config.json"):
-            self.run_dir.write_config(self._config_record())  # on resume: repairs a damaged config.json
         start = time.perf_counter() - self.state.wall_s
         cpu_start = time.process_time() - self.state.cpu_s
         for cb in self.callbacks:
@@ -449,38 +488,43 @@ class PreferenceLoop:
             self._label_and_fit(n_labels, selection, metrics)
         self.state.round = r
         self.state.env_steps = self.source.env_steps
-        if r > 0 and cfg.eval_every and (r % cfg.eval_every == 0 or r == cfg.rounds):
-            metrics["eval/true_return"] = float(np.mean(self.agent.evaluate(cfg.round_eval_episodes)))
+        if self.eval_key and r > 0 and cfg.eval_every and (r % cfg.eval_every == 0 or r == cfg.rounds):
+            metrics[self.eval_key] = float(np.mean(self.agent.evaluate(cfg.round_eval_episodes)))
         metrics.update({"labels/used": self.state.labels_used, "env/steps": self.state.env_steps})
         return metrics
 
     def _finish(self, wall_s: float, cpu_s: float) -> dict[str, Any]:
         cfg = self.config
         finished = self.state.round >= cfg.rounds
-        returns = self.agent.evaluate(cfg.eval_episodes)
-        summary = {
-            "true_return_mean": float(np.mean(returns)),
-            "true_return_std": float(np.std(returns)),
-            "eval_episodes": len(returns),
+        summary: dict[str, Any] = {}
+        if self.eval_key:
+            returns = self.agent.evaluate(cfg.eval_episodes)
+            summary.update(true_return_mean=float(np.mean(returns)), true_return_std=float(np.std(returns)),
+                           eval_episodes=len(returns))
+        summary.update({
             "labels_used": int(self.state.labels_used),
             "env_steps": int(self.source.env_steps),
             "wall_s": float(wall_s),
             "cpu_s": float(cpu_s),  # this process's CPU time: wall-clock on a shared machine overstates the cost
             "rounds": int(self.state.round),
             "finished": finished,
-        }
-        self.run_dir.write_summary(summary)
-        self.run_dir.plot([("true return", ["eval/true_return", "agent/true_ep_return"]),
-                           ("reward model", ["reward_model/accuracy", "reward_model/heldout_accuracy",
-                                             "reward_model/true_agreement"]),
-                           ("labels used", ["labels/used"])],
-                          x_key="env/steps", title=self.title)
-        self.run_dir.close()
+        })
+        if self.report:
+            self.run_dir.write_summary(summary)
+            self.run_dir.plot([("true return", ["eval/true_return", "agent/true_ep_return"]),
+                               ("reward model", ["reward_model/accuracy", "reward_model/heldout_accuracy",
+                                                 "reward_model/true_agreement"]),
+                               ("labels used", ["labels/used"])],
+                              x_key="env/steps", title=self.title)
+            self.run_dir.close()
         for cb in self.callbacks:
             cb.on_end(self, summary)
-        logger.info("done: true return %.1f +- %.1f over %d episodes, %d labels, %d env steps, %.0f s",
-                    summary["true_return_mean"], summary["true_return_std"], len(returns), summary["labels_used"],
-                    summary["env_steps"], wall_s)
+        score = ""
+        if self.eval_key:
+            score = (f"{getattr(self.agent, 'score_name', 'true return')} {summary['true_return_mean']:.1f} +- "
+                     f"{summary['true_return_std']:.1f} over {summary['eval_episodes']} episodes, ")
+        logger.info("done: %s%d labels, %d %s, %.0f s", score, summary["labels_used"], summary["env_steps"],
+                    getattr(self.source, "step_name", "env steps"), wall_s)
         return summary
 
     def _console(self, metrics: Mapping[str, float]) -> None:

@@ -13,8 +13,11 @@ MLP on CartPole::
 - Features: the env's left-padded ``input_ids`` / ``attention_mask``; position ids come from the mask, so the padding
   never shifts the positions the LM sees.
 
-Trade-off: SB3 knows nothing of KV caches, so every step re-runs the whole context through the LM (O(T^2) over an
-episode). The native agents (``agents.llm.ppo`` and friends) drive the vector env's KV-cached fast path instead.
+SB3 knows nothing of KV caches; the policy keeps its own (``agents.sb3.lm_forward``): in the rollout, each
+observation extends the previous one by one token per env, so the policy decodes that token against a cache keyed by
+the observation's token prefix instead of re-reading the whole context; in training, the minibatch's states that are
+prefixes of one another (the states of one episode) share one forward. Both give what the plain forward gives (to
+float rounding; ``kv_cache=False`` is that plain forward), and SB3's own rollout and training code is unchanged.
 
 The policy must act with the very model object the env scores (``env.unwrapped.policy``): the env computes the KL
 penalty with the acting policy's log-probabilities. ``make_sb3_text_model`` wires this (``policy_kwargs={"lm":
@@ -39,6 +42,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 from transformers import AutoModelForCausalLM
 
+from agents.sb3.lm_forward import RolloutCache, full_forward, shared_prefix_forward
 from textenv.default_lm import load_default_lm
 from textenv.models import VocabularyMismatchError
 
@@ -89,28 +93,27 @@ def check_token_spaces(observation_space: spaces.Space, action_space: spaces.Spa
 
 
 class CausalLMExtractor(BaseFeaturesExtractor):
-    """Holds the LM and turns a token observation into (next-token logits, last hidden state)."""
+    """Holds the LM and turns a token observation into (next-token logits, last hidden state): with ``kv_cache``,
+    through the rollout KV cache (no gradients) or the shared-prefix forward (gradients), else the plain forward
+    (``agents.sb3.lm_forward``)."""
 
-    def __init__(self, observation_space: spaces.Dict, lm: Any = None):
+    def __init__(self, observation_space: spaces.Dict, lm: Any = None, kv_cache: bool = True):
         model = _resolve_lm(lm)
         hidden = int(getattr(model.config, "hidden_size", None) or model.config.n_embd)
         super().__init__(observation_space, features_dim=hidden)
         self.lm = model
+        self.kv_cache = bool(kv_cache)
+        self.rollout_cache = RolloutCache()
 
     def forward(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
         # SB3's rollout buffer stores Dict observations as float32: ids < 2**24 convert back exactly.
         input_ids = obs["input_ids"].long()  # (B, L)
         mask = obs["attention_mask"].long()  # (B, L)
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.lm(
-            input_ids=input_ids,
-            attention_mask=mask,
-            position_ids=position_ids,
-            output_hidden_states=True,
-            use_cache=False,
-            logits_to_keep=1,
-        )
-        return out.logits[:, -1].float(), out.hidden_states[-1][:, -1].float()  # (B, V), (B, H)
+        if not self.kv_cache:
+            return full_forward(self.lm, input_ids, mask)  # (B, V), (B, H)
+        if torch.is_grad_enabled():  # SB3's train(): evaluate_actions on a minibatch
+            return shared_prefix_forward(self.lm, input_ids, mask)
+        return self.rollout_cache.forward(self.lm, input_ids, mask)  # collect_rollouts, predict
 
 
 class CausalLMPolicy(ActorCriticPolicy):
@@ -119,6 +122,8 @@ class CausalLMPolicy(ActorCriticPolicy):
     Args (as ``policy_kwargs``):
         lm: the causal LM (object), a model id / local path, or ``None`` for the offline default LM.
         temperature: divides the logits; use the env's ``temperature`` so that both compute the same log-probs.
+        kv_cache: the rollout KV cache and the shared-prefix training forward (module docstring); False runs the
+            whole observation through the LM for every state (the reference they are tested against).
     """
 
     def __init__(
@@ -128,6 +133,7 @@ class CausalLMPolicy(ActorCriticPolicy):
         lr_schedule,
         lm: Any = None,
         temperature: float = 1.0,
+        kv_cache: bool = True,
         **kwargs: Any,
     ):
         if not temperature > 0:
@@ -146,7 +152,7 @@ class CausalLMPolicy(ActorCriticPolicy):
             lr_schedule,
             net_arch=[],
             features_extractor_class=CausalLMExtractor,
-            features_extractor_kwargs={"lm": model},
+            features_extractor_kwargs={"lm": model, "kv_cache": kv_cache},
             share_features_extractor=True,
             **kwargs,
         )
@@ -169,6 +175,7 @@ class CausalLMPolicy(ActorCriticPolicy):
         # A model given by name is saved by name; a model object by class + config (weights: the state dict).
         data["lm"] = self._lm_arg if self._lm_arg is not None else LMHandle(self.lm)
         data["temperature"] = self.temperature
+        data["kv_cache"] = self.features_extractor.kv_cache
         return data
 
     def _heads(self, obs: dict[str, torch.Tensor]) -> tuple[CategoricalDistribution, torch.Tensor]:
@@ -219,9 +226,13 @@ class LMHandle:
 
 
 def _engines(vec_env) -> list:
-    """The TextGen engines behind an SB3 VecEnv of TextGen-v0 envs (DummyVecEnv: same process, same weights)."""
+    """The TextGen engines behind an SB3 VecEnv of TextGen-v0 envs (in this process, with the same weights): a
+    ``TextGenSB3VecEnv``'s one engine, or each env's of a DummyVecEnv."""
+    inner = getattr(vec_env, "unwrapped", vec_env)
+    if getattr(inner, "engine", None) is not None:
+        return [inner.engine]
     engines = []
-    for env in getattr(vec_env, "envs", []):
+    for env in getattr(inner, "envs", []):
         engine = getattr(env.unwrapped, "engine", None)
         if engine is not None:
             engines.append(engine)

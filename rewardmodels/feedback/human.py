@@ -25,7 +25,14 @@ import gymnasium as gym
 import numpy as np
 
 from rewardmodels.feedback.clips import hold_and_dim, pad_and_dim, render_gif
-from rewardmodels.feedback.label_store import LabelStore, LabelTimeoutError, Query, clip_dir, store_path
+from rewardmodels.feedback.label_store import (
+    LabelStore,
+    LabelStoreError,
+    LabelTimeoutError,
+    Query,
+    clip_dir,
+    store_path,
+)
 from textenv.checks import check_number
 from textenv.files import atomic_path
 
@@ -101,6 +108,7 @@ class HumanLabeller:
         renderer: ``obs (T, *obs_shape) -> frames (T, H, W, 3)`` used when pairs come as observations only
             (``label(..., obs_a=, obs_b=)`` or ``label_pairs(dataset)``); ``StateRenderer(env_id)`` for classic
             control, or an env id string as a shortcut for it.
+        instructions: what people are asked to judge, shown on the labelling page (the run's task description).
     """
 
     #: Tells the loop that this labeller needs clips/frames/text, not just rewards.
@@ -108,7 +116,8 @@ class HumanLabeller:
 
     def __init__(self, run_dir: str | os.PathLike, *, timeout: float | None = None, on_timeout: str = "raise",
                  poll_s: float = 0.5, progress: bool | None = None, run_tag: str = "", fps: float = 15.0,
-                 max_side: int | None = 160, labels_per_pair: int | None = None, renderer=None):
+                 max_side: int | None = 160, labels_per_pair: int | None = None, renderer=None,
+                 instructions: str | None = None):
         if on_timeout not in ("raise", "nan"):
             raise ValueError(f"on_timeout must be 'raise' or 'nan', got {on_timeout!r}")
         if timeout is not None and timeout <= 0:
@@ -117,9 +126,20 @@ class HumanLabeller:
         self.clip_dir = clip_dir(self.run_dir)
         self.clip_dir.mkdir(parents=True, exist_ok=True)
         self.store = LabelStore(store_path(self.run_dir), labels_per_pair=labels_per_pair)
+        try:  # a damaged page fails here, naming the file, not hours later in a query that reads it
+            self.store.check_integrity()
+        except LabelStoreError:
+            self.store.close()
+            raise
         self.timeout, self.on_timeout, self.poll_s, self.progress = timeout, on_timeout, poll_s, progress
         self.run_tag, self.fps, self.max_side = run_tag, fps, max_side
         self.renderer = StateRenderer(renderer) if isinstance(renderer, str) else renderer
+        if instructions:
+            self.store.set_note("instructions", instructions)
+
+    def post_status(self, text: str) -> None:
+        """Tell the people who label how the run goes (the labelling page shows it)."""
+        self.store.set_note("status", text)
 
     # -- the loop-facing call --------------------------------------------------------------------------------------
     def label(self, rew_a=None, rew_b=None, mask_a=None, mask_b=None, *, clips=None, frames_a=None, frames_b=None,
@@ -161,8 +181,9 @@ class HumanLabeller:
     def label_frames(self, frames_a, frames_b, pair_ids=None) -> np.ndarray:
         return self.wait(self.enqueue_frames(frames_a, frames_b, pair_ids))
 
-    def label_texts(self, prompts, responses_a, responses_b, pair_ids=None) -> np.ndarray:
-        return self.wait(self.enqueue_texts(prompts, responses_a, responses_b, pair_ids=pair_ids))
+    def label_texts(self, prompts, responses_a, responses_b, pair_ids=None, conversations=None) -> np.ndarray:
+        return self.wait(self.enqueue_texts(prompts, responses_a, responses_b, pair_ids=pair_ids,
+                                            conversations=conversations))
 
     def wait(self, ids: Sequence[str]) -> np.ndarray:
         """Block until ``ids`` are labelled (see ``LabelStore.wait_for_labels``); (B,) float32, NaN = skipped."""
@@ -213,11 +234,17 @@ class HumanLabeller:
                   self._render_obs(obs_b[k], None if mask_b is None else mask_b[k])) for k in range(len(obs_a))]
         return self.enqueue_clips(pairs, pair_ids)
 
-    def enqueue_texts(self, prompts, responses_a, responses_b, pair_ids: Sequence[str] | None = None) -> list[str]:
+    def enqueue_texts(self, prompts, responses_a, responses_b, pair_ids: Sequence[str] | None = None,
+                      conversations: Sequence[tuple[list, list]] | None = None) -> list[str]:
+        """Queue text pairs; ``conversations`` (one ``(messages_a, messages_b)`` per pair) shows conversations with
+        an environment turn by turn."""
         if not len(prompts) == len(responses_a) == len(responses_b):
             raise ValueError(f"prompts, responses_a, responses_b have lengths {len(prompts)}, {len(responses_a)}, "
                              f"{len(responses_b)}; give one of each per pair")
-        queries = [Query.text(str(p), str(a), str(b), pair_ids[k] if pair_ids is not None else None, self.run_tag)
+        if conversations is not None and len(conversations) != len(prompts):
+            raise ValueError(f"{len(conversations)} conversations for {len(prompts)} pairs: give one per pair")
+        queries = [Query.text(str(p), str(a), str(b), pair_ids[k] if pair_ids is not None else None, self.run_tag,
+                              turns=conversations[k] if conversations is not None else None)
                    for k, (p, a, b) in enumerate(zip(prompts, responses_a, responses_b, strict=True))]
         return self.store.enqueue(queries)
 
@@ -282,6 +309,9 @@ class MixedLabeller:
         self.human, self.teacher, self.human_fraction = human, teacher, float(human_fraction)
         self._rng = np.random.default_rng(seed)
 
+    def post_status(self, text: str) -> None:
+        self.human.post_status(text)
+
     def _split(self, n: int) -> tuple[tuple[np.ndarray, object], tuple[np.ndarray, object]]:
         """(rows for the teacher, teacher), (rows for people, human): this batch's random ``human_fraction``."""
         to_human = np.zeros(n, bool)
@@ -297,20 +327,27 @@ class MixedLabeller:
                 labels[rows] = who.label(rew_a[rows], rew_b[rows], _take(mask_a, rows), _take(mask_b, rows), **kwargs)
         return labels
 
-    def label_texts(self, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]) -> np.ndarray:
+    def label_texts(self, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str],
+                    conversations: Sequence[tuple[list, list]] | None = None) -> np.ndarray:
         labels = np.full(len(prompts), np.nan, np.float32)
         for rows, who in self._split(len(prompts)):
             if rows.size:
                 labels[rows] = label_texts(who, _take(list(prompts), rows), _take(list(responses_a), rows),
-                                           _take(list(responses_b), rows))
+                                           _take(list(responses_b), rows),
+                                           _take(list(conversations), rows) if conversations is not None else None)
         return labels
 
 
-def label_texts(labeller, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]) -> np.ndarray:
+def label_texts(labeller, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str],
+                conversations: Sequence[tuple[list, list]] | None = None) -> np.ndarray:
     """(B,) float32 P(a preferred) from people or a mix (``label_texts(prompts, a, b)``: ``HumanLabeller``,
-    ``MixedLabeller``) or a simulated text teacher (``label(prompts, a, b)``)."""
-    ask = labeller.label_texts if hasattr(labeller, "label_texts") else labeller.label
-    return np.asarray(ask(list(prompts), list(responses_a), list(responses_b)), dtype=np.float32)
+    ``MixedLabeller``) or a simulated text teacher (``label(prompts, a, b)``). ``conversations`` (one
+    ``(messages_a, messages_b)`` per pair, for conversations with an environment) go to people, shown turn by turn."""
+    if hasattr(labeller, "label_texts"):
+        extra = {"conversations": list(conversations)} if conversations is not None else {}
+        return np.asarray(labeller.label_texts(list(prompts), list(responses_a), list(responses_b), **extra),
+                          dtype=np.float32)
+    return np.asarray(labeller.label(list(prompts), list(responses_a), list(responses_b)), dtype=np.float32)
 
 
 def _take(x, rows: np.ndarray):

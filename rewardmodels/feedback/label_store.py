@@ -9,19 +9,19 @@ Schema (one file, ``<run>/labels.sqlite`` by convention, see :func:`store_path`)
     undone       the labels people took back with ``undo_last`` (kept for audit), with the time of the undo
     people       key TEXT PK, name TEXT, token_sha256 TEXT UNIQUE, created REAL  -- personal invitations
 
-Labeller names (:func:`check_labeller`): 1-64 letters/digits of any script, space, ``_ . @ + -``; no leading or
-trailing space, no control characters (``"alice\n"`` is refused). The name is stored as given (after Unicode NFKC
-normalisation), but a PERSON is its case-folded form (:func:`labeller_key`): ``alice``, ``Alice`` and ``ALICE`` are
-one person everywhere (one label per pair, one reserved pair at a time, one invitation).
-
-Label convention (the toolkit's one convention): ``label`` = probability that the FIRST item ("a", shown on the
-LEFT) is preferred: 1.0 left, 0.0 right, 0.5 equal, NaN skipped ("can't tell", never used for training).
+Labeller names (one person = the case-folded name), the label convention (1.0 left, 0.0 right, 0.5 equal, NaN
+skipped), pair ids and queries: ``rewardmodels.feedback.labels``, re-exported here.
 
 Durability: WAL journal with ``synchronous=FULL``, so a label whose ``submit`` returned (and whose HTTP request was
 acknowledged) survives a ``kill -9`` of the process and a power cut. Every read-modify-write runs in a
 ``BEGIN IMMEDIATE`` transaction (the write lock is taken up front, so two labellers can never both see a pair as
 free), and connections wait ``busy_timeout_s`` for the lock instead of failing. Several processes may share the file
 (the web server writes, the training loop reads).
+
+Backups: each write of labels, pairs or invitations ends with a WAL checkpoint (``checkpoint``), so labels.sqlite
+itself holds every acknowledged label even while a server has it open, and a plain copy of it is a backup;
+``backup(FILE)`` (``rlhf-gym label --backup FILE``) makes a consistent single-file copy with SQLite's online backup
+API at any moment.
 """
 
 from __future__ import annotations
@@ -33,12 +33,10 @@ import json
 import logging
 import math
 import os
-import re
 import secrets
 import sqlite3
 import threading
 import time
-import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -46,44 +44,34 @@ from typing import Any, Literal
 import numpy as np
 from tqdm.auto import tqdm
 
-from textenv.files import atomic_write_text
+from rewardmodels.feedback.labels import (
+    CHOICES,
+    KINDS,
+    AlreadyLabelledError,
+    InvalidLabelError,
+    LabelStoreError,
+    LabelTimeoutError,
+    Query,
+    UnknownPairError,
+    check_labeller,
+    check_pair_id,
+    labeller_key,
+    parse_label,
+)
+from textenv.files import atomic_path, atomic_write_text
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["CHOICES", "KINDS", "AlreadyLabelledError", "InvalidLabelError", "LabelStore", "LabelStoreError",
+           "LabelTimeoutError", "Query", "UnknownPairError", "check_labeller", "check_pair_id", "clip_dir",
+           "labeller_key", "parse_label", "store_path"]
 
 LABEL_DB_NAME = "labels.sqlite"
 CLIP_DIR_NAME = "clips"
 SCHEMA_VERSION = 1
 
-#: The choices a person can make, and the label each one stores.
-CHOICES: dict[str, float] = {"left": 1.0, "right": 0.0, "equal": 0.5, "skip": math.nan}
-KINDS = ("segment", "text")
-PAIR_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
-# Letters/digits of any script, space and a few separators; no control characters, quotes or markup. Used with
-# fullmatch: `$` would also match before a trailing newline ("alice\n").
-LABELLER_RE = re.compile(r"[\w.@+-](?:[\w .@+-]{0,62}[\w.@+-])?")
-
-
-class LabelStoreError(Exception):
-    """Base class of the label store's errors."""
-
-
-class UnknownPairError(LabelStoreError, KeyError):
-    """A pair id that was never enqueued."""
-
-    def __str__(self) -> str:  # KeyError would repr() the message
-        return str(self.args[0]) if self.args else "unknown pair"
-
-
-class AlreadyLabelledError(LabelStoreError):
-    """The pair already has all the labels it needs (or this labeller already labelled it)."""
-
-
-class InvalidLabelError(LabelStoreError, ValueError):
-    """A label value, labeller name, pair id or payload that is not allowed."""
-
-
-class LabelTimeoutError(LabelStoreError, TimeoutError):
-    """``wait_for_labels`` ran out of time before every pair was labelled."""
+#: The notes a run leaves for its labellers (``LabelStore.set_note``).
+NOTES = ("instructions", "status")
 
 
 def store_path(run_dir: str | os.PathLike) -> Path:
@@ -96,40 +84,6 @@ def clip_dir(run_dir: str | os.PathLike) -> Path:
     return Path(run_dir) / CLIP_DIR_NAME
 
 
-def parse_label(value: Any) -> tuple[float, str]:
-    """``value`` (a choice name, 1 / 0 / 0.5, NaN or None for skip) -> (label, choice). Raises InvalidLabelError."""
-    if isinstance(value, str):
-        if value not in CHOICES:
-            raise InvalidLabelError(f"label {value!r} is not one of {sorted(CHOICES)}")
-        return CHOICES[value], value
-    if value is None:
-        return math.nan, "skip"
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise InvalidLabelError(f"label must be one of {sorted(CHOICES)} or 1 / 0 / 0.5 / NaN, got {value!r}")
-    value = float(value)
-    if math.isnan(value):
-        return math.nan, "skip"
-    for choice, label in CHOICES.items():
-        if label == value:
-            return label, choice
-    raise InvalidLabelError(f"label {value!r} is not 1 (left), 0 (right), 0.5 (equal) or NaN (skip)")
-
-
-def check_labeller(name: Any) -> str:
-    """``name`` in NFKC form if it is a valid labeller name (module docstring), else InvalidLabelError."""
-    normal = unicodedata.normalize("NFKC", name) if isinstance(name, str) else None
-    if normal is None or not LABELLER_RE.fullmatch(normal):
-        raise InvalidLabelError(
-            f"labeller name {name!r} must be 1-64 characters: letters, digits, space, '_', '.', '@', '+', '-', "
-            f"not starting or ending with a space")
-    return normal
-
-
-def labeller_key(name: str) -> str:
-    """The person a name stands for: NFKC + case folding, so 'Alice' and 'alice' are one person."""
-    return unicodedata.normalize("NFKC", name).casefold()
-
-
 def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
@@ -138,61 +92,19 @@ def _sql_key(name: Any) -> str | None:
     return labeller_key(name) if isinstance(name, str) else None
 
 
+def _checkpoint(conn: sqlite3.Connection) -> bool:
+    """PRAGMA wal_checkpoint(PASSIVE) on ``conn``: True when every page of the WAL is in the database file."""
+    try:
+        busy, log, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    except sqlite3.OperationalError:  # another connection is checkpointing right now
+        return False
+    return not busy and done >= log
+
+
 def _damaged(path: Path, reason: Any) -> str:
     return (f"{path} is not a usable label database ({reason}); nothing was changed. If it is damaged, move it "
             f"aside (`mv {path} {path}.damaged`; `sqlite3 {path}.damaged .recover` may rescue its labels) and start "
             f"again; if it is unreadable, fix its permissions")
-
-
-def check_pair_id(pair_id: Any) -> str:
-    if not isinstance(pair_id, str) or not PAIR_ID_RE.match(pair_id):
-        raise InvalidLabelError(f"pair id {pair_id!r} must be 1-128 characters of [A-Za-z0-9_.:-]")
-    return pair_id
-
-
-@dataclasses.dataclass(frozen=True)
-class Query:
-    """One pair to be labelled.
-
-    Segment payload: ``{"clip_a": rel_path, "clip_b": rel_path}`` (paths relative to the run's clip directory; shown
-    side by side) or ``{"clip": rel_path}`` (one side-by-side clip, as rendered by ``rewardmodels.feedback.clips``),
-    plus any JSON metadata. Text payload: ``{"prompt": str, "response_a": str, "response_b": str}``.
-    """
-
-    kind: Literal["segment", "text"]
-    payload: dict[str, Any]
-    pair_id: str | None = None
-    """None -> a content hash of kind + payload, so enqueueing the same pair again is a no-op (resume)."""
-    run: str = ""
-    """Free tag grouping the queries of one run/iteration (the web app can show one run only)."""
-
-    def __post_init__(self):
-        if self.kind not in KINDS:
-            raise InvalidLabelError(f"query kind {self.kind!r} must be one of {KINDS}")
-        if self.kind == "text":
-            missing = [k for k in ("prompt", "response_a", "response_b") if not isinstance(self.payload.get(k), str)]
-        else:
-            has_pair = all(isinstance(self.payload.get(k), str) for k in ("clip_a", "clip_b"))
-            missing = [] if has_pair or isinstance(self.payload.get("clip"), str) else ["clip_a", "clip_b"]
-        if missing:
-            raise InvalidLabelError(f"{self.kind} query payload lacks string field(s) {missing}")
-        if self.pair_id is not None:
-            check_pair_id(self.pair_id)
-
-    @classmethod
-    def segment(cls, clip_a: str, clip_b: str, pair_id: str | None = None, run: str = "", **meta) -> Query:
-        return cls("segment", {"clip_a": str(clip_a), "clip_b": str(clip_b), **meta}, pair_id, run)
-
-    @classmethod
-    def text(cls, prompt: str, response_a: str, response_b: str, pair_id: str | None = None, run: str = "") -> Query:
-        return cls("text", {"prompt": prompt, "response_a": response_a, "response_b": response_b}, pair_id, run)
-
-    @property
-    def id(self) -> str:
-        if self.pair_id is not None:
-            return self.pair_id
-        blob = json.dumps([self.kind, self.run, self.payload], sort_keys=True).encode()
-        return f"{self.kind[0]}-{hashlib.sha256(blob).hexdigest()[:24]}"
 
 
 _SCHEMA = """
@@ -241,6 +153,8 @@ class LabelStore:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._catching_up, self._wanted = False, 0
         try:
             stored = self._create(labels_per_pair)
         except sqlite3.DatabaseError as exc:  # not a database, truncated, unreadable, read-only...
@@ -297,8 +211,11 @@ class LabelStore:
         return conn
 
     @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction: BEGIN IMMEDIATE takes the write lock first, so check-then-write is atomic."""
+    def _tx(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """A write transaction: BEGIN IMMEDIATE takes the write lock first, so check-then-write is atomic.
+
+        ``durable``: what it writes must reach labels.sqlite itself (labels, queued pairs, invitations), so the WAL is
+        checkpointed after the commit; leases (``durable=False``) are short-lived and need not be."""
         db = self._conn()
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -307,8 +224,76 @@ class LabelStore:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+        if durable and not self.checkpoint():
+            self._catch_up()
+
+    # -- copies of the store ---------------------------------------------------------------------------------------
+    def checkpoint(self) -> bool:
+        """Copy what the WAL holds into labels.sqlite; True when nothing is left only in ``labels.sqlite-wal``.
+
+        Without it, a small store keeps every label in the WAL while a server has it open (SQLite checkpoints at 1000
+        pages), so copying labels.sqlite alone, the obvious backup, gave an empty store. PASSIVE never waits for
+        readers or writers: pages a reader still needs stay in the WAL, and a background retry copies them once it
+        has moved on (``_catch_up``). Costs one fsync of the database file per call."""
+        return _checkpoint(self._conn())
+
+    def _catch_up(self) -> None:
+        """Retry the checkpoint in one background thread (its own connection) until one completes after the last
+        request for it, or the store is closed."""
+        with self._lock:
+            self._wanted += 1
+            if self._catching_up:
+                return
+            self._catching_up = True
+        closed = self._closed
+
+        def retry():
+            conn = None
+            try:
+                conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
+                while not closed.wait(0.05):
+                    with self._lock:
+                        seen = self._wanted
+                    done = _checkpoint(conn)
+                    with self._lock:
+                        if done and seen == self._wanted:  # nothing asked for since: the WAL is all copied
+                            self._catching_up = False
+                            return
+            except sqlite3.Error:  # the file went away under it: closing the store checkpoints anyway
+                pass
+            finally:
+                if conn is not None:
+                    conn.close()
+                with self._lock:
+                    self._catching_up = False
+
+        threading.Thread(target=retry, name="label-store-checkpoint", daemon=True).start()
+
+    def backup(self, path: str | os.PathLike) -> int:
+        """Write a consistent copy of the store to ``path`` with SQLite's online backup API (safe while a server
+        writes to it), atomically, as one self-contained file (no -wal beside it); returns its label rows."""
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            target = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                self._conn().backup(target)
+                target.execute("PRAGMA journal_mode = DELETE")  # one file a user can copy, mail or open anywhere
+                ok = target.execute("PRAGMA quick_check").fetchone()[0]
+                n = target.execute("SELECT COUNT(*) FROM labels").fetchone()[0]
+            except sqlite3.Error as exc:  # a full disk, a damaged source page
+                raise LabelStoreError(f"cannot back up {self.path} to {path}: {exc}") from exc
+            finally:
+                target.close()
+            if ok != "ok":
+                raise LabelStoreError(f"the backup of {self.path} failed its integrity check ({ok}); nothing was "
+                                      f"written to {path}")
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        return int(n)
 
     def close(self) -> None:
+        self._closed.set()  # stops a checkpoint retry; a store used again after close gets a fresh event
+        self._closed = threading.Event()
         with self._lock:
             for conn in self._all:
                 with contextlib.suppress(sqlite3.Error):
@@ -344,7 +329,7 @@ class LabelStore:
         key = labeller_key(labeller)
         now = time.time()
         run_sql, run_arg = ("AND q.run = ?", [run]) if run is not None else ("", [])
-        with self._tx() as db:
+        with self._tx(durable=False) as db:
             db.execute("DELETE FROM assignments WHERE expires <= ?", (now,))
             row = db.execute(  # a pair this labeller already holds (it may have been labelled since via the API)
                 f"SELECT q.pair_id, q.kind, q.run, q.payload FROM assignments a JOIN queries q USING (pair_id) "
@@ -371,7 +356,7 @@ class LabelStore:
 
     def release(self, pair_id: str, labeller: str) -> None:
         """Give a reserved pair back to the queue (e.g. the labeller closed the page)."""
-        with self._tx() as db:
+        with self._tx(durable=False) as db:
             db.execute("DELETE FROM assignments WHERE pair_id = ? AND lkey(labeller) = ?",
                        (pair_id, labeller_key(labeller)))
 
@@ -456,6 +441,19 @@ class LabelStore:
         """The invited person's name for an invitation token, or None."""
         row = self._conn().execute("SELECT name FROM people WHERE token_sha256 = ?", (_token_hash(token),)).fetchone()
         return None if row is None else row[0]
+
+    def set_note(self, key: str, text: str) -> None:
+        """A note for the people who label, kept in the store and shown by the web app: ``instructions`` (what to
+        judge) or ``status`` (how the run goes, e.g. how often the reward model agreed with their last labels)."""
+        if key not in NOTES:
+            raise ValueError(f"note must be one of {', '.join(NOTES)}, got {key!r}")
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"note:{key}", str(text)))
+
+    def notes(self) -> dict[str, str]:
+        """The notes set with :meth:`set_note`, by key."""
+        rows = self._conn().execute("SELECT key, value FROM meta WHERE key LIKE 'note:%'").fetchall()
+        return {key[len("note:"):]: value for key, value in rows}
 
     # -- reading ---------------------------------------------------------------------------------------------------
     def progress(self, run: str | None = None) -> dict[str, int]:

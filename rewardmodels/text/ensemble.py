@@ -12,7 +12,6 @@ of the normalised members: the ``reward_fn`` of ``TextGen-v0``. ``preference_pro
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +26,7 @@ from rewardmodels.text.preferences import TextPreferencePairs
 from rewardmodels.text.training import train_reward_model
 from textenv.checks import check_number
 from textenv.files import write_json
+from textenv.lora import base_copy
 
 __all__ = ["LMRewardEnsemble", "NormalizedReward"]
 
@@ -61,7 +61,8 @@ class LMRewardEnsemble:
     """``n_members`` LM reward models refitted on every label so far (module docstring).
 
     Args:
-        base: the transformer whose copy each member starts from (a causal LM or a bare backbone); never trained.
+        base: the transformer whose copy each member starts from (a causal LM or a bare backbone; for a LoRA policy its
+            base without adapters, ``textenv.lora.base_copy``); never trained.
         tokenizer: its tokenizer (the policy's, so that scores need no re-tokenising).
         n_members: K; with K > 1 each member fits a bootstrap of the labels and the reward is their mean.
         seed: seeds the members' heads, bootstraps and batch orders (a refit with the same labels is the same).
@@ -82,7 +83,7 @@ class LMRewardEnsemble:
         self.base, self.tokenizer, self.n_members, self.seed = base, tokenizer, int(n_members), int(seed)
         self.epochs, self.learning_rate, self.batch_size, self.val_fraction = epochs, learning_rate, batch_size, \
             val_fraction
-        self.device = device if device is not None else next(iter(base.parameters()), torch.empty(0)).device
+        self.device = device if device is not None else torch.device("cpu")
         self.log = log
         self.members: list[NormalizedReward] = []
         self.fits = self.steps = 0
@@ -105,7 +106,7 @@ class LMRewardEnsemble:
         # the same model).
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(seed)
-            model = LMRewardModel(copy.deepcopy(self.base).requires_grad_(True), self.tokenizer,
+            model = LMRewardModel(base_copy(self.base).requires_grad_(True), self.tokenizer,
                                   policy_tokenizer=self.tokenizer)
             result = train_reward_model(model, train, epochs=self.epochs, lr=self.learning_rate,
                                         batch_size=self.batch_size, seed=seed, eval_pairs=val if n_val else None,

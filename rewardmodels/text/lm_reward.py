@@ -295,7 +295,11 @@ class LMRewardModel(nn.Module):
                 self.backbone.save_pretrained(tmp)
                 head = {k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}
                 save_file(head, str(tmp / HEAD_FILE))
-            self.tokenizer.save_pretrained(tmp)
+            # Right padding: Hugging Face classifiers and pipeline("text-classification") take position ids from
+            # 0 whatever the padding, so a left-padded batch shifts every position and changes the scores.
+            tokenizer = copy.copy(self.tokenizer)
+            tokenizer.padding_side = "right"
+            tokenizer.save_pretrained(tmp)
             settings = {"format_version": FORMAT_VERSION, "max_length": self.max_length,
                         "score_batch_size": self.score_batch_size}
             (tmp / CONFIG_FILE).write_text(json.dumps(settings, indent=2))

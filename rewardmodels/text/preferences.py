@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from textenv.files import atomic_write_text
-from textenv.prompts import PromptError, check_chat, render_chat
+from textenv.prompts import PromptError, check_chat, load_saved_dataset, render_chat
 
 __all__ = [
     "EmptyResponseError",
@@ -319,6 +319,26 @@ def load_text_preferences(source: Any, tokenizer: Any = None, *, max_length: int
                                np.asarray([r.label for r in rows], dtype=np.float32))
 
 
+def is_unpaired(source: Any) -> bool:
+    """Whether ``source``'s records are TRL's unpaired format (``prompt``, ``completion``, ``label``: KTO's data, not
+    preference pairs), judged by its first record."""
+    if isinstance(source, TextPreferencePairs):
+        return False
+    for rec, _ in iter_records(source):
+        return isinstance(rec, dict) and "completion" in rec and "chosen" not in rec
+    return False
+
+
+def is_conversational(source: Any) -> bool:
+    """Whether ``source``'s records are in TRL's conversational format (lists of role/content messages), judged by
+    its first record; ``TextPreferencePairs`` hold text already (False)."""
+    if isinstance(source, TextPreferencePairs):
+        return False
+    for rec, _ in iter_records(source):
+        return isinstance(rec, dict) and any(isinstance(rec.get(k), (list, tuple)) for k in ("prompt", "chosen"))
+    return False
+
+
 def read_preference_rows(source: Any, tokenizer: Any = None) -> list[PreferenceRow]:
     """Every record of ``source`` (as for :func:`load_text_preferences`) parsed into text, labels not yet checked
     against {0, 0.5, 1, NaN} (DPO reads any label in [0, 1]); conversational records are rendered with
@@ -355,6 +375,13 @@ def _file_records(path: Path) -> Iterator[tuple[Any, str]]:
             f"{path}: {path.suffix} files are not read directly; write JSON lines, or load it with "
             f"datasets.load_dataset({path.suffix[1:]!r}, data_files=...)['train'] and pass the Dataset"
         )
+    if path.is_dir():  # Dataset.save_to_disk
+        try:
+            data = load_saved_dataset(path)
+        except PromptError as exc:
+            raise TextPreferenceFileError(str(exc)) from exc
+        yield from ((rec, f"{path} row {i}") for i, rec in enumerate(data))
+        return
     if not path.is_file():
         raise FileNotFoundError(f"preference file {str(path)!r} does not exist")
     text = path.read_text(encoding="utf-8")

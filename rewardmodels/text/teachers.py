@@ -22,7 +22,8 @@ from rewardmodels.teachers import Teacher
 from rewardmodels.text.preferences import TextPreferencePairs, load_text_preferences
 from textenv.rewards import KeywordReward, LengthReward, SentimentReward, validate_scores
 
-__all__ = ["KeywordTeacher", "LengthTeacher", "SentimentTeacher", "TextTeacher"]
+__all__ = ["EnvironmentReturns", "KeywordTeacher", "LengthTeacher", "ReturnTeacher", "SentimentTeacher",
+           "TextTeacher"]
 
 Scorer = Callable[[list[str], list[str]], Any]
 
@@ -94,11 +95,76 @@ class SentimentTeacher(TextTeacher):
     """Prefers the response with the higher VADER compound sentiment (Hutto & Gilbert 2014; offline lexicon), the
     synthetic labeller of the sentiment task (Ziegler et al. 2019, arXiv:1909.08593). Scores lie in [-1, 1].
 
+    ``repetition_penalty`` makes it a harder judge: the score minus ``repetition_penalty`` times the share of the
+    response's words that repeat an earlier word (``1 - distinct / total``), so gushing by repetition ("great great
+    great") loses to a varied positive review. A reward model fitted on a policy's first, rarely repetitive samples
+    does not see this; a policy optimised on it can learn to repeat (the over-optimisation of Gao et al. 2022).
+
     Keyword arguments are the :class:`TextTeacher` noise settings.
     """
 
-    def __init__(self, **noise: Any) -> None:
-        super().__init__(SentimentReward(), **noise)
+    def __init__(self, repetition_penalty: float = 0.0, **noise: Any) -> None:
+        if not (math.isfinite(repetition_penalty) and repetition_penalty >= 0):
+            raise ValueError(f"repetition_penalty must be a finite number >= 0, got {repetition_penalty!r}")
+        scorer: Scorer = SentimentReward()
+        if repetition_penalty:
+            scorer = _RepetitionPenalised(scorer, repetition_penalty)
+        super().__init__(scorer, **noise)
+
+
+class EnvironmentReturns:
+    """A scorer of conversations with an environment that answers (multi-turn ``TextGen-v0``): each conversation's
+    return, as the environment gave it when the conversation was played (``record``). A return depends on what the
+    environment hid (a number to guess, a hidden state), not only on the text, so it is looked up, not recomputed:
+    scoring a conversation that was never recorded is an error."""
+
+    __name__ = "environment-return"
+
+    def __init__(self) -> None:
+        self.returns: dict[tuple[str, str], float] = {}
+
+    def record(self, prompts: Sequence[str], conversations: Sequence[str], returns: Sequence[float]) -> None:
+        for p, c, r in zip(prompts, conversations, returns, strict=True):
+            self.returns[(p, c)] = float(r)
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> np.ndarray:
+        missing = [i for i, key in enumerate(zip(prompts, responses, strict=True)) if key not in self.returns]
+        if missing:
+            first = responses[missing[0]]
+            raise KeyError(f"no environment return was recorded for conversation #{missing[0]} ({first!r:.80}): a "
+                           "return teacher judges the conversations the run played")
+        return np.array([self.returns[key] for key in zip(prompts, responses, strict=True)], dtype=np.float64)
+
+
+class ReturnTeacher(TextTeacher):
+    """Prefers the conversation with the higher environment return (the scripted oracle of Christiano et al. 2017,
+    whose teacher compared true returns, for conversations): ``returns`` is the :class:`EnvironmentReturns` the pair
+    source records into. Keyword arguments are the :class:`TextTeacher` noise settings, in the environment's reward
+    units."""
+
+    def __init__(self, returns: EnvironmentReturns | None = None, **noise: Any) -> None:
+        self.returns = returns if returns is not None else EnvironmentReturns()
+        super().__init__(self.returns, **noise)
+
+
+class _RepetitionPenalised:
+    """``scorer`` minus ``penalty`` times the share of repeated words of each response (punctuation and case
+    ignored)."""
+
+    def __init__(self, scorer: Scorer, penalty: float) -> None:
+        self.scorer, self.penalty = scorer, float(penalty)
+        self.__name__ = f"{type(scorer).__name__}-repetition"
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> np.ndarray:
+        base = np.asarray(self.scorer(prompts, responses), dtype=np.float64)
+        return base - self.penalty * np.array([repetition(r) for r in responses])
+
+
+def repetition(text: str) -> float:
+    """The share of a text's words that repeat an earlier word: ``1 - distinct / total`` (0 for no words)."""
+    words = [w.strip(".,;:!?\"'()").lower() for w in text.split()]
+    words = [w for w in words if w]
+    return 1.0 - len(set(words)) / len(words) if words else 0.0
 
 
 class _WordCount:

@@ -1,23 +1,31 @@
 import json
 import os
 import signal
-import time
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 
 from agents.rundir import (
+    LOCK_FILE,
     DeviceError,
     RunDir,
+    RunDirBusy,
     RunDirError,
     check_device,
     checkpoint_candidates,
     earlier_run_files,
+    lock_run_dir,
     prepare_out,
     signals_deferred,
     write_json,
 )
+from tests.waiting import OUTER_TIMEOUT_S
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_rundir_writes_config_metrics_summary_and_png(tmp_path):
@@ -141,10 +149,89 @@ def test_signals_are_delivered_after_the_deferred_block():
     old = signal.signal(signal.SIGUSR1, lambda *_: got.append("delivered"))
     try:
         with signals_deferred((signal.SIGUSR1,)):
-            os.kill(os.getpid(), signal.SIGUSR1)
-            time.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGUSR1)  # to this process: delivered before kill() returns, held back here
             got.append("saved")
-        time.sleep(0.05)
     finally:
         signal.signal(signal.SIGUSR1, old)
     assert got == ["saved", "delivered"]
+
+
+# -- one process per run directory ----------------------------------------------------------------------------------
+def _holder(out):
+    """Another process holding ``out``'s lock until its stdin closes; returned once it says it holds it."""
+    script = textwrap.dedent(f"""
+        import sys
+        from agents.rundir import lock_run_dir
+        with lock_run_dir({str(out)!r}):
+            print("locked", flush=True)
+            sys.stdin.readline()
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()  # the event: blocks until the holder has the lock (or has died)
+    assert line == "locked\n", (line, proc.stderr.read())
+    return proc
+
+
+def test_a_second_process_is_refused_with_the_holders_pid_and_nothing_is_moved(tmp_path):
+    out = tmp_path / "run"
+    run = RunDir(out, tensorboard=False)
+    run.write_config({"seed": 1})
+    holder = _holder(out)
+    try:
+        assert (out / LOCK_FILE).read_text().strip() == str(holder.pid)
+        for attempt in (lambda: lock_run_dir(out).__enter__(), lambda: prepare_out(out, overwrite=True),
+                        lambda: prepare_out(out, resume=True)):
+            with pytest.raises(RunDirBusy, match=rf"--out {out} is in use by another run \(pid {holder.pid}, "):
+                attempt()
+        assert not list(out.glob("superseded-*")) and (out / "config.json").exists()  # --overwrite moved nothing
+    finally:
+        holder.stdin.close()
+        assert holder.wait(timeout=OUTER_TIMEOUT_S) == 0
+    with lock_run_dir(out):  # released when its holder ends
+        assert (out / LOCK_FILE).read_text().strip() == str(os.getpid())
+
+
+def test_a_killed_holders_lock_is_free_at_once(tmp_path):
+    out = tmp_path / "run"
+    holder = _holder(out)
+    holder.kill()  # kill -9: no cleanup code runs; the kernel drops the flock with the process
+    holder.wait(timeout=OUTER_TIMEOUT_S)
+    holder.stdin.close()
+    assert (out / LOCK_FILE).read_text().strip() == str(holder.pid)  # a stale file, no stale lock
+    with lock_run_dir(out):
+        pass
+
+
+def test_the_lock_is_reentrant_in_a_process_and_leaves_no_empty_directory_it_created(tmp_path):
+    out = tmp_path / "new"
+    with lock_run_dir(out):
+        with lock_run_dir(out):  # the CLI holds it, the run takes it again
+            assert prepare_out(out) == out
+        assert (out / LOCK_FILE).exists()  # still held by the outer block
+    assert not out.exists()  # nothing was written: a refused command leaves no run directory behind
+    with lock_run_dir(out):
+        RunDir(out, tensorboard=False).write_config({"seed": 1})
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "config.json", LOCK_FILE]
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    with lock_run_dir(existing):
+        pass
+    assert existing.is_dir()  # a directory the user made stays
+
+
+def test_cut_metrics_drops_the_rows_after_a_checkpoint_atomically(tmp_path):
+    run = RunDir(tmp_path / "run", tensorboard=False)
+    assert run.metrics_size() == 0 and run.cut_metrics(0) == 0
+    run.log(0, {"a": 0.0})
+    run.log(10, {"a": 1.0})
+    size = run.metrics_size()  # what a checkpoint after step 10 records
+    run.log(20, {"a": 2.0})  # the round killed before its checkpoint
+    with open(run.metrics_path, "a") as f:
+        f.write('{"step": 30, "a"')  # and a row cut in half by kill -9
+    assert run.cut_metrics(size) == 2
+    assert [r["step"] for r in run.read_metrics()] == [0, 10]
+    assert run.metrics_path.read_bytes().endswith(b"\n") and sorted(p.name for p in run.path.iterdir()) == [
+        "checkpoints", "metrics.jsonl"]  # no temporary file left
+    assert run.cut_metrics(size + 100) == 0 and [r["step"] for r in run.read_metrics()] == [0, 10]  # shorter: kept

@@ -19,6 +19,7 @@ TINY = {
     "christiano_mujoco.py": ["--labels", "10", "--steps", "1500", "--eval-episodes", "2"],
     "text_rlhf.py": ["--algo", "grpo", "--iterations", "2", "--pairs", "16", "--eval-prompts", "4"],
     "sb3_on_textgen.py": ["--algo", "a2c", "--steps", "64", "--eval-episodes", "2"],
+    "verifiable_reward.py": ["--iterations", "2", "--eval-prompts", "4"],
 }
 
 
@@ -77,3 +78,12 @@ def test_sb3_example_trains_and_saves_the_model(tmp_path):
     s = run_dir_summary(tmp_path)
     assert s["algo"] == "sb3-a2c" and s["env_steps"] == 64
     assert (tmp_path / "checkpoints" / "a2c_text.zip").is_file() and "SB3 A2C" in stdout
+
+
+@pytest.mark.slow
+def test_verifiable_reward_example_checks_completions_against_each_prompts_column(tmp_path):
+    stdout = run_example("verifiable_reward.py", TINY["verifiable_reward.py"], tmp_path / "run")
+    s = run_dir_summary(tmp_path / "run")
+    assert s["labels_used"] == 0 and s["judge"] == "reward functions (says_target)"
+    assert 0 <= s["reward_functions_after"] <= 1 and "reward functions" in stdout
+    assert not (tmp_path / "run" / "reward_model").exists()  # no labels, no reward model

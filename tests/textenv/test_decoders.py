@@ -4,6 +4,7 @@ and the models it must refuse."""
 
 from __future__ import annotations
 
+import copy
 import inspect
 
 import numpy as np
@@ -240,6 +241,26 @@ def test_a_hook_added_between_rollouts_switches_the_engine_to_the_model():
     env.step(np.full(4, 5))
     env.next_token_logits()
     assert next(iter(env.engine.decoders.values())) is None and len(calls) == 2  # prefill and one decoding step
+
+
+def test_a_model_once_asked_for_its_hidden_states_keeps_its_fast_path():
+    """transformers hangs output-capturing hooks on a model's layers the first time it is called with
+    ``output_hidden_states=True``, for good; they only record, so the decoder stays (issue 25: an SB3 policy asking
+    for hidden states sent every later env step of the same LM through the slow module stack)."""
+    model, tok = tiny_gpt2()
+    ids, mask, pos = left_padded(tok, ["the movie was", "i"])
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, output_hidden_states=True)
+    assert any(m._forward_hooks for m in model.modules())  # transformers' hooks are in place
+    decoder = fast_decoder(model)
+    assert isinstance(decoder, GPT2Decoder)
+    hidden, cache = decoder.prefill_hidden(ids, mask, pos)
+    torch.testing.assert_close(hidden, out.hidden_states[-1][:, -1], atol=ATOL, rtol=0)
+    torch.testing.assert_close(decoder.logits(hidden), out.logits[:, -1], atol=ATOL, rtol=0)
+    step_mask = torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], 1).bool()[:, None, None, :]
+    nxt, nxt_pos = torch.tensor([[5], [6]]), pos[:, -1:] + 1
+    again = copy.deepcopy(cache)  # a second decoding step from the same state
+    torch.testing.assert_close(decoder.logits(decoder.step_hidden(nxt, step_mask, nxt_pos, cache)),
+                               decoder.step(nxt, step_mask, nxt_pos, again), atol=0, rtol=0)
 
 
 def test_peft_lora_gpt2_falls_back_to_the_model():

@@ -76,7 +76,7 @@ def test_seeded_reset_and_steps_are_deterministic(lm):
                 assert all(np.array_equal(u[k], v[k]) for k in u)
             else:
                 assert u == v
-    prompts = {make(lm).reset(seed=s)[1]["prompt"] for s in range(20)}
+    prompts = {make(lm, info_text=True).reset(seed=s)[1]["prompt"] for s in range(20)}
     assert len(prompts) > 1  # the seed chooses the prompt
 
 
@@ -94,15 +94,17 @@ def test_observation_is_the_previous_one_shifted_with_the_action_appended(lm):
 
 def test_eos_terminates_and_info_holds_the_episode(lm):
     tok = lm[1]
-    env = make(lm, reward_fn=textenv.KeywordReward(["good"]))
+    env = make(lm, reward_fn=textenv.KeywordReward(["good"]), info_text=True)
     env.reset(seed=0, options={"prompt": "the movie was"})
     good = tok.convert_tokens_to_ids("good")
     _, r1, term, trunc, info = env.step(good)
-    assert not term and not trunc and set(info) == {"policy_logprob", "ref_logprob"}
-    _, r2, term, trunc, info = env.step(tok.eos_token_id)
-    assert term and not trunc
-    assert info["prompt"] == "the movie was" and info["response"] == "good"  # EOS is not part of the text
-    assert info["score"] == 1.0 and info["kl_sum"] == 0.0  # the reference is a copy of the policy
+    assert not term and not trunc  # every key at every step: the score is 0 and the response empty until the end
+    assert info["prompt"] == "the movie was" and info["response"] == "" and info["score"] == 0.0
+    _, r2, term, trunc, end = env.step(tok.eos_token_id)
+    assert term and not trunc and set(end) == set(info) == {"policy_logprob", "ref_logprob", "score", "kl_sum",
+                                                              "prompt", "response"}
+    assert end["prompt"] == "the movie was" and end["response"] == "good"  # EOS is not part of the text
+    assert end["score"] == 1.0 and end["kl_sum"] == 0.0  # the reference is a copy of the policy
     assert r2 == pytest.approx(1.0)
     with pytest.raises(EpisodeEndedError, match="reset"):
         env.step(5)
@@ -239,7 +241,7 @@ def test_render_ansi(lm):
 
 def test_no_argument_forms_use_the_default_lm():
     default_lm = pytest.importorskip("textenv.default_lm")
-    for env in (gym.make("TextGen-v0"), gym.make("textenv:TextGen-v0")):
+    for env in (gym.make("TextGen-v0", info_text=True), gym.make("textenv:TextGen-v0", info_text=True)):
         obs, info = env.reset(seed=0)
         assert info["prompt"] in default_lm.default_prompts()
         env.step(env.action_space.sample())
@@ -301,7 +303,7 @@ def test_a_reward_function_that_raises_ends_the_episode(lm, error):
     """Regression (issue 15): a ConnectionError used to leave the failed step's token in the state; the next step()
     appended a 4th token to a max_new_tokens=3 episode and scored it (truncated=True, reward 4.0)."""
     server = FlakyRewardServer(fail_calls={1}, error=error)
-    env = make(lm, max_new_tokens=3, kl_coef=0.0, reward_fn=server)
+    env = make(lm, max_new_tokens=3, kl_coef=0.0, reward_fn=server, info_text=True)
     env.reset(seed=0)
     env.step(5)
     env.step(6)
@@ -353,3 +355,26 @@ def test_info_values_are_numpy(lm):
     *_, info = env.step(5)
     assert isinstance(info["policy_logprob"], np.float32) and isinstance(info["ref_logprob"], np.float32)
     assert isinstance(info["score"], np.float64) and isinstance(info["kl_sum"], np.float64)
+
+
+def test_every_info_key_is_in_every_step_and_text_only_on_request(lm):
+    """TorchRL's vectorised readers fix the info keys when they first read one and take numbers only (issue 25):
+    the same numeric keys at every step, the KL summed so far, the score at the end; text with info_text=True."""
+    ref = make_tiny_lm(seed=2)[0]
+    env = make(lm, max_new_tokens=3, ref_model=ref, kl_coef=0.1, reward_fn=textenv.KeywordReward(["good"]))
+    _, reset_info = env.reset(seed=0)
+    assert reset_info == {}
+    kl, infos = 0.0, []
+    for a in (5, 6, 7):
+        *_, truncated, info = env.step(a)
+        infos.append(info)
+        kl += float(info["policy_logprob"]) - float(info["ref_logprob"])
+        assert set(info) == {"policy_logprob", "ref_logprob", "score", "kl_sum"}
+        assert all(isinstance(v, np.generic) for v in info.values())  # numbers TorchRL reads as tensors
+        assert info["kl_sum"] == pytest.approx(kl, abs=1e-5) and info["kl_sum"] != 0.0
+    assert truncated and [i["score"] for i in infos] == [0.0, 0.0, 0.0]  # no "good": the end's score is 0 too
+    texts = make(lm, max_new_tokens=3, info_text=True)
+    assert set(texts.reset(seed=0)[1]) == {"prompt"}
+    assert {"prompt", "response"} <= set(texts.step(5)[-1])
+    with pytest.raises(TypeError, match="info_text must be True or False"):
+        make(lm, info_text="yes")

@@ -49,8 +49,11 @@ def test_bad_model_arguments_raise(lm, tmp_path):
     model, tok = lm
     with pytest.raises(ModelLoadError, match="tokenizer"):
         load_policy(model, None)
-    with pytest.raises(ModelLoadError, match="could not load"):
+    with pytest.raises(ModelLoadError, match="no such directory here"):  # at once: no hub is asked for a path
         load_policy(str(tmp_path / "nowhere"), None)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="could not load"):  # a directory, but no model in it
+        load_policy(str(tmp_path / "empty"), None)
     with pytest.raises(ModelLoadError):
         load_policy(42, tok)
     with pytest.raises(ModelLoadError):
@@ -105,3 +108,21 @@ def test_none_loads_the_default_lm():
     model, tok = load_policy(None, None)
     assert vocab_size(model) >= len(tok)
     assert default_lm.DEFAULT_LM_PATH.is_dir()
+
+
+def test_locate_refuses_missing_paths_and_offline_hub_ids_without_the_network(tmp_path, monkeypatch):
+    import socket
+
+    from textenv.sources import locate
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("no connection may be tried")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    assert locate(tmp_path) == str(tmp_path.resolve())
+    for path in (tmp_path / "missing", "./models/x", "a/b/c", "~/nope-rlhf-gym"):
+        with pytest.raises(ModelLoadError, match="no such directory here"):
+            locate(path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="cannot be reached"):
+        locate("some-org/some-model-not-cached")

@@ -36,6 +36,7 @@ def make_env(models, **extra):
         "max_prompt_tokens": 8,
         "reward_fn": KeywordReward(["good", "great"]),
         "array_backend": "torch",
+        "info_text": True,  # step_through reads the text from info
         **extra,
     }
     return TextGenVectorEnv(N, **settings)

@@ -138,7 +138,8 @@ def test_textgen_env_accepts_chat_prompts():
     from textenv import TextGenEnv
 
     model, tok = make_chat_lm()
-    env = TextGenEnv(model=model, tokenizer=tok, prompts=[CHAT], max_new_tokens=3, max_prompt_tokens=16)
+    env = TextGenEnv(model=model, tokenizer=tok, prompts=[CHAT], max_new_tokens=3, max_prompt_tokens=16,
+                     info_text=True)
     obs, info = env.reset(seed=0)
     assert info["prompt"] == "system : so fun <eos> user : the movie was <eos> assistant : "
     ids = obs["input_ids"][obs["attention_mask"].astype(bool)].tolist()

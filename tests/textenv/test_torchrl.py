@@ -1,14 +1,15 @@
-"""TorchRL drives TextGen-v0: ``GymEnv`` on the single env, ``GymWrapper`` on the vector env (num_envs=4, DISABLED
-autoreset, TorchRL's preferred mode): ``check_env_specs``, 50-step rollouts whose data is the MDP's (rewards equal the
-KL penalty of the log-probs the info reader collects; a done row's next observation is its final state, then a
-fresh prompt), and the clear refusal of NEXT_STEP instead of an AttributeError (issue 15)."""
+"""TorchRL drives TextGen-v0: ``GymEnv`` on the single env, ``GymEnv(..., num_envs=4)`` (TorchRL's own vectorised
+entry point: four single envs in worker processes, every info key read at every step; issue 25), ``GymWrapper`` on
+the vector env (num_envs=4, DISABLED autoreset, TorchRL's preferred mode): ``check_env_specs``, rollouts whose data
+is the MDP's (rewards equal the KL penalty of the log-probs the info reader collects; a done row's next observation
+is its final state, then a fresh prompt), and the clear refusal of NEXT_STEP instead of an AttributeError
+(issue 15)."""
 
 from __future__ import annotations
 
 import multiprocessing
 
 import gymnasium as gym
-import numpy as np
 import pytest
 import torch
 
@@ -107,4 +108,36 @@ def test_gym_wrapper_refuses_next_step_autoreset_clearly(torchrl, settings):
     venv = gym.make_vec("TextGen-v0", num_envs=N, **settings)
     with pytest.raises(RuntimeError, match="SAME_STEP or DISABLED"):
         GymWrapper(venv)
-    assert np.array_equal(venv.reset(seed=0)[1]["_prompt"], np.ones(N, dtype=bool))  # the env itself is fine
+    assert venv.reset(seed=0)[0]["input_ids"].shape[0] == N  # the env itself is fine
+
+
+def test_gym_env_with_worker_processes_reads_every_info_key(torchrl, settings):
+    """Issue 25: ``GymEnv("textenv:TextGen-v0", num_envs=4)`` raised KeyError: 'prompt' (keys only at an episode's
+    end, and text TorchRL cannot read). Now its own info reader takes every key at every step. (Gymnasium 1.x's
+    AsyncVectorEnv resets in the step after an episode ends, and TorchRL gives the step that ends it its missing
+    value, 0, for the observation and the info: the KL and the score of that step reach TorchRL in the reward.)"""
+    from torchrl.envs import GymEnv
+    from torchrl.envs.utils import check_env_specs
+
+    env = GymEnv("textenv:TextGen-v0", num_envs=N, **settings)  # gymnasium's AsyncVectorEnv: worker processes
+    steps = 4 * MAX_NEW
+    try:
+        check_env_specs(env)
+        env.set_seed(0)
+        td = env.rollout(steps, break_when_any_done=False)
+    finally:
+        env.close()
+    assert td.batch_size == (N, steps)
+    nxt = td["next"]
+    assert {"policy_logprob", "ref_logprob", "score", "kl_sum"} <= set(nxt.keys())
+    done = nxt["done"].squeeze(-1)
+    assert int(done.sum()) >= N * (steps // MAX_NEW - 1)  # every episode lasts <= MAX_NEW steps
+    kl = (nxt["policy_logprob"] - nxt["ref_logprob"]).double()
+    torch.testing.assert_close(nxt["reward"].squeeze(-1)[~done], -KL * kl[~done].float(), atol=1e-5, rtol=1e-4)
+    assert (nxt["score"] == 0).all()  # no reward_fn: every score is 0
+    for row in range(N):  # kl_sum: the KL summed over the episode so far, read at every step
+        so_far = 0.0
+        for t in range(steps):
+            so_far = 0.0 if done[row, t] else so_far + float(kl[row, t])
+            if not done[row, t]:
+                assert float(nxt["kl_sum"][row, t]) == pytest.approx(so_far, abs=1e-5), (row, t)

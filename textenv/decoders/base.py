@@ -32,6 +32,12 @@ class Decoder(Protocol):
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 position_ids: torch.Tensor) -> tuple[torch.Tensor, Any]: ...  # (N, S) -> last logits (N, V), cache
 
+    def step_hidden(self, input_ids: torch.Tensor, mask4d: torch.Tensor, position_ids: torch.Tensor,
+                    cache: Any) -> torch.Tensor: ...  # as step, but the last hidden state (N, E) (logits(...) of it)
+
+    def prefill_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                       position_ids: torch.Tensor) -> tuple[torch.Tensor, Any]: ...  # as prefill: (N, E), cache
+
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       position_ids: torch.Tensor) -> torch.Tensor: ...  # (N, S) -> (N, S, E), differentiable
 
@@ -49,14 +55,23 @@ def register_decoder(cls: type) -> type:
     return cls
 
 
+def _observes_only(hook: Any) -> bool:
+    """True for transformers' output-capturing hooks: a model called with ``output_hidden_states=True`` (or
+    attentions) gets them on its layers for good; they record outputs while a capture is active and never change
+    them (``transformers.utils.output_capturing``), so they need not turn the fast decoder off."""
+    return getattr(hook, "__name__", "") == "output_capturing_hook" and getattr(hook, "__module__", "").startswith(
+        "transformers.")
+
+
 def fingerprint(model: nn.Module) -> tuple | None:
     """Identity of ``model``'s modules and parameters (and their dtypes), in order; None if any forward hook is
-    registered (globally or on a module), since hooks may change what a module computes."""
+    registered (globally or on a module), since hooks may change what a module computes (transformers' output
+    capturing hooks excepted: ``_observes_only``)."""
     if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
         return None
     ids: list = []
     for m in model.modules():
-        if m._forward_hooks or m._forward_pre_hooks:
+        if m._forward_pre_hooks or not all(map(_observes_only, m._forward_hooks.values())):
             return None
         ids.append(id(m))
         ids.extend((id(p), p.dtype) for p in m._parameters.values() if p is not None)
@@ -94,8 +109,14 @@ class BlockStackDecoder:
     ) -> torch.Tensor:
         """Logits ``(N, V)`` of one new token per row (``input_ids`` / ``position_ids`` ``(N, 1)``), attending to the
         cached columns and itself through ``mask4d`` ``(N, 1, 1, C + 1)``; its K/V are appended to ``cache``."""
-        x = self._blocks(input_ids, position_ids, mask4d, cache)
-        return F.linear(self._final_norm(x), self.head)
+        return F.linear(self.step_hidden(input_ids, mask4d, position_ids, cache), self.head)
+
+    @torch.no_grad()
+    def step_hidden(
+        self, input_ids: torch.Tensor, mask4d: torch.Tensor, position_ids: torch.Tensor, cache: Any
+    ) -> torch.Tensor:
+        """:meth:`step`'s last hidden state ``(N, E)`` (after the final norm), before the LM head."""
+        return self._final_norm(self._blocks(input_ids, position_ids, mask4d, cache))
 
     @torch.no_grad()
     def prefill(
@@ -103,10 +124,18 @@ class BlockStackDecoder:
     ) -> tuple[torch.Tensor, Any]:
         """Logits ``(N, V)`` at the last column of left-padded ``input_ids`` ``(N, S)`` and a new ``DynamicCache``
         holding their K/V (what ``model(..., use_cache=True)`` returns)."""
+        hidden, cache = self.prefill_hidden(input_ids, attention_mask, position_ids)
+        return F.linear(hidden, self.head), cache
+
+    @torch.no_grad()
+    def prefill_hidden(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, Any]:
+        """:meth:`prefill`'s last hidden state ``(N, E)`` (after the final norm) and its new ``DynamicCache``."""
         cache = DynamicCache()
         x = self._blocks(input_ids, position_ids, prefill_mask(attention_mask), cache)
         x = x.view(input_ids.shape[0], input_ids.shape[1], -1)[:, -1]
-        return F.linear(self._final_norm(x), self.head), cache
+        return self._final_norm(x), cache
 
     def hidden_states(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor

@@ -26,7 +26,7 @@ from agents.loop.preference_loop import LoopConfig
 from agents.rundir import check_device
 from agents.sb3.control import check_algorithm, check_env_id, check_hyperparams
 from rewardmodels.feedback.human import check_renderable
-from rewardmodels.teachers import TEACHER_PRESETS
+from rewardmodels.teachers import TEACHER_PRESETS, make_teacher
 from textenv.checks import check, check_number
 
 logger = logging.getLogger(__name__)
@@ -111,13 +111,20 @@ class PrefsConfig(LoopConfig, RunConfig):
         if self.atari_preprocessing:
             atari_env_id(self.env)  # NotAnAtariEnvError for anything but ALE ids; registers the preprocessed id
         check_env_id(self.env_id)  # UnknownEnvError suggests close ids
+        self.check_run()
         check(self.teacher in TEACHER_PRESETS,
               f"unknown teacher {self.teacher!r}; choose one of {', '.join(TEACHER_PRESETS)}")
+        try:  # the teacher's own checks, now rather than when the loop is built (return_scale: any, to check)
+            make_teacher(self.teacher, return_scale=1.0, **self.teacher_params)
+        except TypeError as err:
+            raise ValueError(f"teacher_params: {err}; the teacher's settings are beta, gamma, eps, skip_threshold, "
+                             "equal_threshold") from err
         self.check_labelling(LABELLERS)
         if self.labeller != "teacher":
             check_renderable(self.env_id)
         check(self.reward_net in REWARD_NETS,
               f"reward_net must be one of {', '.join(REWARD_NETS)}, got {self.reward_net!r}")
+        check_number("labels", self.labels, low=1, integer=True, hint="a control run learns its reward from labels")
         for name in ("ensemble", "segment_len", "reward_epochs", "experience_capacity"):
             check_number(name, getattr(self, name), low=1, integer=True)
         check(self.segment_len <= self.steps // 4, f"segment_len={self.segment_len} is too long for a "

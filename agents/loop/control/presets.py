@@ -356,3 +356,30 @@ def apply_preset(name: str, env_id: str, overrides: dict[str, Any] | None = None
     if methods:
         values["preset"] = name
     return values
+
+
+#: What people are told to judge in each task (``HumanLabeller(instructions=...)`` on the labelling page), in the
+#: manner of the guides Christiano et al. 2017 gave their labellers (App. B: "Look at the clips and select the one in
+#: which better things happen", with a priority order per task); paraphrased for Gymnasium's v5 tasks (ours).
+TASK_INSTRUCTIONS: dict[str, str] = {
+    "CartPole": "Keep the pole upright: the clip where it stays up longer is better; then, the cart nearer the middle.",
+    "Pendulum": "Swing the pendulum up and hold it still upright: nearer the top, and steadier, is better.",
+    "MountainCar": "Get the car up the right-hand hill: the clip that gets higher on the right is better.",
+    "Acrobot": "Swing the free end of the two-link arm above the bar: higher is better.",
+    "Hopper": "The robot should hop to the right: moving right is better (moving left is worse than standing); "
+              "when tied, higher is better. It should not fall.",
+    "Walker2d": "The robot should walk to the right, upright: further right is better; falling over is worst.",
+    "HalfCheetah": "The robot should run to the right: faster to the right is better (left is worse than still).",
+    "Swimmer": "The swimmer should move to the right: further right is better.",
+    "Ant": "The ant should walk to the right without flipping over: further right is better.",
+    "Reacher": "The arm's tip should reach the red target: nearer the target, with calm movements, is better.",
+    "InvertedPendulum": "Keep the pole upright on the cart: the clip where it stays up longer is better.",
+    "InvertedDoublePendulum": "Keep both poles upright on the cart: the clip where they stay up longer is better.",
+}
+
+
+def task_instructions(env_id: str) -> str:
+    """The labellers' guide for ``env_id``: its task's (``TASK_INSTRUCTIONS``), else the paper's general rule."""
+    name = env_id.split("/")[-1].split("-v")[0]
+    general = "Look at the two clips and select the one in which better things happen; decide only on what you see."
+    return TASK_INSTRUCTIONS.get(name, general)

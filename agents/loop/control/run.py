@@ -22,14 +22,16 @@ import torch
 from agents.loop.control.config import PrefsConfig
 from agents.loop.control.explore import StateEntropyExploration
 from agents.loop.control.frame_pairs import ImageSegmentPairSource
+from agents.loop.control.presets import task_instructions
 from agents.loop.control.segment_pairs import SegmentPairSource
 from agents.loop.preference_loop import LoopCallback, PreferenceLoop
 from agents.loop.reward_model import EnsembleRewardModel, UnlabelledPool
-from agents.rundir import prepare_out
+from agents.rundir import RunDir, RunDirError, lock_run_dir, prepare_out
 from agents.sb3.control import SB3Agent, default_hyperparams
 from rewardmodels.cnn import CNNRewardNet
 from rewardmodels.ensemble import FitConfig, RewardEnsemble
 from rewardmodels.feedback.human import HumanLabeller, MixedLabeller, StateRenderer
+from rewardmodels.feedback.label_store import LabelStoreError
 from rewardmodels.teachers import make_teacher
 
 __all__ = ["PrefsConfig", "build_loop", "build_reward_ensemble", "make_labeller", "run_prefs"]
@@ -40,8 +42,12 @@ def make_labeller(cfg: PrefsConfig, out: str | os.PathLike):
     teacher = make_teacher(cfg.teacher, seed=cfg.seed, **cfg.teacher_params)
     if cfg.labeller == "teacher":
         return teacher
-    human = HumanLabeller(out, renderer=StateRenderer(cfg.env_id), timeout=cfg.label_timeout,
-                          on_timeout="raise" if cfg.label_timeout is None else "nan", progress=cfg.progress_bar)
+    try:
+        human = HumanLabeller(out, renderer=StateRenderer(cfg.env_id), timeout=cfg.label_timeout,
+                              on_timeout="raise" if cfg.label_timeout is None else "nan", progress=cfg.progress_bar,
+                              instructions=cfg.instructions or task_instructions(cfg.env))
+    except LabelStoreError as err:  # a damaged labels.sqlite: one line naming it and what to do
+        raise RunDirError(str(err)) from err
     if cfg.labeller == "human":
         return human
     return MixedLabeller(human, teacher, cfg.human_fraction, seed=cfg.seed)
@@ -77,7 +83,8 @@ def build_loop(cfg: PrefsConfig, out: str | os.PathLike, callbacks: Sequence[Loo
     agent = SB3Agent(cfg.algo, cfg.env_id, ensemble.predict_reward, total_steps=cfg.steps, seed=cfg.seed,
                      device=cfg.device, hyperparams=hyper, wrap_venv=source.wrap)
     title = " ".join(str(x) for x in (cfg.preset, cfg.env, cfg.algo, f"seed {cfg.seed}") if x)
-    return PreferenceLoop(cfg, agent, source, reward_model, make_labeller(cfg, out), out,
+    run_dir = RunDir(out, report_to=cfg.report_to)
+    return PreferenceLoop(cfg, agent, source, reward_model, make_labeller(cfg, out), run_dir,
                           callbacks=[*callbacks, _RunInfo(cfg)], title=title, explorer=explorer)
 
 
@@ -86,14 +93,15 @@ def run_prefs(cfg: PrefsConfig, out: str | os.PathLike, resume: bool = False,
     """Run (or resume) the preference loop of ``cfg`` into run directory ``out``; returns summary.json's content.
 
     A fresh run (not ``resume``) refuses a directory that holds an earlier run's files (``agents.rundir.RunDirError``):
-    they are never appended to (``agents.rundir.prepare_out(out, overwrite=True)`` moves them aside first)."""
-    if not resume:
-        prepare_out(out)
-    loop = build_loop(cfg, out, callbacks)  # seeds torch
-    try:
-        summary = loop.run(resume=resume)
-    finally:
-        loop.agent.close()
+    they are never appended to (``agents.rundir.prepare_out(out, overwrite=True)`` moves them aside first). The run
+    holds ``out``'s lock (``agents.rundir.lock_run_dir``): another process running in it raises ``RunDirBusy``."""
+    with lock_run_dir(out):  # RunDirBusy if another process runs in ``out``
+        prepare_out(out, resume=resume)
+        loop = build_loop(cfg, out, callbacks)  # seeds torch
+        try:
+            summary = loop.run(resume=resume)
+        finally:
+            loop.agent.close()
     return {**summary, "env": cfg.env, "algo": cfg.algo, "preset": cfg.preset}
 
 

@@ -8,7 +8,8 @@ improvement step that drives each kind is written once, in ``agents.loop.text.im
   reward model (config fields ``learning_rate``, ``iterations``, ``seed``; ``group_size`` and ``prompts_per_step``
   when its config has them; ``reward_model=`` when its constructor takes one);
 * ``pairs``: an ``agents.llm.offline.OfflineTrainer`` subclass on the labelled pairs (DPO, KTO), no reward model;
-* ``sb3``: an SB3 algorithm (``agents.sb3.text_policy.make_sb3_text_model``: ``ppo`` or ``a2c``) on ``TextGenEnv``.
+* ``sb3``: an SB3 algorithm (``agents.sb3.text_policy.make_sb3_text_model``: ``ppo`` or ``a2c``) on ``TextGenEnv``;
+* ``bon``: best-of-n sampling against the learned reward, no training (iteration k: n = 2^k).
 
 ``kl``: the agent-config field that takes ``TextRLHFConfig.kl_coef`` (GRPO's k3 ``beta``, DPO's and KTO's ``beta``);
 None puts it where the MDP defines it, in the env's reward (``textenv.kl.KLPenalty``; PPO, RLOO, SB3), which the
@@ -28,7 +29,7 @@ from typing import Any
 
 __all__ = ["KINDS", "TEXT_ALGORITHMS", "TextAlgorithm", "register_text_algorithm"]
 
-KINDS = ("rl", "pairs", "sb3")
+KINDS = ("rl", "pairs", "sb3", "bon")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +78,7 @@ TEXT_ALGORITHMS: dict[str, TextAlgorithm] = {
         iterations=2, learning_rate=1e-4, kl_coef=0.1, num_pairs=512, eval_every=10)),
     "kto": TextAlgorithm("agents.llm.kto:KTOTrainer", "pairs", kl="beta", defaults=dict(
         iterations=2, learning_rate=1e-4, kl_coef=0.1, num_pairs=512, eval_every=10)),
+    "bon": TextAlgorithm("best-of-n", "bon", defaults=dict(iterations=6, eval_every=1)),
     "sb3-ppo": TextAlgorithm("ppo", "sb3", defaults=dict(
         iterations=40, learning_rate=1e-4, kl_coef=0.05, num_envs=32),
         settings=dict(n_envs=8, n_steps=64, batch_size=128, n_epochs=4, ent_coef=0.0)),

@@ -26,7 +26,7 @@ __all__ = ["LABELLERS", "TextRLHFConfig"]
 
 #: Who labels the pairs of a text run (``TextRLHFConfig.labeller``).
 LABELLERS = ("teacher", "human", "mixed", "dataset")
-_COUNTS = ("max_new_tokens", "max_prompt_tokens", "num_pairs", "rm_epochs", "rm_batch_size", "iterations", "num_envs",
+_COUNTS = ("max_new_tokens", "rm_epochs", "rm_batch_size", "iterations", "num_envs",
            "eval_prompts", "eval_samples", "rounds", "oversample", "rm_ensemble")
 
 
@@ -43,14 +43,18 @@ class TextRLHFConfig(RunConfig):
     """Torch device; None = CUDA if available, else CPU."""
     max_new_tokens: int = 24
     """Response length limit (tokens); the default LM's reviews end with EOS well within 24."""
-    max_prompt_tokens: int = 16
-    """Longest prompt (tokens); longer prompts are an error, never truncated."""
+    max_prompt_tokens: int | None = None
+    """Longest prompt (tokens); longer prompts are an error, never truncated. None: the longest of the run's prompts
+    (training and held-out), which must fit the model's context with ``max_new_tokens``."""
     temperature: float = 1.0
     """Sampling temperature of rollouts, pairs and evaluation."""
     num_pairs: int = 256
-    """Completion pairs labelled by the teacher (the label budget)."""
+    """Completion pairs labelled (the label budget); 0 = no reward model: the policy trains on ``reward_fns`` only."""
     teacher_beta: float = math.inf
     """Teacher rationality (B-Pref beta, in VADER units): inf = always prefers the higher score."""
+    teacher_repetition_penalty: float = 0.0
+    """A harder teacher: its score is VADER minus this times the share of repeated words (gushing by repetition
+    loses; ``rewardmodels.text.teachers.SentimentTeacher``)."""
     rm_epochs: int = 3
     """Reward-model epochs over the labelled pairs."""
     rm_learning_rate: float = 3e-4
@@ -120,6 +124,31 @@ class TextRLHFConfig(RunConfig):
     """Preference file (.jsonl: TRL standard, conversational or implicit-prompt; this toolkit's pairs) or dataset
     directory. With ``labeller="dataset"`` it is what is labelled; with any other labeller its pairs join the
     labels gathered online."""
+    reward_fns: list[str] = dataclasses.field(default_factory=list)
+    """Reward functions added to the learned reward, as ``module:function`` or ``path/to/file.py:function`` (TRL's
+    convention: ``f(prompts=, completions=, **columns)`` with the prompt file's other columns, e.g. a reference
+    answer; or this toolkit's ``f(prompts, responses)``); ``textenv.reward_functions``."""
+    reward_weights: list[float] | None = None
+    """One weight per reward function (default: all 1)."""
+    sft_data: str | None = None
+    """Demonstrations (TRL SFT formats, ``agents.llm.sft``) to fine-tune the model on first (the SFT stage, in
+    ``OUT/sft/``); the RL stage then starts from the SFT model, which is also its reference. None = no SFT stage."""
+    sft_epochs: int = 3
+    """SFT passes over the demonstrations."""
+    sft_learning_rate: float = 2e-5
+    """SFT learning rate."""
+    environment: str | None = None
+    """An environment that answers (multi-turn episodes, ``textenv.conversation``): ``"gem:<id>"``,
+    ``"textarena:<id>"``, ``"openenv:<url>"`` or ``"module:Class"`` (``textenv.environments``). Its first observations
+    are the prompts (``prompts`` must be None); pairs are two conversations of the same task (environment seed); the
+    teacher judges them by the environment's return, the gold of every evaluation; ``max_new_tokens`` is each
+    episode's token budget. ``preferences`` may hold earlier conversation pairs (a run's ``pairs.jsonl``, or
+    ``rlhf-gym label --export-text``): the conversations as the policy read them."""
+    max_turn_tokens: int | None = None
+    """With ``environment``: the policy's tokens per turn (None: the whole budget)."""
+    environment_reward: float = 0.0
+    """With ``environment``: the weight of the environment's rewards in the policy's reward. 0 (RLHF): the policy
+    learns from the reward model only, the environment's rewards reach it through the teacher's labels; 1: both."""
     progress_bar: bool | None = None
     """Show a tqdm bar over the rounds; None = only when stderr is a terminal."""
 
@@ -129,6 +158,17 @@ class TextRLHFConfig(RunConfig):
         for name in _COUNTS:
             check_number(name, getattr(self, name), low=1, integer=True)
         check_number("seed", self.seed, low=0, high=2**32 - 1, integer=True)
+        check_number("teacher_repetition_penalty", self.teacher_repetition_penalty, low=0)
+        check_number("num_pairs", self.num_pairs, low=0, integer=True, hint="0 = no labels: reward functions or KTO "
+                     "on unpaired examples train the policy")
+        self.reward_functions()  # imports them: a misspelt module or name fails here, before the run
+        check(self.num_pairs > 0 or bool(self.reward_fns) or self._unpaired_kto(), "num_pairs=0 (no labels) needs "
+              "reward functions (--reward-fn), or KTO on unpaired examples (--algo kto --preferences FILE of "
+              "prompt/completion/label)")
+        check_number("sft_epochs", self.sft_epochs, low=1, integer=True)
+        check_number("sft_learning_rate", self.sft_learning_rate, low=0, low_open=True)
+        check_number("max_prompt_tokens", self.max_prompt_tokens, low=1, integer=True, none_ok=True,
+                     hint="None = the longest prompt of the run")
         check_number("eval_every", self.eval_every, low=0, integer=True, hint="0 = only before and after")
         check_number("temperature", self.temperature, low=0, low_open=True)
         check_number("rm_val_fraction", self.rm_val_fraction, low=0, high=1, high_open=True)
@@ -138,10 +178,16 @@ class TextRLHFConfig(RunConfig):
         for name in ("learning_rate", "rm_learning_rate"):
             check_number(name, getattr(self, name), low=0, low_open=True)
         self.check_labelling(LABELLERS)
+        self.check_run()
         check(self.labeller != "dataset" or self.preferences is not None,
               "labeller='dataset' labels from a preference file: pass preferences=FILE (--preferences)")
-        check(self.model is None or self.prompts is not None,
+        check(self.model is None or self.prompts is not None or self.environment is not None,
               "a model of your own needs prompts of your own: pass prompts=FILE (--prompts)")
+        if self.environment is not None:
+            self._check_environment()
+        else:
+            check(self.max_turn_tokens is None and self.environment_reward == 0, "max_turn_tokens and "
+                  "environment_reward are settings of a run on an environment: pass environment=... too")
         check(self.iterations >= self.rounds, f"iterations={self.iterations} must be >= rounds={self.rounds} (each "
                                               "round improves the policy at least once); raise iterations")
         if self.selection == "disagreement":
@@ -153,9 +199,51 @@ class TextRLHFConfig(RunConfig):
               "drop kl_target")
         if self.algorithm.kl is None:
             self.kl_penalty()  # validates kl_coef, kl_target, kl_horizon
+        if self.sft_data is not None:
+            self.sft_run_config()  # validates the SFT stage's settings
         self.agent_config()  # validates the algorithm's settings (its kl field, extra) where the algorithm defines them
         self.loop_config()  # validates the loop's settings (rounds, schedule, selection) where the loop defines them
         check_device(self.device)  # DeviceError (a RunError: one line, rc 2 in the CLI)
+
+    def _check_environment(self) -> None:
+        """The settings of a run on an environment that answers (``environment``)."""
+        from textenv.environments.factory import make_environment_factory
+
+        check(isinstance(self.environment, str) and bool(self.environment.strip()),
+              f"environment must be a spec string (gem:<id>, textarena:<id>, openenv:<url>, module:Class), got "
+              f"{self.environment!r}")
+        make_environment_factory(self.environment)  # an unknown spec or a missing package fails here, before the run
+        check(self.prompts is None, "an environment gives the prompts (its first observations): drop --prompts")
+        check(not self.algorithm.offline, f"{self.algo} trains on the text of whole responses, which in a "
+              "conversation holds the environment's turns too: use ppo, grpo, rloo, sb3-ppo, sb3-a2c or bon")
+        check_number("max_turn_tokens", self.max_turn_tokens, low=1, integer=True, none_ok=True,
+                     hint="the policy's tokens per turn; None = the whole budget")
+        check_number("environment_reward", self.environment_reward, low=0,
+                     hint="0 = the policy learns from the reward model only")
+
+    def _unpaired_kto(self) -> bool:
+        from rewardmodels.text.preferences import is_unpaired
+
+        return self.algo == "kto" and self.preferences is not None and is_unpaired(self.preferences)
+
+    def reward_functions(self) -> list:
+        """The functions ``reward_fns`` names, imported (``RewardSpecError`` names what is wrong)."""
+        from textenv.reward_functions import load_reward_function
+
+        check(self.reward_weights is None or len(self.reward_weights) == len(self.reward_fns),
+              f"{len(self.reward_weights or [])} reward weights for {len(self.reward_fns)} reward functions: give one "
+              "weight per --reward-fn")
+        return [load_reward_function(spec) for spec in self.reward_fns]
+
+    def sft_run_config(self) -> Any:
+        """The SFT stage's settings (``agents.loop.text.sft.SFTRunConfig``): the run's model, data and seed; its
+        memory settings (LoRA, checkpointing) from ``extra``."""
+        from agents.loop.text.sft import SFTRunConfig
+
+        memory = {k: v for k, v in self.extra.items()
+                  if k in ("lora", "gradient_checkpointing", "gradient_accumulation_steps", "bf16")}
+        return SFTRunConfig(data=self.sft_data, model=self.model, tokenizer=self.tokenizer, epochs=self.sft_epochs,
+                            learning_rate=self.sft_learning_rate, seed=self.seed, device=self.device, extra=memory)
 
     @property
     def algorithm(self) -> TextAlgorithm:
@@ -174,6 +262,9 @@ class TextRLHFConfig(RunConfig):
         algorithm = self.algorithm
         if algorithm.kind == "sb3":
             return _sb3_settings(algorithm, self.extra)
+        if algorithm.kind == "bon":  # nothing trains
+            check(not self.extra, f"best-of-n trains nothing: extra settings {sorted(self.extra)} do not apply")
+            return None
         config_class = algorithm.agent_class().config_class
         names = {f.name for f in dataclasses.fields(config_class)}
         fields: dict[str, Any] = {"learning_rate": self.learning_rate, "seed": self.seed,
@@ -212,7 +303,7 @@ class TextRLHFConfig(RunConfig):
             initial_policy="agent", initial_label_fraction=self.initial_label_fraction if online else 1.0,
             label_schedule=self.label_schedule, label_until=(self.rounds - 1) / self.rounds if online else 1.0,
             selection=self.selection, oversample=self.oversample, eval_episodes=1, round_eval_episodes=1,
-            eval_every=1 if online else 0, seed=self.seed, progress_bar=self.progress_bar,
+            eval_every=0, seed=self.seed, progress_bar=self.progress_bar,  # the agent evaluates itself (eval_every)
         )
 
     @classmethod

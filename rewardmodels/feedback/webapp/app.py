@@ -21,8 +21,9 @@ Security (the threat is another user on the network, or a web page in the labell
 - With a token, every request must carry it or an invitation: ``X-Label-Token`` / ``X-Label-Invite`` or
   ``Authorization: Bearer`` header, or the cookie that ``/?token=T`` or ``/?invite=I`` sets once (HttpOnly;
   SameSite=Lax, so it is sent when a link opens the page) before redirecting to the clean URL. Tokens are compared
-  in constant time; wrong tokens and invitations are logged, and an address with ``max_failures`` of them within
-  ``failure_window_s`` gets 429 until the window passes.
+  in constant time; wrong tokens and invitations are logged, and a client with ``max_failures`` of them within
+  ``failure_window_s`` gets 429 for its further failures (never for a valid credential: people behind one proxy or
+  NAT share an address). A client is its address, or behind ``trusted_proxies`` the ``X-Forwarded-For`` one.
 - On a loopback bind, the Host header must be a loopback name too: a DNS-rebinding page cannot talk to the app.
 - API and clip requests that a browser marks as made by another site (``Sec-Fetch-Site``) are refused, and so are
   writes whose ``Origin`` (or, without it, ``Referer``) is not this server (or one of ``allowed_origins``, for a
@@ -64,6 +65,7 @@ from rewardmodels.feedback.label_store import (
 from rewardmodels.feedback.webapp.auth import (
     FailureLimiter,
     InsecureBindError,
+    TrustedProxies,
     check_bind,
     check_token,
     host_name,
@@ -107,6 +109,7 @@ class Policy:
     limiter: FailureLimiter
     run_tag: str | None
     undo_s: float
+    proxies: TrustedProxies
 
 
 def _error(status: int, message: str):
@@ -137,11 +140,13 @@ def _safe_clip(root: Path, name: str) -> Path | None:
 def create_app(run_dir: str | os.PathLike | None = None, *, store: LabelStore | None = None,
                clip_root: str | os.PathLike | None = None, host: str = "127.0.0.1", token: str | None = None,
                run_tag: str | None = None, max_body: int = 16 * 1024, allowed_origins: tuple[str, ...] = (),
-               undo_s: float = 300.0, max_failures: int = 10, failure_window_s: float = 60.0) -> Flask:
+               undo_s: float = 300.0, max_failures: int = 10, failure_window_s: float = 60.0,
+               trusted_proxies: tuple[str, ...] = ()) -> Flask:
     """Build the app for a run directory (``run_dir/labels.sqlite``, ``run_dir/clips/``), or an explicit store and
     clip directory. ``host`` is the interface it will be served on: it decides the token, Host-header and
     self-declared-name rules. ``allowed_origins``: extra origins (``https://labels.example.org``) whose pages may
-    write, for a reverse proxy. ``undo_s``: how old a label may be and still be undone."""
+    write, for a reverse proxy. ``undo_s``: how old a label may be and still be undone. ``trusted_proxies``:
+    addresses or networks of reverse proxies whose ``X-Forwarded-For`` names the client (``auth.TrustedProxies``)."""
     check_token(token)
     check_bind(host, token)
     origins = frozenset(filter(None, map(origin_of, allowed_origins)))
@@ -162,7 +167,8 @@ def create_app(run_dir: str | os.PathLike | None = None, *, store: LabelStore | 
     app.url_map.merge_slashes = False  # '/clips//etc/passwd' reaches the clip check (-> 404), not a redirect
     app.extensions["label_store"] = store
     policy = Policy(is_loopback(host), token.encode() if token else None, origins,
-                    FailureLimiter(max_failures, failure_window_s), run_tag, float(undo_s))
+                    FailureLimiter(max_failures, failure_window_s), run_tag, float(undo_s),
+                    TrustedProxies(trusted_proxies))
     _add_guards(app, store, policy)
     _add_routes(app, store, root, policy)
     return app
@@ -191,26 +197,32 @@ def _with_cookie(name: str, value: str):
     return response
 
 
-def _authenticate(store: LabelStore, policy: Policy):
-    """Set ``g.person`` from an invitation; check the shared token; None when the request may proceed."""
-    addr = request.remote_addr or "unknown"
-    wait = policy.limiter.blocked(addr)
+def _failed(policy: Policy, what: str, message: str):
+    """A wrong credential: 403, or 429 once its client has failed too often (``auth.FailureLimiter``)."""
+    client = policy.proxies.client(request.remote_addr or "unknown", request.headers.get("X-Forwarded-For"))
+    wait = policy.limiter.fail(client, what, request.path)
     if wait:
-        return _refuse(429, f"too many wrong tokens from this address; try again in {wait:.0f} s",
-                       {"Retry-After": str(max(1, round(wait)))})
+        return _refuse(429, f"too many wrong tokens from this address; check the link you were given, or try again "
+                            f"in {wait:.0f} s", {"Retry-After": str(max(1, round(wait)))})
+    return _refuse(403, message)
+
+
+def _authenticate(store: LabelStore, policy: Policy):
+    """Set ``g.person`` from an invitation; check the shared token; None when the request may proceed.
+
+    A valid credential always passes: the failure limit refuses only further failures (``auth.FailureLimiter``)."""
     invite = request.args.get("invite") or _presented(INVITE_HEADER, INVITE_COOKIE)
     g.person = store.person(invite) if invite else None
     if invite and g.person is None:
-        policy.limiter.fail(addr, "unknown or revoked invitation", request.path)
-        return _refuse(403, "this invitation link is not valid (revoked or replaced); ask for a new one")
+        return _failed(policy, "unknown or revoked invitation",
+                       "this invitation link is not valid (revoked or replaced); ask for a new one")
     if "invite" in request.args:
         return _with_cookie(INVITE_COOKIE, request.args["invite"])
     if policy.token is None:
         return None
     if "token" in request.args:
         if not same_token(request.args["token"], policy.token):
-            policy.limiter.fail(addr, "wrong access token", request.path)
-            return _refuse(403, "wrong access token")
+            return _failed(policy, "wrong access token", "wrong access token")
         return _with_cookie(TOKEN_COOKIE, request.args["token"])
     if g.person is not None:  # an invitation is a credential on its own
         return None
@@ -219,8 +231,7 @@ def _authenticate(store: LabelStore, policy: Policy):
         return _refuse(401, "an access token is required: open your invitation link (or the URL with ?token=...) "
                             "once")
     if not same_token(presented, policy.token):
-        policy.limiter.fail(addr, "wrong access token", request.path)
-        return _refuse(403, "wrong access token")
+        return _failed(policy, "wrong access token", "wrong access token")
     return None
 
 
@@ -238,7 +249,7 @@ def _add_guards(app: Flask, store: LabelStore, policy: Policy) -> None:
                 request.headers.get("Origin"), request.headers.get("Referer"), request.host_url.rstrip("/"),
                 policy.allowed_origins):
             return _refuse(403, "writes from another origin are not allowed (behind a reverse proxy, start the "
-                                "server with --origin https://its-public-address)")
+                                "server with --public-url https://its-public-address)")
         return _authenticate(store, policy)
 
     @app.after_request
@@ -268,7 +279,8 @@ def _pair_json(pair: dict[str, Any]) -> dict[str, Any]:
     """A reserved pair as the page shows it: texts, or clip URLs under ``/clips/``."""
     payload, out = pair["payload"], {"pair_id": pair["pair_id"], "kind": pair["kind"]}
     if pair["kind"] == "text":
-        out.update({k: payload[k] for k in ("prompt", "response_a", "response_b")})
+        out.update({k: payload[k] for k in ("prompt", "response_a", "response_b", "turns_a", "turns_b")
+                    if k in payload})
     elif "clip_a" in payload:
         out.update(clip_a="/clips/" + quote(payload["clip_a"]), clip_b="/clips/" + quote(payload["clip_b"]))
     else:
@@ -321,12 +333,13 @@ def _add_routes(app: Flask, store: LabelStore, root: Path, policy: Policy) -> No
 
     @app.get("/api/progress")
     def progress():
-        return jsonify(store.progress(run_tag))
+        return jsonify({**store.progress(run_tag), "notes": store.notes()})
 
     @app.get("/api/next")
     def next_pair():
         pair = store.next_pair(_who(request.args.get("labeller"), policy), run=run_tag)
-        return jsonify({"pair": _pair_json(pair) if pair else None, "progress": store.progress(run_tag)})
+        return jsonify({"pair": _pair_json(pair) if pair else None, "progress": store.progress(run_tag),
+                        "notes": store.notes()})
 
     @app.post("/api/label")
     def label():

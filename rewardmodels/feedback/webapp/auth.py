@@ -97,11 +97,82 @@ def write_origin_ok(origin: str | None, referer: str | None, own: str, allowed: 
     return True
 
 
-class FailureLimiter:
-    """Counts failed credential attempts per client address; ``blocked(addr)`` once ``max_failures`` fall within
-    ``window_s`` seconds (until the oldest of them leaves the window). Every failure is logged (never the token).
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An address as a proxy or a socket writes it ('203.0.113.9', '203.0.113.9:443', '[2001:db8::1]:443'), with
+    IPv4-mapped IPv6 as IPv4; None if it is not one."""
+    text = text.strip()
+    if text.startswith("["):
+        text = text[1:].split("]", 1)[0]
+    elif text.count(":") == 1:  # IPv4 with a port
+        text = text.split(":", 1)[0]
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    return ip.ipv4_mapped or ip if isinstance(ip, ipaddress.IPv6Address) else ip
 
-    Bounded memory: at most ``max_clients`` addresses are tracked; the stalest is forgotten first.
+
+def client_key(addr: str) -> str:
+    """Who a request counts as, for connection caps and the failed-token limit: an IPv4 address, or an IPv6 address's
+    /64 (one subscriber's block: someone holding it has 2**64 addresses to rotate through)."""
+    ip = _ip(addr)
+    if ip is None:
+        return addr
+    if ip.version == 6:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+class TrustedProxies:
+    """The reverse proxies whose ``X-Forwarded-For`` header names the client (``rlhf-gym label --trusted-proxy``).
+
+    None by default, and then the header is ignored: any client can send it. Behind a proxy, every connection comes
+    from the proxy's address, so without this list all the people it serves would count as one client.
+    """
+
+    def __init__(self, entries: tuple[str, ...] | list[str] = ()):
+        networks = []
+        for entry in entries:
+            try:
+                networks.append(ipaddress.ip_network(str(entry).strip(), strict=False))
+            except ValueError:
+                raise ValueError(f"trusted proxy {entry!r} is not an IP address or network, such as 10.0.0.5 or "
+                                 f"10.0.0.0/8") from None
+        self.networks = tuple(networks)
+
+    def __bool__(self) -> bool:
+        return bool(self.networks)
+
+    def trusts(self, addr: str) -> bool:
+        ip = _ip(addr)
+        return ip is not None and any(ip.version == n.version and ip in n for n in self.networks)
+
+    def client(self, peer: str, forwarded_for: str | None) -> str:
+        """The client key (:func:`client_key`) of a request from ``peer`` with this ``X-Forwarded-For``: the peer,
+        unless it is a trusted proxy; then the nearest hop (from the right) that is not one. Hops left of it were
+        written by the client and are never believed; a malformed hop ends the walk at the last good one."""
+        addr = peer
+        if forwarded_for and self.trusts(peer):
+            for hop in reversed(forwarded_for.split(",")):
+                if _ip(hop) is None:
+                    break
+                addr = hop.strip()
+                if not self.trusts(addr):
+                    break
+        return client_key(addr)
+
+
+class FailureLimiter:
+    """Counts failed credential attempts per client (:meth:`TrustedProxies.client`); ``blocked(client)`` once
+    ``max_failures`` fall within ``window_s`` seconds, for as long as they keep coming that fast. Failures are logged
+    (never the token) until the client is blocked; after that only the count grows.
+
+    A block refuses the client's further FAILURES (429 instead of 403), never a valid credential: behind a proxy or a
+    NAT, people share one address, and one person's typos (or someone's guessing) must not lock the others out. So the
+    limit is a tripwire in the log and a brake on log floods; what stops guessing is the credentials' size
+    (invitations carry 192 random bits; a non-loopback bind needs a token of ``MIN_TOKEN_LENGTH`` characters).
+
+    Bounded memory: at most ``max_clients`` clients are tracked; the stalest is forgotten first.
     """
 
     def __init__(self, max_failures: int = 10, window_s: float = 60.0, max_clients: int = 10_000):
@@ -112,7 +183,7 @@ class FailureLimiter:
         self._lock = threading.Lock()
 
     def _recent(self, addr: str, now: float) -> deque[float]:
-        times = self._failures.get(addr, deque())
+        times = self._failures.get(addr, deque(maxlen=self.max_failures))  # the last few are all a block needs
         while times and now - times[0] >= self.window_s:
             times.popleft()
         return times
@@ -126,15 +197,20 @@ class FailureLimiter:
                 return 0.0
             return max(0.0, times[0] + self.window_s - now)
 
-    def fail(self, addr: str, what: str, path: str) -> None:
+    def fail(self, addr: str, what: str, path: str) -> float:
+        """Record a failure; returns ``blocked(addr)`` as it was before it (0.0: answer it as a plain failure)."""
         now = time.monotonic()
         with self._lock:
             times = self._recent(addr, now)
+            was_blocked = len(times) >= self.max_failures
+            wait = max(0.0, times[0] + self.window_s - now) if was_blocked else 0.0
             times.append(now)
             self._failures.pop(addr, None)
             self._failures[addr] = times  # most recent last: the first key is the stalest
             while len(self._failures) > self.max_clients:
                 self._failures.pop(next(iter(self._failures)))
             n = len(times)
-        logger.warning("label server: %s from %s on %s (%d failed in the last %g s%s)", what, addr, path, n,
-                       self.window_s, "; blocking this address" if n >= self.max_failures else "")
+        if not was_blocked:
+            logger.warning("label server: %s from %s on %s (%d failed in the last %g s%s)", what, addr, path, n,
+                           self.window_s, "; refusing its further failures with 429" if n >= self.max_failures else "")
+        return wait

@@ -12,7 +12,7 @@ from agents.cli import main
 from agents.cli import prefs as prefs_cmd
 from agents.loop.control.run import run_prefs
 from agents.loop.preference_loop import LoopCallback
-from agents.rundir import RunDir, RunDirError
+from agents.rundir import LOCK_FILE, RunDir, RunDirError
 from tests.agents.cli.test_prefs import TINY, parse
 
 
@@ -206,4 +206,5 @@ def test_fresh_run_after_a_crash_before_the_first_checkpoint_refuses_then_moves_
     assert len(rows) == 3 and [r["labels/used"] for r in rows][-1] == 12  # rounds 0..2 of the new run only
     (aside,) = out.glob("superseded-*")
     assert RunDir(aside, tensorboard=False).read_metrics() == old_rows  # the old run's files, moved, not deleted
-    assert {k.split("/", 1)[1] for k in _tree(out) if k.startswith("superseded-")} == set(before)
+    moved = set(before) - {LOCK_FILE}  # the lock belongs to the directory, not to a run: it stays
+    assert {k.split("/", 1)[1] for k in _tree(out) if k.startswith("superseded-")} == moved

@@ -119,16 +119,25 @@ def test_lora_flags_train_adapters_against_the_base(tmp_path):
 
 
 @pytest.mark.parametrize(("flags", "message"), [
-    (["--pairs", "0"], "num_pairs must be an integer >= 1"),
+    (["--pairs", "-1"], "num_pairs must be an integer >= 0"),
+    (["--pairs", "0"], "num_pairs=0 (no labels) needs reward functions"),
+    (["--reward-fn", "no_such_module:f", "--pairs", "0"], "importing no_such_module failed"),
+    (["--reward-fn", "os:no_such_fn"], "os has no callable 'no_such_fn'"),
+    (["--report-to", "trackio", "nope"], "unknown backend 'nope'"),
+    (["--set", "no_such_field=1"], "no_such_field: not a setting of TextRLHFConfig"),
+    (["--set", "rm_epochs"], "write it as KEY=VALUE"),
     (["--lr", "-1"], "learning_rate must be a finite number > 0"),
     (["--kl-coef", "nan"], "kl_coef (= grpo's beta): beta must be a finite number >= 0"),
     (["--algo", "ppo", "--kl-coef", "-1"], "kl_coef must be a finite number >= 0"),
     (["--rounds", "5", "--iterations", "2"], "must be >= rounds"),
-    (["--model", "no/such/dir"], "needs prompts of your own"),
+    (["--model", "."], "needs prompts of your own"),
+    (["--model", "no/such/dir"], "--model: model 'no/such/dir': no such directory here"),
+    (["--model", "missing-org/missing-model", "--prompts", "p.txt"], "not in the Hugging Face cache"),
     (["--labeller", "dataset"], "pass preferences=FILE"),
     (["--lora-alpha", "8"], "need --lora-r"),
 ])
-def test_bad_settings_end_in_one_line_and_exit_status_2(tmp_path, capsys, flags, message):
+def test_bad_settings_end_in_one_line_and_exit_status_2(tmp_path, capsys, monkeypatch, flags, message):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a hub id is then refused at once, whatever the network
     assert main(["text", "--out", str(tmp_path / "run"), *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("rlhf-gym text: error:") and message in err and "\n" not in err

@@ -9,13 +9,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
 from rewardmodels.feedback.label_store import LabelStore, store_path
 from tests.agents.lm_fixtures import PROMPTS, TARGET_WORD
 from tests.rewardmodels.feedback.test_webapp_browser import browser, page, wait_ready_after  # noqa: F401
+from tests.waiting import OUTER_TIMEOUT_S, wait_until
 from textenv.testing import make_tiny_lm
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -50,15 +50,12 @@ def test_people_label_a_text_run_through_two_rounds_and_its_learned_reward_rises
                "--no-progress", "--out", str(run), stdout=text_log, stderr=subprocess.STDOUT)
     server = None
     try:
-        deadline = time.time() + 120
-        while not store_path(run).exists():  # the run creates its label store when it starts
-            assert text.poll() is None, (tmp_path / "text.log").read_text()
-            assert time.time() < deadline, "the text run never created its label store"
-            time.sleep(0.2)
+        # the run creates its label store when it starts
+        wait_until(store_path(run).exists, f"label store of the text run ({tmp_path / 'text.log'})",
+                   alive=lambda: text.poll() is None)
         server = cli("label", "--run", str(run), "--port", "0", stdout=server_log, stderr=subprocess.STDOUT)
-        while "Labelling server" not in (tmp_path / "label.log").read_text():  # its first line names the URL
-            assert server.poll() is None and time.time() < deadline, (tmp_path / "label.log").read_text()
-            time.sleep(0.2)
+        wait_until(lambda: "Labelling server" in (tmp_path / "label.log").read_text(),  # its first line: the URL
+                   f"the label server's URL ({tmp_path / 'label.log'})", alive=lambda: server.poll() is None)
         first = (tmp_path / "label.log").read_text().split("Labelling server", 1)[1].splitlines()[0]
         url = first.split(" on ")[-1].strip()
         assert url.startswith("http://127.0.0.1:"), url
@@ -68,14 +65,14 @@ def test_people_label_a_text_run_through_two_rounds_and_its_learned_reward_rises
         page.click("#save-name")
         labelled, current = 0, ""
         while labelled < LABELS:
-            page.set_default_timeout(120_000)  # between rounds the policy trains: the page polls for new pairs
+            page.set_default_timeout(OUTER_TIMEOUT_S * 1000)  # between rounds the policy trains: the page polls
             current = wait_ready_after(page, current)
             if not current:
                 continue
             a, b = page.inner_text("#media-a"), page.inner_text("#media-b")
             page.click({"left": "#btn-left", "right": "#btn-right", "equal": "#btn-equal"}[choice(a, b)])
             labelled += 1
-        assert text.wait(timeout=240) == 0, (tmp_path / "text.log").read_text()
+        assert text.wait(timeout=OUTER_TIMEOUT_S) == 0, (tmp_path / "text.log").read_text()
     finally:
         for proc in (text, server):
             if proc is not None and proc.poll() is None:

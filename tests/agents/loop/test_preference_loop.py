@@ -7,7 +7,7 @@ from agents.loop.control.config import PrefsConfig
 from agents.loop.control.run import build_loop, run_prefs
 from agents.loop.control.segment_pairs import Experience, SegmentPairSource
 from agents.loop.preference_loop import LoopCallback, LoopConfig, label_allocation
-from agents.rundir import CheckpointError
+from agents.rundir import CheckpointError, RunDir
 from agents.sb3.control import (
     IncompatibleSpaceError,
     SB3Agent,
@@ -44,7 +44,7 @@ def test_label_allocation_spends_exactly_the_budget_front_loaded(schedule):
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(labels=0), "labels must be an integer >= 1"),
+    (dict(labels=-1), "labels must be an integer >= 0"),
     (dict(initial_steps=60_000), "initial_steps"),
     (dict(selection="best"), "selection"),
     (dict(label_schedule="linear"), "label_schedule"),
@@ -150,6 +150,31 @@ def test_callback_stops_and_resume_keeps_every_label_and_reaches_the_same_budget
     assert len(final) == 24
     np.testing.assert_array_equal(final.labels[: len(labels_before)], labels_before.labels)
     np.testing.assert_array_equal(final.obs_a[: len(labels_before)], labels_before.obs_a)
+
+
+class KilledAfterLogging(LoopCallback):
+    """Dies where kill -9 leaves the most behind: round ``r``'s metrics row written, its checkpoint not."""
+
+    def __init__(self, r):
+        self.r = r
+
+    def on_round_end(self, loop, metrics):
+        if loop.state.round == self.r:
+            raise RuntimeError("killed")
+
+
+def test_resume_cuts_metrics_back_to_the_checkpoint_so_no_round_is_logged_twice(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="killed"):
+        run_prefs(tiny(), out, callbacks=[KilledAfterLogging(1)])
+    assert [r["labels/used"] for r in RunDir(out, tensorboard=False).read_metrics()] == np.cumsum(
+        label_allocation(tiny())).tolist()[:2]  # round 1's row is there, its checkpoint is not
+    assert json.loads((out / "checkpoints" / "latest.json").read_text())["checkpoint"] == "round-0000"
+    assert run_prefs(tiny(), out, resume=True)["finished"]
+    rows = RunDir(out, tensorboard=False).read_metrics()
+    steps = [r["step"] for r in rows]
+    assert [r["labels/used"] for r in rows] == np.cumsum(label_allocation(tiny())).tolist()  # one row per round
+    assert all(a < b for a, b in zip(steps, steps[1:], strict=False)), steps  # no stale point on the curves
 
 
 @pytest.mark.slow

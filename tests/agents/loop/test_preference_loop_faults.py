@@ -14,6 +14,7 @@ from agents.loop.preference_loop import PENDING_FILE, label_allocation
 from rewardmodels.feedback.label_store import LabelStore, store_path
 from rewardmodels.preferences import PreferenceDataset
 from tests.agents.loop.test_preference_loop import tiny
+from tests.waiting import OUTER_TIMEOUT_S, POLL_S
 
 
 def _latest(out):
@@ -31,14 +32,15 @@ class People(threading.Thread):
         self.out, self.interrupted, self.done = out, threading.Event(), threading.Event()
 
     def run(self):
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + OUTER_TIMEOUT_S  # the loop under test, not this thread, decides when it ends
         while not self.done.is_set() and time.monotonic() < deadline:
-            time.sleep(0.1)
+            self.done.wait(POLL_S)
             if _latest(self.out) == "round-0001-labelling":
                 with LabelStore(store_path(self.out)) as store:
                     if store.progress()["queued"] < 4:  # round 1's clips are still being drawn
                         continue
-                time.sleep(0.5)
+                # Round 1's labelling checkpoint is committed and its pairs queued: the main thread waits for
+                # people now (or is about to), and Ctrl-C there keeps that checkpoint (signals_deferred).
                 self.interrupted.set()
                 signal.raise_signal(signal.SIGINT)  # the main thread, in wait_for_labels, gets KeyboardInterrupt
                 return
@@ -51,9 +53,10 @@ class People(threading.Thread):
 def test_ctrl_c_while_people_label_then_resume_asks_for_the_same_pairs(tmp_path):
     out = tmp_path / "run"
     # mixed: a random half of each batch goes to people; the choice must survive the restart, or other pairs get
-    # queued and the ones people labelled are wasted. label_timeout: a failure ends in NaN labels, not a hang.
+    # queued and the ones people labelled are wasted. label_timeout: only the outer bound of a broken test (people
+    # here are a thread, as slow as the machine is busy: a guess of 60 s failed on a loaded machine).
     cfg = tiny(labeller="mixed", human_fraction=0.5, labels=8, rounds=2, label_until=0.5, eval_every=0,
-               label_timeout=60.0)
+               label_timeout=OUTER_TIMEOUT_S)
     assert label_allocation(cfg) == [4, 4, 0]  # 2 + 2 pairs for people, in rounds 0 and 1
     people = People(out)
     loop = build_loop(cfg, out)

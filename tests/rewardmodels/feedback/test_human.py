@@ -10,6 +10,7 @@ import pytest
 from rewardmodels.feedback.clips import render_gif
 from rewardmodels.feedback.human import HumanLabeller, StateRenderer
 from rewardmodels.feedback.label_store import LabelStore, LabelTimeoutError, store_path
+from tests.waiting import OUTER_TIMEOUT_S
 
 
 def person(run_dir, choices, name="ann", delay=0.02):
@@ -17,7 +18,7 @@ def person(run_dir, choices, name="ann", delay=0.02):
 
     def work():
         store = LabelStore(store_path(run_dir))
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + OUTER_TIMEOUT_S  # the bound of a broken test, never reached otherwise
         done = 0
         while done < len(choices) and time.monotonic() < deadline:
             pair = store.next_pair(name)
@@ -34,7 +35,7 @@ def person(run_dir, choices, name="ann", delay=0.02):
 
 
 def test_label_texts_waits_for_people_and_returns_the_convention(tmp_path):
-    labeller = HumanLabeller(tmp_path, timeout=20, poll_s=0.02)
+    labeller = HumanLabeller(tmp_path, timeout=OUTER_TIMEOUT_S, poll_s=0.02)
     prompts = ["p0", "p1", "p2", "p3"]
     t = person(tmp_path, {"p0": "left", "p1": "right", "p2": "equal", "p3": "skip"})
     labels = labeller.label(np.zeros((4, 3)), np.zeros((4, 3)),
@@ -62,7 +63,7 @@ def test_frames_are_rendered_into_the_clip_dir_and_resume_reuses_labels(tmp_path
     first.close()
 
     # The loop restarts and asks for the same pairs: same ids, the two labels are kept, one pair is still queued.
-    again = HumanLabeller(tmp_path, timeout=20, poll_s=0.02)
+    again = HumanLabeller(tmp_path, timeout=OUTER_TIMEOUT_S, poll_s=0.02)
     assert again.enqueue_frames(fa, fb) == ids
     assert again.store.progress() == {"queued": 3, "labelled": 2, "labels": 2}
     t = person(tmp_path, {ids[2]: "equal"})
@@ -153,7 +154,7 @@ def test_label_pairs_on_a_preference_dataset_matches_the_oracle_teacher(tmp_path
     from rewardmodels.teachers import make_teacher
 
     ds = cartpole_pairs(6)
-    labeller = HumanLabeller(tmp_path, renderer="CartPole-v1", timeout=30, poll_s=0.02, max_side=96)
+    labeller = HumanLabeller(tmp_path, renderer="CartPole-v1", timeout=OUTER_TIMEOUT_S, poll_s=0.02, max_side=96)
     ids = labeller.enqueue_observations(ds.obs_a, ds.obs_b, ds.mask_a, ds.mask_b)  # what people will be shown
     ret_a, ret_b = ds.true_returns()
     t = person(tmp_path, {pid: oracle_choice(ret_a[k], ret_b[k]) for k, pid in enumerate(ids)})
@@ -169,7 +170,8 @@ def test_mixed_labeller_sends_a_share_to_people_and_the_rest_to_the_teacher(tmp_
     from rewardmodels.teachers import make_teacher
 
     ds = cartpole_pairs(8)
-    human = HumanLabeller(tmp_path, renderer="CartPole-v1", timeout=30, poll_s=0.02, max_side=64)
+    human = HumanLabeller(tmp_path, renderer="CartPole-v1", timeout=OUTER_TIMEOUT_S, poll_s=0.02,
+                          max_side=64)
     mixed = MixedLabeller(human, make_teacher("oracle"), human_fraction=0.25, seed=0)
 
     class SkipTwo(dict):  # a person who skips whatever pair is shown, two of them: their pairs come back NaN
@@ -187,6 +189,6 @@ def test_mixed_labeller_sends_a_share_to_people_and_the_rest_to_the_teacher(tmp_
     np.testing.assert_array_equal(labels[~to_people], oracle[~to_people])
     with LabelStore(store_path(tmp_path)) as store:
         assert len(store.rows()) == 2  # only the people's share was asked (and answered)
-    t.join(timeout=1)
+    t.join(timeout=OUTER_TIMEOUT_S)
     with pytest.raises(ValueError, match="human_fraction"):
         MixedLabeller(human, make_teacher("oracle"), human_fraction=-0.1)

@@ -22,6 +22,7 @@ from rewardmodels.feedback.label_store import (
     UnknownPairError,
     parse_label,
 )
+from tests.waiting import OUTER_TIMEOUT_S
 
 
 @pytest.fixture
@@ -117,14 +118,31 @@ def test_enqueue_is_idempotent_by_content(store):
     assert store.enqueue([Query.text("p", "a", "b", pair_id="mine")]) == ["mine"]
 
 
-def test_concurrent_labellers_get_different_pairs_and_leases_expire(tmp_path):
-    store = LabelStore(tmp_path / "l.sqlite", lease_s=0.3)
+class Clock:
+    """The label store's clock, moved by hand: a lease expires when the test says, not when a busy machine does."""
+
+    def __init__(self):
+        self.now = time.time()
+
+    def time(self):
+        return self.now
+
+    def __getattr__(self, name):  # monotonic, sleep: the real ones
+        return getattr(time, name)
+
+
+def test_concurrent_labellers_get_different_pairs_and_leases_expire(tmp_path, monkeypatch):
+    import rewardmodels.feedback.label_store as label_store
+
+    clock = Clock()
+    monkeypatch.setattr(label_store, "time", clock)
+    store = LabelStore(tmp_path / "l.sqlite", lease_s=300)
     ids = store.enqueue(texts(2))
     a, b = store.next_pair("ann"), store.next_pair("bob")
     assert {a["pair_id"], b["pair_id"]} == set(ids)
     assert store.next_pair("cy") is None  # both held
     assert store.next_pair("ann")["pair_id"] == a["pair_id"]  # a reload shows the same pair again
-    time.sleep(0.35)
+    clock.now += 301
     assert store.next_pair("cy")["pair_id"] == ids[0]  # ann's lease expired
     store.release(ids[0], "cy")
     assert store.next_pair("dee")["pair_id"] == ids[0]
@@ -183,6 +201,73 @@ def test_wal_mode_and_labels_survive_reopening(tmp_path):
     np.testing.assert_array_equal(again.labels_array(ids, missing="nan"), [np.nan, 0.0])
 
 
+def copy_alone(path, dest):
+    """labels.sqlite copied without its -wal and -shm files: the backup a user makes with cp."""
+    import shutil
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, dest)
+    return dest
+
+
+def label_rows(path):
+    with LabelStore(path) as copy:
+        return [(r["pair_id"], r["choice"], r["labeller"]) for r in copy.rows()]
+
+
+def test_a_copy_of_the_database_file_alone_holds_every_label_while_the_store_is_open(store, tmp_path):
+    """Labels sat in labels.sqlite-wal while a server held the store (SQLite checkpoints at 1000 pages): a copy of
+    labels.sqlite alone was an empty store. Each durable write now ends with a checkpoint."""
+    ids = store.enqueue(texts(5))
+    acked = []
+    for k, pid in enumerate(ids[:4]):
+        store.submit(pid, "left" if k % 2 else "right", f"person {k}")
+        acked.append((pid, "left" if k % 2 else "right", f"person {k}"))
+        assert label_rows(copy_alone(store.path, tmp_path / f"copy{k}" / "labels.sqlite")) == acked
+    store.undo_last("person 3")
+    assert label_rows(copy_alone(store.path, tmp_path / "undone" / "labels.sqlite")) == acked[:3]
+
+
+def test_a_checkpoint_a_reader_held_back_is_finished_once_it_moves_on(store, tmp_path):
+    ids = store.enqueue(texts(2))
+    reader = sqlite3.connect(store.path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT COUNT(*) FROM labels").fetchone()  # a snapshot from before the label
+    store.submit(ids[0], "left", "ann")
+    assert label_rows(copy_alone(store.path, tmp_path / "held" / "labels.sqlite")) == []  # the reader needs the WAL
+    reader.execute("COMMIT")
+    reader.close()
+    deadline = time.monotonic() + 60  # the background retry copies it now; wait for that, generously
+    later = tmp_path / "later" / "labels.sqlite"
+    while label_rows(copy_alone(store.path, later)) == [] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert label_rows(tmp_path / "later" / "labels.sqlite") == [(ids[0], "left", "ann")]
+
+
+def test_backup_is_one_consistent_file_made_while_another_thread_labels(store, tmp_path):
+    ids = store.enqueue(texts(300))
+    done = threading.Event()
+
+    def person():
+        for pid in ids:
+            store.submit(pid, "left", "ann")
+        done.set()
+
+    writer = threading.Thread(target=person)
+    writer.start()
+    backups = []
+    while not done.is_set() or not backups:
+        path = tmp_path / f"backup{len(backups)}.sqlite"
+        backups.append((store.backup(path), path))
+    writer.join()
+    for n, path in backups:
+        assert not path.with_name(path.name + "-wal").exists()  # one self-contained file
+        with sqlite3.connect(path) as db:
+            assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        assert [r[0] for r in label_rows(path)] == ids[:n]  # a consistent prefix, never a torn copy
+    assert backups[-1][0] == 300 or store.backup(tmp_path / "final.sqlite") == 300
+
+
 def test_wait_for_labels_blocks_until_people_label(store):
     ids = store.enqueue(texts(3))
 
@@ -194,7 +279,7 @@ def test_wait_for_labels_blocks_until_people_label(store):
 
     t = threading.Thread(target=person)
     t.start()
-    labels = store.wait_for_labels(ids, timeout=20, poll_s=0.02, progress=True)
+    labels = store.wait_for_labels(ids, timeout=OUTER_TIMEOUT_S, poll_s=0.02, progress=True)
     t.join()
     np.testing.assert_array_equal(labels, [0, 0, 0])
 
@@ -270,7 +355,7 @@ def test_threads_never_double_label(store):
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=60)
+        t.join(timeout=OUTER_TIMEOUT_S)
     assert not errors
     assert sorted(got) == sorted(ids) and n_labels(store) == 120
 
@@ -289,7 +374,7 @@ def test_processes_share_the_queue_without_overlap(tmp_path):
         "print(json.dumps(got))\n")
     procs = [subprocess.Popen([sys.executable, "-c", script, str(path), f"p{i}"], stdout=subprocess.PIPE, text=True)
              for i in range(3)]
-    claimed = [json.loads(p.communicate(timeout=180)[0]) for p in procs]  # importing torch is slow on a busy machine
+    claimed = [json.loads(p.communicate(timeout=OUTER_TIMEOUT_S)[0]) for p in procs]  # a busy machine: slow imports
     flat = [pid for c in claimed for pid in c]
     assert sorted(flat) == sorted(ids)  # every pair handed out once, to one process
     assert all(p.returncode == 0 for p in procs)  # and no AlreadyLabelledError in any of them
@@ -337,3 +422,15 @@ def test_a_file_that_is_not_a_label_database(tmp_path):
     with pytest.raises(LabelStoreError, match="not a usable label database.*move it aside"):
         LabelStore(path)
     assert path.read_bytes() == b"definitely not SQLite" * 100
+
+
+def test_notes_for_labellers_are_kept_and_refused_for_unknown_keys(tmp_path):
+    with LabelStore(tmp_path / "labels.sqlite") as store:
+        assert store.notes() == {}
+        store.set_note("instructions", "judge positivity")
+        store.set_note("status", "round 1")
+        store.set_note("status", "round 2")
+        with pytest.raises(ValueError, match="note must be one of"):
+            store.set_note("html", "x")
+    with LabelStore(tmp_path / "labels.sqlite") as store:  # kept in the file
+        assert store.notes() == {"instructions": "judge positivity", "status": "round 2"}

@@ -19,6 +19,7 @@ from rewardmodels.feedback.clips import render_gif
 from rewardmodels.feedback.human import HumanLabeller
 from rewardmodels.feedback.label_store import LabelStore, Query, store_path
 from rewardmodels.feedback.webapp import InsecureBindError, ServerThread, create_app, start_server
+from tests.waiting import OUTER_TIMEOUT_S
 
 TOKEN = "s3cret-token-for-tests"
 
@@ -70,7 +71,7 @@ def test_page_next_label_and_clip(run_dir):
     assert ok.status_code == 200 and ok.get_json()["label"] == 0.0
     skip = post_label(client, {"pair_id": "txt-0", "label": "skip", "labeller": "bob"})
     assert skip.status_code == 200 and skip.get_json()["label"] is None
-    assert client.get("/api/progress").get_json() == {"queued": 2, "labelled": 2, "labels": 2}
+    assert client.get("/api/progress").get_json() == {"queued": 2, "labelled": 2, "labels": 2, "notes": {}}
     assert client.get("/api/next?labeller=ann").get_json()["pair"] is None
 
 
@@ -146,7 +147,7 @@ def test_raw_traversal_over_a_real_socket(run_dir):
     with ServerThread(create_app(run_dir)) as url:
         port = int(url.rsplit(":", 1)[1].strip("/"))
         for target in ("/clips/../labels.sqlite", "/clips/../../secret.gif", "/clips/%2e%2e/%2e%2e/secret.gif"):
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            with socket.create_connection(("127.0.0.1", port), timeout=OUTER_TIMEOUT_S) as s:
                 s.sendall(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
                 reply = b"".join(iter(lambda: s.recv(65536), b""))
             assert reply.split(b" ", 2)[1] in (b"400", b"404"), (target, reply[:200])
@@ -240,7 +241,7 @@ class ServerProcess:
         line: list[str] = []
         reader = threading.Thread(target=lambda: line.append(self.proc.stdout.readline()), daemon=True)
         reader.start()
-        reader.join(timeout=120)  # importing the package (torch, transformers) is slow on a busy 2-core machine
+        reader.join(timeout=OUTER_TIMEOUT_S)  # its first line (importing torch is slow on a busy 2-core machine)
         if not line or "http://" not in line[0]:
             self.kill()
             raise RuntimeError(f"label server did not start: {line}")
@@ -250,7 +251,7 @@ class ServerProcess:
     def kill(self, sig=signal.SIGKILL):
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        self.proc.wait(timeout=10)
+        self.proc.wait(timeout=OUTER_TIMEOUT_S)
 
 
 def request(conn: http.client.HTTPConnection, method: str, path: str, body=None):
@@ -275,7 +276,7 @@ def test_load_20_labellers_500_labels_none_lost_none_duplicated(tmp_path):
     lock = threading.Lock()
 
     def labeller(name: str):
-        conn = http.client.HTTPConnection(server.host, server.port, timeout=15)
+        conn = http.client.HTTPConnection(server.host, server.port, timeout=OUTER_TIMEOUT_S)
         try:
             while True:
                 status, body = request(conn, "GET", f"/api/next?labeller={name}")
@@ -301,8 +302,8 @@ def test_load_20_labellers_500_labels_none_lost_none_duplicated(tmp_path):
         for t in threads:
             t.start()
         for t in threads:
-            t.join(timeout=90)
-        assert not any(t.is_alive() for t in threads), "labellers did not finish within 90 s"
+            t.join(timeout=OUTER_TIMEOUT_S)
+        assert not any(t.is_alive() for t in threads), "labellers did not finish"
     finally:
         server.kill(signal.SIGTERM)
     assert not failures, failures[:5]
@@ -316,7 +317,7 @@ def test_load_20_labellers_500_labels_none_lost_none_duplicated(tmp_path):
 def test_kill_9_loses_no_acknowledged_label_and_the_loop_resumes(tmp_path):
     run = tmp_path / "run"
     n = 60
-    human = HumanLabeller(run, timeout=90, poll_s=0.05, progress=False)
+    human = HumanLabeller(run, timeout=OUTER_TIMEOUT_S, poll_s=0.05, progress=False)
     ids = human.enqueue_texts([f"p{i}" for i in range(n)], ["a"] * n, ["b"] * n,
                               pair_ids=[f"c-{i}" for i in range(n)])
     result: dict = {}
@@ -327,14 +328,14 @@ def test_kill_9_loses_no_acknowledged_label_and_the_loop_resumes(tmp_path):
     acked: dict[str, str] = {}
     maybe: dict[str, str] = {}  # sent when the server died: stored or not, never acknowledged
     lock = threading.Lock()
-    stop = time.monotonic() + 90
+    stop = time.monotonic() + OUTER_TIMEOUT_S  # only the bound of a broken test
 
     def labeller(name: str):
         pending = None
         while time.monotonic() < stop:
             srv = server["proc"]
             try:
-                conn = http.client.HTTPConnection(srv.host, srv.port, timeout=5)
+                conn = http.client.HTTPConnection(srv.host, srv.port, timeout=OUTER_TIMEOUT_S)
                 if pending is None:
                     status, body = request(conn, "GET", f"/api/next?labeller={name}")
                     if body["pair"] is None:
@@ -371,8 +372,8 @@ def test_kill_9_loses_no_acknowledged_label_and_the_loop_resumes(tmp_path):
     server["proc"] = ServerProcess(run)  # restart on the same store; the clients carry on
     try:
         for t in clients:
-            t.join(timeout=90)
-        loop.join(timeout=60)
+            t.join(timeout=OUTER_TIMEOUT_S)
+        loop.join(timeout=OUTER_TIMEOUT_S)
     finally:
         server["proc"].kill(signal.SIGTERM)
     assert "labels" in result, "the waiting labeller did not complete"

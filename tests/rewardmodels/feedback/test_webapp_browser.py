@@ -15,6 +15,7 @@ from rewardmodels.feedback.clips import render_gif
 from rewardmodels.feedback.human import HumanLabeller
 from rewardmodels.feedback.label_store import LabelStore, Query, store_path
 from rewardmodels.feedback.webapp import ServerThread, create_app
+from tests.waiting import OUTER_TIMEOUT_S
 
 pytestmark = pytest.mark.browser
 
@@ -23,7 +24,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Playwright adds --headless and a fresh temporary --user-data-dir itself.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
-TIMEOUT_MS = 15_000
+TIMEOUT_MS = int(OUTER_TIMEOUT_S * 1000)  # every page wait waits for an event; this only bounds a broken test
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +189,7 @@ def test_person_labels_cartpole_clips_like_the_oracle_teacher(page, tmp_path):
     pairs = cartpole_pairs(n_pairs + 200, segment_len=10, seed=1)
     shown, held_out = pairs.subset(np.arange(n_pairs)), pairs.subset(np.arange(n_pairs, len(pairs)))
     run = tmp_path / "run"
-    human = HumanLabeller(run, renderer="CartPole-v1", timeout=120, poll_s=0.05, max_side=120, fps=20)
+    human = HumanLabeller(run, renderer="CartPole-v1", timeout=OUTER_TIMEOUT_S, poll_s=0.05, max_side=120, fps=20)
     # The ids people will see (content hashes; the loop's call below renders nothing new and gets the same ids).
     ids = human.enqueue_observations(shown.obs_a, shown.obs_b, shown.mask_a, shown.mask_b)
     ret_a, ret_b = shown.true_returns()
@@ -213,7 +214,7 @@ def test_person_labels_cartpole_clips_like_the_oracle_teacher(page, tmp_path):
                                    "i => i.complete && i.naturalWidth > 0)")  # the person watches both clips
             act(page, keys[truth[current]][n % 3])
             current, n = wait_ready_after(page, current), n + 1
-    loop.join(timeout=60)
+    loop.join(timeout=OUTER_TIMEOUT_S)
     assert n == n_pairs and "labels" in result
 
     oracle = make_teacher("oracle").label(shown.true_rew_a, shown.true_rew_b, shown.mask_a, shown.mask_b)
@@ -261,7 +262,7 @@ def test_person_in_the_browser_teaches_the_loop_and_the_agent_improves_as_with_t
     teacher_summary = teacher_loop.run()
     teacher_loop.agent.close()
 
-    loop = build_loop(PrefsConfig.for_env("CartPole-v1", labeller="human", label_timeout=180, **settings),
+    loop = build_loop(PrefsConfig.for_env("CartPole-v1", labeller="human", label_timeout=OUTER_TIMEOUT_S, **settings),
                       tmp_path / "human")
     key = AnswerKey(loop.labeller)
     loop.labeller = key
@@ -275,7 +276,7 @@ def test_person_in_the_browser_teaches_the_loop_and_the_agent_improves_as_with_t
         page.goto(url)
         page.fill("#labeller", "scripted person")
         page.click("#save-name")
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + OUTER_TIMEOUT_S
         while thread.is_alive() and time.monotonic() < deadline:
             page.wait_for_function("() => ['ready', 'empty'].includes(document.body.dataset.state)")
             current = pair_id(page)
@@ -286,7 +287,7 @@ def test_person_in_the_browser_teaches_the_loop_and_the_agent_improves_as_with_t
                                    "i => i.complete && i.naturalWidth > 0)")  # the person watches both clips
             act(page, keys[key.truth[current]][n % 3])
             done, n = current, n + 1
-        thread.join(timeout=120)
+        thread.join(timeout=OUTER_TIMEOUT_S)
     loop.agent.close()
     summary = result["summary"]
     assert n == 24 and key.calls >= 2 and summary["labels_used"] == 24
@@ -296,3 +297,50 @@ def test_person_in_the_browser_teaches_the_loop_and_the_agent_improves_as_with_t
     assert summary["true_return_mean"] > 60  # a random CartPole policy lasts about 22 steps
     with LabelStore(store_path(tmp_path / "human")) as store:
         assert len(store.rows()) == 24 and {r["labeller"] for r in store.rows()} == {"scripted person"}
+
+
+def test_people_see_the_runs_instructions_and_status_as_text(page, tmp_path):
+    run = tmp_path / "run"
+    labeller = HumanLabeller(run, instructions="Judge the <i>positivity</i> of the review.")
+    labeller.store.enqueue([Query.text("Prompt?", "good", "bad", pair_id="t-0")])
+    labeller.post_status("Round 2: 40 labels so far. Before it saw your last labels, the reward model agreed with "
+                         "75% of them.")
+    with ServerThread(create_app(run)) as url:
+        page.goto(url)
+        page.fill("#labeller", "ada")
+        page.click("#save-name")
+        wait_ready_after(page, "")
+        assert page.is_visible("#instructions")
+        assert page.inner_text("#instructions-text") == "Judge the <i>positivity</i> of the review."
+        assert page.locator("#instructions-text i").count() == 0  # shown as text, never as markup
+        assert "agreed with 75%" in page.inner_text("#run-status")
+    labeller.close()
+
+
+def test_people_see_two_conversations_turn_by_turn(page, tmp_path):
+    run = tmp_path / "run"
+    labeller = HumanLabeller(run)
+
+    def conversation(answer: str) -> list[dict]:
+        return [{"role": "user", "content": "Guess my number."}, {"role": "assistant", "content": "5"},
+                {"role": "user", "content": "<b>Higher.</b>"}, {"role": "assistant", "content": answer}]
+
+    ids = labeller.enqueue_texts(["Guess my number."], ["5 Higher. 7"], ["5 Higher. 9"],
+                                 conversations=[(conversation("7"), conversation("9"))])
+    with ServerThread(create_app(run)) as url:
+        page.goto(url)
+        page.fill("#labeller", "ada")
+        page.click("#save-name")
+        wait_ready_after(page, "")
+        assert page.inner_text("#prompt") == "Guess my number."  # the environment's first turn, once
+        for side, answer in (("a", "7"), ("b", "9")):
+            turns = page.locator(f"#media-{side} .turn")
+            assert turns.count() == 3
+            assert [turns.nth(i).get_attribute("class") for i in range(3)] == [
+                "turn assistant", "turn user", "turn assistant"]
+            assert [turns.nth(i).locator(".content").inner_text() for i in range(3)] == ["5", "<b>Higher.</b>", answer]
+            assert page.locator(f"#media-{side} .turn b").count() == 0  # untrusted text, never markup
+        page.click("#btn-right")
+        wait_ready_after(page, ids[0])
+    assert labeller.store.labels_array(ids).tolist() == [0.0]
+    labeller.close()

@@ -152,7 +152,7 @@ def test_run_tag_confines_labelling_to_its_pairs(run_dir):
     assert rows(run_dir) == []
     assert client.get("/api/next?labeller=ann").get_json()["pair"]["pair_id"] == "other-0"
     assert post(client, "/api/label", {"pair_id": "other-0", "label": "left", "labeller": "ann"}).status_code == 200
-    assert client.get("/api/progress").get_json() == {"queued": 1, "labelled": 1, "labels": 1}
+    assert client.get("/api/progress").get_json() == {"queued": 1, "labelled": 1, "labels": 1, "notes": {}}
     r1 = create_app(run_dir, run_tag="r1").test_client()
     assert post(r1, "/api/undo", {"labeller": "ann"}).status_code == 404  # her r2 label is not r1's to undo
     assert rows(run_dir) == [("other-0", "left", "ann")]
@@ -193,14 +193,71 @@ def test_wrong_tokens_are_rate_limited_per_address_and_logged(run_dir, caplog):
     for i in range(5):
         response = client.get("/api/progress", headers={"X-Label-Token": f"guess-{i}"}, environ_base=attacker)
         assert response.status_code == 403
-    blocked = client.get("/api/progress", headers={"X-Label-Token": TOKEN}, environ_base=attacker)
-    assert blocked.status_code == 429 and int(blocked.headers["Retry-After"]) > 0  # even the right token now
+    blocked = client.get("/api/progress", headers={"X-Label-Token": "guess-5"}, environ_base=attacker)
+    assert blocked.status_code == 429 and int(blocked.headers["Retry-After"]) > 0
     assert client.get("/?invite=made-up", environ_base=attacker).status_code == 429
+    assert client.get("/?token=guess-6", environ_base=attacker).status_code == 429
     ok = client.get("/api/progress", headers={"X-Label-Token": TOKEN}, environ_base={"REMOTE_ADDR": "198.51.100.1"})
     assert ok.status_code == 200  # other addresses are not affected
     logged = [r.getMessage() for r in caplog.records]
     assert len(logged) == 5 and all("203.0.113.9" in m and "wrong access token" in m for m in logged)
     assert not any("guess-" in m for m in logged)  # the guesses themselves are not written to the log
+
+
+def test_failures_from_an_address_never_lock_out_a_valid_credential_from_it(run_dir):
+    """Behind a NAT or a proxy people share an address: ten typos (or someone's guessing) from it used to give
+    everyone there 429 for a minute, the right token and valid invitations included."""
+    client = public_client(run_dir, max_failures=3, failure_window_s=60)
+    shared = {"REMOTE_ADDR": "203.0.113.9"}
+    for i in range(10):
+        client.get("/api/progress", headers={"X-Label-Token": f"typo-{i}"}, environ_base=shared)
+    assert client.get("/api/progress", headers={"X-Label-Token": "typo"}, environ_base=shared).status_code == 429
+    assert client.get("/api/progress", headers={"X-Label-Token": TOKEN}, environ_base=shared).status_code == 200
+    ann = invite(run_dir, "Ann")
+    first = client.get(f"/?invite={ann}", environ_base=shared)  # her link, opened during the block
+    assert first.status_code == 302
+    pair = client.get("/api/next", environ_base=shared).get_json()["pair"]["pair_id"]  # her cookie
+    assert post(client, "/api/label", {"pair_id": pair, "label": "left"}, environ_base=shared).status_code == 200
+    assert rows(run_dir) == [(pair, "left", "Ann")]
+
+
+def test_behind_a_trusted_proxy_the_limit_counts_the_forwarded_client(run_dir):
+    proxy = {"REMOTE_ADDR": "10.0.0.5"}
+    client = public_client(run_dir, max_failures=3, trusted_proxies=("10.0.0.0/24",))
+
+    def via_proxy(forwarded, token):
+        return client.get("/api/progress", headers={"X-Label-Token": token, "X-Forwarded-For": forwarded},
+                          environ_base=proxy).status_code
+
+    for i in range(5):
+        via_proxy("198.51.100.1, 203.0.113.9", f"guess-{i}")  # the left hop is the client's own claim: ignored
+    assert via_proxy("203.0.113.9", "guess") == 429
+    assert via_proxy("198.51.100.7", "typo") == 403  # another person through the same proxy: not blocked
+    assert via_proxy("203.0.113.9, 10.0.0.9", "typo") == 429  # a chain of trusted proxies: the client before it
+    # without the proxy trusted (the default), X-Forwarded-For is whatever a client wrote: never believed
+    direct = public_client(run_dir, max_failures=3)
+    for i in range(5):
+        spoofed = {"X-Label-Token": f"guess-{i}", "X-Forwarded-For": f"192.0.2.{i}"}
+        direct.get("/api/progress", headers=spoofed, environ_base={"REMOTE_ADDR": "203.0.113.9"})
+    assert direct.get("/api/progress", headers={"X-Label-Token": "g", "X-Forwarded-For": "192.0.2.99"},
+                      environ_base={"REMOTE_ADDR": "203.0.113.9"}).status_code == 429
+    with pytest.raises(ValueError, match="not an IP address or network"):
+        public_client(run_dir, trusted_proxies=("proxy.example.org",))
+
+
+def test_client_keys():
+    from rewardmodels.feedback.webapp.auth import TrustedProxies, client_key
+
+    assert client_key("203.0.113.9") == "203.0.113.9"
+    assert client_key("::ffff:203.0.113.9") == "203.0.113.9"
+    assert client_key("2001:db8:1:2:aaaa::1") == client_key("2001:db8:1:2:bbbb::7") == "2001:db8:1:2::/64"
+    assert client_key("2001:db8:1:3::1") != client_key("2001:db8:1:2::1")
+    proxies = TrustedProxies(["10.0.0.1", "2001:db8:ffff::/48"])
+    assert proxies.client("10.0.0.1", "[2001:db8:1:2::5]:443") == "2001:db8:1:2::/64"
+    assert proxies.client("10.0.0.1", "203.0.113.9:5555") == "203.0.113.9"
+    assert proxies.client("10.0.0.1", "203.0.113.9, not-an-ip") == "10.0.0.1"  # a garbled hop: trust stops there
+    assert proxies.client("10.0.0.2", "203.0.113.9") == "10.0.0.2"  # not a trusted proxy
+    assert proxies.client("10.0.0.1", None) == "10.0.0.1"
 
 
 def test_public_bind_needs_a_token_of_minimum_length(run_dir):

@@ -66,7 +66,7 @@ def test_plugs_into_textgen_as_reward_fn():
 
     model, tok = make_tiny_lm()
     rm = LMRewardModel(copy.deepcopy(model), tok, policy_tokenizer=tok)
-    env = TextGenEnv(model=model, tokenizer=tok, prompts=["the movie was", "i loved it"], reward_fn=rm,
+    env = TextGenEnv(model=model, tokenizer=tok, prompts=["the movie was", "i loved it"], reward_fn=rm, info_text=True,
                      max_new_tokens=4)
     _assert_episode_scored_by(env, rm)
 
@@ -326,7 +326,8 @@ def test_loads_a_trl_reward_trainer_checkpoint_as_a_textgen_reward_fn(tmp_path):
     rm = LMRewardModel.from_pretrained(tmp_path / "trl", policy_tokenizer=tok)
     torch.testing.assert_close(rm(PROMPTS, RESPONSES), _hf_scores(trained, tok, PROMPTS, RESPONSES), atol=1e-5, rtol=0)
     _assert_episode_scored_by(
-        TextGenEnv(model=policy, tokenizer=tok, prompts=["the movie was"], reward_fn=rm, max_new_tokens=4), rm
+        TextGenEnv(model=policy, tokenizer=tok, prompts=["the movie was"], reward_fn=rm, max_new_tokens=4,
+                   info_text=True), rm
     )
 
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from agents.loop.text.improve import improve, make_text_vec_env
+from agents.loop.text.improve import make_learner, make_text_vec_env
 from agents.loop.text.run import TextRLHFConfig, TextRLHFContext, run_text_rlhf
 from agents.rundir import RunDir
 from rewardmodels.text.teachers import KeywordTeacher
@@ -56,26 +56,24 @@ def _context(tmp_path, **config) -> TextRLHFContext:
         return torch.tensor([float(len(r)) for r in responses])
 
     return TextRLHFContext(cfg, model, frozen_copy(model), tokenizer, None, None, length_reward, PROMPTS, [],
-                           RunDir(tmp_path, tensorboard=False), torch.device("cpu"))
+                           RunDir(tmp_path, tensorboard=False), torch.device("cpu"), kl=cfg.kl_penalty())
 
 
 def test_sb3_text_envs_act_with_the_pipeline_policy_against_its_frozen_reference(tmp_path):
     ctx = _context(tmp_path, kl_coef=0.1, seed=3)
-    venv = make_text_vec_env(ctx, 3)
-    assert venv.num_envs == 3
-    for env in venv.envs:
-        inner = env.unwrapped
-        assert inner.policy is ctx.policy and inner.ref_model is ctx.ref_model  # no copies: one set of weights
-        assert inner.engine.kl_coef == 0.1 and inner.engine.temperature == ctx.config.temperature
+    venv = make_text_vec_env(ctx, 3)  # one batched engine behind SB3's VecEnv
+    assert venv.num_envs == 3 == venv.engine.num_rows
+    assert venv.policy is ctx.policy and venv.engine.ref_model is ctx.ref_model  # no copies: one set of weights
+    assert venv.engine.kl_coef == 0.1 and venv.engine.temperature == ctx.config.temperature
     venv.reset()
-    assert all(info["prompt"] in PROMPTS for info in venv.reset_infos)  # the pipeline's training prompts
+    assert all(p in PROMPTS for p in venv.engine.prompt_text)  # the pipeline's training prompts
 
 
 def test_sb3_a2c_step_spends_the_token_budget_and_logs_episode_means(tmp_path):
     ctx = _context(tmp_path, iterations=2, num_envs=4, eval_every=0, extra={"n_envs": 2, "n_steps": 8})
     before = snapshot(ctx.policy)
     ref_before = snapshot(ctx.ref_model)
-    extra = improve(ctx)  # cfg.algo is sb3-a2c
+    extra = make_learner(ctx).learn(ctx.config.iterations)  # cfg.algo is sb3-a2c
     assert extra == {"tokens_seen": 2 * 4 * 4, "sb3_n_envs": 2, "sb3_n_steps": 8}
     assert changed(before, ctx.policy)
     assert not changed(ref_before, ctx.ref_model)  # the KL anchor stays frozen

@@ -17,6 +17,7 @@ from rewardmodels.text.ensemble import LMRewardEnsemble
 from rewardmodels.text.preferences import TextPreferencePairs
 from rewardmodels.text.teachers import KeywordTeacher
 from tests.agents.lm_fixtures import PROMPTS, TARGET_WORD
+from tests.waiting import OUTER_TIMEOUT_S
 from textenv.testing import make_tiny_lm
 
 TINY = dict(max_new_tokens=6, max_prompt_tokens=4, rm_epochs=2, rm_learning_rate=3e-3, learning_rate=1e-2,
@@ -46,7 +47,7 @@ def test_online_loop_spreads_labels_over_rounds_on_the_current_policy(tmp_path):
     rows = result.run_dir.read_metrics()
     used = [r["labels/used"] for r in rows if "labels/used" in r]
     assert used == np.cumsum(allocation).tolist()  # one row per round, labels as allocated
-    assert len([r for r in rows if "eval/true_return" in r]) == 3  # the oracle after every round's improvement
+    assert len([r for r in rows if "eval/oracle_score" in r]) == 4  # the oracle before, and after every round
     pairs = TextPreferencePairs.load(tmp_path / "run" / "pairs.jsonl")
     assert len(pairs) == 48 and np.isin(pairs.labels, [0.0, 0.5, 1.0]).all()
     # Labels are asked on the policy being trained (one object: the agent trains it in place, the source samples it).
@@ -137,6 +138,9 @@ def test_people_label_the_loops_pairs_through_the_label_store(tmp_path):
     assert result.summary["labels_used"] == 12
     with LabelStore(store_path(tmp_path / "run")) as store:
         assert len(store.rows()) == 12 and {r["labeller"] for r in store.rows()} == {"ada"}
+        notes = store.notes()  # what the labelling page shows people: the task, and how the run goes
+    assert notes["instructions"].startswith("Each pair is two responses") and "12 labels so far" in notes["status"]
+    assert "agreed with" in notes["status"]  # round 2's labels measured against the round-1 model
 
 
 def test_mixed_labeller_sends_a_share_to_people_and_the_rest_to_the_teacher(tmp_path):
@@ -145,7 +149,7 @@ def test_mixed_labeller_sends_a_share_to_people_and_the_rest_to_the_teacher(tmp_
     prompts = ["the movie was"] * 6
     a = [f"good {w}" for w in "fun story plot music price screen".split()]
     b = [f"bad {w}" for w in "fun story plot music price screen".split()]
-    human = HumanLabeller(tmp_path, timeout=30, poll_s=0.05)
+    human = HumanLabeller(tmp_path, timeout=OUTER_TIMEOUT_S, poll_s=0.05)  # the bound of a broken test
     mixed = MixedLabeller(human, teacher(), human_fraction=0.5, seed=0)
     done = threading.Event()
 

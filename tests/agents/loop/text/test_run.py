@@ -62,6 +62,9 @@ def test_pipeline_writes_the_run_directory_and_improves_the_oracle(algo, tmp_pat
     assert torch.isfinite(reward(["the movie was"], ["good good"])).all()
     keys = set().union(*(row.keys() for row in result.run_dir.read_metrics()))
     assert {"eval/oracle_score", "env/score_mean", "env/kl_to_ref", "rm/loss"} <= keys
+    # every improvement row is stamped with the improvement wall-clock so far (time to a learned reward)
+    clock = [row["time/improve_s"] for row in result.run_dir.read_metrics() if "env/score_mean" in row]
+    assert clock == sorted(clock) and 0 < clock[-1] <= summary["improve_wall_s"]
 
 
 def test_dpo_pipeline_runs_on_the_labelled_pairs(tmp_path):
@@ -83,11 +86,11 @@ def test_config_validation_and_registry():
     assert {"ppo", "grpo", "rloo", "dpo", "kto", "sb3-ppo", "sb3-a2c"} <= set(TEXT_ALGORITHMS)
     with pytest.raises(ValueError, match="algo must be one of"):
         TextRLHFConfig(algo="trpo")
-    with pytest.raises(ValueError, match="num_pairs must be an integer >= 1"):
+    with pytest.raises(ValueError, match="num_pairs=0 .no labels. needs reward functions"):
         TextRLHFConfig(num_pairs=0)
     assert TextRLHFConfig.for_algo("grpo").group_size >= 2
-    for name in TEXT_ALGORITHMS:  # every registered algorithm builds its own, validated config
-        assert TextRLHFConfig.for_algo(name).agent_config() is not None, name
+    for name, algorithm in TEXT_ALGORITHMS.items():  # every trained algorithm builds its own, validated config
+        assert (TextRLHFConfig.for_algo(name).agent_config() is None) == (algorithm.kind == "bon"), name
 
 
 def test_cli_text_builds_the_config_from_flags(tmp_path):
