@@ -27,10 +27,8 @@ import numpy as np
 import torch
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 
+from rewardmodels.published import PEBBLE_K
 from textenv.checks import check, check_number
-
-#: PEBBLE's k (BPref config/train_PEBBLE.yaml, ``topK: 5``).
-PEBBLE_K = 5
 
 
 def _flat(x: Any) -> torch.Tensor:

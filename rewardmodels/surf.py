@@ -9,7 +9,8 @@ arXiv:2203.10050), as pure functions; ``rewardmodels.ensemble.RewardEnsemble.fit
   the README's commands): tau = 0.99 (``threshold_u=0.99`` for both DMC walker and Meta-World; the config file's
   default is 0.95), lambda = 1 (``lambda_u``), mu = 4 unlabelled pairs per labelled pair in each minibatch (``mu=4``),
   and unlabelled pairs drawn from the replay buffer after every query, 10 per label on Meta-World and 100 on DMC
-  (``inv_label_ratio``). The confidence is judged on the uncropped segments, the loss on cropped ones.
+  (``inv_label_ratio``); the values are in ``rewardmodels.published``. The confidence is judged on the uncropped
+  segments, the loss on cropped ones.
 * **Temporal cropping** (Sec. 4.2): a labelled segment of H steps is stored with ``w`` more steps on each side
   (``dataaug_window=5``); every time a pair is used, one length L is drawn uniformly from H - c .. H + c
   (``crop_range=5``: 45-55 steps for B-Pref's H = 50) and each of the two segments is cropped to an L-step window
@@ -24,13 +25,6 @@ import numpy as np
 import torch
 
 from textenv.checks import check, check_number
-
-#: SURF's constants (official code, alinlab/SURF; module docstring).
-SURF_THRESHOLD = 0.99
-SURF_WEIGHT = 1.0
-SURF_RATIO = 4
-SURF_CONTEXT = 5
-SURF_CROP = 5
 
 
 def pseudo_labels(returns_a: torch.Tensor, returns_b: torch.Tensor,

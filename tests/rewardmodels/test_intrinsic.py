@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from rewardmodels.intrinsic import PEBBLE_K, StateEntropyReward, knn_distances, kozachenko_leonenko_entropy
+from rewardmodels.intrinsic import StateEntropyReward, knn_distances, kozachenko_leonenko_entropy
+from rewardmodels.published import PEBBLE_K
 
 
 def test_knn_distances_by_hand():

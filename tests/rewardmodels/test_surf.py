@@ -12,14 +12,8 @@ from rewardmodels.ensemble import FitConfig, RewardEnsemble, _pair_returns, _ten
 from rewardmodels.errors import SegmentShapeError
 from rewardmodels.nets import MLPRewardNet, segment_returns, step_rewards
 from rewardmodels.preferences import PreferenceDataset
-from rewardmodels.surf import (
-    SURF_CONTEXT,
-    SURF_CROP,
-    SURF_THRESHOLD,
-    crop_windows,
-    pseudo_labels,
-    window_weights,
-)
+from rewardmodels.published import SURF_CONTEXT, SURF_CROP, SURF_THRESHOLD
+from rewardmodels.surf import crop_windows, pseudo_labels, window_weights
 
 OBS = gym.spaces.Box(-10.0, 10.0, (1,), np.float32)
 ACT = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)

@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from rewardmodels.intrinsic import PEBBLE_K, StateEntropyReward, knn_distances
+from rewardmodels.intrinsic import StateEntropyReward, knn_distances
+from rewardmodels.published import PEBBLE_K
 from textenv.checks import check_number
 
 logger = logging.getLogger(__name__)

@@ -99,9 +99,8 @@ import numpy as np
 
 from agents.loop.control.atari import ATARI_ENVS, ATARI_NAMESPACE
 from agents.loop.control.bpref import METAWORLD_TASKS
-from rewardmodels.intrinsic import PEBBLE_K
+from rewardmodels.published import PEBBLE_K, SURF_CONTEXT, SURF_CROP, SURF_RATIO, SURF_THRESHOLD, SURF_WEIGHT
 from rewardmodels.schedules import CHRISTIANO_ATARI_C, CHRISTIANO_MUJOCO_C
-from rewardmodels.surf import SURF_CONTEXT, SURF_CROP, SURF_RATIO, SURF_THRESHOLD, SURF_WEIGHT
 
 logger = logging.getLogger(__name__)
 
