@@ -60,10 +60,21 @@ CPU_TABLE: dict[str, dict[str, Any]] = {
 }
 FULL_STEPS = 2_000_000
 SIDES = ("prefs", "rl")
+#: ``--table bpref``: the B-Pref tasks (``agents/loop/control/bpref.py``) at 100k env steps (PEBBLE ran 500k-1M), SAC
+#: with the ``--preset``'s settings (pebble / surf) but 64 x 64 nets and minibatches of 256 (ours: PEBBLE's 1,024 x 2
+#: nets and 1,024-pair batches cost ~50x more CPU per update).
+BPREF_TABLE: dict[str, dict[str, Any]] = {env: dict(steps=100_000, algo="sac") for env in (
+    "BPref/walker-walk-v0", "BPref/cheetah-run-v0", "BPref/quadruped-walk-v0", "BPref/button-press-v3")}
+BPREF_CPU_SAC = dict(batch_size=256, policy_kwargs=dict(net_arch=[64, 64]))
 
 
 def budget(env_id: str, table: str, steps: int | None, algo: str | None) -> dict[str, Any]:
     """Steps, algorithm and hyperparameter overrides of one env (command-line values win)."""
+    if table == "bpref":
+        row = dict(BPREF_TABLE.get(env_id, dict(steps=100_000, algo="sac")), cpu_nets=True)
+        row["steps"] = steps or row["steps"]
+        row["algo"], row["hyperparams"] = algo or row["algo"], None  # the preset's, with BPREF_CPU_SAC's nets
+        return row
     row = dict(CPU_TABLE.get(env_id, dict(steps=150_000, algo=None)))
     if table == "full":
         row["steps"] = FULL_STEPS
@@ -78,12 +89,16 @@ def budget(env_id: str, table: str, steps: int | None, algo: str | None) -> dict
 
 
 def prefs_config(env_id: str, seed: int, labels: int, row: dict[str, Any], eval_episodes: int,
-                 extra: dict[str, Any] | None = None):
+                 extra: dict[str, Any] | None = None, preset: str = "christiano-mujoco"):
     from agents.loop import PrefsConfig
 
     overrides = dict(labels=labels, steps=row["steps"], seed=seed, progress_bar=False, eval_every=0,
                      eval_episodes=eval_episodes, algo=row["algo"], hyperparams=row["hyperparams"], **(extra or {}))
-    return PrefsConfig.from_preset("christiano-mujoco", env_id, **overrides)
+    cfg = PrefsConfig.from_preset(preset, env_id, **overrides)
+    if row.get("cpu_nets") and cfg.algo == "sac" and "hyperparams" not in (extra or {}):
+        cfg = PrefsConfig.from_preset(preset, env_id, **{**overrides, "hyperparams": {**cfg.hyperparams,
+                                                                                      **BPREF_CPU_SAC}})
+    return cfg
 
 
 def evaluate(model, env_id: str, episodes: int, deterministic: bool = True) -> np.ndarray:
@@ -116,12 +131,35 @@ def run_rl(cfg, steps: int) -> dict[str, Any]:
     venv.close()
     return {"true_return_mean": float(returns.mean()), "true_return_std": float(returns.std()),
             "env_steps": int(model.num_timesteps), "wall_s": time.perf_counter() - start,
-            "cpu_s": time.process_time() - cpu}
+            "cpu_s": time.process_time() - cpu, "success": success_rate(model, cfg.env_id, cfg.eval_episodes)}
+
+
+def success_rate(model, env_id: str, episodes: int) -> float | None:
+    """Share of episodes of the deterministic policy in which ``info["success"]`` is ever 1 (Meta-World's measure,
+    the one PEBBLE and SURF report), on the evaluation seeds; None for envs without it."""
+    import gymnasium as gym
+
+    env = gym.make(env_id)
+    try:
+        successes = []
+        for episode in range(episodes):
+            obs, info = env.reset(seed=10_000 + episode)
+            done, success = False, 0.0
+            while not done:
+                obs, _, terminated, truncated, info = env.step(model.predict(obs, deterministic=True)[0])
+                if "success" not in info:
+                    return None
+                success, done = max(success, float(info["success"])), terminated or truncated
+            successes.append(success)
+    finally:
+        env.close()
+    return float(np.mean(successes))
 
 
 def random_return(env_id: str, episodes: int) -> float:
     import gymnasium as gym
 
+    import agents.loop.control.bpref  # noqa: F401 - registers the BPref/ ids
     env = gym.make(env_id)
     env.action_space.seed(10_000)
     total = []
@@ -208,6 +246,7 @@ def diagnose(run_dir: Path, frozen: bool) -> dict[str, Any]:
     labelled = np.concatenate([ret_a, ret_b])
     final = np.array([w[2].sum() for w in policy]) if policy else np.zeros(0)
     out: dict[str, Any] = {
+        "success": success_rate(model, cfg.env_id, cfg.eval_episodes),
         "final_policy": _agreement(ensemble, policy), "random_policy": _agreement(ensemble, random),
         "labelled_segment_return": {"mean": float(labelled.mean()), "p90": float(np.percentile(labelled, 90)),
                                     "max": float(labelled.max())},
@@ -235,13 +274,14 @@ def run_one(env_id: str, seed: int, side: str, args: argparse.Namespace) -> dict
 
     torch.set_num_threads(args.threads)
     row = budget(env_id, args.table, args.steps, args.algo)
-    cfg = prefs_config(env_id, seed, args.labels, row, args.eval_episodes, json.loads(args.set))
+    cfg = prefs_config(env_id, seed, args.labels, row, args.eval_episodes, json.loads(args.set), args.preset)
     run_dir = Path(args.out) / f"{env_id}-seed{seed}"
     if side == "prefs":
         summary = run_prefs(cfg, prepare_out(run_dir / "prefs", overwrite=True))  # an interrupted try: aside
         result = {k: summary[k] for k in ("true_return_mean", "true_return_std", "env_steps", "wall_s", "cpu_s",
                                           "labels_used")}
         result["diagnose"] = diagnose(run_dir / "prefs", args.frozen)
+        result["success"] = result["diagnose"].pop("success")
     else:
         result = run_rl(cfg, row["steps"])
     return {"env": env_id, "seed": seed, "side": side, "algo": cfg.algo, "steps": row["steps"], **result}
@@ -252,6 +292,10 @@ def _job(env_id: str, seed: int, side: str, args: argparse.Namespace, passthroug
     if path.exists() and not args.redo:
         return json.loads(path.read_text())
     path.parent.mkdir(parents=True, exist_ok=True)
+    earlier = Path(args.rl_from or "") / f"{env_id}-seed{seed}" / "rl.json"
+    if side == "rl" and args.rl_from and earlier.exists():
+        path.write_text(earlier.read_text())
+        return json.loads(path.read_text())
     log = path.with_suffix(".log")
     cmd = [sys.executable, __file__, "--one", env_id, str(seed), side, *passthrough]
     with open(log, "w") as fh:
@@ -285,6 +329,9 @@ def summarise(rows: list[dict[str, Any]], randoms: dict[str, float]) -> tuple[di
                            "gain_ratio": gain, "worst_seed_gain_ratio": float(min(gains)),
                            "per_seed": {str(k): {sd: v[sd]["true_return_mean"] for sd in SIDES}
                                         for k, v in by_seed.items() if set(v) == set(SIDES)}}
+        if all(s[sd].get("success") is not None for s in pairs for sd in SIDES):  # Meta-World
+            summary[env_id].update({f"success_{sd}": float(np.mean([s[sd]["success"] for s in pairs]))
+                                    for sd in SIDES})
         ratio_txt = f"{ratio:.2f}" if t > 0 and p > 0 else "n/a (returns < 0)"
         lines.append(f"| {env_id} | {first['algo'].upper()} | {first['steps']:,} | {len(pairs)} | "
                      f"{first['labels_used']} | {p:.1f} | {t:.1f} | {rand:.1f} | {ratio_txt} | {gain:.2f} | "
@@ -295,10 +342,18 @@ def summarise(rows: list[dict[str, Any]], randoms: dict[str, float]) -> tuple[di
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--envs", nargs="+", default=list(CPU_TABLE))
-    parser.add_argument("--table", choices=("cpu", "full"), default="cpu", help="budgets: CPU_TABLE or 2M steps")
+    parser.add_argument("--table", choices=("cpu", "full", "bpref"), default="cpu",
+                        help="budgets: CPU_TABLE, 2M steps, or BPREF_TABLE (the B-Pref tasks; use with --preset "
+                        "pebble or surf)")
+    parser.add_argument("--rl-from", default=None, help="take the rl side of an (env, seed) from this earlier --out "
+                        "where it has one (it does not depend on the labels or the prefs preset)")
     parser.add_argument("--steps", type=int, default=None, help="env steps per run, all envs (default: the table's)")
     parser.add_argument("--algo", choices=("ppo", "sac"), default=None, help="agent, all envs (default: the table's)")
-    parser.add_argument("--labels", type=int, default=700)
+    parser.add_argument("--labels", type=int, default=None, help="label budget (default: the preset's; 700 for "
+                        "christiano-mujoco, PEBBLE's rate for pebble / surf)")
+    parser.add_argument("--preset", default="christiano-mujoco",
+                        help="the prefs side's preset, e.g. christiano-mujoco+pebble+surf (PEBBLE's pre-training and "
+                        "SURF's reward learning added to the paper's protocol)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--eval-episodes", type=int, default=20)
     parser.add_argument("--jobs", type=int, default=2, help="runs at once, each in its own process")
@@ -317,9 +372,11 @@ def main(argv: list[str] | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2))
         return
-    passthrough = ["--table", args.table, "--labels", str(args.labels), "--eval-episodes", str(args.eval_episodes),
+    passthrough = ["--table", args.table, "--preset", args.preset,
+                   "--eval-episodes", str(args.eval_episodes),
                    "--threads", str(args.threads), "--set", args.set, "--out", args.out]
     passthrough += ["--steps", str(args.steps)] if args.steps else []
+    passthrough += ["--labels", str(args.labels)] if args.labels else []
     passthrough += ["--algo", args.algo] if args.algo else []
     passthrough += ["--frozen"] if args.frozen else []
     out = Path(args.out)

@@ -33,9 +33,10 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_save
 
 from rewardmodels.losses import bradley_terry_loss
-from rewardmodels.nets import FusedMLPs, MLPRewardNet, RewardNet, as_tensor, segment_returns
+from rewardmodels.nets import FusedMLPs, MLPRewardNet, RewardNet, as_tensor, segment_returns, step_rewards
 from rewardmodels.preferences import PreferenceDataset, space_from_json, space_to_json
 from rewardmodels.segments import Segments
+from rewardmodels.surf import crop_windows, pseudo_labels, window_weights
 from textenv.files import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,17 @@ class FitConfig:
     training pairs right, on average (Lee et al. 2021, PEBBLE, arXiv:2106.05091: 0.97). A warm-started refit then
     costs about one epoch when the new labels agree with the reward already learned, and ``epochs`` only when they
     do not. None = always run ``epochs`` (or ``steps``)."""
+    pseudo_threshold: float | None = None
+    """SURF's pseudo-labels (``rewardmodels.surf``; Park et al. 2022): on the unlabelled pairs given to ``fit``, a
+    member's own P(a > b) becomes its label where max(P, 1 - P) >= this (SURF: 0.99). None = off."""
+    pseudo_weight: float = 1.0
+    """SURF's lambda: weight of the pseudo-label loss (SURF: 1)."""
+    pseudo_ratio: int = 4
+    """SURF's mu: unlabelled pairs per labelled pair in each minibatch (SURF: 4)."""
+    crop: int = 0
+    """SURF's temporal cropping: every time a pair is used for training, its two segments are cropped to one length
+    drawn from H - crop .. H + crop (H the labelled length; the dataset's ``context`` steps allow more than H) at
+    their own random starts (SURF: 5). 0 = off."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1 and self.steps is None:
@@ -101,6 +113,10 @@ class FitConfig:
             raise ValueError(f"val_fraction must be in [0, 1), e.g. 1/e = 0.368; got {self.val_fraction}")
         if self.stop_accuracy is not None and not 0.0 < self.stop_accuracy <= 1.0:
             raise ValueError(f"stop_accuracy must be in (0, 1] or None (PEBBLE: 0.97), got {self.stop_accuracy}")
+        if self.pseudo_threshold is not None and not 0.5 <= self.pseudo_threshold <= 1.0:
+            raise ValueError(f"pseudo_threshold must be in [0.5, 1] or None (SURF: 0.99), got {self.pseudo_threshold}")
+        if self.pseudo_weight < 0 or self.pseudo_ratio < 1 or self.crop < 0:
+            raise ValueError("need pseudo_weight >= 0, pseudo_ratio >= 1 and crop >= 0 (SURF: 1, 4, 5)")
         if self.adaptive_l2 and self.val_fraction <= 0:
             raise ValueError("adaptive_l2 needs held-out pairs: set val_fraction > 0 (Christiano: 1/e)")
         lo, hi = self.l2_target
@@ -108,19 +124,41 @@ class FitConfig:
             raise ValueError("need 0 < l2_target[0] < l2_target[1], l2_factor > 1 and l2_min > 0")
 
 
-def _tensors(ds: PreferenceDataset, device: torch.device) -> dict[str, torch.Tensor]:
+def _tensors(ds: PreferenceDataset, device: torch.device) -> dict[str, Any]:
     # as_tensor shares memory with the numpy arrays on CPU: image datasets are not copied.
-    return {k: as_tensor(getattr(ds, k), device) for k in
-            ("obs_a", "obs_b", "acts_a", "acts_b", "mask_a", "mask_b", "labels")}
+    data: dict[str, Any] = {k: as_tensor(getattr(ds, k), device) for k in
+                            ("obs_a", "obs_b", "acts_a", "acts_b", "mask_a", "mask_b", "labels")}
+    data["context"] = ds.context
+    return data
 
 
-def _pair_returns(net: RewardNet, data: dict[str, torch.Tensor], idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Returns of a and b for pairs ``idx`` in ONE forward pass over the 2B segments."""
-    obs = torch.cat([data["obs_a"][idx], data["obs_b"][idx]])  # (2B, T, *obs)
-    acts = torch.cat([data["acts_a"][idx], data["acts_b"][idx]])  # (2B, T, *act)
-    mask = torch.cat([data["mask_a"][idx], data["mask_b"][idx]])  # (2B, T)
-    ret = segment_returns(net, obs, acts, mask)  # (2B,)
+def _pair_segments(data: dict[str, Any], idx: torch.Tensor, core: bool) -> tuple[torch.Tensor, ...]:
+    """obs (2B, T, *obs), acts (2B, T, *act), mask (2B, T) of pairs ``idx``, a's then b's; ``core``: without the
+    dataset's context steps."""
+    window = slice(data["context"], data["mask_a"].shape[1] - data["context"]) if core else slice(None)
+    return tuple(torch.cat([data[f"{k}_a"][idx][:, window], data[f"{k}_b"][idx][:, window]])
+                 for k in ("obs", "acts", "mask"))
+
+
+def _pair_returns(net: RewardNet, data: dict[str, Any], idx: torch.Tensor,
+                  crop: tuple[np.ndarray, ...] | None = None) -> tuple[torch.Tensor, ...]:
+    """Returns of a and b for pairs ``idx`` in ONE forward pass over the 2B segments: over their labelled steps, or
+    with ``crop`` = (start_a, start_b, length) (``rewardmodels.surf.crop_windows``) over those windows."""
+    if crop is None:
+        ret = segment_returns(net, *_pair_segments(data, idx, core=True))  # (2B,)
+    else:
+        steps = step_rewards(net, *_pair_segments(data, idx, core=False))  # (2B, T)
+        starts, lengths = np.concatenate(crop[:2]), np.concatenate([crop[2], crop[2]])
+        ret = (steps * window_weights(starts, lengths, steps.shape[1], steps.device)).sum(1)
     return ret[: len(idx)], ret[len(idx):]
+
+
+def _crops(data: dict[str, Any], n: int, cfg: FitConfig, rng: np.random.Generator | None):
+    """SURF's crop windows for ``n`` pairs of ``data``, or None when cropping is off."""
+    if not cfg.crop or rng is None:
+        return None
+    total = data["mask_a"].shape[1]
+    return crop_windows(n, total - 2 * data["context"], total, cfg.crop, rng)
 
 
 class RewardEnsemble(nn.Module):
@@ -171,11 +209,11 @@ class RewardEnsemble(nn.Module):
     @classmethod
     def mlp(cls, obs_space: gym.Space, act_space: gym.Space, n_members: int = 3, seed: int = 0,
             hidden: Sequence[int] = (64, 64), activation: str = "leaky_relu", dropout: float = 0.0,
-            use_action: bool = True, **kwargs: Any) -> RewardEnsemble:
+            use_action: bool = True, output_activation: str | None = None, **kwargs: Any) -> RewardEnsemble:
         """An ensemble of :class:`MLPRewardNet` (Christiano's 2x64 leaky-ReLU by default); ``kwargs`` go to
         the constructor (``reward_scale``, ``fit_config``)."""
         net_kw = {"hidden": [int(h) for h in hidden], "activation": activation, "dropout": dropout,
-                  "use_action": use_action}
+                  "use_action": use_action, "output_activation": output_activation}
         ens = cls.from_factory(lambda: MLPRewardNet(obs_space, act_space, **net_kw), n_members, seed, **kwargs)
         ens.net_config = {"class": "MLPRewardNet", "obs_space": space_to_json(obs_space),
                           "act_space": space_to_json(act_space), "kwargs": net_kw}
@@ -190,7 +228,8 @@ class RewardEnsemble(nn.Module):
         return self.members[0].device
 
     # ------------------------------------------------------------------ training
-    def fit(self, dataset: PreferenceDataset, config: FitConfig | None = None, **overrides: Any) -> dict[str, float]:
+    def fit(self, dataset: PreferenceDataset, config: FitConfig | None = None,
+            unlabelled: PreferenceDataset | None = None, **overrides: Any) -> dict[str, float]:
         """Train every member on the labelled pairs of ``dataset`` (NaN labels are skipped), warm-starting from the
         current weights, then refit the output normalisers on all of ``dataset``'s segments.
 
@@ -198,6 +237,8 @@ class RewardEnsemble(nn.Module):
             dataset: the preferences; raises ``EmptyDatasetError`` if none is labelled.
             config: a :class:`FitConfig` (default: the ensemble's ``fit_config``); ``overrides`` replace its fields,
                 e.g. ``fit(ds, epochs=50, lr=3e-4)``.
+            unlabelled: pairs without labels for SURF's pseudo-labels (``FitConfig.pseudo_threshold``); each
+                minibatch adds ``pseudo_ratio`` of them per labelled pair, drawn uniformly without replacement.
 
         Returns:
             Floats: ``loss`` (mean member BT loss on its training pairs), ``accuracy`` (ensemble on all labelled
@@ -210,6 +251,9 @@ class RewardEnsemble(nn.Module):
         n_lab = len(labelled)
         train_idx, val_idx = self._split(dataset, labelled, cfg.val_fraction)
         data = _tensors(dataset.subset(labelled), self.device)
+        udata = None
+        if cfg.pseudo_threshold is not None and unlabelled is not None and len(unlabelled):
+            udata = _tensors(unlabelled, self.device)
         rng = np.random.default_rng([self.seed, int(self.fit_count)])
         self._init_l2(cfg)
         opt = torch.optim.Adam(self._param_groups(cfg), lr=cfg.lr)
@@ -227,14 +271,8 @@ class RewardEnsemble(nn.Module):
                 for b in range(per_epoch):
                     if step >= total_steps:
                         break
-                    loss = 0.0
-                    for net, p in zip(self.members, perms, strict=True):
-                        idx = p[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-                        if cfg.stop_accuracy is None:  # nothing to count
-                            loss = loss + self._batch_loss(net, data, idx, cfg)
-                        else:
-                            member_loss, member_hits = self._batch_loss(net, data, idx, cfg, count=True)
-                            loss, hits = loss + member_loss, hits + member_hits
+                    idx = [p[b * cfg.batch_size:(b + 1) * cfg.batch_size] for p in perms]
+                    loss, hits = self._step_loss(data, idx, udata, cfg, rng, hits)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     if cfg.grad_clip is not None:
@@ -264,11 +302,44 @@ class RewardEnsemble(nn.Module):
             is_val[np.argmax(u)] = False  # keep at least one training pair
         return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
-    def _batch_loss(self, net: RewardNet, data: dict[str, torch.Tensor], idx: torch.Tensor,
-                    cfg: FitConfig, count: bool = False) -> Any:
-        """The member's BT loss on pairs ``idx``; with ``count``, also (2,) = (pairs ordered right, non-tie
-        labelled pairs), the training accuracy's parts (equal returns count as wrong)."""
-        ret_a, ret_b = _pair_returns(net, data, idx)
+    def _step_loss(self, data: dict[str, Any], idx: list[torch.Tensor], udata: dict[str, Any] | None,
+                   cfg: FitConfig, rng: np.random.Generator, hits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One gradient step's loss, summed over members (member m on its pairs ``idx[m]``, cropped when
+        ``cfg.crop``), plus SURF's pseudo-label loss on ``udata``; ``hits`` gains the stop-accuracy counts."""
+        loss = torch.zeros((), device=self.device)
+        for net, i in zip(self.members, idx, strict=True):
+            if cfg.stop_accuracy is None:  # nothing to count
+                loss = loss + self._batch_loss(net, data, i, cfg, rng=rng)
+            else:
+                member_loss, member_hits = self._batch_loss(net, data, i, cfg, count=True, rng=rng)
+                loss, hits = loss + member_loss, hits + member_hits
+            if udata is not None:
+                n_u = len(udata["labels"])
+                u = torch.from_numpy(rng.choice(n_u, size=min(n_u, len(i) * cfg.pseudo_ratio), replace=False))
+                loss = loss + cfg.pseudo_weight * self._pseudo_loss(net, udata, u.to(self.device), cfg, rng)
+        return loss, hits
+
+    def _pseudo_loss(self, net: RewardNet, udata: dict[str, Any], idx: torch.Tensor, cfg: FitConfig,
+                     rng: np.random.Generator) -> torch.Tensor:
+        """SURF's pseudo-label loss (``rewardmodels.surf``) of one member on unlabelled pairs ``idx``: its labels
+        and confidence from the uncropped segments, the BT loss on (cropped) ones, averaged over all ``idx``."""
+        crop = _crops(udata, len(idx), cfg, rng)
+        if crop is None:
+            ret_a, ret_b = _pair_returns(net, udata, idx)
+            labels, confident = pseudo_labels(ret_a, ret_b, cfg.pseudo_threshold)
+        else:
+            with torch.no_grad():
+                labels, confident = pseudo_labels(*_pair_returns(net, udata, idx), cfg.pseudo_threshold)
+            ret_a, ret_b = _pair_returns(net, udata, idx, crop)
+        loss = bradley_terry_loss(ret_a, ret_b, labels, noise=cfg.noise, weights=confident.float())[0]
+        return loss * confident.float().mean()  # SURF: mean over the whole batch, unconfident pairs as 0
+
+    def _batch_loss(self, net: RewardNet, data: dict[str, Any], idx: torch.Tensor,
+                    cfg: FitConfig, count: bool = False, rng: np.random.Generator | None = None) -> Any:
+        """The member's BT loss on pairs ``idx`` (cropped when ``cfg.crop`` and an ``rng`` draws the windows); with
+        ``count``, also (2,) = (pairs ordered right, non-tie labelled pairs), the training accuracy's parts (equal
+        returns count as wrong)."""
+        ret_a, ret_b = _pair_returns(net, data, idx, _crops(data, len(idx), cfg, rng))
         y = data["labels"][idx]
         loss = bradley_terry_loss(ret_a, ret_b, y, noise=cfg.noise)[0]
         if not count:
@@ -411,7 +482,9 @@ class RewardEnsemble(nn.Module):
 
     @torch.no_grad()
     def preference_probs(self, pairs: PreferenceDataset, chunk: int = 1024) -> np.ndarray:
-        """(M, N) each member's P(a > b) = sigmoid(R_a - R_b) for the pairs (labels are ignored)."""
+        """(M, N) each member's P(a > b) = sigmoid(R_a - R_b) for the pairs (labels are ignored; their labelled
+        steps, without ``context``)."""
+        pairs = pairs.core()
         out = []
         for i in range(0, len(pairs), chunk):
             sl = slice(i, i + chunk)

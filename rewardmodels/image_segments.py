@@ -308,6 +308,12 @@ class ImagePairs(LabelledPairs):
     def true_returns(self) -> tuple[np.ndarray, np.ndarray]:
         return (self.true_rew_a * self.mask_a).sum(1), (self.true_rew_b * self.mask_b).sum(1)
 
+    context = 0  # no unlabelled steps around the segments (SURF's crops are for state segments)
+
+    def core(self) -> ImagePairs:
+        """The labelled segments: all of them (``PreferenceDataset.core``'s counterpart)."""
+        return self
+
     def subset(self, rows: Any) -> ImagePairs:
         """A subset of the pairs (sharing the store), e.g. the last 3,000 labels."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

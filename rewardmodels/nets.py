@@ -161,6 +161,17 @@ def segment_returns(net: RewardNet, obs: torch.Tensor, acts: torch.Tensor, mask:
     return real + n_pad * net.absorbing_reward.to(r.dtype)
 
 
+def step_rewards(net: RewardNet, obs: torch.Tensor, acts: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Predicted per-step rewards (B, T): r(s_t, a_t) on real steps, r_absorb on padded ones, so that
+    ``step_rewards(...).sum(1) == segment_returns(...)`` and a weighted sum over steps is the return of a window
+    (SURF's temporal crops, ``rewardmodels.surf``). Shapes as ``segment_returns``."""
+    mask = mask.bool()
+    r = net(obs[mask], acts[mask])  # (K,)
+    out = net.absorbing_reward.to(r.dtype).expand(mask.shape).clone()  # (B, T)
+    out[mask] = r
+    return out
+
+
 class MLPRewardNet(RewardNet):
     """r(s, a) = MLP([flatten(s), onehot_or_flatten(a)]) for Box / Discrete / MultiDiscrete / MultiBinary spaces.
 
@@ -173,6 +184,8 @@ class MLPRewardNet(RewardNet):
         activation: a name in ``ACTIVATIONS`` or an ``nn.Module`` class.
         dropout: dropout probability after each hidden layer (0 = off; active only in ``train()`` mode).
         use_action: False for a state-only reward r(s).
+        output_activation: a name in ``ACTIVATIONS`` applied to the output (PEBBLE: ``tanh``, BPref
+            ``reward_model.py``: 3 x 256 leaky-ReLU layers and a tanh output), or None (Christiano: none).
     """
 
     def __init__(
@@ -183,8 +196,11 @@ class MLPRewardNet(RewardNet):
         activation: str | type[nn.Module] = "leaky_relu",
         dropout: float = 0.0,
         use_action: bool = True,
+        output_activation: str | None = None,
     ):
         super().__init__(obs_space, act_space)
+        if output_activation is not None and output_activation not in ACTIVATIONS:
+            raise ValueError(f"unknown output_activation {output_activation!r}; choose one of {sorted(ACTIVATIONS)}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if isinstance(activation, str):
@@ -201,9 +217,11 @@ class MLPRewardNet(RewardNet):
                 layers.append(nn.Dropout(dropout))
             in_dim = int(width)
         layers.append(nn.Linear(in_dim, 1))
+        if output_activation is not None:
+            layers.append(ACTIVATIONS[output_activation]())
         self.mlp = nn.Sequential(*layers)
         self.config = {"hidden": [int(h) for h in hidden], "dropout": dropout, "use_action": use_action,
-                       "activation": activation.__name__}
+                       "activation": activation.__name__, "output_activation": output_activation}
 
     def forward(self, obs: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
         x = encode_space(obs, self.obs_space)  # (*batch, D_obs)
@@ -256,4 +274,4 @@ class FusedMLPs:
 
 
 __all__ = ["ACTIVATIONS", "FusedMLPs", "MLPRewardNet", "RewardNet", "UnsupportedSpaceError", "as_tensor",
-           "encode_space", "segment_returns", "space_feature_dim"]
+           "encode_space", "segment_returns", "space_feature_dim", "step_rewards"]

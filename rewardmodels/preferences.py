@@ -256,6 +256,10 @@ class PreferenceDataset(LabelledPairs):
     """Optional per-pair arrays with leading dimension N (numeric, bool or str; e.g. labeller ids, timestamps)."""
     info: dict[str, Any] = field(default_factory=dict)
     """Free JSON-serialisable metadata saved with the file (e.g. env id, segment length in seconds)."""
+    context: int = 0
+    """Steps of unlabelled context stored before and after each labelled segment (SURF's temporal cropping,
+    ``rewardmodels.surf``, draws windows that reach into them): the label, ``true_returns`` and ``core()`` cover
+    steps ``context .. T - context - 1`` of the T stored."""
 
     def __post_init__(self) -> None:
         self.labels = check_labels(self.labels)
@@ -307,6 +311,9 @@ class PreferenceDataset(LabelledPairs):
                 raise SegmentShapeError(f"extras[{key!r}] must be an identifier key with an (N={n}, ...) array")
             extras[key] = arr
         self.extras = extras
+        self.context = int(self.context)
+        if not 0 <= 2 * self.context < t:
+            raise SegmentShapeError(f"context={self.context} leaves no labelled steps in segments of {t} steps")
         try:
             json.dumps(self.info, allow_nan=False)
         except (TypeError, ValueError) as e:
@@ -351,8 +358,19 @@ class PreferenceDataset(LabelledPairs):
         return tuple(self.acts_a.shape[2:])
 
     def true_returns(self) -> tuple[np.ndarray, np.ndarray]:
-        """(N,), (N,) sums of true rewards over the real (unpadded) steps of a and b."""
-        return ((self.true_rew_a * self.mask_a).sum(axis=1), (self.true_rew_b * self.mask_b).sum(axis=1))
+        """(N,), (N,) sums of true rewards over the real (unpadded) labelled steps of a and b (not the context)."""
+        core = self.core()
+        return ((core.true_rew_a * core.mask_a).sum(axis=1), (core.true_rew_b * core.mask_b).sum(axis=1))
+
+    def core(self) -> PreferenceDataset:
+        """The labelled segments without their ``context`` steps (views of the same arrays); ``self`` if none."""
+        c = self.context
+        if c == 0:
+            return self
+        window = slice(c, self.segment_len - c)
+        fields = self._fields()
+        fields.update({k: getattr(self, k)[:, window] for k in _ARRAY_FIELDS if k != "labels"})
+        return PreferenceDataset(**fields, obs_space=self.obs_space, act_space=self.act_space, info=dict(self.info))
 
     def segments(self, side: str) -> Segments:
         """Side "a" or "b" as a :class:`rewardmodels.segments.Segments` batch."""
@@ -372,7 +390,7 @@ class PreferenceDataset(LabelledPairs):
     def subset(self, index: Any) -> PreferenceDataset:
         """A new dataset of the pairs selected by ``index`` (int array, bool mask or slice)."""
         return PreferenceDataset(**self._fields(index), obs_space=self.obs_space, act_space=self.act_space,
-                                 info=dict(self.info))
+                                 info=dict(self.info), context=self.context)
 
     def with_labels(self, labels: Any) -> PreferenceDataset:
         """A copy (sharing the segment arrays) with new labels, e.g. from a teacher."""
@@ -383,7 +401,7 @@ class PreferenceDataset(LabelledPairs):
         """Add ``other``'s pairs at the end, in place (returns ``self``). Raises if shapes or spaces differ."""
         if not isinstance(other, PreferenceDataset):
             raise TypeError(f"can only append a PreferenceDataset, got {type(other).__name__}")
-        for attr in ("segment_len", "obs_shape", "act_shape"):
+        for attr in ("segment_len", "obs_shape", "act_shape", "context"):
             if getattr(self, attr) != getattr(other, attr):
                 raise SegmentShapeError(
                     f"cannot append: {attr} is {getattr(self, attr)} here but {getattr(other, attr)} in the other")
@@ -423,6 +441,7 @@ class PreferenceDataset(LabelledPairs):
             "act_shape": list(self.act_shape), "act_dtype": str(self.acts_a.dtype),
             "obs_space": space_to_json(self.obs_space), "act_space": space_to_json(self.act_space),
             "has_frames": self.frames_a is not None, "extras": sorted(self.extras), "info": self.info,
+            "context": self.context,
         }
 
     def save(self, path: str | os.PathLike, compress: bool | None = None) -> Path:
@@ -478,7 +497,7 @@ class PreferenceDataset(LabelledPairs):
                 obs_space=space_from_json(meta.get("obs_space")), act_space=space_from_json(meta.get("act_space")),
                 frames_a=arrays.get("frames_a"), frames_b=arrays.get("frames_b"),
                 extras={k[len(_EXTRA_PREFIX):]: v for k, v in arrays.items() if k.startswith(_EXTRA_PREFIX)},
-                info=meta.get("info") or {},
+                info=meta.get("info") or {}, context=int(meta.get("context", 0)),
             )
         except (PreferenceDataError, KeyError, TypeError, ValueError) as e:
             raise PreferenceFileError(f"{path}: invalid content: {e}") from e

@@ -177,4 +177,5 @@ class Conversations:
 
 
 def _name(env: Any) -> str:
-    return type(env).__name__
+    name = getattr(env, "name", None)  # a checked environment's spec or class
+    return name if isinstance(name, str) and name else type(env).__name__

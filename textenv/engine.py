@@ -26,7 +26,6 @@ import contextlib
 import inspect
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,6 +33,8 @@ import torch
 
 from textenv.conversation import Conversations
 from textenv.decoders import fast_decoder
+from textenv.engine_turns import MultiTurnMixin
+from textenv.episodes import Episodes, StepResult
 from textenv.kl import KLPenalty
 from textenv.kvcache import cache_width, splice_rows, supports_splicing, trim_cache
 from textenv.models import max_positions, pad_token_id, vocab_size
@@ -63,50 +64,7 @@ class EpisodeEndedError(RuntimeError):
 # ----------------------------------------------------------------------------------------------------- the engine
 
 
-@dataclass
-class StepResult:
-    """What one engine step produced. Device tensors are ``(N,)``; host arrays are NumPy ``(N,)``."""
-
-    reward: torch.Tensor  # float32, KL penalty + score at episode end
-    policy_logprob: torch.Tensor  # float32, log pi(a|s) of the taken token (temperature-scaled)
-    ref_logprob: torch.Tensor | None  # float32, log pi_ref(a|s); None without a reference model
-    active: np.ndarray  # bool, rows that took an action (False: the row was reset at this step)
-    terminated: np.ndarray  # bool
-    truncated: np.ndarray  # bool
-    terminated_t: torch.Tensor | None  # the same on the device, when the actions came as a tensor (no host copy)
-    truncated_t: torch.Tensor | None
-    ended: np.ndarray  # row indices whose episode ended at this step
-    prompts: list[str]  # for the ended rows
-    responses: list[str]  # for the ended rows
-    scores: np.ndarray  # float64, reward_fn scores of the ended rows (plus, multi-turn, the environment's rewards)
-    kl_sums: np.ndarray  # float64, sum over the episode of log pi - log pi_ref, for the ended rows
-
-
-@dataclass
-class Episodes:
-    """One whole episode per row, as :meth:`GenerationEngine.play` returns it. Device tensors are ``(N, T)`` with
-    ``T`` the longest episode's tokens after its prompt; host arrays are NumPy ``(N,)``.
-
-    Single-turn, those tokens are the actions. Multi-turn (an environment that answers), the environment's replies
-    sit between them, marked by ``context_mask``: part of the sequence the policy reads, never actions (``mask``
-    False, log-probs and rewards 0 there)."""
-
-    tokens: torch.Tensor  # long, the tokens after the prompt; padding after a row's last
-    mask: torch.Tensor  # bool, True on the actions taken (an ending EOS included)
-    policy_logprob: torch.Tensor  # float32, log pi(a_t|s_t) (temperature-scaled), 0 off the actions
-    ref_logprob: torch.Tensor | None  # float32, log pi_ref(a_t|s_t), 0 off the actions; None without a reference
-    reward: torch.Tensor  # float32, what step() returns at each step: KL penalty, the environment's reward at the
-    # end of each turn, the score at the last
-    terminated: np.ndarray  # bool, ended with EOS or by the environment (else truncated)
-    prompts: list[str]
-    responses: list[str]  # multi-turn: the whole conversation after the prompt
-    scores: np.ndarray  # float64, reward_fn scores (plus, multi-turn, the environment's rewards)
-    kl_sums: np.ndarray  # float64, sum over the episode of log pi - log pi_ref
-    context_mask: torch.Tensor | None = None  # bool, multi-turn: True on the environment's tokens; None single-turn
-    turns: np.ndarray | None = None  # int, multi-turn: the policy's turns the environment answered
-
-
-class GenerationEngine:
+class GenerationEngine(MultiTurnMixin):
     """Batched token-level MDP over ``num_rows`` rows sharing one policy (and reference) forward per step.
 
     Args:
@@ -129,6 +87,9 @@ class GenerationEngine:
         conversations: multi-turn episodes with an environment that answers (``textenv.conversation``: one
             environment per row); None: single-turn. ``max_new_tokens`` is then the episode's budget of tokens after
             the prompt (the policy's and the environment's), and ``max_turn_tokens`` the policy's tokens per turn.
+        environment_reward_weight: multi-turn, the weight of the environment's rewards in the policy's reward and
+            score (0: they are recorded, in ``Conversations.returns``, but not given: the RLHF setting, where a
+            teacher judges by them and the policy learns from a reward model).
     """
 
     def __init__(
@@ -147,6 +108,7 @@ class GenerationEngine:
         fast_decode: bool = True,
         conversations: Conversations | None = None,
         max_turn_tokens: int | None = None,
+        environment_reward_weight: float = 1.0,
     ):
         self.policy, self.tokenizer, self.reward_fn = policy, tokenizer, reward_fn
         self.ref_model = ref_model
@@ -196,6 +158,7 @@ class GenerationEngine:
         # Multi-turn (textenv.conversation): t counts every token after the prompt (the policy's and the
         # environment's); turn_t the policy's tokens in its current turn; ctx marks the environment's tokens.
         self.conv = conversations
+        self.env_weight = float(environment_reward_weight)
         self.max_turn_tokens = int(max_turn_tokens or self.max_new_tokens)
         end_ids = conversations.format.end_ids if conversations is not None else (
             () if self.eos_id is None else (int(self.eos_id),))
@@ -345,7 +308,7 @@ class GenerationEngine:
                 idx = torch.as_tensor(ended, device=self.device)
                 reward = reward.index_add(0, idx, torch.as_tensor(scores, dtype=reward.dtype, device=self.device))
             if self.conv is not None:  # the episode's score: reward_fn's and the environment's (already rewarded)
-                scores = scores + self.conv.returns[ended]
+                scores = scores + self.env_weight * self.conv.returns[ended]
             kl_sums = self.kl_sum[torch.as_tensor(ended, device=self.device)].double().cpu().numpy()
             if self.ref_model is not None:
                 self.kl.observe(float(kl_sums.mean()), len(ended))  # an adaptive beta follows the finished episodes
@@ -450,93 +413,6 @@ class GenerationEngine:
             kl_sums,
         )
 
-    def _play_turns(self, sample: Callable, generator: torch.Generator | None) -> Episodes:
-        """:meth:`play` of multi-turn episodes: the same per-token loop, with the turns that end sent to the rows'
-        environments (one device->host transfer per token: the environments answer on the host). A row's final
-        state is kept when its episode ends (it then idles on padding, which may shift its state out of the
-        buffer); the episodes come back in the layout of :class:`Episodes`, replies marked by ``context_mask``."""
-        n, dev = self.num_rows, self.device
-        final = {"tokens": self.tokens.clone(), "mask": self.mask.clone(), "ctx": self.ctx.clone()}
-        final_t, finished = self.t.copy(), np.zeros(n, dtype=bool)
-
-        def one_token(alive: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-            self._ensure_logits()
-            a = sample(self._logits, generator).where(alive, self.pad_id)
-            values = {"action": a, "logp": token_logprob(self._logits, a)}
-            self._append(a)
-            live = alive.cpu().numpy()
-            self.t[live] += 1
-            self._need_decode[:], self._need_prefill[:] = True, False
-            terminated, truncated, env_reward = self._turns(live, self._is_end(a).cpu().numpy())
-            done = terminated | truncated
-            if done.any():  # keep the final states: idling on padding shifts them
-                rows = torch.as_tensor(np.flatnonzero(done), device=dev)
-                for name, state in (("tokens", self.tokens), ("mask", self.mask), ("ctx", self.ctx)):
-                    final[name] = final[name].index_copy(0, rows, state[rows])
-                final_t[done], finished[done] = self.t[done], True
-            values["env_reward"] = torch.as_tensor(env_reward, dtype=torch.float32, device=dev)
-            values["terminated"] = torch.as_tensor(terminated, device=dev)
-            return values, torch.as_tensor(done, device=dev)
-
-        self._policy_only = True  # the reference scores the finished episodes in one forward
-        try:
-            with self._failure_ends_episodes("play()"):
-                record, steps_mask = record_episodes(one_token, n, self.max_new_tokens, dev, check_every=1)
-                # Every action spends one token of the budget, so max_new_tokens steps end every episode.
-                assert finished.all(), "engine invariant: a multi-turn episode outlived its token budget"
-                self.tokens, self.mask, self.ctx = final["tokens"], final["mask"], final["ctx"]
-                self.t = final_t
-                return self._end_play_turns(record, steps_mask)
-        finally:
-            self._policy_only = False
-
-    def _end_play_turns(self, record: dict[str, torch.Tensor], steps_mask: torch.Tensor) -> Episodes:
-        """The episodes of :meth:`_play_turns` from the rows' final states: the tokens after each prompt, right-padded,
-        with each step's values (recorded per action) moved to its action's position; the reference's log-probs in
-        one teacher-forced forward; reward_fn once on all conversations."""
-        n, dev, L = self.num_rows, self.device, self.L
-        self.pos = torch.as_tensor(self.plen + self.t - 1, device=dev)
-        self.t_dev = torch.as_tensor(self.t, device=dev)
-        self._need_prefill[:], self._need_decode[:] = True, False
-        self._logits = self._ref_logits = None
-        t = torch.as_tensor(self.t, device=dev)
-        T = int(self.t.max())
-        cols = torch.arange(T, device=dev)
-        valid = cols[None, :] < t[:, None]
-        idx = ((L - t)[:, None] + cols[None, :]).clamp_(max=L - 1)
-        tokens = self.tokens.gather(1, idx).where(valid, self.pad_id)
-        context = self.ctx.gather(1, idx) & valid
-        acts = valid & ~context
-        step_of = (acts.long().cumsum(1) - 1).clamp_(min=0)  # the k-th action of a row is its step k
-
-        def at_actions(values: torch.Tensor) -> torch.Tensor:
-            return values.gather(1, step_of).where(acts, 0)
-
-        logp, env_reward = at_actions(record["logp"]), at_actions(record["env_reward"])
-        terminated = (record["terminated"] & steps_mask).any(1).cpu().numpy()
-        ref_logp = None
-        if self.ref_model is not None:  # the last T columns of each row's final state hold its tokens after the prompt
-            width = int((torch.as_tensor(self.plen, device=dev) + t).max())
-            right = sequence_logprobs(self.ref_model, self.tokens[:, -width:], self.mask[:, -width:], T,
-                                      self.temperature)
-            ref_logp = right.gather(1, ((T - t)[:, None] + cols[None, :]).clamp_(max=T - 1)).where(acts, 0.0)
-        kl = (logp - ref_logp) if ref_logp is not None else None
-        self.kl_sum = kl.sum(1) if kl is not None else torch.zeros(n, dtype=torch.float32, device=dev)
-        reward = (-self.kl.value * kl if kl is not None else torch.zeros_like(logp)) + env_reward
-        rows = np.arange(n)
-        prompts, responses = self._decode_episodes(rows, terminated)
-        scores = np.zeros(n)
-        if self.reward_fn is not None:
-            scores = validate_scores(self.reward_fn(prompts, responses), n, self.reward_fn)
-            last = (acts.long() * (cols + 1)).argmax(1, keepdim=True)  # each row's last action
-            reward = reward.scatter_add(1, last, torch.as_tensor(scores, dtype=reward.dtype, device=dev)[:, None])
-        scores = scores + self.conv.returns
-        kl_sums = self.kl_sum.double().cpu().numpy()
-        if ref_logp is not None:
-            self.kl.observe(float(kl_sums.mean()), n)
-        return Episodes(tokens, acts, logp, ref_logp, reward, terminated, prompts, responses, scores, kl_sums,
-                        context_mask=context, turns=self.conv.turns.copy())
-
     def _append(self, a: torch.Tensor) -> None:
         """``s_{t+1} = [s_t, a_t]`` in every row: shift the state left by one column and write ``a`` (N,) into the
         last; the cached logits are stale afterwards."""
@@ -545,58 +421,6 @@ class GenerationEngine:
         if self.ctx is not None:
             self.ctx = torch.cat([self.ctx[:, 1:], self.ctx.new_zeros((self.num_rows, 1))], dim=1)
         self.pos = self.pos + 1
-        self._logits = self._ref_logits = None
-
-    # ------------------------------------------------------------------------------------------------ multi-turn
-
-    def _turns(self, active: np.ndarray, end_hit: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """After the active rows' actions were appended: end the turns that ended (an end-of-turn token, or the
-        per-turn limit) by sending their text to the rows' environments and appending the replies; end the episodes
-        the environments end, or that the budget cannot hold. Returns (terminated, truncated, environment reward)."""
-        n, conv = self.num_rows, self.conv
-        self.turn_t[active] += 1
-        turn_end = active & (end_hit | (self.turn_t >= self.max_turn_tokens))
-        terminated = np.zeros(n, dtype=bool)
-        truncated = active & (self.t >= self.max_new_tokens) & ~turn_end
-        env_reward = np.zeros(n)
-        rows = np.flatnonzero(turn_end)
-        if not len(rows):
-            return terminated, truncated, env_reward
-        width = int(self.turn_t[rows].max())
-        toks = self.tokens[torch.as_tensor(rows, device=self.device), -width:].cpu().numpy()
-        for j, r in enumerate(rows.tolist()):
-            closed = bool(end_hit[r])
-            ids = toks[j, width - self.turn_t[r] :]
-            text = self.tokenizer.decode(ids[:-1] if closed else ids, skip_special_tokens=True)
-            turn = conv.respond(r, text)
-            env_reward[r] = turn.reward
-            if turn.terminated or turn.truncated:
-                terminated[r], truncated[r] = turn.terminated, not turn.terminated
-                continue
-            reply = conv.format.reply(turn.observation, closed)
-            if self.t[r] + len(reply) >= self.max_new_tokens:  # no room for the reply and one token after it
-                truncated[r] = True
-                continue
-            self._append_reply(r, reply)
-        return terminated, truncated, env_reward
-
-    def _append_reply(self, r: int, reply: list[int]) -> None:
-        """Append the environment's ``reply`` (token ids) to row ``r``'s state; its KV caches are recomputed from
-        the state on the next forward (the reply is prefilled into that row alone)."""
-        k, dev = len(reply), self.device
-        if k:
-            idx = torch.tensor([r], device=dev)
-            new = torch.as_tensor(reply, dtype=torch.long, device=dev)
-            # Out of place: observations already handed out (torch backend) must not change under the caller.
-            self.tokens = self.tokens.index_put((idx,), torch.cat([self.tokens[r, k:], new])[None])
-            self.mask = self.mask.index_put((idx,), torch.cat([self.mask[r, k:], torch.ones_like(new)])[None])
-            ctx = torch.cat([self.ctx[r, k:], torch.ones_like(new, dtype=torch.bool)])
-            self.ctx = self.ctx.index_put((idx,), ctx[None])
-            self.pos = self.pos.index_put((idx,), self.pos[r] + k)
-            self.t_dev = self.t_dev.index_put((idx,), self.t_dev[r] + k)
-            self.t[r] += k
-        self.turn_t[r] = 0
-        self._need_prefill[r], self._need_decode[r] = True, False
         self._logits = self._ref_logits = None
 
     # -------------------------------------------------------------------------------------------------- internals

@@ -44,6 +44,7 @@ class TextGenSettings:
     environment: Any = None
     max_turn_tokens: int | None = None
     end_of_turn: Any = None
+    environment_reward_weight: float = 1.0
 
 
 def build_engine(num_rows: int, settings: TextGenSettings) -> tuple[GenerationEngine, PromptSource | None]:
@@ -58,6 +59,8 @@ def build_engine(num_rows: int, settings: TextGenSettings) -> tuple[GenerationEn
                      hint="the policy's tokens per turn; None: the whole budget, max_new_tokens")
     check(s.environment is None or s.prompts is None, "an environment gives each episode's prompt (its first "
           "observation): pass prompts=None with environment=...")
+    check_number("environment_reward_weight", s.environment_reward_weight,
+                 hint="the environment's rewards in the policy's reward; 0 records them without giving them")
     check(s.environment is not None or (s.max_turn_tokens is None and s.end_of_turn is None),
           "max_turn_tokens and end_of_turn are settings of multi-turn episodes: pass environment=... too")
     check(isinstance(s.info_text, bool), f"info_text must be True or False, got {s.info_text!r}", TypeError)
@@ -81,7 +84,8 @@ def build_engine(num_rows: int, settings: TextGenSettings) -> tuple[GenerationEn
     reward_fn = _reward_fn(s, functions, source)
     engine = GenerationEngine(policy, tokenizer, ref, reward_fn, num_rows, kl, s.max_new_tokens,
                               s.max_prompt_tokens, s.temperature, dev, use_cache=s.use_cache,
-                              conversations=conversations, max_turn_tokens=s.max_turn_tokens)
+                              conversations=conversations, max_turn_tokens=s.max_turn_tokens,
+                              environment_reward_weight=s.environment_reward_weight)
     return engine, source
 
 
@@ -271,13 +275,15 @@ class TextGenEnv(EngineViews, gym.Env):
         environment: Any = None,
         max_turn_tokens: int | None = None,
         end_of_turn: Any = None,
+        environment_reward_weight: float = 1.0,
     ):
         if render_mode not in (None, "ansi"):
             raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
         self.render_mode = render_mode
         self.engine, self.prompt_source = build_engine(1, TextGenSettings(
             model, tokenizer, prompts, reward_fn, ref_model, kl_coef, max_new_tokens, max_prompt_tokens, temperature,
-            device, prompt_field, use_cache, reward_weights, info_text, environment, max_turn_tokens, end_of_turn))
+            device, prompt_field, use_cache, reward_weights, info_text, environment, max_turn_tokens, end_of_turn,
+            environment_reward_weight))
         self.info_text = info_text
         self.observation_space = observation_space(self.engine)
         self.action_space = spaces.Discrete(self.engine.vocab_size)
@@ -315,6 +321,7 @@ class TextGenEnv(EngineViews, gym.Env):
         info["kl_sum"] = np.float64(res.kl_sums[0] if ended else self.engine.kl_sum[0].item())
         if self.multi_turn:
             info["turns"] = np.int64(self.engine.conv.turns[0])
+            info["environment_return"] = np.float64(self.engine.conv.returns[0])
         if self.info_text:
             info.update(prompt=self.engine.prompt_text[0], response=res.responses[0] if ended else "")
         self._ended = ended

@@ -127,6 +127,7 @@ class TextGenVectorEnv(EngineViews, VectorEnv):
         environment: Any = None,
         max_turn_tokens: int | None = None,
         end_of_turn: Any = None,
+        environment_reward_weight: float = 1.0,
     ):
         if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
@@ -138,7 +139,8 @@ class TextGenVectorEnv(EngineViews, VectorEnv):
         self.array_backend = array_backend
         self.engine, self.prompt_source = build_engine(self.num_envs, TextGenSettings(
             model, tokenizer, prompts, reward_fn, ref_model, kl_coef, max_new_tokens, max_prompt_tokens, temperature,
-            device, prompt_field, use_cache, reward_weights, info_text, environment, max_turn_tokens, end_of_turn))
+            device, prompt_field, use_cache, reward_weights, info_text, environment, max_turn_tokens, end_of_turn,
+            environment_reward_weight))
         self.info_text = info_text
         self.single_observation_space = observation_space(self.engine)
         self.single_action_space = spaces.Discrete(self.engine.vocab_size)
@@ -261,6 +263,8 @@ class TextGenVectorEnv(EngineViews, VectorEnv):
         info["kl_sum"], info["_kl_sum"] = (kl if self.array_backend == "torch" else kl.cpu().numpy()), acted.copy()
         if self.multi_turn:
             info["turns"], info["_turns"] = np.where(acted, self.engine.conv.turns, 0), acted.copy()
+            returns = np.where(acted, self.engine.conv.returns, 0.0)
+            info["environment_return"], info["_environment_return"] = returns, acted.copy()
         if self.info_text and len(rows):
             responses = dict(zip(res.ended.tolist(), res.responses, strict=True))
             _put(info, "prompt", rows, [self.engine.prompt_text[r] for r in rows.tolist()], n)

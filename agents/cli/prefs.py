@@ -35,7 +35,8 @@ logger = logging.getLogger(__name__)
 
 #: Flags that set the ``PrefsConfig`` field of the same name (``--initial-fraction`` sets initial_label_fraction).
 _CONFIG_FIELDS = ("algo", "labels", "steps", "seed", "teacher", "selection", "ensemble", "segment_len", "rounds",
-                  "initial_steps", "initial_label_fraction", "reward_epochs", "eval_episodes", "eval_every", "device",
+                  "initial_steps", "initial_policy", "initial_label_fraction", "reward_epochs", "eval_episodes",
+                  "eval_every", "device",
                   "hyperparams", "labeller", "human_fraction", "label_timeout")
 _TEACHER_FIELDS = {"teacher_beta": "beta", "teacher_gamma": "gamma", "teacher_eps": "eps",
                    "teacher_skip": "skip_threshold", "teacher_equal": "equal_threshold"}
@@ -75,9 +76,11 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     h.add_argument("--label-timeout", type=float, default=None,
                    help="seconds to wait for people per batch (default: as long as it takes); unlabelled pairs are "
                         "then skipped")
-    g.add_argument("--preset", choices=sorted(p for p in PREFS_PRESETS if p != "tuned"), default=None,
-                   help="the protocol of Christiano et al. 2017 for MuJoCo or Atari envs (agents/loop/control/"
-                        "presets.py); other options override its values (default: the env's tuned settings)")
+    g.add_argument("--preset", default=None, metavar="NAME",
+                   help="a protocol from agents/loop/control/presets.py: "
+                        f"{', '.join(p for p in PREFS_PRESETS if p != 'tuned')}; a base may add PEBBLE's "
+                        "pre-training and SURF's reward learning, e.g. christiano-mujoco+pebble+surf; other "
+                        "options override its values (default: the env's tuned settings)")
     t = parser.add_argument_group("teacher (simulated labeller, B-Pref models)")
     t.add_argument("--teacher", default=None, help="oracle, noisy, myopic, mistake, skip, equal (default: oracle)")
     t.add_argument("--teacher-beta", type=float, default=None, help="rationality: P(a) = sigmoid(beta (R_a - R_b))")
@@ -90,7 +93,11 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--ensemble", type=int, default=None, help="reward nets in the ensemble (default: 3)")
     r.add_argument("--segment-len", type=int, default=None, help="steps per segment (default: 50)")
     r.add_argument("--rounds", type=int, default=None, help="learn -> label -> fit rounds")
-    r.add_argument("--initial-steps", type=int, default=None, help="random-policy steps labelled before training")
+    r.add_argument("--initial-steps", type=int, default=None, help="steps of the initial collection, labelled before "
+                                                                    "training")
+    r.add_argument("--initial-policy", default=None, choices=("random", "agent", "explore"),
+                   help="who acts in the initial collection: uniform random actions, the untrained agent, or the "
+                        "agent learning on PEBBLE's state-entropy reward (unsupervised pre-training)")
     r.add_argument("--initial-fraction", type=float, default=None, dest="initial_label_fraction",
                    help="share of the labels spent on the random-policy collection")
     r.add_argument("--reward-epochs", type=int, default=None, help="passes over the labels per reward fit")

@@ -6,6 +6,7 @@
     rlhf-gym text --model DIR --prompts prompts.txt --preferences prefs.jsonl --algo grpo --out runs/mine-rm
     rlhf-gym text --labeller human --rounds 2 --pairs 32 --out runs/people   # then: rlhf-gym label --run runs/people
     rlhf-gym text --out runs/text-online --resume                      # continue a stopped run, no label lost
+    rlhf-gym text --environment textenv.environments.reviews:SecondOpinion --algo grpo --out runs/turns
 
 Each round: completion pairs of the current policy on training prompts -> labels (``--labeller``: the simulated
 teacher, people in the web app, both, or the pairs of ``--preferences``) -> the LM reward model refitted on every label
@@ -44,7 +45,8 @@ _CONFIG_FIELDS = {"seed": "seed", "pairs": "num_pairs", "iterations": "iteration
                   "label_timeout": "label_timeout", "model": "model", "tokenizer": "tokenizer", "prompts": "prompts",
                   "preferences": "preferences", "reward_fn": "reward_fns", "reward_weights": "reward_weights",
                   "sft_data": "sft_data", "sft_epochs": "sft_epochs",
-                  "sft_lr": "sft_learning_rate"}
+                  "sft_lr": "sft_learning_rate", "environment": "environment", "max_turn_tokens": "max_turn_tokens",
+                  "environment_reward": "environment_reward"}
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
@@ -76,6 +78,12 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                    help="torch CPU threads (default 1: the default LM is tiny, and more threads mostly contend)")
     g.add_argument("--samples", type=int, default=3, help="before/after samples to print")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (it is off anyway without a TTY)")
+    _add_data_flags(parser)
+    _add_labeller_and_memory_flags(parser)
+    add_settings_flags(parser)
+
+
+def _add_data_flags(parser: argparse.ArgumentParser) -> None:
     d = parser.add_argument_group("your model and data")
     d.add_argument("--model", default=None, metavar="DIR|HUB_ID",
                    help="Hugging Face causal LM id or local directory (default: the offline default LM)")
@@ -97,6 +105,19 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                         "the RL stage starts from the SFT model and its reference is the SFT model")
     d.add_argument("--sft-epochs", type=int, default=None, help="SFT passes over the demonstrations (3)")
     d.add_argument("--sft-lr", type=float, default=None, help="SFT learning rate (2e-5)")
+    e = parser.add_argument_group("an environment that answers (multi-turn)")
+    e.add_argument("--environment", default=None, metavar="SPEC",
+                   help="conversations with an environment instead of prompts: gem:<id>, textarena:<id>, "
+                        "openenv:<url> or module:Class (textenv.environments); the teacher judges by its returns, "
+                        "--max-new-tokens is each episode's token budget")
+    e.add_argument("--max-turn-tokens", type=int, default=None, help="the policy's tokens per turn (default: the "
+                                                                     "whole budget)")
+    e.add_argument("--environment-reward", type=float, default=None, metavar="W",
+                   help="weight of the environment's rewards in the policy's reward (0: the policy learns from the "
+                        "reward model only, the environment's rewards reach it through the labels)")
+
+
+def _add_labeller_and_memory_flags(parser: argparse.ArgumentParser) -> None:
     h = parser.add_argument_group("labeller")
     h.add_argument("--labeller", default=None, choices=("teacher", "human", "mixed", "dataset"),
                    help="teacher (VADER sentiment, simulated), human (people in `rlhf-gym label --run OUT`; the loop "
@@ -122,7 +143,6 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--gradient-checkpointing", action="store_true", default=None,
                    help="recompute activations in the backward pass (less memory, more compute)")
     t.add_argument("--grad-accum", type=int, default=None, help="split each minibatch into this many chunks")
-    add_settings_flags(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> TextRLHFConfig:

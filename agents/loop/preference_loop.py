@@ -9,8 +9,9 @@ One round (read top to bottom in ``PreferenceLoop.run``)::
     reward_model.fit(dataset)             Bradley-Terry on every label so far
     agent.set_reward_fn(...)              new reward for the agent (off-policy agents relabel their buffer: PEBBLE)
 
-Round 0 labels pairs from an initial collection (a random policy or the untrained agent), so that the agent never
-trains on an unfitted reward. Labels follow a schedule over env steps (``constant`` or the paper's c/(t+c) rate), front
+Round 0 labels pairs from an initial collection (a random policy, the untrained agent, or the agent learning on an
+intrinsic reward first: PEBBLE's unsupervised pre-training, an ``Explorer``), so that the agent never trains on an
+unfitted reward. Labels follow a schedule over env steps (``constant`` or the paper's c/(t+c) rate), front
 loaded: early labels shape the reward the agent learns most from.
 
 Nothing here knows about control envs: the four parts are protocols (``Agent``, ``PairSource``, ``RewardModel``,
@@ -60,6 +61,7 @@ from textenv.files import atomic_directory, atomic_write, write_json
 logger = logging.getLogger(__name__)
 
 PENDING_FILE = "pending_pairs.npz"  # pairs queued for people, in a round-NNNN-labelling checkpoint
+INITIAL_POLICIES = ("random", "agent", "explore")
 
 
 # -- the four parts -------------------------------------------------------------------------------------------------
@@ -107,6 +109,12 @@ class Labeller(Protocol):
     def label(self, rew_a: Any, rew_b: Any, mask_a: Any = None, mask_b: Any = None, **media: Any) -> np.ndarray: ...
 
 
+class Explorer(Protocol):
+    """Unsupervised pre-training: ``run(agent, n_steps)`` trains the agent without labels (metrics back)."""
+
+    def run(self, agent: Agent, n_steps: int) -> Mapping[str, float]: ...
+
+
 class LoopCallback:
     """Hooks of the loop; a hook returning ``False`` stops the run after the current round (as SB3 callbacks do)."""
 
@@ -139,7 +147,9 @@ class LoopConfig:
     initial_steps: int = 2_000
     """Env steps of the initial collection (counted in ``steps``)."""
     initial_policy: str = "random"
-    """Who acts in the initial collection: ``random`` (uniform actions) or ``agent`` (the untrained agent)."""
+    """Who acts in the initial collection: ``random`` (uniform actions), ``agent`` (the untrained agent), or
+    ``explore`` (the agent, learning for ``initial_steps`` on an intrinsic reward: PEBBLE's unsupervised
+    pre-training, Lee et al. 2021; needs the loop's ``explorer``, e.g. ``agents.loop.control.explore``)."""
     label_schedule: str = "inverse_time"
     """How the other labels spread over rounds: ``constant`` or ``inverse_time`` (rate c/(t+c), Christiano App. A)."""
     schedule_c: float = 0.3
@@ -178,8 +188,12 @@ class LoopConfig:
         check_number("initial_label_fraction", self.initial_label_fraction, low=0, high=1)
         check_number("initial_steps", self.initial_steps, low=0, high=self.steps, high_open=True, integer=True,
                      hint="lower it or raise steps")
-        check(self.initial_policy in ("random", "agent"),
-              f"initial_policy must be 'random' or 'agent', got {self.initial_policy!r}")
+        check(self.initial_policy in INITIAL_POLICIES,
+              f"initial_policy must be one of {', '.join(INITIAL_POLICIES)}, got {self.initial_policy!r}")
+        if self.initial_policy == "explore":  # else the agent would train on the intrinsic reward in round 1
+            check(self.initial_steps > 0 and round(self.labels * self.initial_label_fraction) > 0,
+                  "initial_policy='explore' pre-trains for initial_steps and then asks the first labels: set "
+                  "initial_steps > 0 and initial_label_fraction so that labels * initial_label_fraction >= 1")
         check(self.label_schedule in ("constant", "inverse_time"),
               f"label_schedule must be 'constant' or 'inverse_time', got {self.label_schedule!r}")
         check_number("schedule_c", self.schedule_c, low=0, low_open=True)
@@ -235,9 +249,13 @@ class PreferenceLoop:
 
     def __init__(self, config: Any, agent: Agent, source: PairSource, reward_model: RewardModel,
                  labeller: Labeller, run_dir: RunDir | str | Path,
-                 callbacks: Sequence[LoopCallback] = (), title: str | None = None, report: bool = True):
+                 callbacks: Sequence[LoopCallback] = (), title: str | None = None, report: bool = True,
+                 explorer: Explorer | None = None):
         # config: the run config (``agents.loop.config``: PrefsConfig, TextRLHFConfig) or a bare LoopConfig
         self.run_config, self.config = config, config.loop_config()
+        check(self.config.initial_policy != "explore" or explorer is not None,
+              "initial_policy='explore' needs an explorer (this world has none: use 'random' or 'agent')")
+        self.explorer = explorer
         self.agent, self.source, self.reward_model, self.labeller = agent, source, reward_model, labeller
         self.run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
         self.callbacks = list(callbacks)
@@ -454,7 +472,9 @@ class PreferenceLoop:
         cfg = self.config
         metrics: dict[str, float] = {}
         if self._pending is None:  # else resumed while people labelled this round's pairs: it has learned already
-            if r == 0:
+            if r == 0 and cfg.initial_policy == "explore":
+                metrics.update(self.explorer.run(self.agent, cfg.initial_steps))
+            elif r == 0:
                 if cfg.initial_steps > 0:
                     self.source.collect(self.agent if cfg.initial_policy == "agent" else None, cfg.initial_steps)
             else:  # the last round takes whatever budget is left; no round overshoots the budget

@@ -18,6 +18,7 @@ import inspect
 import logging
 import os
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -368,5 +369,40 @@ class SB3Agent:
         if self.off_policy and (directory / "replay_buffer.pkl").exists():
             self.model.load_replay_buffer(directory / "replay_buffer.pkl")
 
+    def reset_critic(self) -> None:
+        """Reinitialise the value estimates, keep the policy: PEBBLE's ``reset_critic`` after unsupervised
+        pre-training (Lee et al. 2021; BPref ``train_PEBBLE.py``): SAC / TD3 / DDPG's critic and its target, DQN's
+        Q-net and its target, PPO / A2C's value head (ours, by analogy). Their optimiser moments are cleared."""
+        model = self.model
+        if self.off_policy:
+            critic = getattr(model, "critic", None) or model.q_net  # DQN has a Q-net, no critic
+            target = getattr(model, "critic_target", None) or model.q_net_target
+            _reinit(critic)
+            target.load_state_dict(critic.state_dict())
+            optimizer = getattr(critic, "optimizer", None) or model.policy.optimizer
+            parts = [critic]
+        else:  # the value branch of SB3's ActorCriticPolicy, with its own initialisation gains
+            policy = model.policy
+            parts = [policy.value_net, getattr(policy.mlp_extractor, "value_net", None)]
+            parts = [p for p in parts if p is not None]
+            if policy.ortho_init:
+                policy.value_net.apply(partial(policy.init_weights, gain=1.0))
+                for p in parts[1:]:
+                    p.apply(partial(policy.init_weights, gain=float(np.sqrt(2))))
+            else:
+                for p in parts:
+                    _reinit(p)
+            optimizer = policy.optimizer
+        for part in parts:
+            for param in part.parameters():
+                optimizer.state.pop(param, None)
+
     def close(self) -> None:
         self.venv.close()
+
+
+def _reinit(module: Any) -> None:
+    """PyTorch's default initialisation of every layer of ``module`` again."""
+    for layer in module.modules():
+        if hasattr(layer, "reset_parameters"):
+            layer.reset_parameters()

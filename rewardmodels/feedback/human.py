@@ -181,8 +181,9 @@ class HumanLabeller:
     def label_frames(self, frames_a, frames_b, pair_ids=None) -> np.ndarray:
         return self.wait(self.enqueue_frames(frames_a, frames_b, pair_ids))
 
-    def label_texts(self, prompts, responses_a, responses_b, pair_ids=None) -> np.ndarray:
-        return self.wait(self.enqueue_texts(prompts, responses_a, responses_b, pair_ids=pair_ids))
+    def label_texts(self, prompts, responses_a, responses_b, pair_ids=None, conversations=None) -> np.ndarray:
+        return self.wait(self.enqueue_texts(prompts, responses_a, responses_b, pair_ids=pair_ids,
+                                            conversations=conversations))
 
     def wait(self, ids: Sequence[str]) -> np.ndarray:
         """Block until ``ids`` are labelled (see ``LabelStore.wait_for_labels``); (B,) float32, NaN = skipped."""
@@ -233,11 +234,17 @@ class HumanLabeller:
                   self._render_obs(obs_b[k], None if mask_b is None else mask_b[k])) for k in range(len(obs_a))]
         return self.enqueue_clips(pairs, pair_ids)
 
-    def enqueue_texts(self, prompts, responses_a, responses_b, pair_ids: Sequence[str] | None = None) -> list[str]:
+    def enqueue_texts(self, prompts, responses_a, responses_b, pair_ids: Sequence[str] | None = None,
+                      conversations: Sequence[tuple[list, list]] | None = None) -> list[str]:
+        """Queue text pairs; ``conversations`` (one ``(messages_a, messages_b)`` per pair) shows conversations with
+        an environment turn by turn."""
         if not len(prompts) == len(responses_a) == len(responses_b):
             raise ValueError(f"prompts, responses_a, responses_b have lengths {len(prompts)}, {len(responses_a)}, "
                              f"{len(responses_b)}; give one of each per pair")
-        queries = [Query.text(str(p), str(a), str(b), pair_ids[k] if pair_ids is not None else None, self.run_tag)
+        if conversations is not None and len(conversations) != len(prompts):
+            raise ValueError(f"{len(conversations)} conversations for {len(prompts)} pairs: give one per pair")
+        queries = [Query.text(str(p), str(a), str(b), pair_ids[k] if pair_ids is not None else None, self.run_tag,
+                              turns=conversations[k] if conversations is not None else None)
                    for k, (p, a, b) in enumerate(zip(prompts, responses_a, responses_b, strict=True))]
         return self.store.enqueue(queries)
 
@@ -320,20 +327,27 @@ class MixedLabeller:
                 labels[rows] = who.label(rew_a[rows], rew_b[rows], _take(mask_a, rows), _take(mask_b, rows), **kwargs)
         return labels
 
-    def label_texts(self, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]) -> np.ndarray:
+    def label_texts(self, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str],
+                    conversations: Sequence[tuple[list, list]] | None = None) -> np.ndarray:
         labels = np.full(len(prompts), np.nan, np.float32)
         for rows, who in self._split(len(prompts)):
             if rows.size:
                 labels[rows] = label_texts(who, _take(list(prompts), rows), _take(list(responses_a), rows),
-                                           _take(list(responses_b), rows))
+                                           _take(list(responses_b), rows),
+                                           _take(list(conversations), rows) if conversations is not None else None)
         return labels
 
 
-def label_texts(labeller, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]) -> np.ndarray:
+def label_texts(labeller, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str],
+                conversations: Sequence[tuple[list, list]] | None = None) -> np.ndarray:
     """(B,) float32 P(a preferred) from people or a mix (``label_texts(prompts, a, b)``: ``HumanLabeller``,
-    ``MixedLabeller``) or a simulated text teacher (``label(prompts, a, b)``)."""
-    ask = labeller.label_texts if hasattr(labeller, "label_texts") else labeller.label
-    return np.asarray(ask(list(prompts), list(responses_a), list(responses_b)), dtype=np.float32)
+    ``MixedLabeller``) or a simulated text teacher (``label(prompts, a, b)``). ``conversations`` (one
+    ``(messages_a, messages_b)`` per pair, for conversations with an environment) go to people, shown turn by turn."""
+    if hasattr(labeller, "label_texts"):
+        extra = {"conversations": list(conversations)} if conversations is not None else {}
+        return np.asarray(labeller.label_texts(list(prompts), list(responses_a), list(responses_b), **extra),
+                          dtype=np.float32)
+    return np.asarray(labeller.label(list(prompts), list(responses_a), list(responses_b)), dtype=np.float32)
 
 
 def _take(x, rows: np.ndarray):

@@ -100,7 +100,9 @@ class Query:
 
     Segment payload: ``{"clip_a": rel_path, "clip_b": rel_path}`` (paths relative to the run's clip directory; shown
     side by side) or ``{"clip": rel_path}`` (one side-by-side clip, as rendered by ``rewardmodels.feedback.clips``),
-    plus any JSON metadata. Text payload: ``{"prompt": str, "response_a": str, "response_b": str}``.
+    plus any JSON metadata. Text payload: ``{"prompt": str, "response_a": str, "response_b": str}`` and, for two
+    conversations with an environment, ``turns_a`` / ``turns_b``: each a list of ``{"role": "user"|"assistant",
+    "content": str}`` messages, which the web app shows turn by turn.
     """
 
     kind: Literal["segment", "text"]
@@ -128,8 +130,18 @@ class Query:
         return cls("segment", {"clip_a": str(clip_a), "clip_b": str(clip_b), **meta}, pair_id, run)
 
     @classmethod
-    def text(cls, prompt: str, response_a: str, response_b: str, pair_id: str | None = None, run: str = "") -> Query:
-        return cls("text", {"prompt": prompt, "response_a": response_a, "response_b": response_b}, pair_id, run)
+    def text(cls, prompt: str, response_a: str, response_b: str, pair_id: str | None = None, run: str = "",
+             turns: tuple[list[dict[str, str]], list[dict[str, str]]] | None = None) -> Query:
+        payload: dict[str, Any] = {"prompt": prompt, "response_a": response_a, "response_b": response_b}
+        if turns is not None:
+            for side, messages in zip("ab", turns, strict=True):
+                if not (isinstance(messages, list) and all(
+                        isinstance(m, dict) and m.get("role") in ("user", "assistant")
+                        and isinstance(m.get("content"), str) for m in messages)):
+                    raise InvalidLabelError(f"turns_{side} must be a list of {{'role': 'user'|'assistant', "
+                                            "'content': str}} messages")
+                payload[f"turns_{side}"] = [{"role": m["role"], "content": m["content"]} for m in messages]
+        return cls("text", payload, pair_id, run)
 
     @property
     def id(self) -> str:

@@ -22,7 +22,8 @@ from rewardmodels.teachers import Teacher
 from rewardmodels.text.preferences import TextPreferencePairs, load_text_preferences
 from textenv.rewards import KeywordReward, LengthReward, SentimentReward, validate_scores
 
-__all__ = ["KeywordTeacher", "LengthTeacher", "SentimentTeacher", "TextTeacher"]
+__all__ = ["EnvironmentReturns", "KeywordTeacher", "LengthTeacher", "ReturnTeacher", "SentimentTeacher",
+           "TextTeacher"]
 
 Scorer = Callable[[list[str], list[str]], Any]
 
@@ -109,6 +110,41 @@ class SentimentTeacher(TextTeacher):
         if repetition_penalty:
             scorer = _RepetitionPenalised(scorer, repetition_penalty)
         super().__init__(scorer, **noise)
+
+
+class EnvironmentReturns:
+    """A scorer of conversations with an environment that answers (multi-turn ``TextGen-v0``): each conversation's
+    return, as the environment gave it when the conversation was played (``record``). A return depends on what the
+    environment hid (a number to guess, a hidden state), not only on the text, so it is looked up, not recomputed:
+    scoring a conversation that was never recorded is an error."""
+
+    __name__ = "environment-return"
+
+    def __init__(self) -> None:
+        self.returns: dict[tuple[str, str], float] = {}
+
+    def record(self, prompts: Sequence[str], conversations: Sequence[str], returns: Sequence[float]) -> None:
+        for p, c, r in zip(prompts, conversations, returns, strict=True):
+            self.returns[(p, c)] = float(r)
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> np.ndarray:
+        missing = [i for i, key in enumerate(zip(prompts, responses, strict=True)) if key not in self.returns]
+        if missing:
+            first = responses[missing[0]]
+            raise KeyError(f"no environment return was recorded for conversation #{missing[0]} ({first!r:.80}): a "
+                           "return teacher judges the conversations the run played")
+        return np.array([self.returns[key] for key in zip(prompts, responses, strict=True)], dtype=np.float64)
+
+
+class ReturnTeacher(TextTeacher):
+    """Prefers the conversation with the higher environment return (the scripted oracle of Christiano et al. 2017,
+    whose teacher compared true returns, for conversations): ``returns`` is the :class:`EnvironmentReturns` the pair
+    source records into. Keyword arguments are the :class:`TextTeacher` noise settings, in the environment's reward
+    units."""
+
+    def __init__(self, returns: EnvironmentReturns | None = None, **noise: Any) -> None:
+        self.returns = returns if returns is not None else EnvironmentReturns()
+        super().__init__(self.returns, **noise)
 
 
 class _RepetitionPenalised:

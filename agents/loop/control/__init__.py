@@ -7,6 +7,8 @@
 - ``segment_pairs`` / ``frame_pairs``: pair sources that cut trajectory segments (state vectors; stored frames).
 - ``reward_model``: the reward ensemble as the loop's ``RewardModel``.
 - ``atari``: the paper's Atari preprocessing as registered env ids.
+- ``explore``: PEBBLE's unsupervised pre-training, the initial collection of ``initial_policy="explore"``.
+- ``bpref``: the B-Pref envs (DeepMind Control via shimmy, Meta-World) as registered ids (``BPref/walker-walk-v0``).
 """
 
 from textenv.lazy import lazy_exports

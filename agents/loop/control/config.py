@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import agents.loop.control.bpref  # noqa: F401 - registers the B-Pref ids (BPref/walker-walk-v0, ...)
 from agents.loop.config import RunConfig
 from agents.loop.control.atari import atari_env_id
 from agents.loop.control.presets import apply_preset
@@ -78,7 +79,19 @@ class PrefsConfig(LoopConfig, RunConfig):
     reward_epochs: int = 40
     """Passes over the labelled pairs per reward-model fit."""
     fit: dict[str, Any] = field(default_factory=dict)
-    """Other ``rewardmodels.ensemble.FitConfig`` fields (the paper's: noise 0.1, validation 1/e, adaptive L2)."""
+    """Other ``rewardmodels.ensemble.FitConfig`` fields (the paper's: noise 0.1, validation 1/e, adaptive L2; SURF's
+    ``pseudo_threshold``, ``pseudo_weight``, ``pseudo_ratio``, ``crop``)."""
+    explore_k: int = 5
+    """With ``initial_policy="explore"``: the k of PEBBLE's k-nearest-neighbour state entropy (PEBBLE: 5;
+    ``agents.loop.control.explore``)."""
+    unlabelled_per_label: int = 0
+    """Unlabelled segment pairs drawn from recent experience per new label, for SURF's pseudo-labels (SURF: 10 on
+    Meta-World, 100 on DMC; ``agents.loop.reward_model.UnlabelledPool``); 0 = none."""
+    unlabelled_capacity: int = 4_096
+    """The most recent unlabelled pairs kept for pseudo-labelling (ours; bounds memory and checkpoints)."""
+    segment_context: int = 0
+    """Steps cut, unlabelled, before and after each segment, into which SURF's temporal crops may reach (SURF: 5;
+    ``rewardmodels.surf``); the labeller sees only the ``segment_len`` steps between."""
     pretrain_epochs: int | None = None
     """Epochs of the first reward fit, on the initial labels (Atari: 200, A.2); None = ``reward_epochs``."""
     label_buffer: int | None = None
@@ -117,10 +130,24 @@ class PrefsConfig(LoopConfig, RunConfig):
         check(self.segment_len <= self.steps // 4, f"segment_len={self.segment_len} is too long for a "
               f"{self.steps}-step run; use a segment length of at most steps / 4")
         check_number("reward_scale", self.reward_scale, low=0, low_open=True)
+        self._check_pebble_surf()
         self.reward_hidden = tuple(int(h) for h in self.reward_hidden)
         check_device(self.device)  # DeviceError: --device cuda on a machine without CUDA
         if self.hyperparams is not None:
             check_hyperparams(self.algo, self.hyperparams)  # UnknownHyperparameterError names the key
+
+    def _check_pebble_surf(self) -> None:
+        for name in ("explore_k", "unlabelled_capacity"):
+            check_number(name, getattr(self, name), low=1, integer=True)
+        for name in ("unlabelled_per_label", "segment_context"):
+            check_number(name, getattr(self, name), low=0, integer=True)
+        check(self.reward_net == "mlp" or not (self.initial_policy == "explore" or self.segment_context
+                                                or self.unlabelled_per_label),
+              "PEBBLE's exploration and SURF's unlabelled pairs and crops work on state vectors: initial_policy="
+              "'explore', segment_context and unlabelled_per_label are for reward_net='mlp'")
+        check(self.fit.get("pseudo_threshold") is None or self.unlabelled_per_label > 0,
+              "fit.pseudo_threshold (SURF's pseudo-labels) needs unlabelled pairs: set unlabelled_per_label >= 1 "
+              "(SURF: 10 or 100)")
 
     @property
     def env_id(self) -> str:

@@ -48,6 +48,40 @@ Gymnasium v5):
 * A2C (A.2: "A3C ... in synchronous form (A2C)": 16 workers, n = 5 steps, entropy bonus 0.01, learning rate 7e-4
   decayed linearly, gamma 0.99) or PPO (rl-baselines3-zoo's Atari PPO settings), from SB3, with the Nature CNN.
 
+``pebble`` and ``surf``: PEBBLE (Lee, Smith & Abbeel 2021, arXiv:2106.05091) and SURF (Park et al. 2022,
+arXiv:2203.10050) as B-Pref (Lee et al. 2021, arXiv:2111.03026) runs them on DeepMind Control and Meta-World
+(``agents.loop.control.bpref`` registers ``BPref/walker-walk-v0`` etc.). Every value is from the official code:
+``rll-research/BPref`` (``config/train_PEBBLE.yaml``, ``config/agent/sac.yaml``, ``reward_model.py`` and the
+per-task ``scripts/<task>/<labels>/oracle/run_PEBBLE.sh``; "BPref" below) and ``alinlab/SURF`` (its README's commands,
+``reward_model_semi_dataaug.py``):
+
+* SAC (BPref ``agent/sac.yaml``): gamma 0.99, tau 0.005, initial temperature 0.1 (learned), target update every 2
+  steps, 1,000 uniformly random steps first (``num_seed_steps``); per domain (the scripts): DMC actor/critic lr 5e-4,
+  batch 1,024, two hidden layers of 1,024 (quadruped-walk: lr 1e-4); Meta-World lr 3e-4, batch 512, three layers of
+  256. (These nets are large for a CPU: ``hyperparams`` overrides them; ``benchmarks/bpref_rows.py`` uses 64 x 64.)
+* unsupervised pre-training (``initial_policy="explore"``, ``agents.loop.control.explore``): 9,000 steps after the
+  1,000 random ones (``num_unsup_steps=9000``), k = 5 (``topK``); then the critic is reset.
+* segments of 50 steps (``segment: 50``), an ensemble of 3 (``ensemble_size``), disagreement over 10x candidates
+  (``feed_type=1``, ``large_batch: 10``); labels in batches (``reward_batch``: DMC 100, Meta-World 50), the first
+  right after pre-training, then one every ``num_interact`` env steps (DMC 20,000, quadruped 30,000, Meta-World 5,000)
+  until ``max_feedback`` (DMC 1,000, Meta-World 10,000): ``label_schedule="constant"``, one round per
+  ``num_interact`` steps; a run too short for them all gets what that rate reaches in it (``labels`` overrides).
+* the predictor: three hidden layers of 256, leaky ReLU, tanh output (``gen_net``); Adam lr 3e-4, minibatches of 128,
+  up to 50 epochs per fit on DMC and 10 on Meta-World (``reward_update``), stopping once the training accuracy
+  passes 0.97; no label noise, validation split or L2 (ours: rewards normalised to standard deviation 1, as every
+  preset here).
+* ``algo="ppo"``: B-Pref's PrefPPO (``scripts/walker_walk/*/run_PrefPPO.sh``): 32 envs of 500 steps, minibatches of
+  64, lr 5e-5, no entropy bonus, clip 0.4, lambda 0.92, three layers of 256, 32,000 pre-training steps.
+* ``surf`` adds (alinlab/SURF README): pseudo-labels at confidence 0.99 (``threshold_u``), 4 unlabelled pairs per
+  labelled one in each minibatch (``mu``), loss weight 1 (``lambda_u``), unlabelled pairs drawn per label 100 on DMC
+  and 10 on Meta-World (``inv_label_ratio``), and temporal crops of 45-55 of the 50 labelled steps out of 60 stored
+  (``dataaug_window=5``, ``crop_range=5``).
+
+A preset name may add the PEBBLE or SURF method to another protocol: ``christiano-mujoco+pebble+surf`` is the MuJoCo
+protocol with PEBBLE's pre-training (10,000 steps, at most a tenth of the run) and SURF's pseudo-labels (10 unlabelled
+pairs per label, Meta-World's ratio) and crops (their context capped so that a window still fits in an episode);
+everything else stays the base protocol's.
+
 Use: ``rlhf-gym prefs --preset christiano-mujoco --env Hopper-v5 --labels 700 --steps 2000000``, or
 ``PrefsConfig.from_preset(name, env_id, **overrides)`` from Python (``apply_preset`` gives the field values).
 """
@@ -55,6 +89,7 @@ Use: ``rlhf-gym prefs --preset christiano-mujoco --env Hopper-v5 --labels 700 --
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -63,6 +98,8 @@ import gymnasium as gym
 import numpy as np
 
 from agents.loop.control.atari import ATARI_ENVS, ATARI_NAMESPACE
+from agents.loop.control.bpref import METAWORLD_TASKS
+from rewardmodels.published import PEBBLE_K, SURF_CONTEXT, SURF_CROP, SURF_RATIO, SURF_THRESHOLD, SURF_WEIGHT
 from rewardmodels.schedules import CHRISTIANO_ATARI_C, CHRISTIANO_MUJOCO_C
 
 logger = logging.getLogger(__name__)
@@ -189,19 +226,135 @@ def _christiano_atari(env_id: str, overrides: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
+# -- PEBBLE and SURF (module docstring) ----------------------------------------------------------------------------
+PEBBLE_SEGMENT_LEN = 50
+PEBBLE_INITIAL_STEPS = 10_000  # num_seed_steps 1,000 + num_unsup_steps 9,000
+PREFPPO_INITIAL_STEPS = 32_000  # PrefPPO --unsuper-step
+PEBBLE_FIT = dict(lr=3e-4, batch_size=128, stop_accuracy=0.97)
+#: BPref's scripts per domain: SAC lr / batch / hidden layers, steps, max_feedback, reward_batch, num_interact,
+#: reward_update; SURF's inv_label_ratio.
+PEBBLE_DOMAINS: dict[str, dict[str, Any]] = {
+    "dmc": dict(lr=5e-4, batch=1_024, net=[1_024, 1_024], steps=500_000, labels=1_000, label_batch=100,
+                interact=20_000, reward_epochs=50, per_label=100, episode=1_000),
+    "quadruped": dict(lr=1e-4, batch=1_024, net=[1_024, 1_024], steps=1_000_000, labels=1_000, label_batch=100,
+                      interact=30_000, reward_epochs=50, per_label=100, episode=1_000),
+    "metaworld": dict(lr=3e-4, batch=512, net=[256, 256, 256], steps=1_000_000, labels=10_000, label_batch=50,
+                      interact=5_000, reward_epochs=10, per_label=10, episode=500),
+}
+PREFPPO = dict(n_envs=32, n_steps=500, batch_size=64, learning_rate=5e-5, ent_coef=0.0, clip_range=0.4,
+               gae_lambda=0.92, policy_kwargs=dict(net_arch=[256, 256, 256]))
+SURF_FIT = dict(pseudo_threshold=SURF_THRESHOLD, pseudo_ratio=SURF_RATIO, pseudo_weight=SURF_WEIGHT, crop=SURF_CROP)
+
+
+def pebble_domain(env_id: str) -> str:
+    """Which of ``PEBBLE_DOMAINS`` an env's settings come from (DMC's for any env that is not Meta-World)."""
+    if any(task in env_id for task in METAWORLD_TASKS) or env_id.startswith("Meta-World"):
+        return "metaworld"
+    return "quadruped" if "quadruped" in env_id else "dmc"
+
+
+def _pebble_sac(domain: dict[str, Any], steps: int) -> dict[str, Any]:
+    return dict(n_envs=1, learning_rate=domain["lr"], batch_size=domain["batch"], buffer_size=max(steps, 1_000),
+                learning_starts=1_000, tau=0.005, gamma=0.99, ent_coef="auto_0.1", target_update_interval=2,
+                policy_kwargs=dict(net_arch=list(domain["net"])))
+
+
+def _pebble_labels(values: dict[str, Any], domain: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """PEBBLE's label protocol: one round per ``num_interact`` steps, a batch of labels after pre-training and one per
+    round until ``max_feedback`` (or the run's end)."""
+    steps, initial = values["steps"], values["initial_steps"]
+    values.setdefault("rounds", max(1, (steps - initial) // domain["interact"]))
+    batch = domain["label_batch"]
+    values.setdefault("labels", min(domain["labels"], batch * (values["rounds"] + 1)))
+    values.setdefault("initial_label_fraction", min(1.0, batch / values["labels"]))
+    later_batches = max(1, math.ceil(values["labels"] / batch) - 1)
+    values.setdefault("label_until", min(1.0, later_batches / values["rounds"]))
+
+
+def _pebble(env_id: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    domain = PEBBLE_DOMAINS[pebble_domain(env_id)]
+    values: dict[str, Any] = dict(overrides)
+    values.update(env=env_id, preset=overrides.get("preset", "pebble"))
+    values.setdefault("algo", "sac")
+    values.setdefault("steps", domain["steps"])
+    ppo = values["algo"] == "ppo"
+    budget = PREFPPO_INITIAL_STEPS if ppo else PEBBLE_INITIAL_STEPS
+    values.setdefault("initial_steps", min(budget, values["steps"] // 10))  # ours: at most a tenth of a short run
+    _pebble_labels(values, domain, overrides)
+    for key, value in dict(
+        segment_len=PEBBLE_SEGMENT_LEN, initial_policy="explore", explore_k=PEBBLE_K, label_schedule="constant",
+        ensemble=3, selection="disagreement", oversample=10, reward_net="mlp", reward_hidden=(256, 256, 256),
+        reward_activation="leaky_relu", reward_net_kwargs={"output_activation": "tanh"}, reward_scale=1.0,
+        reward_epochs=domain["reward_epochs"], fit=dict(PEBBLE_FIT), experience_capacity=100 * domain["episode"],
+    ).items():
+        values.setdefault(key, value)
+    if "hyperparams" not in values:
+        values["hyperparams"] = (_pebble_sac(domain, values["steps"]) if values["algo"] == "sac" else
+                                 dict(PREFPPO, policy_kwargs=dict(PREFPPO["policy_kwargs"])) if ppo else None)
+    return values
+
+
+def _surf(env_id: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    values = _pebble(env_id, {"preset": "surf", **overrides})
+    values.setdefault("unlabelled_per_label", PEBBLE_DOMAINS[pebble_domain(env_id)]["per_label"])
+    values.setdefault("segment_context", SURF_CONTEXT)
+    values["fit"] = {**SURF_FIT, **values["fit"]} if "fit" in overrides else {**values["fit"], **SURF_FIT}
+    return values
+
+
+def _episode_limit(env_id: str) -> int | None:
+    try:
+        return gym.spec(env_id).max_episode_steps
+    except gym.error.Error:
+        return None
+
+
+def _with_method(method: str, values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``values`` of a base preset with PEBBLE's pre-training or SURF's reward learning added (module docstring);
+    ``overrides`` still win."""
+    if method == "pebble":
+        values["initial_policy"] = "explore"
+        values["explore_k"] = PEBBLE_K
+        values["initial_steps"] = min(PEBBLE_INITIAL_STEPS, int(values["steps"]) // 10)
+        values.setdefault("initial_label_fraction", 0.25)
+    else:  # surf
+        limit = _episode_limit(values["env"])
+        room = SURF_CONTEXT if limit is None else max(0, (limit - int(values.get("segment_len", 50))) // 2)
+        values["segment_context"] = min(SURF_CONTEXT, room)  # a window must still fit in an episode
+        values["unlabelled_per_label"] = PEBBLE_DOMAINS["metaworld"]["per_label"]
+        values["fit"] = {**values.get("fit", {}), **SURF_FIT}
+    values.update({k: v for k, v in overrides.items() if k != "fit"})
+    if "fit" in overrides:
+        values["fit"] = {**values["fit"], **overrides["fit"]}
+    return values
+
+
 PREFS_PRESETS: dict[str, Preset] = {
     "tuned": Preset(_tuned, "settings tuned per env (CartPole-v1, Pendulum-v1); other envs: the defaults"),
     "christiano-mujoco": Preset(_christiano_mujoco, "Christiano et al. 2017's MuJoCo protocol (A.1)"),
     "christiano-atari": Preset(_christiano_atari, "Christiano et al. 2017's Atari protocol (A.2)"),
+    "pebble": Preset(_pebble, "PEBBLE (Lee et al. 2021) on B-Pref: SAC, unsupervised pre-training, relabelling"),
+    "surf": Preset(_surf, "SURF (Park et al. 2022): PEBBLE plus pseudo-labels and temporal crops"),
 }
+#: Methods a preset name can add to another: ``christiano-mujoco+pebble+surf``.
+PRESET_METHODS = ("pebble", "surf")
 
 
 def apply_preset(name: str, env_id: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``PrefsConfig`` field values of preset ``name`` for ``env_id``, with ``overrides`` (``None`` values are
-    ignored, so parsed-but-unset CLI options keep the preset's value)."""
-    if name not in PREFS_PRESETS:
-        raise PresetError(f"unknown preset {name!r}; choose one of {', '.join(PREFS_PRESETS)}")
-    return PREFS_PRESETS[name].values(env_id, {k: v for k, v in (overrides or {}).items() if v is not None})
+    ignored, so parsed-but-unset CLI options keep the preset's value). ``base+pebble+surf`` adds those methods to
+    the base preset (module docstring)."""
+    base, *methods = str(name).split("+")
+    if base not in PREFS_PRESETS or any(m not in PRESET_METHODS for m in methods):
+        raise PresetError(f"unknown preset {name!r}; choose one of {', '.join(PREFS_PRESETS)}, optionally followed "
+                          f"by {' / '.join('+' + m for m in PRESET_METHODS)} (e.g. christiano-mujoco+pebble+surf)")
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    values = PREFS_PRESETS[base].values(env_id, overrides)
+    for method in methods:
+        values = _with_method(method, values, overrides)
+    if methods:
+        values["preset"] = name
+    return values
 
 
 #: What people are told to judge in each task (``HumanLabeller(instructions=...)`` on the labelling page), in the

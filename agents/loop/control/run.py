@@ -21,11 +21,12 @@ import gymnasium as gym
 import torch
 
 from agents.loop.control.config import PrefsConfig
+from agents.loop.control.explore import StateEntropyExploration
 from agents.loop.control.frame_pairs import ImageSegmentPairSource
 from agents.loop.control.presets import task_instructions
 from agents.loop.control.segment_pairs import SegmentPairSource, probe_spaces
 from agents.loop.preference_loop import LoopCallback, PreferenceLoop
-from agents.loop.reward_model import EnsembleRewardModel
+from agents.loop.reward_model import EnsembleRewardModel, UnlabelledPool
 from agents.rundir import RunDir, RunDirError, lock_run_dir, prepare_out
 from agents.sb3.control import SB3Agent, check_action_space, default_hyperparams
 from rewardmodels.cnn import CNNRewardNet, image_layout
@@ -72,17 +73,21 @@ def build_loop(cfg: PrefsConfig, out: str | os.PathLike, callbacks: Sequence[Loo
     cfg = dataclasses.replace(cfg, hyperparams=hyper)  # config.json records the hyperparameters used
     recent = min(max(4 * cfg.segment_len, 2 * cfg.steps_per_round), cfg.experience_capacity)
     source_class = ImageSegmentPairSource if cfg.reward_net == "cnn" else SegmentPairSource
+    context = {"context": cfg.segment_context} if cfg.segment_context else {}
     source = source_class(cfg.env_id, cfg.segment_len, seed=cfg.seed, recent_steps=recent,
-                          capacity=cfg.experience_capacity)
+                          capacity=cfg.experience_capacity, **context)
     ensemble = build_reward_ensemble(cfg, source.obs_space, source.act_space).to(cfg.device)
+    pool = (UnlabelledPool(source.candidates, cfg.unlabelled_per_label, cfg.unlabelled_capacity, seed=cfg.seed)
+            if cfg.unlabelled_per_label else None)
     reward_model = EnsembleRewardModel(ensemble, ensemble.fit_config, cfg.pretrain_epochs, cfg.label_buffer,
-                                       cfg.fit_rate, lambda: source.env_steps)
+                                       cfg.fit_rate, lambda: source.env_steps, unlabelled=pool)
+    explorer = StateEntropyExploration(source.experience, cfg.explore_k) if cfg.initial_policy == "explore" else None
     agent = SB3Agent(cfg.algo, cfg.env_id, ensemble.predict_reward, total_steps=cfg.steps, seed=cfg.seed,
                      device=cfg.device, hyperparams=hyper, wrap_venv=source.wrap)
     title = " ".join(str(x) for x in (cfg.preset, cfg.env, cfg.algo, f"seed {cfg.seed}") if x)
     run_dir = RunDir(out, report_to=cfg.report_to)
     return PreferenceLoop(cfg, agent, source, reward_model, make_labeller(cfg, out), run_dir,
-                          callbacks=[*callbacks, _RunInfo(cfg)], title=title)
+                          callbacks=[*callbacks, _RunInfo(cfg)], title=title, explorer=explorer)
 
 
 def run_prefs(cfg: PrefsConfig, out: str | os.PathLike, resume: bool = False,

@@ -183,10 +183,11 @@ class RecordedPairSource:
     def label(self, labeller: Any, pairs: Any) -> Any:
         """Ask ``labeller`` (teacher-compatible) about ``pairs``; a person (``needs_media``) gets the observations,
         from which ``StateRenderer`` draws the clips."""
+        core = pairs.core()  # the labelled steps, without SURF's cropping context
         media = {}
         if getattr(labeller, "needs_media", False):
-            media = {"obs_a": pairs.obs_a, "obs_b": pairs.obs_b}
-        labels = labeller.label(pairs.true_rew_a, pairs.true_rew_b, pairs.mask_a, pairs.mask_b, **media)
+            media = {"obs_a": core.obs_a, "obs_b": core.obs_b}
+        labels = labeller.label(core.true_rew_a, core.true_rew_b, core.mask_a, core.mask_b, **media)
         return pairs.with_labels(np.asarray(labels, dtype=np.float32))
 
     def true_preferences(self, pairs: Any) -> np.ndarray:
@@ -207,14 +208,17 @@ class SegmentPairSource(RecordedPairSource):
         recent_steps: candidates are cut from about this many most recent steps of experience.
         capacity: steps of experience kept in memory (and in checkpoints).
         seed: seeds the collection env.
+        context: steps cut before and after each segment, unlabelled (SURF's temporal cropping: 5,
+            ``rewardmodels.surf``); the pairs' ``context``.
     """
 
     recorder = ExperienceRecorder
 
     def __init__(self, env_id: str, segment_len: int, recent_steps: int = 4_000, capacity: int = 20_000,
-                 seed: int = 0, n_collect_envs: int = 8):
+                 seed: int = 0, n_collect_envs: int = 8, context: int = 0):
         super().__init__(env_id, segment_len, recent_steps, seed, n_collect_envs)
         self.experience = Experience(capacity)
+        self.context = int(context)
 
     def collect(self, agent: Any | None, n_steps: int) -> None:
         """Run ``agent.act`` (or uniform random actions when ``agent`` is None) for ``n_steps`` env steps."""
@@ -225,9 +229,10 @@ class SegmentPairSource(RecordedPairSource):
 
     def candidates(self, n_pairs: int, rng: np.random.Generator) -> PreferenceDataset:
         trajs = self.experience.trajectories(self.recent_steps)
-        segs = cut_segments(trajs, self.segment_len, n=2 * n_pairs, rng=rng)
+        c = self.context  # the labelled core keeps at least one real step
+        segs = cut_segments(trajs, self.segment_len + 2 * c, n=2 * n_pairs, rng=rng, min_valid=c + 1)
         return PreferenceDataset.from_segments(segs[:n_pairs], segs[n_pairs:], obs_space=self.obs_space,
-                                               act_space=self.act_space)
+                                               act_space=self.act_space, context=c)
 
     def save(self, directory: Path, dataset: PreferenceDataset | None) -> None:
         if dataset is not None:

@@ -137,6 +137,18 @@ class TextRLHFConfig(RunConfig):
     """SFT passes over the demonstrations."""
     sft_learning_rate: float = 2e-5
     """SFT learning rate."""
+    environment: str | None = None
+    """An environment that answers (multi-turn episodes, ``textenv.conversation``): ``"gem:<id>"``,
+    ``"textarena:<id>"``, ``"openenv:<url>"`` or ``"module:Class"`` (``textenv.environments``). Its first observations
+    are the prompts (``prompts`` must be None); pairs are two conversations of the same task (environment seed); the
+    teacher judges them by the environment's return, the gold of every evaluation; ``max_new_tokens`` is each
+    episode's token budget. ``preferences`` may hold earlier conversation pairs (a run's ``pairs.jsonl``, or
+    ``rlhf-gym label --export-text``): the conversations as the policy read them."""
+    max_turn_tokens: int | None = None
+    """With ``environment``: the policy's tokens per turn (None: the whole budget)."""
+    environment_reward: float = 0.0
+    """With ``environment``: the weight of the environment's rewards in the policy's reward. 0 (RLHF): the policy
+    learns from the reward model only, the environment's rewards reach it through the teacher's labels; 1: both."""
     progress_bar: bool | None = None
     """Show a tqdm bar over the rounds; None = only when stderr is a terminal."""
 
@@ -169,8 +181,13 @@ class TextRLHFConfig(RunConfig):
         self.check_run()
         check(self.labeller != "dataset" or self.preferences is not None,
               "labeller='dataset' labels from a preference file: pass preferences=FILE (--preferences)")
-        check(self.model is None or self.prompts is not None,
+        check(self.model is None or self.prompts is not None or self.environment is not None,
               "a model of your own needs prompts of your own: pass prompts=FILE (--prompts)")
+        if self.environment is not None:
+            self._check_environment()
+        else:
+            check(self.max_turn_tokens is None and self.environment_reward == 0, "max_turn_tokens and "
+                  "environment_reward are settings of a run on an environment: pass environment=... too")
         check(self.iterations >= self.rounds, f"iterations={self.iterations} must be >= rounds={self.rounds} (each "
                                               "round improves the policy at least once); raise iterations")
         if self.selection == "disagreement":
@@ -187,6 +204,22 @@ class TextRLHFConfig(RunConfig):
         self.agent_config()  # validates the algorithm's settings (its kl field, extra) where the algorithm defines them
         self.loop_config()  # validates the loop's settings (rounds, schedule, selection) where the loop defines them
         check_device(self.device)  # DeviceError (a RunError: one line, rc 2 in the CLI)
+
+    def _check_environment(self) -> None:
+        """The settings of a run on an environment that answers (``environment``)."""
+        from textenv.environments.factory import make_environment_factory
+
+        check(isinstance(self.environment, str) and bool(self.environment.strip()),
+              f"environment must be a spec string (gem:<id>, textarena:<id>, openenv:<url>, module:Class), got "
+              f"{self.environment!r}")
+        make_environment_factory(self.environment)  # an unknown spec or a missing package fails here, before the run
+        check(self.prompts is None, "an environment gives the prompts (its first observations): drop --prompts")
+        check(not self.algorithm.offline, f"{self.algo} trains on the text of whole responses, which in a "
+              "conversation holds the environment's turns too: use ppo, grpo, rloo, sb3-ppo, sb3-a2c or bon")
+        check_number("max_turn_tokens", self.max_turn_tokens, low=1, integer=True, none_ok=True,
+                     hint="the policy's tokens per turn; None = the whole budget")
+        check_number("environment_reward", self.environment_reward, low=0,
+                     hint="0 = the policy learns from the reward model only")
 
     def _unpaired_kto(self) -> bool:
         from rewardmodels.text.preferences import is_unpaired

@@ -56,6 +56,7 @@ class TextRLHFContext:
     reward_fns: Any = None  # textenv.reward_functions.WeightedRewards of the run's reward functions, or None
     kl: KLPenalty = dataclasses.field(default_factory=lambda: KLPenalty(0.0))  # the run's env KL penalty: one object
     best_of: int = 1  # the policy as evaluated: n samples per prompt, the reward model's best kept (best-of-n)
+    returns: Any = None  # on an environment: the EnvironmentReturns of every conversation played (a ReturnTeacher's)
     step_offset: int = 0
     improve_clock: float | None = None
     """``time.perf_counter()`` when the run's improvement began, less the rounds before this one: ``log`` adds
@@ -77,18 +78,23 @@ class TextRLHFContext:
             metrics = {**metrics, "time/improve_s": time.perf_counter() - self.improve_clock}
         self.run_dir.log(self.step_offset + int(step), metrics)
 
+    @property
+    def environment(self) -> str | None:
+        """The run's environment that answers (multi-turn), or None."""
+        return self.config.environment
+
     def make_env(self, num_envs: int, reward_fn: Any, kl: KLPenalty | None = None, prompts: list[str] | None = None,
-                 reference: bool = True) -> TextGenVectorEnv:
+                 reference: bool = True, environment_reward: float | None = None) -> TextGenVectorEnv:
         """A torch-backend TextGen vector env acting with ``policy``; its reward is ``reward_fn`` plus the KL
         penalty ``kl`` (None: none) against the frozen ``ref_model``, whose log-probs it reports with ``reference``
-        (the KL is then measured even without a penalty)."""
+        (the KL is then measured even without a penalty). On an environment (multi-turn), the environment's rewards
+        count with weight ``environment_reward`` (default: the run's)."""
         cfg = self.config
         kl = kl if kl is not None else KLPenalty(0.0)
         return TextGenVectorEnv(
             num_envs,
             model=self.policy,
             tokenizer=self.tokenizer,
-            prompts=prompts or self.train_prompts,
             reward_fn=reward_fn,
             ref_model=self.ref_model if (reference or kl.active) else None,
             kl_coef=kl,
@@ -97,17 +103,39 @@ class TextRLHFContext:
             temperature=cfg.temperature,
             device=self.device,
             array_backend="torch",
+            **self.episode_source(prompts, environment_reward),
         )
+
+    def episode_source(self, prompts: list[str] | None = None, environment_reward: float | None = None
+                       ) -> dict[str, Any]:
+        """Where a TextGen env of this run starts its episodes, as its keyword arguments: the prompts (default: the
+        training prompts), or the run's environment with its turn settings and the weight of its rewards (default:
+        the run's ``environment_reward``)."""
+        cfg = self.config
+        if cfg.environment is None:
+            return {"prompts": prompts or self.train_prompts}
+        weight = cfg.environment_reward if environment_reward is None else environment_reward
+        return {"environment": cfg.environment, "max_turn_tokens": cfg.max_turn_tokens,
+                "environment_reward_weight": weight}
 
     def _sample(self, draw: int = 0) -> Evaluation:
         """One completion per held-out row, from a fixed seed (common random numbers across calls; ``draw`` picks
         another fixed stream), scored by the teacher (zeros without one)."""
         env = getattr(self, "_eval_env", None)
         if env is None:  # the KL to the reference is measured, not penalised; the reward is the teacher's score
-            judge = self.teacher.score if self.teacher is not None else None
-            env = self._eval_env = self.make_env(len(self.eval_rows), judge, prompts=self.eval_rows)
+            if self.environment is not None:  # the gold of a conversation: the environment's return
+                env = self._eval_env = self.make_env(len(self.eval_rows), None, environment_reward=1.0)
+            else:
+                judge = self.teacher.score if self.teacher is not None else None
+                env = self._eval_env = self.make_env(len(self.eval_rows), judge, prompts=self.eval_rows)
         gen = torch.Generator(device=self.device).manual_seed(self.config.seed + 12345 + 7919 * draw)
-        batch = collect_rollout(env, prompts=self.eval_rows, seed=self.config.seed, generator=gen)
+        if self.environment is not None:  # the held-out tasks: environment seeds (eval_rows holds them)
+            batch = collect_rollout(env, seed=self.config.seed, generator=gen,
+                                    environment_seeds=[int(s) for s in self.eval_rows])
+            if self.returns is not None:  # the teacher judges these conversations (win rates) by their returns
+                self.returns.record(batch.prompts, batch.responses, batch.scores.cpu().numpy())
+        else:
+            batch = collect_rollout(env, prompts=self.eval_rows, seed=self.config.seed, generator=gen)
         return Evaluation(batch.prompts, batch.responses, batch.scores.cpu().numpy(), batch.kl_sum.cpu().numpy())
 
     def evaluate(self) -> Evaluation:
@@ -138,6 +166,8 @@ class TextRLHFContext:
         metrics = {"eval/kl_to_ref": kl, "eval/sqrt_kl": float(np.sqrt(max(kl, 0.0)))}
         if self.teacher is not None:
             metrics["eval/oracle_score"] = ev.oracle_score
+        if self.environment is not None:  # what the environment gave, whoever labelled (the oracle's if it did)
+            metrics["eval/environment_return"] = ev.oracle_score
         if self.reward_model is not None and not self.config.algorithm.offline:
             metrics["eval/proxy_score"] = float(self.proxy_scores(ev.prompts, ev.responses).mean())
         self.log(step, metrics)

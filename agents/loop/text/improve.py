@@ -178,7 +178,7 @@ def make_text_vec_env(ctx: TextRLHFContext, n_envs: int) -> TextGenSB3VecEnv:
     ``ctx.policy`` against ``ctx.ref_model``, with the run's KL penalty (an adaptive beta follows every episode)."""
     cfg = ctx.config
     venv = TextGenSB3VecEnv(TextGenVectorEnv(
-        n_envs, model=ctx.policy, tokenizer=ctx.tokenizer, prompts=ctx.train_prompts, reward_fn=ctx.reward(),
+        n_envs, model=ctx.policy, tokenizer=ctx.tokenizer, **ctx.episode_source(), reward_fn=ctx.reward(),
         ref_model=ctx.ref_model, kl_coef=ctx.kl, max_new_tokens=cfg.max_new_tokens,
         max_prompt_tokens=ctx.max_prompt_tokens, temperature=cfg.temperature, device=ctx.device,
         autoreset_mode="SameStep",

@@ -39,6 +39,7 @@ from agents.loop.text.context import Evaluation, TextRLHFContext
 from agents.loop.text.improve import make_learner
 from agents.loop.text.pairs import (
     CompletionPairSource,
+    ConversationPairSource,
     DatasetPairSource,
     PairsAsReward,
     heldout_size,
@@ -46,7 +47,7 @@ from agents.loop.text.pairs import (
 from agents.rundir import RunDir, RunDirError, checkpoint_candidates
 from rewardmodels.text.ensemble import LMRewardEnsemble
 from rewardmodels.text.preferences import TextPreferencePairs, is_conversational, is_unpaired, load_text_preferences
-from rewardmodels.text.teachers import SentimentTeacher
+from rewardmodels.text.teachers import EnvironmentReturns, ReturnTeacher, SentimentTeacher
 from textenv.checks import check
 from textenv.default_lm import default_prompts
 from textenv.files import atomic_write
@@ -58,6 +59,7 @@ from textenv.reward_functions import WeightedRewards
 logger = logging.getLogger(__name__)
 
 POLICY_DIR = "policy"
+EVAL_SEED_BASE = 2**31  # the held-out tasks of a run on an environment: seeds above every training draw
 LEARNER_FILE = "learner.pt"
 SFT_DIR = "sft"
 
@@ -169,8 +171,13 @@ def load_preferences(source: Any, tokenizer: Any = None) -> TextPreferencePairs:
     return load_text_preferences(source, tokenizer=tokenizer)
 
 
-def default_text_instructions(default_lm: bool) -> str:
+def default_text_instructions(default_lm: bool, environment: str | None = None) -> str:
     """What people judge in a text run by default: the demo's task on the default LM, else the general question."""
+    if environment is not None:
+        return (f"Each pair is two conversations of the model with the same environment ({environment}) on the same "
+                "task, turn by turn: the environment's first message is shown above, then each side's turns. Choose "
+                "the conversation in which the model did the task better; 'equal' when neither did, 'skip' when you "
+                "cannot tell.")
     if default_lm:
         return ("Each pair is two reviews written after the same opening (the prompt). The task of this demo run: "
                 "the more positive review is better. Judge the response as a whole; 'equal' when neither is more "
@@ -190,7 +197,7 @@ def make_text_labeller(cfg: TextRLHFConfig, out: str | Path, teacher: Any, defau
     try:
         human = HumanLabeller(out, timeout=cfg.label_timeout,
                               on_timeout="raise" if cfg.label_timeout is None else "nan", progress=cfg.progress_bar,
-                              instructions=cfg.instructions or default_text_instructions(default_lm))
+                              instructions=cfg.instructions or default_text_instructions(default_lm, cfg.environment))
     except LabelStoreError as err:  # a damaged labels.sqlite: one line naming it and what to do
         raise RunDirError(str(err)) from err
     return human if cfg.labeller == "human" else MixedLabeller(human, teacher, cfg.human_fraction, cfg.seed)
@@ -244,12 +251,45 @@ def prompt_budget(cfg: TextRLHFConfig, tokenizer: Any, model: Any, train: Sequen
     return budget
 
 
+def environment_prompt_budget(cfg: TextRLHFConfig, tokenizer: Any, model: Any, seeds: Sequence[int]) -> int:
+    """The run's ``max_prompt_tokens`` on an environment: the config's, else twice the longest first observation of
+    the held-out tasks (``seeds``) and as many training draws, as the policy reads it (tasks differ; the model's
+    context caps it); with ``max_new_tokens`` (the episode's budget) it must fit the model's context. A later first
+    observation that does not fit is an error that names ``max_prompt_tokens``, never truncated."""
+    from textenv.conversation import TurnFormat
+    from textenv.environments.factory import make_environment_factory
+
+    if cfg.max_prompt_tokens is not None:
+        budget = cfg.max_prompt_tokens
+    else:
+        env, fmt = make_environment_factory(cfg.environment)(), TurnFormat(tokenizer)
+        draws = np.random.default_rng(cfg.seed).integers(2**31 - 1, size=len(seeds)).tolist()
+        try:
+            longest = max(len(fmt.prompt(env.reset(seed=int(s))[0])[1]) for s in [*seeds, *draws])
+        finally:
+            env.close()
+        positions = max_positions(model)
+        room = positions - cfg.max_new_tokens if positions is not None else 2 * longest
+        budget = max(longest, min(2 * longest, room))
+    positions = max_positions(model)
+    if positions is not None and budget + cfg.max_new_tokens > positions:
+        raise PromptTooLongError(f"first observations of up to {budget} tokens and an episode budget of "
+                                 f"max_new_tokens={cfg.max_new_tokens} exceed the model's {positions} positions: lower "
+                                 "--max-new-tokens")
+    return budget
+
+
 def _inputs(cfg: TextRLHFConfig, device: torch.device, model, tokenizer, train_prompts, eval_prompts,
             chat_preferences: bool = False, default_lm: bool = False):
-    """Policy, tokenizer and prompts: the arguments, else ``cfg.model`` / ``cfg.prompts``, else the default LM."""
+    """Policy, tokenizer and prompts: the arguments, else ``cfg.model`` / ``cfg.prompts``, else the default LM. On an
+    environment there are no prompts: the held-out "prompts" are the tasks' environment seeds."""
     if model is None:
         model, tokenizer = load_policy(cfg.model, cfg.tokenizer, device)
     columns: dict[str, dict] = {}
+    if cfg.environment is not None:
+        check(tokenizer is not None, "with a custom model, pass its tokenizer too")
+        held_out = [EVAL_SEED_BASE + i for i in range(cfg.eval_prompts)]  # tasks no training draw is likely to meet
+        return model.to(device), tokenizer, [], held_out, columns
     if not train_prompts and cfg.prompts is not None:
         # Chat prompts (message lists) as the text of the template, as preference files are read: pairs, reward
         # model and people all see the prompt the policy continues.
@@ -323,16 +363,26 @@ def build_text_loop(config: TextRLHFConfig, out: str | Path, model: Any = None, 
     reward_fns = WeightedRewards(functions, config.reward_weights, columns) if functions else None
     examples = source_pairs if config.algo == "kto" and source_pairs is not None and is_unpaired(source_pairs) else None
     config, prefs = _preferences(config, None if examples is not None else source_pairs, tokenizer, examples)
+    returns = EnvironmentReturns() if config.environment is not None else None
     if teacher is None and config.labeller in ("teacher", "mixed") and config.num_pairs > 0:  # else no gold judge
-        teacher = SentimentTeacher(config.teacher_repetition_penalty, beta=config.teacher_beta, seed=config.seed)
+        if returns is not None:  # conversations: judged by the environment's returns
+            teacher = ReturnTeacher(returns, beta=config.teacher_beta, seed=config.seed)
+        else:
+            teacher = SentimentTeacher(config.teacher_repetition_penalty, beta=config.teacher_beta, seed=config.seed)
     model, ref = _policy_and_reference(config, model)
-    budget = prompt_budget(config, tokenizer, model, train_prompts, eval_prompts[: config.eval_prompts])
+    if config.environment is not None:
+        budget = environment_prompt_budget(config, tokenizer, model, eval_prompts)
+    else:
+        budget = prompt_budget(config, tokenizer, model, train_prompts, eval_prompts[: config.eval_prompts])
     run_dir = RunDir(out, report_to=config.report_to)
     eval_rows = [p for p in eval_prompts[: config.eval_prompts] for _ in range(config.eval_samples)]
     ctx = TextRLHFContext(config, model, ref, tokenizer, teacher, examples, None, train_prompts, eval_rows, run_dir,
-                          device, budget, reward_fns, config.kl_penalty())
+                          device, budget, reward_fns, config.kl_penalty(), returns=returns)
     if config.labeller == "dataset" and prefs is not None:
         source: CompletionPairSource = DatasetPairSource(ctx, prefs, heldout_fraction=config.rm_val_fraction)
+    elif returns is not None:
+        oracle = teacher if config.labeller in ("teacher", "mixed") else None
+        source = ConversationPairSource(ctx, returns, seed_pairs=prefs, oracle=oracle)
     else:
         oracle = teacher if config.labeller in ("teacher", "mixed") else None
         source = CompletionPairSource(ctx, seed_pairs=prefs, oracle=oracle)

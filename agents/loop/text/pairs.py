@@ -4,6 +4,8 @@ them, and the LM reward model.
 * ``CompletionPairSource`` (``PairSource``): candidate pairs are two completions of the CURRENT policy for the same
   training prompt, sampled when the loop asks for them, so labels are asked where the policy is (Ziegler et al.
   2019, arXiv:1909.08593, collect labels online from the policy being trained; Christiano et al. 2017).
+* ``ConversationPairSource``: the same with an environment that answers: two conversations of the current policy
+  with the same task (environment seed); their returns go to a ``ReturnTeacher``, their turns to people.
 * ``DatasetPairSource`` (``PairSource``): the next unused pairs of a preference file or dataset, already labelled.
 * Labels come from simulated text teachers (``rewardmodels.text.teachers``), people in the web app
   (``rewardmodels.feedback.human.HumanLabeller``) or both (``MixedLabeller``), through
@@ -66,6 +68,39 @@ def sample_completion_pairs(ctx: TextRLHFContext, n_pairs: int, seed: int) -> Te
     return TextPreferencePairs(prompts, a, b, np.full(len(prompts), np.nan, np.float32))
 
 
+def sample_conversation_pairs(ctx: TextRLHFContext, n_pairs: int, seed: int
+                              ) -> tuple[TextPreferencePairs, np.ndarray, list[tuple[list, list]]]:
+    """``n_pairs`` unlabelled pairs of conversations of ``ctx.policy`` with the run's environment: both of a pair
+    play the same task (one environment seed, two rows). Returns the pairs (prompt = the first observation as the
+    policy read it, responses = the conversations after it), their environment returns ``(n, 2)`` and their messages
+    (``(messages_a, messages_b)`` per pair). Identical or empty conversations are resampled (50 rollouts at most)."""
+    rng = np.random.default_rng(seed)
+    rows_per_batch = 2 * min(64, n_pairs)
+    env = ctx.make_env(rows_per_batch, None, reference=False, environment_reward=1.0)  # scores = the returns
+    gen = torch.Generator(device=ctx.device).manual_seed(seed)
+    prompts, a, b, returns, messages = [], [], [], [], []
+    for attempt in range(50):
+        seeds = [int(s) for s in rng.integers(2**31 - 1, size=rows_per_batch // 2) for _ in range(2)]
+        batch = collect_rollout(env, seed=seed + attempt, generator=gen, environment_seeds=seeds)
+        scores, conv = batch.scores.cpu().numpy(), env.engine.conv
+        for i in range(0, rows_per_batch, 2):
+            ra, rb = batch.responses[i], batch.responses[i + 1]
+            if ra.strip() and rb.strip() and ra.strip() != rb.strip() and len(prompts) < n_pairs:
+                prompts.append(batch.prompts[i])
+                a.append(ra)
+                b.append(rb)
+                returns.append((float(scores[i]), float(scores[i + 1])))
+                messages.append(([dict(m) for m in conv.messages[i]], [dict(m) for m in conv.messages[i + 1]]))
+        if len(prompts) >= n_pairs:
+            break
+    env.engine.conv.close()
+    if not prompts:
+        raise RuntimeError("the policy played no pair of distinct non-empty conversations in 50 rollouts; raise "
+                           "max_new_tokens or the temperature")
+    pairs = TextPreferencePairs(prompts, a, b, np.full(len(prompts), np.nan, np.float32))
+    return pairs, np.asarray(returns, dtype=np.float64), messages
+
+
 # -- pair sources -----------------------------------------------------------------------------------------------
 class CompletionPairSource:
     """``PairSource`` over completions of the current policy (module docstring).
@@ -123,6 +158,33 @@ class CompletionPairSource:
             setattr(self, key, value)
         path = Path(directory) / PAIRS_FILE
         return TextPreferencePairs.load(path) if path.exists() else None
+
+
+class ConversationPairSource(CompletionPairSource):
+    """``PairSource`` over conversations of the current policy with the run's environment (module docstring). The
+    environment's returns are recorded into ``returns`` (the ``rewardmodels.text.teachers.EnvironmentReturns`` a
+    ``ReturnTeacher`` judges by); people see each conversation turn by turn."""
+
+    def __init__(self, ctx: TextRLHFContext, returns: Any, seed_pairs: TextPreferencePairs | None = None,
+                 oracle: Any = None):
+        super().__init__(ctx, seed_pairs=seed_pairs, oracle=oracle)
+        self.returns = returns
+        self.turns: dict[tuple[str, str, str], tuple[list, list]] = {}
+
+    def candidates(self, n_pairs: int, rng: np.random.Generator) -> TextPreferencePairs:
+        seed = self.ctx.config.seed if self.calls == 0 else int(rng.integers(2**31 - 1))
+        self.calls += 1
+        pairs, returns, messages = sample_conversation_pairs(self.ctx, n_pairs, seed)
+        self.returns.record([*pairs.prompts, *pairs.prompts], [*pairs.responses_a, *pairs.responses_b],
+                            [*returns[:, 0], *returns[:, 1]])
+        self.turns = {(p, x, y): m for p, x, y, m in zip(pairs.prompts, pairs.responses_a, pairs.responses_b,
+                                                         messages, strict=True)}
+        return pairs
+
+    def label(self, labeller: Any, pairs: TextPreferencePairs) -> TextPreferencePairs:
+        turns = [self.turns[(p, x, y)] for p, x, y, _ in pairs]
+        labels = label_texts(labeller, pairs.prompts, pairs.responses_a, pairs.responses_b, conversations=turns)
+        return TextPreferencePairs(pairs.prompts, pairs.responses_a, pairs.responses_b, labels)
 
 
 def heldout_size(n_pairs: int, fraction: float) -> int:

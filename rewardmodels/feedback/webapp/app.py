@@ -279,7 +279,8 @@ def _pair_json(pair: dict[str, Any]) -> dict[str, Any]:
     """A reserved pair as the page shows it: texts, or clip URLs under ``/clips/``."""
     payload, out = pair["payload"], {"pair_id": pair["pair_id"], "kind": pair["kind"]}
     if pair["kind"] == "text":
-        out.update({k: payload[k] for k in ("prompt", "response_a", "response_b")})
+        out.update({k: payload[k] for k in ("prompt", "response_a", "response_b", "turns_a", "turns_b")
+                    if k in payload})
     elif "clip_a" in payload:
         out.update(clip_a="/clips/" + quote(payload["clip_a"]), clip_b="/clips/" + quote(payload["clip_b"]))
     else:

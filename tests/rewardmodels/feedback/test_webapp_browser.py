@@ -315,3 +315,32 @@ def test_people_see_the_runs_instructions_and_status_as_text(page, tmp_path):
         assert page.locator("#instructions-text i").count() == 0  # shown as text, never as markup
         assert "agreed with 75%" in page.inner_text("#run-status")
     labeller.close()
+
+
+def test_people_see_two_conversations_turn_by_turn(page, tmp_path):
+    run = tmp_path / "run"
+    labeller = HumanLabeller(run)
+
+    def conversation(answer: str) -> list[dict]:
+        return [{"role": "user", "content": "Guess my number."}, {"role": "assistant", "content": "5"},
+                {"role": "user", "content": "<b>Higher.</b>"}, {"role": "assistant", "content": answer}]
+
+    ids = labeller.enqueue_texts(["Guess my number."], ["5 Higher. 7"], ["5 Higher. 9"],
+                                 conversations=[(conversation("7"), conversation("9"))])
+    with ServerThread(create_app(run)) as url:
+        page.goto(url)
+        page.fill("#labeller", "ada")
+        page.click("#save-name")
+        wait_ready_after(page, "")
+        assert page.inner_text("#prompt") == "Guess my number."  # the environment's first turn, once
+        for side, answer in (("a", "7"), ("b", "9")):
+            turns = page.locator(f"#media-{side} .turn")
+            assert turns.count() == 3
+            assert [turns.nth(i).get_attribute("class") for i in range(3)] == [
+                "turn assistant", "turn user", "turn assistant"]
+            assert [turns.nth(i).locator(".content").inner_text() for i in range(3)] == ["5", "<b>Higher.</b>", answer]
+            assert page.locator(f"#media-{side} .turn b").count() == 0  # untrusted text, never markup
+        page.click("#btn-right")
+        wait_ready_after(page, ids[0])
+    assert labeller.store.labels_array(ids).tolist() == [0.0]
+    labeller.close()

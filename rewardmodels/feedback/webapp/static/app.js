@@ -64,6 +64,24 @@ function textElement(text) {
   return el;
 }
 
+function conversationElement(turns) {  // a conversation with an environment, turn by turn
+  const el = document.createElement("div");
+  el.className = "conversation";
+  for (const turn of turns) {
+    const row = document.createElement("div");
+    row.className = `turn ${turn.role === "user" ? "user" : "assistant"}`;
+    const who = document.createElement("span");
+    who.className = "role";
+    who.textContent = turn.role === "user" ? "environment" : "model";
+    const what = document.createElement("span");
+    what.className = "content";
+    what.textContent = turn.content;  // never innerHTML: untrusted text
+    row.append(who, what);
+    el.append(row);
+  }
+  return el;
+}
+
 function render(p) {
   pair = p;
   const section = $("pair");
@@ -75,8 +93,14 @@ function render(p) {
   $("prompt").hidden = p.kind !== "text";
   if (p.kind === "text") {
     $("prompt").textContent = p.prompt;
-    $("media-a").append(textElement(p.response_a));
-    $("media-b").append(textElement(p.response_b));
+    if (p.turns_a && p.turns_b) {  // skip the shared first turn: the prompt above shows it
+      $("prompt").textContent = p.turns_a.length ? p.turns_a[0].content : p.prompt;
+      $("media-a").append(conversationElement(p.turns_a.slice(1)));
+      $("media-b").append(conversationElement(p.turns_b.slice(1)));
+    } else {
+      $("media-a").append(textElement(p.response_a));
+      $("media-b").append(textElement(p.response_b));
+    }
   } else if (p.clip) {  // one side-by-side clip: left half is "a", right half is "b"
     $("media-a").append(mediaElement(p.clip));
     $("side-b").hidden = true;

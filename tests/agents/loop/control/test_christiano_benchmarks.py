@@ -95,3 +95,27 @@ def test_atari_agent_comparison_refuses_empty_budgets(flag, capsys):
     with pytest.raises(SystemExit):
         atari_main([flag, "0"])
     assert f"{flag} must be at least 1" in capsys.readouterr().err
+
+
+def test_bpref_budget_keeps_the_presets_agent_with_cpu_nets():
+    row = budget("BPref/walker-walk-v0", "bpref", None, None)
+    assert row == {"steps": 100_000, "algo": "sac", "hyperparams": None, "cpu_nets": True}
+
+
+@pytest.mark.slow
+def test_bpref_row_end_to_end_reports_metaworld_success_and_reuses_an_rl_side(tmp_path):
+    pytest.importorskip("metaworld", reason="metaworld is not installed: pip install -e '.[bpref]'")
+    out = tmp_path / "bpref"
+    args = ["--table", "bpref", "--preset", "surf", "--envs", "BPref/button-press-v3", "--seeds", "0", "--steps",
+            "2000", "--labels", "10", "--eval-episodes", "1", "--jobs", "1", "--out", str(out)]
+    mujoco_main(args)
+    prefs = json.loads((out / "BPref/button-press-v3-seed0" / "prefs.json").read_text())
+    config = json.loads((out / "BPref/button-press-v3-seed0" / "prefs" / "config.json").read_text())["config"]
+    assert config["preset"] == "surf" and config["hyperparams"]["policy_kwargs"]["net_arch"] == [64, 64]
+    assert prefs["success"] in (0.0, 1.0) and prefs["labels_used"] == 10
+    summary = json.loads((out / "results.json").read_text())["summary"]["BPref/button-press-v3"]
+    assert summary["success_prefs"] == prefs["success"] and "success_rl" in summary
+    again = tmp_path / "again"
+    mujoco_main([*args[:-1], str(again), "--rl-from", str(out)])  # the rl side is taken, not rerun
+    assert (again / "BPref/button-press-v3-seed0" / "rl.json").read_text() == \
+        (out / "BPref/button-press-v3-seed0" / "rl.json").read_text()

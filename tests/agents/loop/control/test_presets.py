@@ -143,7 +143,7 @@ def test_bad_presets_raise_preset_errors():
 
 
 def test_one_registry_holds_every_preset_and_unset_overrides_keep_its_values():
-    assert set(PREFS_PRESETS) == {"tuned", "christiano-mujoco", "christiano-atari"}
+    assert set(PREFS_PRESETS) == {"tuned", "christiano-mujoco", "christiano-atari", "pebble", "surf"}
     tuned = PrefsConfig.for_env("CartPole-v1", labels=None, seed=4)  # None = "keep the preset's"
     cartpole = TUNED_PER_ENV["CartPole-v1"]
     assert tuned.labels == cartpole["labels"] and tuned.segment_len == cartpole["segment_len"]
@@ -219,3 +219,51 @@ def test_sac_on_the_learned_reward_relabels_its_buffer_and_learns(tmp_path):
     relabelled = [r["agent/relabelled"] for r in rows if "agent/relabelled" in r]
     assert len(relabelled) == 4 and relabelled == sorted(relabelled) and relabelled[-1] > 2_000  # the whole buffer
     assert summary["true_return_mean"] > max(30.0, 4 * random_return("InvertedPendulum-v5", 10))
+
+
+def test_pebble_preset_holds_bprefs_values():
+    cfg = PrefsConfig.from_preset("pebble", "BPref/walker-walk-v0")
+    assert cfg.algo == "sac" and cfg.steps == 500_000 and cfg.segment_len == 50 and cfg.ensemble == 3
+    assert cfg.initial_policy == "explore" and cfg.initial_steps == 10_000 and cfg.explore_k == 5
+    assert cfg.selection == "disagreement" and cfg.oversample == 10 and cfg.label_schedule == "constant"
+    assert label_allocation(cfg) == [100] * 10 + [0] * 15  # 100 after pre-training, then 100 per 20,000 steps
+    assert cfg.reward_hidden == (256, 256, 256) and cfg.reward_net_kwargs == {"output_activation": "tanh"}
+    assert cfg.fit == {"lr": 3e-4, "batch_size": 128, "stop_accuracy": 0.97} and cfg.reward_epochs == 50
+    sac = cfg.hyperparams
+    assert (sac["learning_rate"], sac["batch_size"], sac["policy_kwargs"]["net_arch"]) == (5e-4, 1_024, [1_024, 1_024])
+    assert (sac["gamma"], sac["tau"], sac["ent_coef"], sac["target_update_interval"]) == (0.99, 0.005, "auto_0.1", 2)
+    quadruped = PrefsConfig.from_preset("pebble", "BPref/quadruped-walk-v0")
+    assert quadruped.hyperparams["learning_rate"] == 1e-4 and quadruped.rounds == (1_000_000 - 10_000) // 30_000
+    metaworld = PrefsConfig.from_preset("pebble", "BPref/button-press-v3")
+    # 50 labels after pre-training, then 50 per 5,000 steps: 9,950 by 1M steps (max_feedback 10,000 not reached)
+    assert metaworld.labels == 9_950 and label_allocation(metaworld)[:2] == [50, 50] and metaworld.reward_epochs == 10
+    assert metaworld.hyperparams["policy_kwargs"]["net_arch"] == [256, 256, 256]
+    short = PrefsConfig.from_preset("pebble", "BPref/walker-walk-v0", steps=100_000)
+    assert short.labels == 500 and label_allocation(short) == [100] * 5  # what PEBBLE's rate reaches in 100k steps
+    ppo = PrefsConfig.from_preset("pebble", "BPref/walker-walk-v0", algo="ppo")
+    assert ppo.initial_steps == 32_000 and ppo.hyperparams["n_envs"] == 32 and ppo.hyperparams["clip_range"] == 0.4
+
+
+def test_surf_preset_is_pebble_plus_surfs_values():
+    cfg = PrefsConfig.from_preset("surf", "BPref/walker-walk-v0")
+    assert cfg.preset == "surf" and cfg.initial_policy == "explore" and cfg.segment_len == 50
+    assert cfg.segment_context == 5 and cfg.unlabelled_per_label == 100
+    assert cfg.fit == {"lr": 3e-4, "batch_size": 128, "stop_accuracy": 0.97, "pseudo_threshold": 0.99,
+                       "pseudo_ratio": 4, "pseudo_weight": 1.0, "crop": 5}
+    assert PrefsConfig.from_preset("surf", "BPref/button-press-v3").unlabelled_per_label == 10
+    mine = PrefsConfig.from_preset("surf", "BPref/walker-walk-v0", fit={"pseudo_threshold": 0.95})
+    assert mine.fit["pseudo_threshold"] == 0.95 and mine.fit["crop"] == 5
+
+
+def test_a_preset_name_adds_pebble_and_surf_to_another_protocol():
+    cfg = PrefsConfig.from_preset("christiano-mujoco+pebble+surf", "Hopper-v5", steps=150_000)
+    paper = PrefsConfig.from_preset("christiano-mujoco", "Hopper-v5", steps=150_000)
+    assert cfg.preset == "christiano-mujoco+pebble+surf" and cfg.segment_len == paper.segment_len == 188
+    assert cfg.initial_policy == "explore" and cfg.initial_steps == 10_000 and cfg.labels == paper.labels
+    assert cfg.fit == {**paper.fit, "pseudo_threshold": 0.99, "pseudo_ratio": 4, "pseudo_weight": 1.0, "crop": 5}
+    assert cfg.segment_context == 5 and cfg.unlabelled_per_label == 10
+    assert PrefsConfig.from_preset("christiano-mujoco+surf", "Reacher-v5").segment_context == 0  # 50-step episodes
+    assert PrefsConfig.from_preset("christiano-mujoco+pebble", "Hopper-v5", steps=50_000).initial_steps == 5_000
+    assert PrefsConfig.from_preset("christiano-mujoco+pebble", "Hopper-v5", initial_steps=7_000).initial_steps == 7_000
+    with pytest.raises(PresetError, match=r"\+pebble"):
+        apply_preset("christiano-mujoco+curiosity", "Hopper-v5")
