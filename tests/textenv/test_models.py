@@ -52,7 +52,7 @@ def test_bad_model_arguments_raise(lm, tmp_path):
     with pytest.raises(ModelLoadError, match="no such directory here"):  # at once: no hub is asked for a path
         load_policy(str(tmp_path / "nowhere"), None)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelLoadError, match="could not load"):  # a directory, but no model in it
+    with pytest.raises(ModelLoadError, match="no readable config.json"):  # a directory, but no model in it
         load_policy(str(tmp_path / "empty"), None)
     with pytest.raises(ModelLoadError):
         load_policy(42, tok)

@@ -141,7 +141,7 @@ def test_device_cuda_without_cuda_is_a_one_line_error(tmp_path, capsys):
     ('{"n_step": 64}', "unknown ppo hyperparameter 'n_step'; did you mean n_steps?"),
     ('{"buffer_size": 1000}', "unknown ppo hyperparameter 'buffer_size'"),  # a DQN/SAC key
     ('{"seed": 3}', "set by rlhf-gym itself; use --seed"),
-    ('[64]', "hyperparams must be a JSON object"),
+    ('[64]', "hyperparams takes a mapping or null, got list [64]"),
 ])
 def test_unknown_hyperparameter_is_a_one_line_error(tmp_path, capsys, hyper, message):
     assert main(["prefs", "--hyperparams", hyper, "--out", str(tmp_path / "r"), "--no-progress"]) == 2
