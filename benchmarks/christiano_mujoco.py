@@ -362,6 +362,8 @@ def main(argv: list[str] | None = None) -> None:
                         "'{\"schedule_c_steps\": 30000}'")
     parser.add_argument("--frozen", action="store_true", help="diagnose: train a fresh agent on each final reward")
     parser.add_argument("--redo", action="store_true", help="run again runs that already have results")
+    parser.add_argument("--report", action="store_true", help="print the table of the runs of --envs and --seeds "
+                        "that have finished in --out, and run nothing (a long table read while it runs)")
     parser.add_argument("--out", default="benchmarks/out/christiano_mujoco")
     parser.add_argument("--one", nargs=3, metavar=("ENV", "SEED", "SIDE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -371,6 +373,11 @@ def main(argv: list[str] | None = None) -> None:
         path = Path(args.out) / f"{env_id}-seed{seed}" / f"{side}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2))
+        return
+    if args.report:
+        rows = [json.loads(p.read_text()) for e in args.envs for s in args.seeds for side in SIDES
+                if (p := Path(args.out) / f"{e}-seed{s}" / f"{side}.json").exists()]
+        print(summarise(rows, {e: random_return(e, args.eval_episodes) for e in args.envs})[1])
         return
     passthrough = ["--table", args.table, "--preset", args.preset,
                    "--eval-episodes", str(args.eval_episodes),
