@@ -58,7 +58,8 @@ per-task ``scripts/<task>/<labels>/oracle/run_PEBBLE.sh``; "BPref" below) and ``
 * SAC (BPref ``agent/sac.yaml``): gamma 0.99, tau 0.005, initial temperature 0.1 (learned), target update every 2
   steps, 1,000 uniformly random steps first (``num_seed_steps``); per domain (the scripts): DMC actor/critic lr 5e-4,
   batch 1,024, two hidden layers of 1,024 (quadruped-walk: lr 1e-4); Meta-World lr 3e-4, batch 512, three layers of
-  256. (These nets are large for a CPU: ``hyperparams`` overrides them; ``benchmarks/bpref_rows.py`` uses 64 x 64.)
+  256. (These nets are large for a CPU: ``hyperparams`` overrides them; ``christiano_mujoco.py --table bpref``
+  uses 64 x 64.)
 * unsupervised pre-training (``initial_policy="explore"``, ``agents.loop.control.explore``): 9,000 steps after the
   1,000 random ones (``num_unsup_steps=9000``), k = 5 (``topK``); then the critic is reset.
 * segments of 50 steps (``segment: 50``), an ensemble of 3 (``ensemble_size``), disagreement over 10x candidates
