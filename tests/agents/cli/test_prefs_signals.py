@@ -33,9 +33,13 @@ def _env():
     return env
 
 
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # a run in a terminal: the suite itself may run under `cmd &`
+
+
 def _start(argv):
     return subprocess.Popen([sys.executable, "-m", "agents.cli", "prefs", *argv], cwd=ROOT, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
 
 
 def _wait_for(proc, ready, what, timeout=OUTER_TIMEOUT_S):
